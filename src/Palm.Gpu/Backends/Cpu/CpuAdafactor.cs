@@ -1,0 +1,117 @@
+using System.Runtime.Intrinsics;
+
+namespace Palm.Gpu.Backends.Cpu;
+
+// Adafactor update for one parameter tensor viewed as (R rows, C cols).
+// param (R,C), grad (R,C), momentum (R,C)?, v (R,C) unfactored | vRow (R) + vCol (C) factored -> param, state updated in place.
+//
+//   g   = GradScale · grad                                   global-norm clipping, done by the caller's factor
+//   v   = β2·v + (1−β2)·(g² + ε1)                            or its rank-1 factorisation vRow·vColᵀ / mean(vRow)
+//   u   = g / √v ;  u /= max(1, RMS(u) / d)                  update clipping
+//   m   = β1·m + (1−β1)·u                                    (m = u when β1 = 0)
+//   p  -= max(ε2, RMS(p)) · ρ · m  +  wd · p                 parameter scaling; decoupled weight decay
+//
+// Reductions (RMS(u), RMS(p), row/column means) use fixed-size chunks summed in order in double, so the
+// result is the same for any thread count.
+internal static class CpuAdafactor
+{
+    const int Chunk = 16384;
+
+    public static void Update(int threads, float[] param, float[] grad, float[]? momentum, float[]? v, float[]? vRow, float[]? vCol,
+                              int rows, int cols, in AdafactorStep s)
+    {
+        long count = (long)rows * cols;
+        int chunks = (int)((count + Chunk - 1) / Chunk);
+        var sumU2 = new double[chunks];
+        var sumP2 = new double[chunks];
+        float gs = s.GradScale, b2 = s.Beta2, e1 = s.Epsilon1;
+        bool factored = v is null;
+
+        float[]? rowScale = null, colScale = null; // u = g · rowScale[i] · colScale[j] when factored
+        if (factored)
+        {
+            if (vRow is null || vCol is null) throw new ArgumentException("Adafactor: factored state needs row and column moments");
+            // Row means of g²+ε1: one row per work item.
+            CpuParallel.For(threads, rows, i =>
+            {
+                double acc = 0;
+                long o = (long)i * cols;
+                for (int j = 0; j < cols; j++) { float g = grad[o + j] * gs; acc += g * g + e1; }
+                vRow[i] = b2 * vRow[i] + (1 - b2) * (float)(acc / cols);
+            });
+            // Column means: each work item owns a fixed block of columns and walks all rows in order.
+            const int colBlock = 64;
+            CpuParallel.For(threads, (cols + colBlock - 1) / colBlock, cb =>
+            {
+                int j0 = cb * colBlock, j1 = Math.Min(cols, j0 + colBlock);
+                Span<double> acc = stackalloc double[colBlock];
+                acc.Clear();
+                for (int i = 0; i < rows; i++)
+                {
+                    long o = (long)i * cols;
+                    for (int j = j0; j < j1; j++) { float g = grad[o + j] * gs; acc[j - j0] += g * g + e1; }
+                }
+                for (int j = j0; j < j1; j++) vCol[j] = b2 * vCol[j] + (1 - b2) * (float)(acc[j - j0] / rows);
+            });
+            double rowMean = 0;
+            for (int i = 0; i < rows; i++) rowMean += vRow[i];
+            rowMean /= rows;
+            // v̂_ij = vRow_i · vCol_j / mean(vRow)  ⇒  1/√v̂ = √mean(vRow) / √vRow_i / √vCol_j
+            rowScale = new float[rows];
+            colScale = new float[cols];
+            float sqrtMean = (float)Math.Sqrt(rowMean);
+            for (int i = 0; i < rows; i++) rowScale[i] = sqrtMean / MathF.Sqrt(vRow[i]);
+            for (int j = 0; j < cols; j++) colScale[j] = 1f / MathF.Sqrt(vCol[j]);
+        }
+
+        // Pass 1: unfactored second moment, Σu², Σp² per chunk.
+        CpuParallel.For(threads, chunks, c =>
+        {
+            long start = (long)c * Chunk, end = Math.Min(count, start + Chunk);
+            double u2 = 0, p2 = 0;
+            for (long idx = start; idx < end; idx++)
+            {
+                float g = grad[idx] * gs;
+                float u;
+                if (factored) u = g * rowScale![idx / cols] * colScale![idx % cols];
+                else
+                {
+                    float vv = b2 * v![idx] + (1 - b2) * (g * g + e1);
+                    v[idx] = vv;
+                    u = g / MathF.Sqrt(vv);
+                }
+                u2 += (double)u * u;
+                p2 += (double)param[idx] * param[idx];
+            }
+            sumU2[c] = u2;
+            sumP2[c] = p2;
+        });
+        double totalU2 = 0, totalP2 = 0;
+        for (int c = 0; c < chunks; c++) { totalU2 += sumU2[c]; totalP2 += sumP2[c]; }
+        float rmsU = (float)Math.Sqrt(totalU2 / count);
+        float rmsP = (float)Math.Sqrt(totalP2 / count);
+        float clip = 1f / Math.Max(1f, rmsU / s.ClipThreshold);
+        float stepSize = Math.Max(s.Epsilon2, rmsP) * s.LearningRate;
+        float b1 = s.Beta1, wd = s.WeightDecay;
+
+        // Pass 2: recompute u (cheaper than storing it), momentum, parameter update.
+        CpuParallel.For(threads, chunks, c =>
+        {
+            long start = (long)c * Chunk, end = Math.Min(count, start + Chunk);
+            for (long idx = start; idx < end; idx++)
+            {
+                float g = grad[idx] * gs;
+                float u = factored ? g * rowScale![idx / cols] * colScale![idx % cols] : g / MathF.Sqrt(v![idx]);
+                u *= clip;
+                float m = u;
+                if (momentum is not null)
+                {
+                    m = b1 * momentum[idx] + (1 - b1) * u;
+                    momentum[idx] = m;
+                }
+                float p = param[idx];
+                param[idx] = p - stepSize * m - wd * p;
+            }
+        });
+    }
+}

@@ -1,0 +1,133 @@
+using Palm.Gpu.Tensors;
+
+namespace Palm.Gpu.Backends;
+
+/// <summary>
+/// The kernel contract every backend implements: memory management plus the forward and backward
+/// kernel of every op the PaLM model uses.
+///
+/// Dimension legend used in the shape lines:
+///   B batch, T time (sequence), D model width, H query heads, G key/value heads (1 for multi-query),
+///   K head dim, F MLP hidden width, V vocabulary, N = B·T rows.
+///
+/// Conventions (see DESIGN.md): outputs first, then inputs, then sizes. Gradients carry a `d` prefix.
+/// Parameter gradients accumulate (+=). Activation gradients overwrite (=) unless the op takes an
+/// explicit <c>accumulate</c> flag. Implementations are deterministic: the same inputs give the same
+/// bits for any thread count. Public entry points of the model validate shapes; backends trust them.
+/// </summary>
+public interface IBackend : IDisposable
+{
+    /// <summary>Short backend name, e.g. "cpu" or "opencl".</summary>
+    string Name { get; }
+
+    /// <summary>Human-readable device description.</summary>
+    string DeviceName { get; }
+
+    // ---- memory -------------------------------------------------------------------------------
+    DeviceBuffer Allocate(string name, long length, ElementType type = ElementType.F32);
+    void Upload(DeviceBuffer dst, ReadOnlySpan<float> src, long dstOffset = 0);
+    void Upload(DeviceBuffer dst, ReadOnlySpan<int> src, long dstOffset = 0);
+    void Download(DeviceBuffer src, Span<float> dst, long srcOffset = 0);
+    /// <summary>dst[0..n) = value.</summary>
+    void Fill(DeviceBuffer dst, float value, long n);
+    /// <summary>dst[dstOffset..+n) = src[srcOffset..+n).</summary>
+    void Copy(DeviceBuffer dst, DeviceBuffer src, long n, long dstOffset = 0, long srcOffset = 0);
+    /// <summary>Waits until every queued kernel has finished (no-op on synchronous backends).</summary>
+    void Synchronize();
+
+    // ---- matmul -------------------------------------------------------------------------------
+    /// <summary>
+    /// C (M,N) = alpha · op(A) · op(B) [+ C when accumulate], row-major.
+    /// op(A) is (M,K): A is stored (M,K), or (K,M) when transA. op(B) is (K,N): B is stored (K,N), or (N,K) when transB.
+    /// </summary>
+    void Matmul(DeviceBuffer c, DeviceBuffer a, DeviceBuffer b, int m, int n, int k,
+                bool transA = false, bool transB = false, float alpha = 1f, bool accumulate = false);
+
+    // ---- embedding ----------------------------------------------------------------------------
+    /// <summary>tokens (N), table (V,D) -> out (N,D)</summary>
+    void EmbeddingForward(DeviceBuffer output, DeviceBuffer tokens, DeviceBuffer table, int n, int d);
+    /// <summary>dout (N,D), tokens (N) -> dtable (V,D) +=</summary>
+    void EmbeddingBackward(DeviceBuffer dtable, DeviceBuffer tokens, DeviceBuffer dout, int n, int d, int v);
+
+    // ---- layer norm (scale, no bias) ----------------------------------------------------------
+    /// <summary>inp (N,D), weight (D) -> out (N,D), mean (N), rstd (N)</summary>
+    void LayerNormForward(DeviceBuffer output, DeviceBuffer mean, DeviceBuffer rstd,
+                          DeviceBuffer input, DeviceBuffer weight, int n, int d);
+    /// <summary>dout (N,D), inp, weight, mean, rstd -> dinp (N,D) (= or += when accumulate), dweight (D) +=</summary>
+    void LayerNormBackward(DeviceBuffer dinput, DeviceBuffer dweight, DeviceBuffer dout, DeviceBuffer input,
+                           DeviceBuffer weight, DeviceBuffer mean, DeviceBuffer rstd, int n, int d, bool accumulate);
+
+    // ---- rotary position embedding ------------------------------------------------------------
+    /// <summary>
+    /// inp (B,T,Hs,K) -> out (B,T,Hs,K), rotate-half RoPE with base 10000 applied to all K dims,
+    /// position = t. out may alias inp.
+    /// </summary>
+    void RopeForward(DeviceBuffer output, DeviceBuffer input, int b, int t, int heads, int headDim);
+    /// <summary>dout (B,T,Hs,K) -> dinp (B,T,Hs,K) (the inverse rotation). dinp may alias dout.</summary>
+    void RopeBackward(DeviceBuffer dinput, DeviceBuffer dout, int b, int t, int heads, int headDim);
+
+    // ---- causal attention (multi-query when G = 1) --------------------------------------------
+    /// <summary>
+    /// q (B,T,H,K), k (B,T,G,K), v (B,T,G,K) -> out (B,T,H,K), lse (B,H,T).
+    /// Scores are q·k/√K with a causal mask; query head h reads K/V head h / (H/G).
+    /// lse is the natural log of the softmax normaliser, kept for backward.
+    /// </summary>
+    void AttentionForward(DeviceBuffer output, DeviceBuffer lse, DeviceBuffer q, DeviceBuffer k, DeviceBuffer v,
+                          int b, int t, int heads, int kvHeads, int headDim);
+    /// <summary>dout (B,T,H,K), q, k, v, out, lse -> dq (B,T,H,K), dk (B,T,G,K), dv (B,T,G,K), all overwritten.</summary>
+    void AttentionBackward(DeviceBuffer dq, DeviceBuffer dk, DeviceBuffer dv, DeviceBuffer dout,
+                           DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer output, DeviceBuffer lse,
+                           int b, int t, int heads, int kvHeads, int headDim);
+
+    // ---- SwiGLU -------------------------------------------------------------------------------
+    /// <summary>gate (N,F), up (N,F) -> out (N,F) = gate·sigmoid(gate) ⊙ up</summary>
+    void SwiGluForward(DeviceBuffer output, DeviceBuffer gate, DeviceBuffer up, long count);
+    /// <summary>dout (N,F), gate, up -> dgate (N,F), dup (N,F)</summary>
+    void SwiGluBackward(DeviceBuffer dgate, DeviceBuffer dup, DeviceBuffer dout, DeviceBuffer gate, DeviceBuffer up, long count);
+
+    // ---- residual -----------------------------------------------------------------------------
+    /// <summary>a (n), b (n) -> out (n) = a + b. out may alias a or b.</summary>
+    void Add(DeviceBuffer output, DeviceBuffer a, DeviceBuffer b, long count);
+    /// <summary>acc (n) += x (n). The backward of a residual add is routing dout to both inputs.</summary>
+    void AddInPlace(DeviceBuffer acc, DeviceBuffer x, long count);
+    /// <summary>x (n) *= s</summary>
+    void Scale(DeviceBuffer x, float s, long count);
+
+    // ---- softmax cross-entropy with z-loss ----------------------------------------------------
+    /// <summary>
+    /// logits (N,V), targets (N) -> losses (N) = logZ - logit[target], logZ (N) = log Σ exp(logits).
+    /// The z-loss term (zLoss · logZ²) is reported separately by the caller from logZ.
+    /// </summary>
+    void CrossEntropyForward(DeviceBuffer losses, DeviceBuffer logZ, DeviceBuffer logits, DeviceBuffer targets, int n, int v);
+    /// <summary>
+    /// logits (N,V), logZ (N), targets (N) -> dlogits (N,V) = scale · (softmax − onehot + 2·zLoss·logZ·softmax).
+    /// The loss is scale · Σ (CE + zLoss·logZ²), so scale = 1/N for a mean. dlogits may alias logits.
+    /// </summary>
+    void CrossEntropyBackward(DeviceBuffer dlogits, DeviceBuffer logits, DeviceBuffer logZ, DeviceBuffer targets,
+                              float scale, float zLoss, int n, int v);
+
+    // ---- reductions and optimizer -------------------------------------------------------------
+    /// <summary>Σ x² over x (n), in double with a fixed reduction order, returned to the host.</summary>
+    double SumOfSquares(DeviceBuffer x, long count);
+
+    /// <summary>
+    /// One Adafactor step for one parameter tensor viewed as (rows, cols). See Training/Adafactor.cs for the maths.
+    /// state.Momentum (rows·cols) when β1 > 0; state.SecondMoment (rows·cols) when unfactored,
+    /// otherwise state.RowMoment (rows) and state.ColMoment (cols).
+    /// </summary>
+    void AdafactorUpdate(DeviceBuffer param, DeviceBuffer grad, AdafactorBuffers state, int rows, int cols, in AdafactorStep step);
+}
+
+/// <summary>Optimizer state buffers of one parameter tensor. Unused ones are null.</summary>
+public sealed record AdafactorBuffers(DeviceBuffer? Momentum, DeviceBuffer? SecondMoment, DeviceBuffer? RowMoment, DeviceBuffer? ColMoment);
+
+/// <summary>Per-step scalars of an Adafactor update (the same for every tensor of a step).</summary>
+public readonly record struct AdafactorStep(
+    float LearningRate,     // ρ_k, the relative step size
+    float Beta1,            // momentum decay (0 disables momentum)
+    float Beta2,            // second-moment decay 1 − k^−0.8 for this step
+    float Epsilon1,         // added to g² (1e-30)
+    float Epsilon2,         // floor of the parameter RMS used for parameter scaling (1e-3)
+    float ClipThreshold,    // update clipping d: u /= max(1, RMS(u)/d)
+    float GradScale,        // global-norm clip factor min(1, maxNorm/‖g‖) applied to g first
+    float WeightDecay);     // decoupled decay: p -= WeightDecay·p (PaLM: lr²)
