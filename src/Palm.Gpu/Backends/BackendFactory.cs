@@ -15,4 +15,11 @@ public static class BackendFactory
         "cpu" => new CpuBackend(threads),
         _ => throw new ArgumentException($"unknown backend '{name}'; choose one of: {string.Join(", ", Names)}"),
     };
+
+    /// <summary>One line per backend device, for `palm devices`.</summary>
+    public static IEnumerable<string> ListDevices()
+    {
+        using var cpu = new CpuBackend();
+        yield return $"cpu    0  {cpu.DeviceName}, {Environment.ProcessorCount} cores";
+    }
 }
