@@ -64,7 +64,8 @@ public class CliTests
         File.WriteAllText(Path.Combine(dir, "emptydir", "image.png"), "not text");
         File.WriteAllBytes(Path.Combine(dir, "binary.txt"), [0x7f, 0x45, 0x4c, 0x46, 0, 0, 1, 2]);
         File.WriteAllText(Path.Combine(dir, "short.txt"), "just a few words");
-        var full = new List<string> { "train", "--preset", "tiny", "--steps", "2", "--out", Path.Combine(dir, "run") };
+        var full = new List<string> { "train", "--steps", "2", "--out", Path.Combine(dir, "run") };
+        if (!args.Contains("--preset")) full.AddRange(["--preset", "tiny"]);
         full.AddRange(args.Select(a => a.StartsWith('@') ? Path.Combine(dir, a[1..] + (a == "@emptydir" ? "" : ".txt")) : a));
         var r = CliRunner.Run(full.ToArray());
         Assert.True(r.ExitCode != 0, $"{what}: exit code 0");
