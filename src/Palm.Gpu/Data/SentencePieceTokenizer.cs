@@ -56,7 +56,10 @@ public sealed class SentencePieceTokenizer : IUtf8Tokenizer
     // Unigram: trie over NORMAL/USER_DEFINED/UNUSED pieces.
     readonly ByteTrie? _trie;
 
-    public SentencePieceTokenizer(SentencePieceModel model)
+    public SentencePieceTokenizer(SentencePieceModel model) : this(model, segmentCache: true) { }
+
+    /// <summary>segmentCache: false forces whole texts through the merge loop (tests compare both paths).</summary>
+    internal SentencePieceTokenizer(SentencePieceModel model, bool segmentCache)
     {
         _model = model;
         var pieces = model.Pieces;
@@ -96,6 +99,7 @@ public sealed class SentencePieceTokenizer : IUtf8Tokenizer
             if (pieces.Any(p => p.Type == SentencePieceModel.PieceType.Unused))
                 throw new DataException("BPE models with UNUSED pieces are not supported");
             _pairs = BuildPairTable(out _splitAtSpaceRuns);
+            _splitAtSpaceRuns &= segmentCache;
         }
         else
         {

@@ -41,12 +41,20 @@ public class SentencePieceTests
 
     [Theory]
     [MemberData(nameof(Models))]
-    public void IdsMatchSpmEncodeOnHeldOutText(string name)
+    public void IdsMatchSpmEncodeOnHeldOutText(string name) =>
+        AssertMatchesReference(name, SentencePieceTokenizer.Load(Path.Combine(Dir, name + ".model")));
+
+    [Theory]
+    [InlineData("bpe")]
+    [InlineData("bpe_ws_user")]
+    public void WholeTextMergeLoopMatchesToo(string name) =>
+        AssertMatchesReference(name, new SentencePieceTokenizer(SentencePieceModel.Load(Path.Combine(Dir, name + ".model")), segmentCache: false));
+
+    static void AssertMatchesReference(string name, SentencePieceTokenizer tok)
     {
         var text = Gunzip(Path.Combine(Dir, "heldout.txt.gz"));
         Assert.True(text.Length >= 100_000, "the held-out text must be at least 100 KB");
         var expected = Encoding.ASCII.GetString(Gunzip(Path.Combine(Dir, name + ".ids.gz"))).Split('\n');
-        var tok = SentencePieceTokenizer.Load(Path.Combine(Dir, name + ".model"));
         var lines = Lines(text);
         Assert.Equal(lines.Count, expected.Length - 1);
         int mismatches = 0;
@@ -58,13 +66,98 @@ public class SentencePieceTests
             tok.EncodeUtf8(lines[i], got);
             ids += got.Count;
             var gotText = string.Join(' ', got);
-            if (gotText != expected[i])
-            {
-                if (mismatches++ < 5)
-                    report.AppendLine($"line {i}: {Encoding.UTF8.GetString(lines[i])}\n  spm:  {expected[i]}\n  ours: {gotText}");
-            }
+            if (gotText != expected[i] && mismatches++ < 5)
+                report.AppendLine($"line {i}: {Encoding.UTF8.GetString(lines[i])}\n  spm:  {expected[i]}\n  ours: {gotText}");
         }
         Assert.True(mismatches == 0, $"{name}: {mismatches} of {lines.Count} lines differ\n{report}");
         Assert.True(ids > 40_000);
+    }
+
+    [Fact]
+    public void ModelSettingsAreReadFromTheProtobuf()
+    {
+        var bpe = SentencePieceTokenizer.Load(Path.Combine(Dir, "bpe.model"));
+        var m = bpe.Model;
+        Assert.Equal(SentencePieceModel.ModelType.Bpe, m.Type);
+        Assert.Equal(2000, m.TrainerVocabSize);
+        Assert.Equal(2000, bpe.VocabSize);
+        Assert.True(m.ByteFallback && m.SplitDigits);
+        Assert.Equal("identity", m.NormalizerName);
+        Assert.False(m.RemoveExtraWhitespaces);
+        Assert.True(m.AddDummyPrefix && m.EscapeWhitespaces);
+        Assert.Equal((0, 1, 2, -1), (m.UnkId, m.BosId, m.EosId, m.PadId));
+        Assert.Equal("sentencepiece-bpe", bpe.Kind);
+        Assert.Equal(2, bpe.EodId);
+        Assert.Equal(2, bpe.PadId);                          // no <pad> piece: the eos id stands in
+        Assert.Equal(SentencePieceModel.PieceType.Byte, m.Pieces[3].Type);
+        Assert.Equal("<0x00>", m.Pieces[3].Text);
+        var nfkc = SentencePieceModel.Load(Path.Combine(Dir, "bpe_nfkc.model"));
+        Assert.Equal("nmt_nfkc", nfkc.NormalizerName);
+        Assert.True(nfkc.RemoveExtraWhitespaces && nfkc.PrecompiledCharsmap.Length > 1000);
+        Assert.Equal(SentencePieceModel.ModelType.Unigram, SentencePieceModel.Load(Path.Combine(Dir, "unigram.model")).Type);
+    }
+
+    [Theory]
+    [InlineData("bpe")]
+    [InlineData("unigram")]
+    public void DecodeInvertsEncodeOnValidText(string name)
+    {
+        var tok = SentencePieceTokenizer.Load(Path.Combine(Dir, name + ".model"));
+        int checkedLines = 0;
+        foreach (var line in Lines(Gunzip(Path.Combine(Dir, "heldout.txt.gz"))))
+        {
+            if (!Utf8Text.IsValid(line) || line.AsSpan().IndexOf("\u2581"u8) >= 0) continue;   // SentencePiece's two lossy cases
+            var ids = new List<int>();
+            tok.EncodeUtf8(line, ids);
+            Assert.Equal(line, tok.DecodeBytes(ids.ToArray()));
+            checkedLines++;
+        }
+        Assert.True(checkedLines > 1000);
+    }
+
+    [Fact]
+    public void CuttingABpeDocumentAtFindCutChangesNothing()
+    {
+        var tok = SentencePieceTokenizer.Load(Path.Combine(Dir, "bpe.model"));
+        var text = Gunzip(Path.Combine(Dir, "heldout.txt.gz"));
+        var whole = new List<int>();
+        tok.EncodeUtf8(text, whole);
+        var parts = new List<int>();
+        int start = 0, cuts = 0;
+        while (true)
+        {
+            int cut = tok.FindCut(text, start + 997);
+            int end = cut < 0 ? text.Length : cut;
+            tok.EncodeUtf8(text.AsSpan(start, end - start), parts, atDocumentStart: start == 0);
+            if (cut < 0) break;
+            start = cut;
+            cuts++;
+        }
+        Assert.True(cuts > 50);
+        Assert.Equal(whole, parts);
+        Assert.Equal(-1, SentencePieceTokenizer.Load(Path.Combine(Dir, "unigram.model")).FindCut(text, 1000));
+    }
+
+    [Fact]
+    public void CorruptModelsAreClearErrors()
+    {
+        var good = File.ReadAllBytes(Path.Combine(Dir, "bpe.model"));
+        foreach (int length in new[] { 0, 1, 7, 100, good.Length / 3, good.Length / 2, good.Length - 3 })
+        {
+            var e = Assert.Throws<DataException>(() => new SentencePieceTokenizer(SentencePieceModel.Parse(good[..length])));
+            Assert.False(string.IsNullOrWhiteSpace(e.Message));
+        }
+        var garbage = new byte[5000];
+        new Random(3).NextBytes(garbage);
+        Assert.Throws<DataException>(() => SentencePieceModel.Parse(garbage));
+
+        var path = Path.Combine(Path.GetTempPath(), $"corrupt-{Guid.NewGuid():N}.model");
+        try
+        {
+            File.WriteAllBytes(path, good[..(good.Length / 2)]);
+            var e = Assert.Throws<DataException>(() => TokenizerLoader.Load(path));
+            Assert.Contains(path, e.Message);
+        }
+        finally { File.Delete(path); }
     }
 }
