@@ -55,6 +55,9 @@ public sealed class SentencePieceTokenizer : IUtf8Tokenizer
 
     // Unigram: trie over NORMAL/USER_DEFINED/UNUSED pieces.
     readonly ByteTrie? _trie;
+    readonly float[] _scores;
+    readonly SentencePieceModel.PieceType[] _pieceTypes;
+    readonly ThreadLocal<BestPath[]> _bestPath = new(() => new BestPath[1024]);
 
     public SentencePieceTokenizer(SentencePieceModel model) : this(model, segmentCache: true) { }
 
@@ -65,6 +68,8 @@ public sealed class SentencePieceTokenizer : IUtf8Tokenizer
         var pieces = model.Pieces;
         int v = pieces.Count;
         _pieceBytes = new byte[v][];
+        _scores = pieces.Select(p => p.Score).ToArray();
+        _pieceTypes = pieces.Select(p => p.Type).ToArray();
         var users = new List<(byte[] Bytes, int Id)>();
         _minScore = float.MaxValue;
         _maxScore = BitConverter.Int32BitsToSingle(0x00800000);   // SentencePiece starts from FLT_MIN, the smallest normal float
@@ -456,12 +461,7 @@ public sealed class SentencePieceTokenizer : IUtf8Tokenizer
         return 0;
     }
 
-    int PieceToIdFast(int pieceId)
-    {
-        var type = _model.Pieces[pieceId].Type;
-        if (type == SentencePieceModel.PieceType.Unused) return _model.UnkId;
-        return pieceId;
-    }
+    int PieceToIdFast(int pieceId) => _pieceTypes[pieceId] == SentencePieceModel.PieceType.Unused ? _model.UnkId : pieceId;
 
     // ---------------- unigram ----------------
 
@@ -479,7 +479,8 @@ public sealed class SentencePieceTokenizer : IUtf8Tokenizer
         if (size == 0) return;
         var trie = _trie!;
         float unkScore = _minScore - 10.0f;
-        var best = new BestPath[size + 1];
+        var best = _bestPath.Value!;
+        if (best.Length < size + 1) _bestPath.Value = best = new BestPath[Math.Max(size + 1, best.Length * 2)];
         for (int i = 0; i <= size; i++) best[i] = new BestPath { Id = -1, StartsAt = -1 };
         int startsAt = 0;
         while (startsAt < size)
@@ -495,7 +496,7 @@ public sealed class SentencePieceTokenizer : IUtf8Tokenizer
                 if (node < 0) break;
                 int id = trie.Value(node);
                 if (id < 0) continue;
-                var type = _model.Pieces[id].Type;
+                var type = _pieceTypes[id];
                 if (type == SentencePieceModel.PieceType.Unused) continue;
                 int length = keyPos - startsAt;
                 ref var target = ref best[keyPos];
@@ -513,7 +514,7 @@ public sealed class SentencePieceTokenizer : IUtf8Tokenizer
                 }
                 else
                 {
-                    float candidate = _model.Pieces[id].Score + scoreTillHere;
+                    float candidate = _scores[id] + scoreTillHere;
                     if (target.StartsAt == -1 || candidate > target.Score)
                     {
                         target.Score = candidate;
@@ -536,18 +537,18 @@ public sealed class SentencePieceTokenizer : IUtf8Tokenizer
             }
             startsAt += mblen;
         }
-        // Backtrack, then emit in order.
-        var path = new List<(int Start, int End, int Id)>();
-        for (int end = size; end > 0; end = best[end].StartsAt) path.Add((best[end].StartsAt, end, best[end].Id));
-        for (int k = path.Count - 1; k >= 0; k--)
+        // Backtrack, appending the path in reverse, then flip it in place.
+        int first = ids.Count;
+        for (int end = size; end > 0; end = best[end].StartsAt)
         {
-            var (s, e, id) = path[k];
+            int id = best[end].Id, s = best[end].StartsAt;
             if (id == _model.UnkId && _model.ByteFallback)
             {
-                for (int b = s; b < e; b++) ids.Add(_byteIds[text[b]]);
+                for (int b = end - 1; b >= s; b--) ids.Add(_byteIds[text[b]]);
             }
             else ids.Add(PieceToIdFast(id));
         }
+        System.Runtime.InteropServices.CollectionsMarshal.AsSpan(ids)[first..].Reverse();
     }
 
     static string ComputeHash(SentencePieceModel m)
