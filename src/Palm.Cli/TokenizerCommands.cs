@@ -160,8 +160,17 @@ public static class TokenizerCommands
             }
             else
             {
+                // Not a terminal: plain lines, at most one every two seconds, and the last.
+                double lastPrint = double.NegativeInfinity;
+                bool finished = false;
                 header = CorpusTokenizer.Tokenize(dataPath, tok, outPath, n, p =>
-                    Console.WriteLine($"tokenized {p.BytesDone:N0} / {p.BytesTotal:N0} bytes, {p.Documents:N0} documents, {p.Tokens:N0} tokens"));
+                {
+                    bool final = p.BytesDone == p.BytesTotal;
+                    if (finished || (!final && sw.Elapsed.TotalSeconds - lastPrint < 2)) return;
+                    lastPrint = sw.Elapsed.TotalSeconds;
+                    finished = final;
+                    Console.WriteLine($"tokenized {p.BytesDone:N0} / {p.BytesTotal:N0} bytes, {p.Documents:N0} documents, {p.Tokens:N0} tokens");
+                });
             }
             double seconds = sw.Elapsed.TotalSeconds;
             long bytes = Corpus.ListFiles(dataPath).Sum(f => new FileInfo(f).Length);

@@ -28,10 +28,10 @@ public static class CorpusTokenizer
                 int cut = doc.Length - start > ChunkBytes ? tokenizer.FindCut(doc, start + ChunkBytes) : -1;
                 int end = cut < 0 ? doc.Length : cut;
                 units.Add((doc, start, end, end == doc.Length));
+                waveBytes += end - start;
                 start = end;
+                if (waveBytes >= WaveBytes) Flush();
             } while (start < doc.Length);
-            waveBytes += doc.Length;
-            if (waveBytes >= WaveBytes) Flush();
         }
         Flush();
         if (writer.DocumentCount == 0) throw new DataException($"the corpus '{dataPath}' holds no documents");

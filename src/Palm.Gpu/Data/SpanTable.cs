@@ -128,7 +128,7 @@ internal sealed class SpanTable
 internal sealed class SegmentCache
 {
     public const int MaxSegmentBytes = 64;
-    const int MaxEntries = 1 << 20;
+    const int MaxEntries = 1 << 18;
     readonly SpanTable _table = new(1 << 14);
     int[] _valueOffset = new int[1 << 14];
     int[] _valueLength = new int[1 << 14];
