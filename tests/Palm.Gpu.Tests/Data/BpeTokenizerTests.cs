@@ -30,6 +30,13 @@ public class BpeTokenizerTests
         return Tok.DecodeBytes(ids.ToArray()).AsSpan().SequenceEqual(bytes);
     }
 
+    [Property(Arbitrary = [typeof(TokenizerArbitraries)], MaxTest = 200)]
+    public bool ByteTokenizerRoundTripsToo(string s)
+    {
+        var bytes = new ByteTokenizer();
+        return bytes.Decode(bytes.Encode(s)) == s;
+    }
+
     [Property(Arbitrary = [typeof(TokenizerArbitraries)], MaxTest = 300)]
     public bool DigitsAreAlwaysSingleTokens(string s)
     {

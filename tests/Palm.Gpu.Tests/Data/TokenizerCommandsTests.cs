@@ -69,6 +69,18 @@ public sealed class TokenizerCommandsTests : IDisposable
     }
 
     [Fact]
+    public void LoaderPicksTheTokenizerByContent()
+    {
+        Assert.IsType<ByteTokenizer>(TokenizerLoader.Load("bytes"));
+        Assert.IsType<ByteTokenizer>(TokenizerLoader.Load(null));
+        var model = Path.Combine(_dir, "renamed.bin");
+        File.Copy(Path.Combine(TokenizerFixtures.ReferenceDir, "unigram.model"), model);
+        Assert.Equal("sentencepiece-unigram", TokenizerLoader.Load(model).Kind);
+        Assert.Contains("directory", Assert.Throws<DataException>(() => TokenizerLoader.Load(_dir)).Message);
+        Assert.Contains("does not exist", Assert.Throws<DataException>(() => TokenizerLoader.Load(Path.Combine(_dir, "nope.json"))).Message);
+    }
+
+    [Fact]
     public void BadInputThrowsDataException()
     {
         File.WriteAllText(Path.Combine(_dir, "empty.txt"), "");
