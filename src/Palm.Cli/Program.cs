@@ -10,4 +10,6 @@ root.Subcommands.Add(PlanCommand.Create());
 root.Subcommands.Add(BenchCommand.Create());
 root.Subcommands.Add(DevicesCommand.Create());
 root.Subcommands.Add(PlotCommand.Create());
+root.Subcommands.Add(TokenizerCommands.CreateTokenizerCommand());
+root.Subcommands.Add(TokenizerCommands.CreateTokenizeCommand());
 return root.Parse(args).Invoke();

@@ -37,8 +37,9 @@ public sealed class Trainer : IDisposable
         if (Tokenizer.VocabSize > Config.Vocab)
             throw new ConfigException($"the tokenizer has {Tokenizer.VocabSize} tokens but the model's vocab is {Config.Vocab}; raise --vocab or drop it to follow the tokenizer");
 
-        var docs = options.Data is null ? SyntheticCorpus.Generate() : Corpus.ReadDocuments(options.Data);
-        Dataset = PackedDataset.FromDocuments(docs, Tokenizer, Config.SeqLen, options.HeldOutFraction);
+        Dataset = options.Data is null
+            ? PackedDataset.FromDocuments(SyntheticCorpus.Generate(), Tokenizer, Config.SeqLen, options.HeldOutFraction)
+            : PackedDataset.Load(options.Data, Tokenizer, Config.SeqLen, options.HeldOutFraction);
         if (Dataset.TrainSequences < Schedule.Max)
             throw new DataException($"the data holds {Dataset.TrainSequences} training sequences of {Config.SeqLen} tokens, fewer than one batch of {Schedule.Max}; use a shorter --seq, a smaller --batch or more data");
 
@@ -70,9 +71,10 @@ public sealed class Trainer : IDisposable
     public StepMetrics TrainStep(Stopwatch? runClock = null)
     {
         var sw = Stopwatch.StartNew();
-        int batch = Schedule.At(Step);
+        // The batch-size schedule is keyed by batch index: equal to the step until a rollback skips batches.
+        long batchIndex = _sampler.NextBatch(_cursor, Schedule.At, _inputs, _targets);
+        int batch = Schedule.At(batchIndex);
         int n = batch * Config.SeqLen;
-        _sampler.NextBatch(_cursor, batch, _inputs.AsSpan(0, n), _targets.AsSpan(0, n));
         Model.Parameters.ZeroGradients(Backend);
         var loss = Model.Forward(_inputs.AsSpan(0, n), _targets.AsSpan(0, n), batch);
         Model.Backward();
@@ -128,6 +130,7 @@ public sealed class Trainer : IDisposable
     {
         Optimizer.Dispose();
         Model.Dispose();
+        Dataset.Dispose();
         Backend.Dispose();
     }
 }
