@@ -28,12 +28,12 @@ namespace Palm.Gpu.Backends.Cpu;
 //
 // Determinism: element C[i,j] gets acc = fma(a_p, b_p, acc) for p through each K block in order, then
 // C = alpha·acc (first block, no accumulate) or C = fma(acc, alpha, C). Nothing in that depends on the thread
-// count, the tile the element falls in, or the instruction path: the Vector512, Vector256 and scalar kernels
+// count, the tile the element falls in, or the instruction path: the Vector512, Vector256, Vector128 and scalar kernels
 // perform the same fused operations in the same order, so all give the same bits. (Without hardware FMA only
 // the scalar path runs, with a separate multiply and add.) A, B and C must not overlap.
 
 /// <summary>Which micro-kernel runs; the best accelerated one is the default.</summary>
-internal enum GemmPath { Scalar, Vector256, Vector512 }
+internal enum GemmPath { Scalar, Vector128, Vector256, Vector512 }
 
 /// <summary>
 /// Cache blocking. Kc is the K block and fixes the summation order; McPanels (A panels per work item) and Nc
@@ -59,12 +59,14 @@ internal static unsafe class CpuMatmul
 
     public static GemmPath BestPath =>
         IsSupported(GemmPath.Vector512) ? GemmPath.Vector512 :
-        IsSupported(GemmPath.Vector256) ? GemmPath.Vector256 : GemmPath.Scalar;
+        IsSupported(GemmPath.Vector256) ? GemmPath.Vector256 :
+        IsSupported(GemmPath.Vector128) ? GemmPath.Vector128 : GemmPath.Scalar;
 
     public static bool IsSupported(GemmPath path) => path switch
     {
         GemmPath.Vector512 => Vector512.IsHardwareAccelerated && HasFma,
         GemmPath.Vector256 => Vector256.IsHardwareAccelerated && HasFma,
+        GemmPath.Vector128 => Vector128.IsHardwareAccelerated && HasFma,
         _ => true,
     };
 
@@ -77,6 +79,7 @@ internal static unsafe class CpuMatmul
     {
         GemmPath.Vector512 => (14, 32),
         GemmPath.Vector256 => (6, 16),
+        GemmPath.Vector128 => (6, 8),
         _ => (4, 8),
     };
 
@@ -265,6 +268,16 @@ internal static unsafe class CpuMatmul
             }
             return;
         }
+        if (live == width && width >= 4 && Vector128.IsHardwareAccelerated)
+        {
+            for (int p = 0; p < kc; p++, src += stride, dst += width)
+            {
+                int t = 0;
+                for (; t + 4 <= width; t += 4) Vector128.Store(Vector128.Load(src + t), dst + t);
+                if (t < width) Vector128.Store(Vector128.Load(src + width - 4), dst + width - 4);
+            }
+            return;
+        }
         for (int p = 0; p < kc; p++, src += stride, dst += width)
         {
             int t = 0;
@@ -339,6 +352,7 @@ internal static unsafe class CpuMatmul
         {
             case GemmPath.Vector512: Kernel14x32(kc, panel, sliver, tile, ldc, alpha, overwrite); break;
             case GemmPath.Vector256: Kernel6x16(kc, panel, sliver, tile, ldc, alpha, overwrite); break;
+            case GemmPath.Vector128: Kernel6x8(kc, panel, sliver, tile, ldc, alpha, overwrite); break;
             default: KernelScalar4x8(kc, panel, sliver, tile, ldc, alpha, overwrite); break;
         }
     }
@@ -367,6 +381,13 @@ internal static unsafe class CpuMatmul
     {
         Vector256.Store(Vector256.FusedMultiplyAdd(x0, alpha, Vector256.Load(row)), row);
         Vector256.Store(Vector256.FusedMultiplyAdd(x1, alpha, Vector256.Load(row + 8)), row + 8);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Update128(float* row, Vector128<float> x0, Vector128<float> x1, Vector128<float> alpha)
+    {
+        Vector128.Store(Vector128.FusedMultiplyAdd(x0, alpha, Vector128.Load(row)), row);
+        Vector128.Store(Vector128.FusedMultiplyAdd(x1, alpha, Vector128.Load(row + 4)), row + 4);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -478,6 +499,45 @@ internal static unsafe class CpuMatmul
             Update256(c + 3 * ldc, c30, c31, al);
             Update256(c + 4 * ldc, c40, c41, al);
             Update256(c + 5 * ldc, c50, c51, al);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Kernel6x8(int kc, float* a, float* b, float* c, long ldc, float alpha, bool overwrite)
+    {
+        // 12 accumulators + 2 rows of B + 1 broadcast = 15 registers: fits SSE's 16 and NEON's 32.
+        Vector128<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default,
+                         c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
+        for (int p = 0; p < kc; p++, a += 6, b += 8)
+        {
+            var b0 = Vector128.Load(b);
+            var b1 = Vector128.Load(b + 4);
+            Vector128<float> s;
+            s = Vector128.Create(a[0]); c00 = Vector128.FusedMultiplyAdd(s, b0, c00); c01 = Vector128.FusedMultiplyAdd(s, b1, c01);
+            s = Vector128.Create(a[1]); c10 = Vector128.FusedMultiplyAdd(s, b0, c10); c11 = Vector128.FusedMultiplyAdd(s, b1, c11);
+            s = Vector128.Create(a[2]); c20 = Vector128.FusedMultiplyAdd(s, b0, c20); c21 = Vector128.FusedMultiplyAdd(s, b1, c21);
+            s = Vector128.Create(a[3]); c30 = Vector128.FusedMultiplyAdd(s, b0, c30); c31 = Vector128.FusedMultiplyAdd(s, b1, c31);
+            s = Vector128.Create(a[4]); c40 = Vector128.FusedMultiplyAdd(s, b0, c40); c41 = Vector128.FusedMultiplyAdd(s, b1, c41);
+            s = Vector128.Create(a[5]); c50 = Vector128.FusedMultiplyAdd(s, b0, c50); c51 = Vector128.FusedMultiplyAdd(s, b1, c51);
+        }
+        var al = Vector128.Create(alpha);
+        if (overwrite)
+        {
+            Vector128.Store(c00 * al, c + 0 * ldc); Vector128.Store(c01 * al, c + 0 * ldc + 4);
+            Vector128.Store(c10 * al, c + 1 * ldc); Vector128.Store(c11 * al, c + 1 * ldc + 4);
+            Vector128.Store(c20 * al, c + 2 * ldc); Vector128.Store(c21 * al, c + 2 * ldc + 4);
+            Vector128.Store(c30 * al, c + 3 * ldc); Vector128.Store(c31 * al, c + 3 * ldc + 4);
+            Vector128.Store(c40 * al, c + 4 * ldc); Vector128.Store(c41 * al, c + 4 * ldc + 4);
+            Vector128.Store(c50 * al, c + 5 * ldc); Vector128.Store(c51 * al, c + 5 * ldc + 4);
+        }
+        else
+        {
+            Update128(c + 0 * ldc, c00, c01, al);
+            Update128(c + 1 * ldc, c10, c11, al);
+            Update128(c + 2 * ldc, c20, c21, al);
+            Update128(c + 3 * ldc, c30, c31, al);
+            Update128(c + 4 * ldc, c40, c41, al);
+            Update128(c + 5 * ldc, c50, c51, al);
         }
     }
 
