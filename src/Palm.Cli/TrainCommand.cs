@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using Palm.Gpu.IO;
 using Palm.Gpu.Model;
 using Palm.Gpu.Training;
@@ -8,15 +9,15 @@ using Spectre.Console;
 
 namespace Palm.Cli;
 
-/// <summary>`palm train`: data → tokenizer → packed sequences → Adafactor steps → run directory.</summary>
+/// <summary>`palm train`: data → tokenizer → packed sequences → Adafactor steps → run directory; resumable, spike-guarded.</summary>
 internal static class TrainCommand
 {
     public static Command Create()
     {
-        var data = new Option<string?>("--data") { Description = "UTF-8 text file or directory (default: the built-in synthetic corpus)" };
+        var data = new Option<string?>("--data") { Description = "UTF-8 text file, directory, JSONL or token file (default: the built-in synthetic corpus)" };
         var tokenizer = new Option<string?>("--tokenizer") { Description = "tokenizer file (tok.json or SentencePiece .model); default: bytes" };
         var preset = Cli.Preset();
-        var steps = new Option<long>("--steps") { Description = "optimizer steps", DefaultValueFactory = _ => 200 };
+        var steps = new Option<long?>("--steps") { Description = "train until this many optimizer steps are done (default 200)" };
         var batch = new Option<string>("--batch") { Description = "sequences per step, or a schedule \"0:4,100:8\"", DefaultValueFactory = _ => "4" };
         var seq = Cli.Seq();
         var vocab = new Option<int?>("--vocab") { Description = "model vocabulary (default: the tokenizer's, rounded up to 64)" };
@@ -31,20 +32,37 @@ internal static class TrainCommand
         var factored = new Option<bool>("--factored") { Description = "factored Adafactor second moments (less optimizer memory)" };
         var lr = new Option<float>("--lr") { Description = "peak learning rate (PaLM: 0.01)", DefaultValueFactory = _ => 1e-2f };
         var peak = Cli.PeakGflops();
-        var cmd = new Command("train", "train a model and write RUN/{config.json, metrics.jsonl, model.safetensors}")
+        var checkpointEvery = new Option<long>("--checkpoint-every") { Description = "write a checkpoint every N steps under RUN/checkpoints (0 = none)" };
+        var resume = new Option<string?>("--resume") { Description = "continue from a checkpoint directory, or 'latest' (newest valid one under RUN/checkpoints)" };
+        var inject = new Option<string?>("--inject-spike") { Description = "fault injection: STEP[:FACTOR] scales the loss gradient of that step's batch (default factor 1000)" };
+        var noGuard = new Option<bool>("--no-spike-guard") { Description = "disable the loss-spike guard" };
+        var rollbackSteps = new Option<long>("--rollback-steps") { Description = "restore a checkpoint at least this many steps before a spike", DefaultValueFactory = _ => 100 };
+        var skipMin = new Option<long>("--skip-min") { Description = "fewest batches skipped after a rollback", DefaultValueFactory = _ => 200 };
+        var skipMax = new Option<long>("--skip-max") { Description = "most batches skipped after a rollback", DefaultValueFactory = _ => 500 };
+        var maxRollbacks = new Option<int>("--max-rollbacks") { Description = "stop after this many rollbacks", DefaultValueFactory = _ => 5 };
+        var cmd = new Command("train", "train a model and write RUN/{config.json, metrics.jsonl, model.safetensors, checkpoints/}")
         {
             data, tokenizer, preset, steps, batch, seq, vocab, seed, outDir, block, attention, remat, threads, backend, device, factored, lr, peak,
+            checkpointEvery, resume, inject, noGuard, rollbackSteps, skipMin, skipMax, maxRollbacks,
         };
         var shape = new Cli.ShapeOptions();
         foreach (var o in shape.All) cmd.Options.Add(o);
         cmd.SetAction(r => Cli.Run(() =>
         {
+            var guard = new SpikeGuardConfig
+            {
+                Enabled = !r.GetValue(noGuard), RollbackSteps = r.GetValue(rollbackSteps), MinSkip = r.GetValue(skipMin),
+                MaxSkip = r.GetValue(skipMax), MaxRollbacks = r.GetValue(maxRollbacks),
+            };
+            if (r.GetValue(resume) is { } from)
+                return Resume(from, r.GetValue(outDir)!, r.GetValue(steps), r.GetValue(threads), r.GetValue(peak),
+                              explicitShape: new Option[] { preset, seq, vocab, block, attention, remat }.Concat(shape.All).Where(o => r.GetResult(o) is { Implicit: false }).Select(o => o.Name).ToList());
             var config = shape.Apply(Cli.Resolve(r.GetValue(preset)!, r.GetValue(block), r.GetValue(attention), r.GetValue(remat), r.GetValue(seq), r.GetValue(vocab)), r);
             var options = new TrainOptions
             {
                 Data = r.GetValue(data),
                 Tokenizer = r.GetValue(tokenizer),
-                Steps = r.GetValue(steps),
+                Steps = r.GetValue(steps) ?? 200,
                 BatchSchedule = r.GetValue(batch)!,
                 Seed = r.GetValue(seed),
                 Backend = r.GetValue(backend)!,
@@ -53,15 +71,56 @@ internal static class TrainCommand
                 OutDir = r.GetValue(outDir),
                 PeakGflops = r.GetValue(peak),
                 Optimizer = new AdafactorConfig { Factored = r.GetValue(factored), PeakLearningRate = r.GetValue(lr) },
+                CheckpointEvery = r.GetValue(checkpointEvery),
+                SpikeGuard = guard,
+                InjectSpike = r.GetValue(inject),
             };
-            return Run(config, options, vocabFromTokenizer: r.GetValue(vocab) is null);
+            string dir = options.OutDir!;
+            if (Directory.Exists(Path.Combine(dir, "checkpoints")) && Directory.EnumerateDirectories(Path.Combine(dir, "checkpoints"), "step-*").Any())
+                throw new ConfigException($"'{dir}' already holds checkpoints of a run; continue it with --resume latest, or choose a new --out");
+            using var trainer = new Trainer(config, options, vocabFromTokenizer: r.GetValue(vocab) is null);
+            return Run(trainer, resumed: false);
         }));
         return cmd;
     }
 
-    static int Run(ModelConfig config, TrainOptions options, bool vocabFromTokenizer)
+    static int Resume(string from, string outDir, long? steps, int threads, double peak, List<string> explicitShape)
     {
-        using var trainer = new Trainer(config, options, vocabFromTokenizer);
+        var store = new CheckpointStore(Path.Combine(outDir, "checkpoints"));
+        LoadedCheckpoint ckpt;
+        if (from == "latest")
+        {
+            if (store.List().Count == 0)
+                throw new ConfigException($"no checkpoints under '{store.Directory}'; train with --out {outDir} --checkpoint-every N first");
+            ckpt = store.LoadLatestValid(warn: w => Console.Error.WriteLine($"palm: warning: {w}"))
+                   ?? throw new InvalidDataException($"no valid checkpoint under '{store.Directory}' (every one failed verification, see above)");
+        }
+        else
+        {
+            ckpt = CheckpointStore.Load(from);
+            // A checkpoint directory RUN/checkpoints/step-N belongs to the run RUN.
+            outDir = Path.GetDirectoryName(Path.GetDirectoryName(Path.GetFullPath(from))!)!;
+        }
+        if (explicitShape.Count > 0)
+            throw new ConfigException($"--resume takes the model and data settings from the checkpoint; drop {string.Join(", ", explicitShape)} (a checkpoint from an incompatible config cannot be continued)");
+        var config = ckpt.Manifest.Model.Deserialize<ModelConfig>(Trainer.Json)!.Validate();
+        var saved = ckpt.Manifest.Training.Deserialize<TrainOptions>(Trainer.Json)!;
+        var options = saved with
+        {
+            Steps = steps ?? saved.Steps,
+            OutDir = outDir,
+            Threads = threads,
+            PeakGflops = peak > 0 ? peak : saved.PeakGflops,
+        };
+        using var trainer = new Trainer(config, options, vocabFromTokenizer: false);
+        trainer.Restore(ckpt);
+        Console.Error.WriteLine($"palm: resuming from {ckpt.Directory} at step {trainer.Step} (data batch {trainer.Cursor.Batch}, {trainer.Rollbacks.Count} earlier rollbacks)");
+        return Run(trainer, resumed: true);
+    }
+
+    static int Run(Trainer trainer, bool resumed)
+    {
+        var options = trainer.Options;
         string outDir = options.OutDir!;
         Directory.CreateDirectory(outDir);
         AtomicFile.WriteText(Path.Combine(outDir, "config.json"), trainer.DescribeRun().ToJsonString(Trainer.Json));
@@ -71,43 +130,50 @@ internal static class TrainCommand
                                 $"{trainer.Backend.DeviceName}, peak {trainer.PeakGflops:F0} GFLOP/s");
 
         string metricsPath = Path.Combine(outDir, "metrics.jsonl");
-        using var metrics = new StreamWriter(metricsPath, append: false) { AutoFlush = true };
+        using var metrics = new StreamWriter(metricsPath, append: resumed) { AutoFlush = true };
+        if (resumed) WriteEvent(metrics, new TrainingEvent("resume", new JsonObject { ["step"] = trainer.Step, ["batch"] = trainer.Cursor.Batch }, ""));
         var clock = Stopwatch.StartNew();
         StepMetrics? last = null;
-        void OneStep()
+        long total = options.Steps, startStep = trainer.Step;
+        bool interactive = total > trainer.Step && !Console.IsOutputRedirected && AnsiConsole.Profile.Capabilities.Interactive;
+        long every = Math.Max(1, (total - startStep) / 50);
+
+        void OnStep(StepMetrics m)
         {
-            last = trainer.TrainStep(clock);
-            metrics.WriteLine(JsonSerializer.Serialize(last, MetricsJson));
+            last = m;
+            metrics.WriteLine(JsonSerializer.Serialize(m, MetricsJson));
+            if (!interactive && (m.Step % every == 0 || m.Step == total || m.Step == startStep + 1))
+            {
+                double eta = (total - m.Step) * clock.Elapsed.TotalSeconds / Math.Max(1, m.Step - startStep);
+                Console.WriteLine($"{Describe(m, total)}  eta {eta:F0}s");
+            }
+        }
+        void OnEvent(TrainingEvent e)
+        {
+            if (e.Kind != "checkpoint") Console.Error.WriteLine($"palm: {e.Kind}: {e.Message}");
+            WriteEvent(metrics, e);
         }
 
-        long total = options.Steps;
-        if (total > 0 && !Console.IsOutputRedirected && AnsiConsole.Profile.Capabilities.Interactive)
+        try
         {
-            AnsiConsole.Progress()
-                .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
-                .Start(ctx =>
-                {
-                    var task = ctx.AddTask("starting", maxValue: total);
-                    while (trainer.Step < total)
-                    {
-                        OneStep();
-                        task.Description = Describe(last!, total);
-                        task.Increment(1);
-                    }
-                });
-        }
-        else
-        {
-            long every = Math.Max(1, total / 50);
-            while (trainer.Step < total)
+            if (interactive)
             {
-                OneStep();
-                if (trainer.Step % every == 0 || trainer.Step == total || trainer.Step == 1)
-                {
-                    double eta = (total - trainer.Step) * clock.Elapsed.TotalSeconds / trainer.Step;
-                    Console.WriteLine($"{Describe(last!, total)}  eta {eta:F0}s");
-                }
+                AnsiConsole.Progress()
+                    .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+                    .Start(ctx =>
+                    {
+                        var task = ctx.AddTask("starting", maxValue: total);
+                        task.Value = trainer.Step;
+                        trainer.Run(total, m => { OnStep(m); task.Description = Describe(m, total); task.Value = m.Step; }, OnEvent, clock);
+                    });
             }
+            else trainer.Run(total, OnStep, OnEvent, clock);
+        }
+        catch (SpikeGuardException e)
+        {
+            WriteEvent(metrics, new TrainingEvent("stopped", new JsonObject { ["step"] = trainer.Step, ["reason"] = e.Message }, e.Message));
+            Console.Error.WriteLine($"palm: error: {e.Message}");
+            return 3;
         }
 
         double evalLoss = trainer.Evaluate();
@@ -117,9 +183,16 @@ internal static class TrainCommand
             ["tokenizer"] = options.Tokenizer ?? "bytes",
             ["step"] = trainer.Step.ToString(),
         });
-        metrics.WriteLine(JsonSerializer.Serialize(new { @event = "end", step = trainer.Step, eval_loss = evalLoss, elapsed_s = clock.Elapsed.TotalSeconds }, MetricsJson));
-        Console.WriteLine($"done: {trainer.Step} steps in {clock.Elapsed.TotalSeconds:F1}s, train loss {last?.Loss ?? double.NaN:F4}, eval loss {evalLoss:F4}; wrote {weights}");
+        WriteEvent(metrics, new TrainingEvent("end", new JsonObject { ["step"] = trainer.Step, ["eval_loss"] = double.IsFinite(evalLoss) ? evalLoss : null, ["elapsed_s"] = clock.Elapsed.TotalSeconds, ["rollbacks"] = trainer.Rollbacks.Count }, ""));
+        Console.WriteLine($"done: step {trainer.Step} in {clock.Elapsed.TotalSeconds:F1}s, train loss {last?.Loss ?? double.NaN:F4}, eval loss {evalLoss:F4}, {trainer.Rollbacks.Count} rollbacks; wrote {weights}");
         return 0;
+    }
+
+    static void WriteEvent(StreamWriter w, TrainingEvent e)
+    {
+        var o = new JsonObject { ["event"] = e.Kind };
+        foreach (var (k, v) in e.Details) o[k] = v?.DeepClone();
+        w.WriteLine(o.ToJsonString());
     }
 
     static string Describe(StepMetrics m, long total) =>

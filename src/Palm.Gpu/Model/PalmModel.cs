@@ -104,8 +104,11 @@ public sealed class PalmModel : IDisposable
         return new LossResult(ce / m.N, Config.ZLoss * z2 / m.N);
     }
 
-    /// <summary>Backward of the last Forward: parameter gradients += d(mean CE + z-loss)/dθ.</summary>
-    public void Backward()
+    /// <summary>
+    /// Backward of the last Forward: parameter gradients += lossScale · d(mean CE + z-loss)/dθ.
+    /// lossScale ≠ 1 is used only for fault injection (a deliberate gradient spike).
+    /// </summary>
+    public void Backward(float lossScale = 1f)
     {
         if (_batch == 0) throw new InvalidOperationException("Backward needs a Forward first");
         var m = Dims.Of(Config, _batch);
@@ -113,7 +116,7 @@ public sealed class PalmModel : IDisposable
         var emb = Parameters.Embedding;
 
         // Head: dlogits in place, then through the tied embedding and the final norm.
-        _be.CrossEntropyBackward(_logits, _logits, _logZ, _targets, 1f / m.N, Config.ZLoss, m.N, m.V);
+        _be.CrossEntropyBackward(_logits, _logits, _logZ, _targets, lossScale / m.N, Config.ZLoss, m.N, m.V);
         _be.Matmul(s.DHidden, _logits, emb.Value, m.N, m.D, m.V, alpha: LogitScale);
         _be.Matmul(emb.Grad, _logits, _hf, m.V, m.D, m.N, transA: true, alpha: LogitScale, accumulate: true);
         _be.LayerNormBackward(s.DResidual, Parameters.FinalNorm.Grad, s.DHidden, _residual[Config.Layers],

@@ -40,6 +40,19 @@ public sealed record TrainingSnapshot(CheckpointManifest Manifest, List<NamedTen
 /// <summary>A checkpoint read back and verified.</summary>
 public sealed record LoadedCheckpoint(string Directory, CheckpointManifest Manifest, Dictionary<string, NamedTensor> Weights, Dictionary<string, NamedTensor> OptimizerState);
 
+/// <summary>
+/// Crash testing: PALM_FAULT_KILL_DURING_CHECKPOINT=STEP makes the process SIGKILL itself halfway through
+/// writing the checkpoint of that step (weights written, optimizer state and manifest not).
+/// </summary>
+internal static class FaultInjection
+{
+    public static void KillIfRequested(long step)
+    {
+        if (Environment.GetEnvironmentVariable("PALM_FAULT_KILL_DURING_CHECKPOINT") is { } v && long.TryParse(v, out long at) && at == step)
+            System.Diagnostics.Process.GetCurrentProcess().Kill();
+    }
+}
+
 /// <summary>Which checkpoints to keep. The default keeps the newest 4, every 1000th step forever, and always one ≥ 100 steps old.</summary>
 public sealed record RetentionPolicy(int KeepLast = 4, long KeepEvery = 1000, long KeepOneOlderThan = 100);
 
@@ -96,6 +109,7 @@ public sealed class CheckpointStore
         {
             var meta = new Dictionary<string, string> { ["format"] = "palm-gpu-checkpoint/1", ["step"] = s.Manifest.Step.ToString() };
             SafeTensors.Write(Path.Combine(tmp, WeightsFile), s.Weights, meta);
+            FaultInjection.KillIfRequested(s.Manifest.Step);
             SafeTensors.Write(Path.Combine(tmp, OptimizerFile), s.OptimizerState, meta);
             var files = new Dictionary<string, CheckpointFile>
             {
@@ -165,6 +179,25 @@ public sealed class CheckpointStore
         foreach (var (step, path) in List())
         {
             if (step > atOrBefore) continue;
+            try { return Load(path); }
+            catch (InvalidDataException e) { warn?.Invoke($"skipping checkpoint: {e.Message}"); }
+        }
+        return null;
+    }
+
+    /// <summary>Deletes checkpoints newer than step: after a rollback they belong to an abandoned trajectory.</summary>
+    public void DeleteAfter(long step)
+    {
+        Flush();
+        foreach (var (s, path) in List())
+            if (s > step) TryDelete(path);
+    }
+
+    /// <summary>The oldest checkpoint that verifies.</summary>
+    public LoadedCheckpoint? LoadOldestValid(Action<string>? warn = null)
+    {
+        foreach (var (_, path) in Enumerable.Reverse(List()))
+        {
             try { return Load(path); }
             catch (InvalidDataException e) { warn?.Invoke($"skipping checkpoint: {e.Message}"); }
         }

@@ -17,9 +17,12 @@ public sealed record TrainOptions
     public double HeldOutFraction { get; init; } = 0.05; // share of sequences kept for eval
     public double PeakGflops { get; init; }            // device peak for MFU; 0 = measure (CPU)
     public AdafactorConfig Optimizer { get; init; } = new();
+    public long CheckpointEvery { get; init; }         // steps between checkpoints under OutDir/checkpoints; 0 = none
+    public SpikeGuardConfig SpikeGuard { get; init; } = new();
+    public string? InjectSpike { get; init; }          // "STEP[:FACTOR]": scale the loss gradient of that step's batch (fault injection)
 }
 
 /// <summary>What one step did, as written to metrics.jsonl and shown on the progress bar.</summary>
 public sealed record StepMetrics(
     long Step, double Loss, double ZLoss, double GradNorm, double Lr, int Batch, long Tokens,
-    double TokensPerS, double Mfu, double StepSeconds, double ElapsedSeconds);
+    double TokensPerS, double Mfu, double StepSeconds, double ElapsedSeconds, long BatchIndex);

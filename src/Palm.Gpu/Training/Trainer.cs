@@ -8,10 +8,18 @@ using Palm.Gpu.Model;
 
 namespace Palm.Gpu.Training;
 
+/// <summary>A training event for the log and metrics.jsonl: {"event": Kind, ...Details}.</summary>
+public sealed record TrainingEvent(string Kind, JsonObject Details, string Message);
+
+/// <summary>The spike guard gave up (too many rollbacks, or nothing to roll back to).</summary>
+public sealed class SpikeGuardException(string message) : Exception(message);
+
 /// <summary>
-/// The training loop: deterministic batches → forward → backward → global norm → Adafactor. Every
-/// input is validated before anything is allocated or written, so bad input never leaves a half run
-/// directory.
+/// The training loop: deterministic batches → forward → backward → global norm → spike check →
+/// Adafactor, with checkpoints and rollbacks. Every input is validated before anything is allocated or
+/// written, so bad input never leaves a half run directory. The state that defines the future of a run
+/// is exactly: weights, optimizer state, step, data cursor (with its skip ranges), the spike detector's
+/// window and the rollback history — all of it in every checkpoint, so resuming is bit-identical.
 /// </summary>
 public sealed class Trainer : IDisposable
 {
@@ -23,14 +31,22 @@ public sealed class Trainer : IDisposable
     };
 
     readonly BatchSampler _sampler;
-    readonly DataCursor _cursor = new();
+    DataCursor _cursor = new();
     readonly int[] _inputs, _targets;
+    readonly SpikeDetector _detector;
+    readonly List<RollbackEvent> _rollbacks = [];
+    readonly long _injectBatch = -1;
+    readonly float _injectFactor = 1;
 
     public Trainer(ModelConfig requested, TrainOptions options, bool vocabFromTokenizer)
     {
         Options = options;
         Schedule = Training.BatchSchedule.Parse(options.BatchSchedule);
         if (options.Steps < 0) throw new ConfigException($"--steps must be ≥ 0, got {options.Steps}");
+        if (options.CheckpointEvery < 0) throw new ConfigException($"--checkpoint-every must be ≥ 0, got {options.CheckpointEvery}");
+        if (options.CheckpointEvery > 0 && options.OutDir is null) throw new ConfigException("checkpoints need a run directory: pass --out");
+        options.SpikeGuard.Validate();
+        (_injectBatch, _injectFactor) = ParseInjection(options.InjectSpike);
         Tokenizer = options.Tokenizer is null ? new ByteTokenizer() : TokenizerLoader.Load(options.Tokenizer);
         // The model's vocabulary follows the tokenizer's unless the caller fixed it, rounded up to a multiple of 64.
         Config = (vocabFromTokenizer ? requested with { Vocab = RoundUp(Tokenizer.VocabSize, 64) } : requested).Validate();
@@ -48,10 +64,12 @@ public sealed class Trainer : IDisposable
         Model.Parameters.Initialize(Backend, options.Seed);
         Optimizer = new AdafactorOptimizer(Backend, Model.Parameters, options.Optimizer);
         _sampler = new BatchSampler(Dataset, options.Seed);
+        _detector = new SpikeDetector(options.SpikeGuard);
         _inputs = new int[Schedule.Max * Config.SeqLen];
         _targets = new int[Schedule.Max * Config.SeqLen];
         FlopsPerToken = ModelMath.TrainingFlopsPerToken(Config);
         PeakGflops = options.PeakGflops > 0 ? options.PeakGflops : Peak.Measure(Backend);
+        Checkpoints = options.OutDir is null ? null : new CheckpointStore(Path.Combine(options.OutDir, "checkpoints"));
     }
 
     public ModelConfig Config { get; }
@@ -62,13 +80,45 @@ public sealed class Trainer : IDisposable
     public IBackend Backend { get; }
     public PalmModel Model { get; }
     public AdafactorOptimizer Optimizer { get; }
+    public CheckpointStore? Checkpoints { get; }
     public double FlopsPerToken { get; }
     public double PeakGflops { get; }
     /// <summary>Optimizer steps taken so far.</summary>
     public long Step { get; private set; }
+    public DataCursor Cursor => _cursor;
+    public IReadOnlyList<RollbackEvent> Rollbacks => _rollbacks;
 
-    /// <summary>Runs one optimizer step and returns its metrics.</summary>
+    /// <summary>
+    /// Trains until <paramref name="untilStep"/> steps are done, checkpointing and guarding against spikes.
+    /// onStep sees every applied step; onEvent every checkpoint, spike and rollback.
+    /// </summary>
+    public void Run(long untilStep, Action<StepMetrics>? onStep = null, Action<TrainingEvent>? onEvent = null, Stopwatch? clock = null)
+    {
+        clock ??= Stopwatch.StartNew();
+        bool checkpointing = Checkpoints is not null && Options.CheckpointEvery > 0;
+        if (checkpointing && Step == 0 && Checkpoints!.List().Count == 0) SaveCheckpoint(onEvent);
+        while (Step < untilStep)
+        {
+            var (metrics, spike) = StepOnce(clock);
+            if (spike is not null)
+            {
+                Rollback(metrics, spike, onEvent);
+                continue;
+            }
+            onStep?.Invoke(metrics);
+            if (checkpointing && Step % Options.CheckpointEvery == 0) SaveCheckpoint(onEvent);
+        }
+        Checkpoints?.Flush();
+    }
+
+    /// <summary>Runs one optimizer step without the spike guard (the guard lives in Run); returns its metrics.</summary>
     public StepMetrics TrainStep(Stopwatch? runClock = null)
+    {
+        var (m, _) = StepOnce(runClock, guard: false);
+        return m;
+    }
+
+    (StepMetrics Metrics, SpikeVerdict? Spike) StepOnce(Stopwatch? runClock, bool guard = true)
     {
         var sw = Stopwatch.StartNew();
         // The batch-size schedule is keyed by batch index: equal to the step until a rollback skips batches.
@@ -77,16 +127,125 @@ public sealed class Trainer : IDisposable
         int n = batch * Config.SeqLen;
         Model.Parameters.ZeroGradients(Backend);
         var loss = Model.Forward(_inputs.AsSpan(0, n), _targets.AsSpan(0, n), batch);
-        Model.Backward();
+        Model.Backward(batchIndex == _injectBatch ? _injectFactor : 1f);
         double gradNorm = Optimizer.GradientNorm();
-        float lr = Optimizer.Step(Step + 1, gradNorm);
+        var spike = guard && Options.SpikeGuard.Enabled ? _detector.Check(loss.CrossEntropy, gradNorm) : null;
+        float lr = Options.Optimizer.LearningRate(Step + 1);
+        if (spike is null)
+        {
+            Optimizer.Step(Step + 1, gradNorm);
+            _detector.Record(loss.CrossEntropy, gradNorm);
+        }
         Backend.Synchronize();
         Step++;
         double seconds = sw.Elapsed.TotalSeconds;
         double tps = n / seconds;
-        return new StepMetrics(Step, loss.CrossEntropy, loss.ZLoss, gradNorm, lr, batch, n, tps,
-                               tps * FlopsPerToken / (PeakGflops * 1e9), seconds, runClock?.Elapsed.TotalSeconds ?? seconds);
+        var metrics = new StepMetrics(Step, loss.CrossEntropy, loss.ZLoss, gradNorm, lr, batch, n, tps,
+                                      tps * FlopsPerToken / (PeakGflops * 1e9), seconds, runClock?.Elapsed.TotalSeconds ?? seconds, batchIndex);
+        return (metrics, spike);
     }
+
+    void Rollback(StepMetrics at, SpikeVerdict spike, Action<TrainingEvent>? onEvent)
+    {
+        var g = Options.SpikeGuard;
+        long spikeStep = at.Step;
+        if (_rollbacks.Count >= g.MaxRollbacks)
+            throw new SpikeGuardException($"loss spike at step {spikeStep} ({spike.Reason}) after {_rollbacks.Count} rollbacks, the configured maximum; stopping instead of looping. Lower the learning rate or inspect the data around batch {at.BatchIndex}.");
+        if (Checkpoints is null || Options.CheckpointEvery == 0)
+            throw new SpikeGuardException($"loss spike at step {spikeStep} ({spike.Reason}) and no checkpoints to roll back to; train with --out and --checkpoint-every N (e.g. 50) so the spike guard can restore an earlier state");
+        Checkpoints.Flush();
+        Action<string> warn = w => onEvent?.Invoke(new TrainingEvent("warning", new JsonObject { ["message"] = w }, w));
+        // Early in a run there may be nothing that old: then the oldest checkpoint (step 0) is the best there is.
+        var target = Checkpoints.LoadLatestValid(spikeStep - g.RollbackSteps, warn) ?? Checkpoints.LoadOldestValid(warn);
+        if (target is null)
+            throw new SpikeGuardException($"loss spike at step {spikeStep} ({spike.Reason}) but no valid checkpoint at or before step {spikeStep - g.RollbackSteps}");
+        var previous = _rollbacks.ToList();
+        Restore(target, keepRollbacks: true);
+        Checkpoints.DeleteAfter(Step);
+        // Skip the batches from the restored point through the spike plus a margin; repeated spikes widen it.
+        long first = _cursor.Batch;
+        long needed = at.BatchIndex - first + 1 + g.SkipMargin;
+        long count = Math.Clamp((long)(needed * (1 + 0.5 * previous.Count)), g.MinSkip, g.MaxSkip);
+        long last = first + count - 1;
+        _cursor.AddSkip(first, last);
+        var ev = new RollbackEvent(spikeStep, Step, first, last, spike.Reason);
+        _rollbacks.Clear();
+        _rollbacks.AddRange(previous);
+        _rollbacks.Add(ev);
+        onEvent?.Invoke(new TrainingEvent("rollback", new JsonObject
+        {
+            ["spike_step"] = spikeStep, ["restored_step"] = Step, ["skip_first"] = first, ["skip_last"] = last,
+            ["skipped"] = count, ["spike_batch"] = at.BatchIndex, ["loss"] = Finite(at.Loss), ["grad_norm"] = Finite(at.GradNorm),
+            ["reason"] = spike.Reason, ["rollbacks"] = _rollbacks.Count,
+        }, $"loss spike at step {spikeStep}: {spike.Reason}; rolled back to step {Step} and skipping batches {first}..{last} ({count} batches)"));
+    }
+
+    static JsonNode? Finite(double x) => double.IsFinite(x) ? JsonValue.Create(x) : JsonValue.Create(x.ToString());
+
+    /// <summary>Host snapshot of the full training state (taken between steps; writing can happen in the background).</summary>
+    public TrainingSnapshot Snapshot()
+    {
+        var weights = Model.Parameters.All.Select(p => new NamedTensor(p.Name, p.Shape.Select(x => (long)x).ToArray(), Download(p.Value))).ToList();
+        var state = Optimizer.StateBuffers.Select(b => new NamedTensor(b.Name, [b.Length], Download(b))).ToList();
+        var manifest = new CheckpointManifest
+        {
+            Step = Step,
+            Model = JsonSerializer.SerializeToNode(Config, Json),
+            Training = JsonSerializer.SerializeToNode(Options, Json),
+            Cursor = JsonNode.Parse(_cursor.ToJson()),
+            Backend = Backend.Name,
+            RecentLosses = [.. _detector.Losses],
+            RecentGradNorms = [.. _detector.GradNorms],
+            Rollbacks = [.. _rollbacks],
+        };
+        return new TrainingSnapshot(manifest, weights, state);
+
+        float[] Download(Tensors.DeviceBuffer b)
+        {
+            var h = new float[b.Length];
+            Backend.Download(b, h);
+            return h;
+        }
+    }
+
+    void SaveCheckpoint(Action<TrainingEvent>? onEvent)
+    {
+        var snap = Snapshot();
+        long step = Step;
+        Checkpoints!.SaveInBackground(snap);
+        onEvent?.Invoke(new TrainingEvent("checkpoint", new JsonObject { ["step"] = step, ["path"] = Path.Combine(Checkpoints.Directory, CheckpointStore.NameFor(step)) },
+                                          $"checkpoint at step {step}"));
+    }
+
+    /// <summary>Restores weights, optimizer state, step, data cursor, spike window and rollback history from a checkpoint.</summary>
+    public void Restore(LoadedCheckpoint c, bool keepRollbacks = false)
+    {
+        var saved = c.Manifest.Model.Deserialize<ModelConfig>(Json)!;
+        if (saved != Config)
+            throw new ConfigException($"checkpoint '{c.Directory}' was written for a different model ({Describe(saved)}) than this run's ({Describe(Config)}); resume with the checkpoint's settings");
+        foreach (var p in Model.Parameters.All)
+            Backend.Upload(p.Value, Tensor(c.Weights, p.Name, p.Count, c.Directory));
+        foreach (var b in Optimizer.StateBuffers)
+            Backend.Upload(b, Tensor(c.OptimizerState, b.Name, b.Length, c.Directory));
+        Step = c.Manifest.Step;
+        _cursor = c.Manifest.Cursor is null ? new DataCursor() : DataCursor.FromJson(c.Manifest.Cursor.ToJsonString());
+        _detector.Restore(c.Manifest.RecentLosses, c.Manifest.RecentGradNorms);
+        if (!keepRollbacks)
+        {
+            _rollbacks.Clear();
+            _rollbacks.AddRange(c.Manifest.Rollbacks);
+        }
+    }
+
+    static float[] Tensor(Dictionary<string, NamedTensor> tensors, string name, long count, string dir)
+    {
+        if (!tensors.TryGetValue(name, out var t) || t.Data.LongLength != count)
+            throw new InvalidDataException($"checkpoint '{dir}' lacks tensor '{name}' of {count} values; it was written by an incompatible configuration (e.g. factored vs unfactored Adafactor)");
+        return t.Data;
+    }
+
+    static string Describe(ModelConfig c) =>
+        $"vocab {c.Vocab}, d_model {c.DModel}, layers {c.Layers}, heads {c.Heads}, head_dim {c.HeadDim}, d_ff {c.DFf}, seq {c.SeqLen}, {c.Block}, {c.Attention}";
 
     /// <summary>Mean cross-entropy over (up to maxSequences of) the held-out split.</summary>
     public double Evaluate(int maxSequences = 64)
@@ -124,13 +283,28 @@ public sealed class Trainer : IDisposable
         ["flops_per_token"] = FlopsPerToken,
     };
 
+    static (long Batch, float Factor) ParseInjection(string? spec)
+    {
+        if (spec is null) return (-1, 1);
+        var parts = spec.Split(':');
+        if (parts.Length > 2 || !long.TryParse(parts[0], out long step) || step < 1 ||
+            (parts.Length == 2 && (!float.TryParse(parts[1], System.Globalization.CultureInfo.InvariantCulture, out float f) || !(f > 0))))
+            throw new ConfigException($"--inject-spike takes STEP[:FACTOR] with STEP ≥ 1 and FACTOR > 0, e.g. 300 or 300:1000; got '{spec}'");
+        // Step S of an uninterrupted run draws batch S − 1; poisoning the batch (not the step) means a rollback that skips it does not meet it again.
+        return (step - 1, parts.Length == 2 ? float.Parse(parts[1], System.Globalization.CultureInfo.InvariantCulture) : 1000f);
+    }
+
     static int RoundUp(int x, int m) => (x + m - 1) / m * m;
 
     public void Dispose()
     {
-        Optimizer.Dispose();
-        Model.Dispose();
-        Dataset.Dispose();
-        Backend.Dispose();
+        try { Checkpoints?.Flush(); }
+        finally
+        {
+            Optimizer.Dispose();
+            Model.Dispose();
+            Dataset.Dispose();
+            Backend.Dispose();
+        }
     }
 }

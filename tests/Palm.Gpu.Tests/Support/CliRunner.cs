@@ -7,9 +7,11 @@ public static class CliRunner
 {
     public sealed record Result(int ExitCode, string Stdout, string Stderr);
 
-    public static Result Run(params string[] args) => RunIn(null, args);
+    public static Result Run(params string[] args) => RunIn(null, null, args);
 
-    public static Result RunIn(string? workingDirectory, params string[] args)
+    public static Result RunWithEnv(IReadOnlyDictionary<string, string> env, params string[] args) => RunIn(null, env, args);
+
+    public static Result RunIn(string? workingDirectory, IReadOnlyDictionary<string, string>? env, params string[] args)
     {
         var psi = new ProcessStartInfo("dotnet")
         {
@@ -19,6 +21,7 @@ public static class CliRunner
             WorkingDirectory = workingDirectory ?? Environment.CurrentDirectory,
         };
         psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "palm.dll"));
+        foreach (var (k, v) in env ?? new Dictionary<string, string>()) psi.Environment[k] = v;
         foreach (var a in args) psi.ArgumentList.Add(a);
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync();
