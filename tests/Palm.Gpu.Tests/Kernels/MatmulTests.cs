@@ -76,6 +76,7 @@ public class MatmulTests
     [InlineData(33, 65, 17)]
     [InlineData(97, 31, 129)]
     [InlineData(15, 33, 300)]
+    [InlineData(20, 300, 50)] // few rows, many columns: work is split over column groups too
     public void EveryPathMatchesDoubleReference(int m, int n, int k)
     {
         var a = TestData.Uniform(1, m * k);
@@ -122,6 +123,7 @@ public class MatmulTests
     [InlineData(300, 520, 700, false)]
     [InlineData(97, 131, 129, true)]
     [InlineData(2048, 40, 33, false)]
+    [InlineData(20, 300, 50, false)]
     public void ThreadCountDoesNotChangeBits(int m, int n, int k, bool tinyBlocks)
     {
         var a = TestData.Uniform(7, m * k);

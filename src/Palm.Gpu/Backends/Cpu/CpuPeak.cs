@@ -21,7 +21,8 @@ internal static class CpuPeak
 
     /// <summary>
     /// Peak fp32 GFLOP/s of <paramref name="threads"/> cores (an FMA counts 2 FLOPs per lane). Runs ~<paramref name="milliseconds"/>
-    /// ms; each thread keeps its best 10 ms slice, so work from other processes sharing the cores lowers the figure less.
+    /// ms; each thread keeps its best 2 ms slice: shorter than a scheduler time slice, so other processes sharing the cores
+    /// lower the figure little (the peak is what the cores can do, not what they did while shared).
     /// </summary>
     public static double MeasureGflops(int threads, int milliseconds = 200)
     {
@@ -43,16 +44,16 @@ internal static class CpuPeak
         return best.Sum() / 1e9;
     }
 
-    /// <summary>FLOP/s of the fastest ~10 ms slice in a run of the given length, on the calling thread.</summary>
+    /// <summary>FLOP/s of the fastest ~2 ms slice in a run of the given length, on the calling thread.</summary>
     private static double BestRate(int milliseconds)
     {
         double flopsPerCall = 2.0 * Lanes * Chains * Rounds;
-        // Calibrate the calls per slice so a slice lasts about 10 ms.
+        // Calibrate the calls per slice so a slice lasts about 2 ms.
         var clock = Stopwatch.StartNew();
         Burn(Rounds);
         int calls = 1;
         while (clock.Elapsed.TotalMilliseconds < 1) { Burn(Rounds); calls++; }
-        int callsPerSlice = Math.Max(1, calls * 10);
+        int callsPerSlice = Math.Max(1, calls * 2);
 
         double best = 0;
         float sink = 0;
