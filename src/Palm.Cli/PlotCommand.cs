@@ -17,8 +17,8 @@ internal static class PlotCommand
             string dir = r.GetValue(run)!;
             string metrics = Path.Combine(dir, "metrics.jsonl");
             if (!File.Exists(metrics)) throw new FileNotFoundException($"'{metrics}' does not exist; give a run directory written by palm train");
-            var loss = new List<(double, double)>();
-            var grad = new List<(double, double)>();
+            // A rollback sends the step back: each trajectory segment gets its own pair of lines.
+            var segments = new List<(List<(double, double)> Loss, List<(double, double)> Grad)> { ([], []) };
             var markers = new List<PlotMarker>();
             int lineNo = 0;
             foreach (var line in File.ReadLines(metrics))
@@ -35,18 +35,27 @@ internal static class PlotCommand
                         long spike = j.GetProperty("spike_step").GetInt64(), restored = j.GetProperty("restored_step").GetInt64();
                         markers.Add(new PlotMarker(spike, $"spike {spike}"));
                         markers.Add(new PlotMarker(restored, $"rollback to {restored}", "#1f77b4"));
+                        segments.Add(([], []));
                     }
                     continue;
                 }
                 double step = j.GetProperty("step").GetDouble();
-                loss.Add((step, Number(j.GetProperty("loss"))));
-                grad.Add((step, Number(j.GetProperty("grad_norm"))));
+                segments[^1].Loss.Add((step, Number(j.GetProperty("loss"))));
+                segments[^1].Grad.Add((step, Number(j.GetProperty("grad_norm"))));
             }
-            if (loss.Count == 0) throw new InvalidDataException($"'{metrics}' holds no step lines yet");
+            int steps = segments.Sum(x => x.Loss.Count);
+            if (steps == 0) throw new InvalidDataException($"'{metrics}' holds no step lines yet");
+            var series = new List<PlotSeries>();
+            for (int i = 0; i < segments.Count; i++)
+            {
+                string suffix = i == 0 ? "" : $" (after rollback {i})";
+                series.Add(new PlotSeries("loss" + suffix, segments[i].Loss));
+                series.Add(new PlotSeries("grad norm" + suffix, segments[i].Grad, RightAxis: true, Dashed: true));
+            }
             string outPath = r.GetValue(output) ?? Path.Combine(dir, "loss.svg");
             Plots.SaveSvg(outPath, $"{Path.GetFileName(Path.GetFullPath(dir))}: loss and gradient norm", "step", "loss",
-                [new PlotSeries("loss", loss), new PlotSeries("grad norm", grad, RightAxis: true, Dashed: true)], markers, rightTitle: "gradient norm");
-            Console.WriteLine($"wrote {outPath} ({loss.Count} steps, {markers.Count / 2} rollbacks)");
+                series, markers, rightTitle: "gradient norm");
+            Console.WriteLine($"wrote {outPath} ({steps} steps, {markers.Count / 2} rollbacks)");
             return 0;
         }));
         return cmd;

@@ -76,6 +76,29 @@ public class CliTests
     }
 
     [Fact]
+    public void InjectedSpikeIsLoggedAsARollbackAndPlotted()
+    {
+        string run = Path.Combine(CliRunner.TempDir(), "run");
+        var r = CliRunner.Run("train", "--preset", "tiny", "--seq", "16", "--batch", "2", "--steps", "40", "--checkpoint-every", "5",
+                              "--inject-spike", "30", "--rollback-steps", "10", "--skip-min", "20", "--skip-max", "50", "--out", run, "--peak-gflops", "100");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.Contains("loss spike at step 30", r.Stderr);
+        var rollback = File.ReadLines(Path.Combine(run, "metrics.jsonl")).Where(l => l.Contains("\"rollback\"")).ToList();
+        var j = Assert.Single(rollback);
+        using var doc = JsonDocument.Parse(j);
+        Assert.Equal(30, doc.RootElement.GetProperty("spike_step").GetInt64());
+        Assert.Equal(20, doc.RootElement.GetProperty("restored_step").GetInt64());
+        Assert.Equal(20, doc.RootElement.GetProperty("skip_first").GetInt64());
+
+        var p = CliRunner.Run("plot", run);
+        Assert.True(p.ExitCode == 0, p.Stderr);
+        string svg = File.ReadAllText(Path.Combine(run, "loss.svg"));
+        Assert.StartsWith("<?xml", svg.TrimStart());
+        Assert.Contains("rollback to 20", svg);
+        Assert.Contains("spike 30", svg);
+    }
+
+    [Fact]
     public void PlanPrintsThePaperParameterCounts()
     {
         var r = CliRunner.Run("plan", "palm-540b");
