@@ -1,7 +1,143 @@
+using System.Runtime.Intrinsics;
+
 namespace Palm.Gpu.Backends.Cpu;
 
-internal static class CpuCrossEntropy
+// Softmax cross-entropy with PaLM's z-loss, on the CPU.
+// Dimension legend: B batch, T time, N = B·T rows, V vocabulary.
+//
+//   Forward   logits (N,V), targets (N) -> losses (N) = logZ − logits[target],  logZ (N) = log Σ_v exp(logits)
+//   Backward  logits (N,V), logZ (N), targets (N) -> dlogits (N,V) = scale · (softmax·(1 + 2·zLoss·logZ) − onehot(target))
+//
+// The loss this differentiates is scale · Σ_rows (CE + zLoss·logZ²); d logZ / d logits = softmax gives the
+// z-loss term. logZ = max + log Σ exp(logits − max): every exponent is ≤ 0, so nothing overflows, and the
+// sum is accumulated in double. The backward is element-wise within a row (softmax comes from the saved
+// logZ), so dlogits may alias logits: the model overwrites its (N,V) logits buffer in place.
+// One row per work item: rows are independent, so any thread count gives the same bits.
+internal static unsafe class CpuCrossEntropy
 {
-    public static void Forward(int threads, float[] losses, float[] logZ, float[] logits, int[] targets, int n, int v) => throw new NotImplementedException();
-    public static void Backward(int threads, float[] dlogits, float[] logits, float[] logZ, int[] targets, float scale, float zLoss, int n, int v) => throw new NotImplementedException();
+    const int FlushEvery = 256;
+
+    public static void Forward(int threads, float[] losses, float[] logZ, float[] logits, int[] targets, int n, int v)
+    {
+        CheckTargets(targets, n, v);
+        CpuParallel.For(threads, n, row =>
+        {
+            fixed (float* pl = logits)
+            {
+                float* x = pl + (long)row * v;
+                float max = Max(x, v);
+                double lz = max + Math.Log(SumExp(x, max, v));
+                logZ[row] = (float)lz;
+                losses[row] = (float)(lz - x[targets[row]]); // one rounding, so a tiny loss keeps its digits
+            }
+        });
+    }
+
+    public static void Backward(int threads, float[] dlogits, float[] logits, float[] logZ, int[] targets, float scale, float zLoss, int n, int v)
+    {
+        CheckTargets(targets, n, v);
+        CpuParallel.For(threads, n, row =>
+        {
+            long o = (long)row * v;
+            float lz = logZ[row];
+            // softmax·scale·(1 + 2·zLoss·logZ): the z-loss only rescales the softmax part of the gradient.
+            float factor = scale * (1f + 2f * zLoss * lz);
+            fixed (float* pd = dlogits, pl = logits)
+            {
+                ScaledSoftmax(pd + o, pl + o, lz, factor, v);
+                pd[o + targets[row]] -= scale;
+            }
+        });
+    }
+
+    static void CheckTargets(int[] targets, int n, int v)
+    {
+        for (int i = 0; i < n; i++)
+            if ((uint)targets[i] >= (uint)v)
+                throw new IndexOutOfRangeException(
+                    $"cross-entropy: target {targets[i]} at row {i} is outside the vocabulary [0, {v}); check the tokenizer's vocabulary size against the model config.");
+    }
+
+    static float Max(float* x, int v)
+    {
+        int j = 0;
+        float m = float.NegativeInfinity;
+        if (Vector512.IsHardwareAccelerated && v >= Vector512<float>.Count)
+        {
+            var acc = Vector512.Create(float.NegativeInfinity);
+            for (; j <= v - Vector512<float>.Count; j += Vector512<float>.Count) acc = Vector512.Max(acc, Vector512.Load(x + j));
+            for (int k = 0; k < Vector512<float>.Count; k++) m = MathF.Max(m, acc[k]);
+        }
+        else if (Vector256.IsHardwareAccelerated && v >= Vector256<float>.Count)
+        {
+            var acc = Vector256.Create(float.NegativeInfinity);
+            for (; j <= v - Vector256<float>.Count; j += Vector256<float>.Count) acc = Vector256.Max(acc, Vector256.Load(x + j));
+            for (int k = 0; k < Vector256<float>.Count; k++) m = MathF.Max(m, acc[k]);
+        }
+        for (; j < v; j++) m = MathF.Max(m, x[j]);
+        return m;
+    }
+
+    // Σ exp(x − max): the exponentials are float (each in (0, 1]) and are summed in float over short
+    // blocks of FlushEvery elements, then in double, which costs far less than widening every vector.
+    static double SumExp(float* x, float max, int v)
+    {
+        int j = 0;
+        double s = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var vmax = Vector512.Create(max);
+            var total = Vector512<double>.Zero;
+            while (j <= v - Vector512<float>.Count)
+            {
+                // Each float lane adds at most FlushEvery/16 terms in (0,1] before the block is widened into double.
+                int blockEnd = Math.Min(v, j + FlushEvery);
+                var acc0 = Vector512<float>.Zero; var acc1 = Vector512<float>.Zero; // two chains keep two exps in flight
+                for (; j <= blockEnd - 2 * Vector512<float>.Count; j += 2 * Vector512<float>.Count)
+                {
+                    acc0 += Vector512.Exp(Vector512.Load(x + j) - vmax);
+                    acc1 += Vector512.Exp(Vector512.Load(x + j + Vector512<float>.Count) - vmax);
+                }
+                for (; j <= blockEnd - Vector512<float>.Count; j += Vector512<float>.Count) acc0 += Vector512.Exp(Vector512.Load(x + j) - vmax);
+                var (lo, hi) = Vector512.Widen(acc0 + acc1);
+                total += lo + hi;
+            }
+            s = Vector512.Sum(total);
+        }
+        else if (Vector256.IsHardwareAccelerated)
+        {
+            var vmax = Vector256.Create(max);
+            var total = Vector256<double>.Zero;
+            while (j <= v - Vector256<float>.Count)
+            {
+                int blockEnd = Math.Min(v, j + FlushEvery);
+                var acc = Vector256<float>.Zero;
+                for (; j <= blockEnd - Vector256<float>.Count; j += Vector256<float>.Count) acc += Vector256.Exp(Vector256.Load(x + j) - vmax);
+                var (lo, hi) = Vector256.Widen(acc);
+                total += lo + hi;
+            }
+            s = Vector256.Sum(total);
+        }
+        for (; j < v; j++) s += MathF.Exp(x[j] - max);
+        return s;
+    }
+
+    // d[j] = factor · exp(x[j] − logZ); loads precede stores per vector, so d may alias x.
+    static void ScaledSoftmax(float* d, float* x, float lz, float factor, int v)
+    {
+        int j = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var vlz = Vector512.Create(lz); var vf = Vector512.Create(factor);
+            for (; j <= v - Vector512<float>.Count; j += Vector512<float>.Count)
+                Vector512.Store(Vector512.Exp(Vector512.Load(x + j) - vlz) * vf, d + j);
+        }
+        else if (Vector256.IsHardwareAccelerated)
+        {
+            var vlz = Vector256.Create(lz); var vf = Vector256.Create(factor);
+            for (; j <= v - Vector256<float>.Count; j += Vector256<float>.Count)
+                Vector256.Store(Vector256.Exp(Vector256.Load(x + j) - vlz) * vf, d + j);
+        }
+        for (; j < v; j++) d[j] = MathF.Exp(x[j] - lz) * factor;
+    }
 }

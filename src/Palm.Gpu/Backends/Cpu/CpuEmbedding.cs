@@ -1,7 +1,65 @@
+using System.Runtime.Intrinsics;
+
 namespace Palm.Gpu.Backends.Cpu;
 
-internal static class CpuEmbedding
+// Token embedding on the CPU (the table is shared with the output logits in PaLM).
+// Dimension legend: B batch, T time, N = B·T rows, D model width, V vocabulary.
+//
+//   Forward   tokens (N), table (V,D) -> out (N,D) = table[tokens]
+//   Backward  dout (N,D), tokens (N)  -> dtable (V,D) += scatter-add of dout rows by token
+//
+// The backward is deterministic without atomics: the D columns are cut into fixed blocks, one block per
+// work item, and every work item walks all N rows in order. A table row that several tokens hit is
+// therefore always summed in row order, whatever the thread count.
+// Tokens are checked up front (O(N), before any write): an out-of-range id would otherwise read or write
+// another row of the table.
+internal static unsafe class CpuEmbedding
 {
-    public static void Forward(int threads, float[] output, int[] tokens, float[] table, int n, int d) => throw new NotImplementedException();
-    public static void Backward(int threads, float[] dtable, int[] tokens, float[] dout, int n, int d, int v) => throw new NotImplementedException();
+    const int ColumnBlock = 128;
+
+    public static void Forward(int threads, float[] output, int[] tokens, float[] table, int n, int d)
+    {
+        CheckTokens(tokens, n, table.Length / d, "table");
+        CpuParallel.For(threads, n, row =>
+        {
+            long token = tokens[row];
+            Array.Copy(table, token * d, output, (long)row * d, d);
+        });
+    }
+
+    public static void Backward(int threads, float[] dtable, int[] tokens, float[] dout, int n, int d, int v)
+    {
+        CheckTokens(tokens, n, v, "dtable");
+        int blocks = (d + ColumnBlock - 1) / ColumnBlock;
+        CpuParallel.For(threads, blocks, block =>
+        {
+            int j0 = block * ColumnBlock, width = Math.Min(ColumnBlock, d - j0);
+            fixed (float* pdt = dtable, pdo = dout)
+            fixed (int* ptok = tokens)
+            {
+                for (long row = 0; row < n; row++)
+                    AddRow(pdt + ptok[row] * (long)d + j0, pdo + row * d + j0, width);
+            }
+        });
+    }
+
+    static void CheckTokens(int[] tokens, int n, int vocab, string tableName)
+    {
+        for (int i = 0; i < n; i++)
+            if ((uint)tokens[i] >= (uint)vocab)
+                throw new IndexOutOfRangeException(
+                    $"embedding: token {tokens[i]} at position {i} is outside the vocabulary [0, {vocab}) of '{tableName}'; check the tokenizer's vocabulary size against the model config.");
+    }
+
+    static void AddRow(float* acc, float* x, int n)
+    {
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+            for (; i <= n - Vector512<float>.Count; i += Vector512<float>.Count)
+                Vector512.Store(Vector512.Load(acc + i) + Vector512.Load(x + i), acc + i);
+        else if (Vector256.IsHardwareAccelerated)
+            for (; i <= n - Vector256<float>.Count; i += Vector256<float>.Count)
+                Vector256.Store(Vector256.Load(acc + i) + Vector256.Load(x + i), acc + i);
+        for (; i < n; i++) acc[i] += x[i];
+    }
 }
