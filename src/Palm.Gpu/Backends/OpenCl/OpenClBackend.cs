@@ -27,6 +27,9 @@ public sealed class OpenClBackend : IBackend
     readonly Dictionary<string, OpenClProgram> programs = new();
     readonly Dictionary<string, string> sources = new();
     readonly Dictionary<string, OpenClBuffer> scratch = new();
+    // Index errors found by kernels (bad token ids, bad targets): (1 + position, value, bound) per kind,
+    // raised on the host at the next synchronisation point. See embedding.cl and crossentropy.cl.
+    readonly OpenClBuffer deviceErrors;
     bool disposed;
 
     /// <summary>Opens device <paramref name="device"/> of <see cref="OpenClDevice.All"/> (platform order, then device order).</summary>
@@ -43,6 +46,7 @@ public sealed class OpenClBackend : IBackend
         if (device.CorrectlyRoundedDivideSqrt) options.Add("-cl-fp32-correctly-rounded-divide-sqrt");
         if (device.HasFp64) options.Add("-D PALM_FP64=1");
         baseOptions = string.Join(' ', options);
+        deviceErrors = context.CreateBuffer("device errors", 6, ElementType.I32);
     }
 
     static OpenClDevice SelectDevice(int index)
@@ -144,6 +148,7 @@ public sealed class OpenClBackend : IBackend
         CheckType(b, ElementType.F32, "download floats from");
         CheckRange(b, srcOffset, dst.Length, "download");
         context.Queue.Read(b, srcOffset * 4, MemoryMarshal.AsBytes(dst));
+        ThrowDeviceErrors();
     }
 
     /// <summary>Reads an int32 buffer (token ids); not part of the kernel contract, used by tests and tools.</summary>
@@ -172,7 +177,25 @@ public sealed class OpenClBackend : IBackend
         context.Queue.Copy(d, s, dstOffset * 4, srcOffset * 4, n * 4);
     }
 
-    public void Synchronize() => context.Queue.Finish();
+    public void Synchronize()
+    {
+        context.Queue.Finish();
+        ThrowDeviceErrors();
+    }
+
+    /// <summary>Raises an index error a kernel recorded (the queue must be finished, as after any blocking read).</summary>
+    void ThrowDeviceErrors()
+    {
+        Span<int> e = stackalloc int[6];
+        context.Queue.Read(deviceErrors, 0, MemoryMarshal.AsBytes(e));
+        if (e[0] == 0 && e[3] == 0) return;
+        context.Queue.FillZero(deviceErrors, 6 * 4);
+        if (e[0] != 0)
+            throw new IndexOutOfRangeException(
+                $"embedding: token {e[1]} at position {e[0] - 1} is outside the vocabulary [0, {e[2]}); check the tokenizer's vocabulary size against the model config.");
+        throw new IndexOutOfRangeException(
+            $"cross-entropy: target {e[4]} at row {e[3] - 1} is outside the vocabulary [0, {e[5]}); check the tokenizer's vocabulary size against the model config.");
+    }
 
     static void CheckType(OpenClBuffer b, ElementType type, string what)
     {
@@ -223,14 +246,22 @@ public sealed class OpenClBackend : IBackend
     // ---- embedding ----------------------------------------------------------------------------
 
     public void EmbeddingForward(DeviceBuffer output, DeviceBuffer tokens, DeviceBuffer table, int n, int d)
-        => Kernel("embedding.cl", "embedding_forward").Call()
-            .Arg(Buf(output, nameof(output))).Arg(Buf(tokens, nameof(tokens))).Arg(Buf(table, nameof(table))).Arg(n).Arg(d)
+    {
+        if (n == 0 || d == 0) return;
+        Kernel("embedding.cl", "embedding_forward").Call()
+            .Arg(Buf(output, nameof(output))).Arg(Buf(tokens, nameof(tokens))).Arg(Buf(table, nameof(table))).Arg(deviceErrors)
+            .Arg(n).Arg(d).Arg((int)(table.Length / d))
             .Launch((long)n * d, Group, Profiler);
+    }
 
     public void EmbeddingBackward(DeviceBuffer dtable, DeviceBuffer tokens, DeviceBuffer dout, int n, int d, int v)
-        => Kernel("embedding.cl", "embedding_backward").Call()
-            .Arg(Buf(dtable, nameof(dtable))).Arg(Buf(tokens, nameof(tokens))).Arg(Buf(dout, nameof(dout))).Arg(n).Arg(d)
+    {
+        if (n == 0 || d == 0) return;
+        Kernel("embedding.cl", "embedding_backward").Call()
+            .Arg(Buf(dtable, nameof(dtable))).Arg(Buf(tokens, nameof(tokens))).Arg(Buf(dout, nameof(dout))).Arg(deviceErrors)
+            .Arg(n).Arg(d).Arg(v)
             .Launch(d, Group, Profiler);
+    }
 
     // ---- layer norm ---------------------------------------------------------------------------
 
@@ -253,16 +284,17 @@ public sealed class OpenClBackend : IBackend
         var inputB = Buf(input, nameof(input));
         var meanB = Buf(mean, nameof(mean));
         var rstdB = Buf(rstd, nameof(rstd));
-        Kernel("layernorm.cl", "layernorm_backward_dinput", LayerNormKnobs).Call()
-            .Arg(Buf(dinput, nameof(dinput))).Arg(doutB).Arg(inputB).Arg(Buf(weight, nameof(weight))).Arg(meanB).Arg(rstdB)
-            .Arg(n).Arg(d).Arg(accumulate ? 1 : 0)
-            .Launch((long)n * Tuning.RowGroup, Tuning.RowGroup, Profiler);
-
+        // dweight first: dinp may alias dout, and the dinput kernel overwrites it.
         int chunks = (int)DivUp(n, LayerNormRowsPerChunk);
         var partial = Scratch("layernorm.dweight", (long)chunks * d);
         Kernel("layernorm.cl", "layernorm_backward_dweight_partial", LayerNormKnobs).Call()
             .Arg(partial).Arg(doutB).Arg(inputB).Arg(meanB).Arg(rstdB).Arg(n).Arg(d)
             .Launch(d, chunks, Group, 1, Profiler);
+        Kernel("layernorm.cl", "layernorm_backward_dinput", LayerNormKnobs).Call()
+            .Arg(Buf(dinput, nameof(dinput))).Arg(doutB).Arg(inputB).Arg(Buf(weight, nameof(weight))).Arg(meanB).Arg(rstdB)
+            .Arg(n).Arg(d).Arg(accumulate ? 1 : 0)
+            .Launch((long)n * Tuning.RowGroup, Tuning.RowGroup, Profiler);
+
         Kernel("layernorm.cl", "layernorm_backward_dweight_reduce", LayerNormKnobs).Call()
             .Arg(Buf(dweight, nameof(dweight))).Arg(partial).Arg(d).Arg(chunks)
             .Launch(d, Group, Profiler);
@@ -372,7 +404,7 @@ public sealed class OpenClBackend : IBackend
         if (n == 0) return;
         Kernel("crossentropy.cl", "crossentropy_forward", $"-D CE_WG={Tuning.RowGroup}").Call()
             .Arg(Buf(losses, nameof(losses))).Arg(Buf(logZ, nameof(logZ))).Arg(Buf(logits, nameof(logits))).Arg(Buf(targets, nameof(targets)))
-            .Arg(n).Arg(v)
+            .Arg(deviceErrors).Arg(n).Arg(v)
             .Launch((long)n * Tuning.RowGroup, Tuning.RowGroup, Profiler);
     }
 
@@ -400,6 +432,7 @@ public sealed class OpenClBackend : IBackend
         Kernel("reduce.cl", "sum_partials", ReduceKnobs).Call().Arg(total).Arg(partial).Arg(runs).Launch(SumSquaresGroup, SumSquaresGroup, Profiler);
         Span<byte> bytes = stackalloc byte[8];
         context.Queue.Read(total, 0, bytes[..RealBytes]);
+        ThrowDeviceErrors();
         return RealBytes == 8 ? BitConverter.ToDouble(bytes) : BitConverter.ToSingle(bytes);
     }
 
@@ -454,6 +487,7 @@ public sealed class OpenClBackend : IBackend
         disposed = true;
         foreach (var b in scratch.Values) b.Dispose();
         scratch.Clear();
+        deviceErrors.Dispose();
         programs.Clear();
         context.Dispose();
     }
