@@ -14,8 +14,10 @@
 // crossentropy_backward: logits (N,V), logZ (N), targets (N) -> dlogits (N,V) (may alias logits)
 
 #ifndef CE_WG
-#define CE_WG 64   // work-items per row (power of two)
+#define CE_WG 64   // work-items per row in the forward (power of two)
 #endif
+#define CE_VEC 16     // elements per vector: work-items walk a row in float16 pieces
+#define CE_FLUSH 16   // vectors summed in float before the partial sum moves to REAL
 
 #ifdef PALM_FP64
 typedef double REAL;
@@ -31,9 +33,16 @@ void crossentropy_forward(__global float* losses, __global float* logZ, __global
     __local REAL sum_scratch[CE_WG];
     const int n = get_group_id(0), lid = get_local_id(0);
     const __global float* x = logits + (long)n * V;
+    const int vectors = V / CE_VEC, tail = vectors * CE_VEC;
 
-    float m = -INFINITY;
-    for (int j = lid; j < V; j += CE_WG) m = fmax(m, x[j]);
+    // Row max: work-item lid takes vectors lid, lid + CE_WG, ... and the tail elements lid, lid + CE_WG, ...
+    float16 m16 = (float16)(-INFINITY);
+    for (int c = lid; c < vectors; c += CE_WG) m16 = fmax(m16, vload16(c, x));
+    float8 m8 = fmax(m16.lo, m16.hi);
+    float4 m4 = fmax(m8.lo, m8.hi);
+    float2 m2 = fmax(m4.lo, m4.hi);
+    float m = fmax(m2.lo, m2.hi);
+    for (int j = tail + lid; j < V; j += CE_WG) m = fmax(m, x[j]);
     max_scratch[lid] = m;
     barrier(CLK_LOCAL_MEM_FENCE);
     for (int stride = CE_WG / 2; stride > 0; stride >>= 1) {
@@ -42,8 +51,18 @@ void crossentropy_forward(__global float* losses, __global float* logZ, __global
     }
     m = max_scratch[0];
 
+    // Σ exp(x − max): every term is in (0, 1]; float vectors over short runs, then REAL.
     REAL s = 0;
-    for (int j = lid; j < V; j += CE_WG) s += (REAL)exp(x[j] - m);
+    int c = lid;
+    while (c < vectors) {
+        float16 s16 = (float16)(0.0f);
+        for (int k = 0; k < CE_FLUSH && c < vectors; k++, c += CE_WG) s16 += exp(vload16(c, x) - m);
+        const float8 s8 = s16.lo + s16.hi;
+        const float4 s4 = s8.lo + s8.hi;
+        const float2 s2 = s4.lo + s4.hi;
+        s += (REAL)(s2.lo + s2.hi);
+    }
+    for (int j = tail + lid; j < V; j += CE_WG) s += (REAL)exp(x[j] - m);
     sum_scratch[lid] = s;
     barrier(CLK_LOCAL_MEM_FENCE);
     for (int stride = CE_WG / 2; stride > 0; stride >>= 1) {
@@ -66,15 +85,26 @@ void crossentropy_forward(__global float* losses, __global float* logZ, __global
     }
 }
 
+// One work-item per CE_VEC consecutive logits of a row; the last piece of a row may be shorter.
 __kernel void crossentropy_backward(__global float* dlogits, __global const float* logits, __global const float* logZ,
                                     __global const int* targets, const float scale, const float zLoss, const int N, const int V)
 {
-    const long i = get_global_id(0);             // n·V + j
-    if (i >= (long)N * V) return;
-    const int n = (int)(i / V), j = (int)(i - (long)n * V);
+    const int piece = get_global_id(0), n = get_global_id(1);
+    const int j0 = piece * CE_VEC;
+    if (j0 >= V || n >= N) return;
     const float lz = logZ[n];
     const float factor = scale * (1.0f + 2.0f * zLoss * lz);   // the z-loss only rescales the softmax part
-    float d = exp(logits[i] - lz) * factor;
-    if (j == targets[n]) d -= scale;
-    dlogits[i] = d;
+    const int target = targets[n];
+    const long row = (long)n * V;
+    if (j0 + CE_VEC <= V) {
+        float16 d = exp(vload16(0, logits + row + j0) - lz) * factor;
+        vstore16(d, 0, dlogits + row + j0);
+        if (target >= j0 && target < j0 + CE_VEC) dlogits[row + target] = dlogits[row + target] - scale;
+    } else {
+        for (int j = j0; j < V; j++) {
+            float d = exp(logits[row + j] - lz) * factor;
+            if (j == target) d -= scale;
+            dlogits[row + j] = d;
+        }
+    }
 }

@@ -17,6 +17,7 @@ public class OpenClAttentionTests(OpenClFixture fx)
         { 1, 37, 3, 3, 8 },    // multi-head, three tiles, the last partial
         { 2, 32, 4, 2, 16 },   // grouped, whole tiles
         { 1, 1, 2, 1, 8 },     // a single position
+        { 1, 19, 2, 1, 6 },    // head dim not a multiple of 4
     };
 
     static int Kv(int h, int heads, int kvHeads) => h / (heads / kvHeads);
@@ -114,8 +115,8 @@ public class OpenClAttentionTests(OpenClFixture fx)
     public void ForwardAndBackward_MatchCpu(int b, int t, int heads, int kvHeads, int headDim)
     {
         var op = Case(b, t, heads, kvHeads, headDim, 200 + t);
-        var cpu = Run(fx.Cpu, op, b, t, heads, kvHeads, headDim);
         var ocl = Run(fx.Ocl, op, b, t, heads, kvHeads, headDim);
+        var cpu = Run(fx.Cpu, op, b, t, heads, kvHeads, headDim);
         Tolerance.AssertClose(cpu["out"], ocl["out"], 1e-5, 1e-5, "out");
         Tolerance.AssertClose(cpu["lse"], ocl["lse"], 1e-5, 1e-5, "lse");
         foreach (var name in new[] { "dq", "dk", "dv" }) Tolerance.AssertClose(cpu[name], ocl[name], 2e-5, 1e-4, name);

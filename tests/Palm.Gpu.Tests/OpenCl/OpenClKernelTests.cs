@@ -16,7 +16,10 @@ namespace Palm.Gpu.Tests.OpenCl;
 public class OpenClKernelTests(OpenClFixture fx)
 {
     (Dictionary<string, float[]> Cpu, Dictionary<string, float[]> Ocl) Both(OpCase op, Action<IBackend, Func<string, DeviceBuffer>> call, params string[] outputs)
-        => (op.Run(fx.Cpu, t => call(fx.Cpu, t), outputs), op.Run(fx.Ocl, t => call(fx.Ocl, t), outputs));
+    {
+        var ocl = op.Run(fx.Ocl, t => call(fx.Ocl, t), outputs);   // OpenCL first: its failures are the ones under test
+        return (op.Run(fx.Cpu, t => call(fx.Cpu, t), outputs), ocl);
+    }
 
     static void Close(Dictionary<string, float[]> cpu, Dictionary<string, float[]> ocl, double atol, double rtol, string what)
     {

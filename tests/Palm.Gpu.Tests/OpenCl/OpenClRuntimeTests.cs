@@ -27,6 +27,23 @@ public class OpenClRuntimeTests(OpenClFixture fx)
     }
 
     [Fact]
+    public void EveryKernelFile_CompilesAndOpensWithItsContract()
+    {
+        string[] expected = ["adafactor.cl", "attention.cl", "crossentropy.cl", "embedding.cl", "layernorm.cl",
+                             "matmul.cl", "reduce.cl", "residual.cl", "rope.cl", "swiglu.cl"];
+        Assert.Equal(expected, OpenClKernelSources.Files);
+        foreach (var file in expected)
+        {
+            string source = OpenClKernelSources.Load(file);
+            Assert.StartsWith("// ", source);                        // opens with a paragraph on what it does
+            Assert.Contains("// Dimensions:", source);               // the dimension legend
+            Assert.Contains(" -> ", source);                         // shape lines
+            Assert.DoesNotMatch(@"\batomic_\w+\s*\(|\batom_\w+\s*\(", source);   // determinism: no atomic read-modify-writes
+            fx.Ocl.BuildProgram(file, source, "-D HEAD_DIM=8");      // attention.cl needs its head dim; others ignore it
+        }
+    }
+
+    [Fact]
     public void InvalidBuildOption_NamesTheStatus()
     {
         var e = Assert.ThrowsAny<OpenClException>(() => fx.Ocl.BuildProgram("ok.cl", "__kernel void ok(__global float* x) { x[0] = 1.0f; }", "-cl-no-such-option"));

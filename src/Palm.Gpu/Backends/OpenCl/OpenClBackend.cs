@@ -215,30 +215,25 @@ public sealed class OpenClBackend : IBackend
                        bool transA = false, bool transB = false, float alpha = 1f, bool accumulate = false)
     {
         if (m == 0 || n == 0) return;
-        var bMatrix = Buf(b, nameof(b));
-        if (transB)
-        {
-            // The kernel wants B as (K,N) rows for vector loads; a transpose costs O(N·K) against O(M·N·K).
-            var bt = Scratch("matmul.bT", (long)n * k);
-            int tile = 16;
-            Kernel("matmul.cl", "transpose", MatmulKnobs).Call()
-                .Arg(bt).Arg(bMatrix).Arg(n).Arg(k)
-                .Launch(k, n, tile, tile, Profiler);
-            bMatrix = bt;
-        }
-        // op(A) -> row panels (tiles_m, K, MWI), contiguous for the inner loop and zero-padded past M.
-        int rowsPerItem = Tuning.MatmulRows;
-        long tilesM = DivUp(m, rowsPerItem);
+        // Pack op(A) into row panels and op(B) into column panels (see matmul.cl): O(M·K + K·N) copies that
+        // let the O(M·N·K) kernel stream contiguous memory whatever the layouts and sizes.
+        int rowsPerItem = Tuning.MatmulRows, columnsPerItem = Tuning.MatmulVectorWidth * Tuning.MatmulVectors;
+        long tilesM = DivUp(m, rowsPerItem), tilesN = DivUp(n, columnsPerItem);
         var packedA = Scratch("matmul.packedA", tilesM * k * rowsPerItem);
+        var packedB = Scratch("matmul.packedB", tilesN * k * columnsPerItem);
         if (k > 0)
+        {
             Kernel("matmul.cl", "pack_a", MatmulKnobs).Call()
                 .Arg(packedA).Arg(Buf(a, nameof(a))).Arg(m).Arg(k).Arg(transA ? 1 : k).Arg(transA ? m : 1)
                 .Launch(k, tilesM, Group, 1, Profiler);
-        int columnsPerItem = Tuning.MatmulVectorWidth * Tuning.MatmulVectors;
+            Kernel("matmul.cl", "pack_b", MatmulKnobs).Call()
+                .Arg(packedB).Arg(Buf(b, nameof(b))).Arg(k).Arg(n).Arg(transB ? 1 : n).Arg(transB ? k : 1)
+                .Launch(k, tilesN, Group, 1, Profiler);
+        }
         Kernel("matmul.cl", "matmul", MatmulKnobs).Call()
-            .Arg(Buf(c, nameof(c))).Arg(packedA).Arg(bMatrix)
+            .Arg(Buf(c, nameof(c))).Arg(packedA).Arg(packedB)
             .Arg(m).Arg(n).Arg(k).Arg(alpha).Arg(accumulate ? 1 : 0)
-            .Launch(tilesM, DivUp(n, columnsPerItem), Tuning.MatmulGroup0, Tuning.MatmulGroup1, Profiler);
+            .Launch(tilesM, tilesN, Tuning.MatmulGroup0, Tuning.MatmulGroup1, Profiler);
     }
 
     static long DivUp(long x, long d) => (x + d - 1) / d;
@@ -310,9 +305,16 @@ public sealed class OpenClBackend : IBackend
 
     void Rope(OpenClBuffer output, OpenClBuffer input, int b, int t, int heads, int headDim, float sign)
     {
-        if (headDim % 2 != 0) throw new ArgumentException($"RoPE needs an even head dim, got {headDim}");
+        if (headDim <= 0 || headDim % 2 != 0) throw new ArgumentException($"RoPE needs an even, positive head dim, got {headDim}");
+        if (b == 0 || t == 0 || heads == 0) return;
+        string tableName = $"rope.table.{t}.{headDim}";
+        if (!scratch.ContainsKey(tableName))
+        {
+            var fresh = Scratch(tableName, (long)t * headDim);   // (T, K/2, 2): built once, kept
+            Kernel("rope.cl", "rope_table").Call().Arg(fresh).Arg(t).Arg(headDim).Launch((long)t * (headDim / 2), Group, Profiler);
+        }
         Kernel("rope.cl", "rope").Call()
-            .Arg(output).Arg(input).Arg(b).Arg(t).Arg(heads).Arg(headDim).Arg(sign)
+            .Arg(output).Arg(input).Arg(scratch[tableName]).Arg(b).Arg(t).Arg(heads).Arg(headDim).Arg(sign)
             .Launch((long)b * t * heads * (headDim / 2), Group, Profiler);
     }
 
@@ -320,16 +322,31 @@ public sealed class OpenClBackend : IBackend
 
     static float AttentionScale(int headDim) => (float)(1.0 / Math.Sqrt(headDim));
 
+    /// <summary>T rounded up to a whole number of query and key tiles: the padded length of transposed operands.</summary>
+    long PaddedTime(int t) => DivUp(t, Math.Max(Tuning.AttentionQueryBlock, Tuning.AttentionKeyBlock)) * Math.Max(Tuning.AttentionQueryBlock, Tuning.AttentionKeyBlock);
+
+    /// <summary>x (B,T,Hs,K) -> scratch (B,Hs,Tp/W,K,W), transposed tiles of width W zero-padded past T (see attention.cl).</summary>
+    OpenClBuffer PackTiles(string scratchName, OpenClBuffer x, int b, int t, int heads, int headDim, int width)
+    {
+        long tp = PaddedTime(t);
+        var xt = Scratch(scratchName, (long)b * heads * headDim * tp);
+        Kernel("attention.cl", "attention_pack_tiles", AttentionKnobs(headDim)).Call()
+            .Arg(xt).Arg(x).Arg(b).Arg(t).Arg(heads).Arg((int)tp).Arg(width)
+            .Launch(tp, (long)b * heads, Group, 1, Profiler);
+        return xt;
+    }
+
     public void AttentionForward(DeviceBuffer output, DeviceBuffer lse, DeviceBuffer q, DeviceBuffer k, DeviceBuffer v,
                                  int b, int t, int heads, int kvHeads, int headDim)
     {
         CheckHeads(heads, kvHeads);
         if (b == 0 || t == 0) return;
         int bq = Tuning.AttentionQueryBlock;
+        var kt = PackTiles("attention.kT", Buf(k, nameof(k)), b, t, kvHeads, headDim, Tuning.AttentionKeyBlock);
         Kernel("attention.cl", "attention_forward", AttentionKnobs(headDim)).Call()
             .Arg(Buf(output, nameof(output))).Arg(Buf(lse, nameof(lse)))
-            .Arg(Buf(q, nameof(q))).Arg(Buf(k, nameof(k))).Arg(Buf(v, nameof(v)))
-            .Arg(b).Arg(t).Arg(heads).Arg(kvHeads).Arg(AttentionScale(headDim))
+            .Arg(Buf(q, nameof(q))).Arg(kt).Arg(Buf(v, nameof(v)))
+            .Arg(b).Arg(t).Arg(heads).Arg(kvHeads).Arg((int)PaddedTime(t)).Arg(AttentionScale(headDim))
             .Launch(DivUp(t, bq) * bq, (long)b * heads, bq, 1, Profiler);
     }
 
@@ -339,7 +356,7 @@ public sealed class OpenClBackend : IBackend
         CheckHeads(heads, kvHeads);
         if (b == 0 || t == 0) return;
         string knobs = AttentionKnobs(headDim);
-        int bq = Tuning.AttentionQueryBlock, bk = Tuning.AttentionKeyBlock;
+        int bq = Tuning.AttentionQueryBlock, bk = Tuning.AttentionKeyBlock, tp = (int)PaddedTime(t);
         float scale = AttentionScale(headDim);
         var doutB = Buf(dout, nameof(dout));
         var qB = Buf(q, nameof(q));
@@ -351,13 +368,19 @@ public sealed class OpenClBackend : IBackend
         Kernel("attention.cl", "attention_backward_delta", knobs).Call()
             .Arg(delta).Arg(doutB).Arg(Buf(output, nameof(output))).Arg(b).Arg(t).Arg(heads)
             .Launch(t, (long)b * heads, Group, 1, Profiler);
+
+        var kt = PackTiles("attention.kT", kB, b, t, kvHeads, headDim, bk);
+        var vt = PackTiles("attention.vT", vB, b, t, kvHeads, headDim, bk);
         Kernel("attention.cl", "attention_backward_dq", knobs).Call()
-            .Arg(Buf(dq, nameof(dq))).Arg(doutB).Arg(qB).Arg(kB).Arg(vB).Arg(lseB).Arg(delta)
-            .Arg(b).Arg(t).Arg(heads).Arg(kvHeads).Arg(scale)
+            .Arg(Buf(dq, nameof(dq))).Arg(doutB).Arg(qB).Arg(kB).Arg(kt).Arg(vt).Arg(lseB).Arg(delta)
+            .Arg(b).Arg(t).Arg(heads).Arg(kvHeads).Arg(tp).Arg(scale)
             .Launch(DivUp(t, bq) * bq, (long)b * heads, bq, 1, Profiler);
+
+        var qt = PackTiles("attention.qT", qB, b, t, heads, headDim, bq);
+        var doutT = PackTiles("attention.doutT", doutB, b, t, heads, headDim, bq);
         Kernel("attention.cl", "attention_backward_dkdv", knobs).Call()
-            .Arg(Buf(dk, nameof(dk))).Arg(Buf(dv, nameof(dv))).Arg(doutB).Arg(qB).Arg(kB).Arg(vB).Arg(lseB).Arg(delta)
-            .Arg(b).Arg(t).Arg(heads).Arg(kvHeads).Arg(scale)
+            .Arg(Buf(dk, nameof(dk))).Arg(Buf(dv, nameof(dv))).Arg(kB).Arg(vB).Arg(qB).Arg(qt).Arg(doutB).Arg(doutT).Arg(lseB).Arg(delta)
+            .Arg(b).Arg(t).Arg(heads).Arg(kvHeads).Arg(tp).Arg(scale)
             .Launch(DivUp(t, bk) * bk, (long)b * kvHeads, bk, 1, Profiler);
     }
 
@@ -413,7 +436,7 @@ public sealed class OpenClBackend : IBackend
         => Kernel("crossentropy.cl", "crossentropy_backward", $"-D CE_WG={Tuning.RowGroup}").Call()
             .Arg(Buf(dlogits, nameof(dlogits))).Arg(Buf(logits, nameof(logits))).Arg(Buf(logZ, nameof(logZ))).Arg(Buf(targets, nameof(targets)))
             .Arg(scale).Arg(zLoss).Arg(n).Arg(v)
-            .Launch((long)n * v, Group, Profiler);
+            .Launch(DivUp(v, 16), n, Group, 1, Profiler);
 
     // ---- reductions and optimizer -------------------------------------------------------------
 

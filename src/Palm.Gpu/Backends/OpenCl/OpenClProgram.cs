@@ -135,6 +135,11 @@ public sealed class OpenClProfiler
 /// <summary>OpenCL C sources embedded in the library as resources named kernels/&lt;file&gt;.cl.</summary>
 public static class OpenClKernelSources
 {
+    /// <summary>File names of every embedded source, e.g. "matmul.cl".</summary>
+    public static IReadOnlyList<string> Files =>
+        typeof(OpenClKernelSources).Assembly.GetManifestResourceNames()
+            .Where(n => n.StartsWith("kernels/") && n.EndsWith(".cl")).Select(n => n["kernels/".Length..]).Order().ToArray();
+
     /// <summary>Text of kernels/<paramref name="file"/> (e.g. "matmul.cl").</summary>
     public static string Load(string file)
     {
