@@ -1,13 +1,15 @@
 // Causal self-attention with multi-query support (G key/value heads shared by H query heads; G = 1 is
 // multi-query, G = H multi-head). Query head h reads kv head h / (H/G). Scores are q·k/√K.
-// Forward is tiled with an online softmax (flash-attention style): each work-item owns one query row
-// and walks the causally visible keys in tiles of BK, keeping a running max m, normaliser l and output
-// accumulator. No T×T matrix is ever stored; lse = m + log l is kept for the backward.
+// Forward is tiled with an online softmax (flash-attention style): each work-item owns RPI consecutive
+// query rows and walks the causally visible keys in tiles of BK, keeping per row a running max m,
+// normaliser l and output accumulator; every key tile and value row it loads serves all RPI rows.
+// No T×T matrix is ever stored; lse = m + log l is kept for the backward.
 // Backward recomputes probabilities from lse, P_ij = exp(s_ij − lse_i), with Δ_i = Σ_k dout_ik·out_ik:
 //   dV_j = Σ_i P_ij dout_i      dS_ij = P_ij (dout_i·v_j − Δ_i)
 //   dQ_i = Σ_j dS_ij k_j / √K   dK_j = Σ_i dS_ij q_i / √K     (i over all heads sharing kv head)
 // To stay deterministic without atomics it runs two passes: dq owned per query row, dk/dv owned per
-// key row, each summing its terms in a fixed order (tile by tile, row by row, head by head).
+// key row (RPI of them per work-item), each summing its terms in a fixed order (head by head, tile by
+// tile, row by row).
 // Vectorisation: the operand that is scored against (k, v in forward/dq; q, dout in dk/dv) is first
 // packed into transposed tiles, (B, heads, Tp/W, K, W) for tile width W, zero past T, so a whole tile
 // is one contiguous block and is scored as one W-wide vector with one fma per d (four interleaved
@@ -32,6 +34,9 @@
 #endif
 #ifndef BK
 #define BK 16   // key tile in forward and dq; key rows per work-group in dk/dv: 2, 4, 8 or 16
+#endif
+#ifndef RPI
+#define RPI 2   // rows per work-item (query rows in forward/dq, key rows in dk/dv); divides BQ and BK
 #endif
 
 #define CAT_(a, b) a##b
@@ -71,39 +76,53 @@ inline float hmax4(float4 v) { return hmax2(fmax(v.lo, v.hi)); }
 inline float hmax8(float8 v) { return hmax4(fmax(v.lo, v.hi)); }
 inline float hmax16(float16 v) { return hmax8(fmax(v.lo, v.hi)); }
 
-// result (BW lanes) = Σ_d a[d]·tile[d·BW + lane]: dot products of a against every row of one packed
-// transposed tile, four interleaved fma chains over d (d mod 4), then a fixed pairwise sum.
+// result[r] (BW lanes) = Σ_d a[r][d]·tile[d·BW + lane] for r < RPI: dot products of RPI rows against
+// every row of one packed transposed tile. Each tile vector is loaded once for all rows; two fma chains
+// per row (d even, d odd) keep the FMA units busy; result = even + odd.
 #define DOT_TILE(BW, a, tile, result)                                                            \
     do {                                                                                         \
-        CAT(float, BW) acc0 = 0.0f, acc1 = 0.0f, acc2 = 0.0f, acc3 = 0.0f;                       \
-        const __global float* col = (tile);                                                      \
-        int d = 0;                                                                               \
-        for (; d + 4 <= HEAD_DIM; d += 4, col += 4 * BW) {                                       \
-            acc0 = fma((CAT(float, BW))((a)[d]), CAT(vload, BW)(0, col), acc0);                  \
-            acc1 = fma((CAT(float, BW))((a)[d + 1]), CAT(vload, BW)(1, col), acc1);              \
-            acc2 = fma((CAT(float, BW))((a)[d + 2]), CAT(vload, BW)(2, col), acc2);              \
-            acc3 = fma((CAT(float, BW))((a)[d + 3]), CAT(vload, BW)(3, col), acc3);              \
+        CAT(float, BW) even_[RPI], odd_[RPI];                                                    \
+        _Pragma("unroll") for (int r_ = 0; r_ < RPI; r_++) { even_[r_] = 0.0f; odd_[r_] = 0.0f; } \
+        const __global float* col_ = (tile);                                                     \
+        int d_ = 0;                                                                              \
+        for (; d_ + 2 <= HEAD_DIM; d_ += 2, col_ += 2 * BW) {                                    \
+            const CAT(float, BW) x0_ = CAT(vload, BW)(0, col_), x1_ = CAT(vload, BW)(1, col_);   \
+            _Pragma("unroll") for (int r_ = 0; r_ < RPI; r_++) {                                 \
+                even_[r_] = fma((CAT(float, BW))((a)[r_][d_]), x0_, even_[r_]);                  \
+                odd_[r_] = fma((CAT(float, BW))((a)[r_][d_ + 1]), x1_, odd_[r_]);                \
+            }                                                                                    \
         }                                                                                        \
-        for (; d < HEAD_DIM; d++, col += BW) acc0 = fma((CAT(float, BW))((a)[d]), CAT(vload, BW)(0, col), acc0); \
-        (result) = (acc0 + acc1) + (acc2 + acc3);                                                \
+        if (d_ < HEAD_DIM) {                                                                     \
+            const CAT(float, BW) x0_ = CAT(vload, BW)(0, col_);                                  \
+            _Pragma("unroll") for (int r_ = 0; r_ < RPI; r_++)                                   \
+                even_[r_] = fma((CAT(float, BW))((a)[r_][d_]), x0_, even_[r_]);                  \
+        }                                                                                        \
+        _Pragma("unroll") for (int r_ = 0; r_ < RPI; r_++) (result)[r_] = even_[r_] + odd_[r_];  \
     } while (0)
 
-// acc = acc·scale + Σ_{r < count} weight[r]·row_r, rows in order, row_r at rows + r·stride; the
-// accumulator lives in registers for the loop.
-inline void accumulate_rows(floatDV* acc, const float scale, const float* weight, __global const float* rows,
-                            const long stride, const int count)
+// acc[r] = acc[r]·scale[r] + Σ_{j < count} weight[r][j]·row_j for r < RPI, rows j in order, row_j at
+// rows + j·stride. Each row chunk is loaded once for all RPI accumulators, which stay in registers.
+inline void accumulate_rows(floatDV acc[RPI][HEAD_DIM / DV], const float* scale, float weight[RPI][16],
+                            __global const float* rows, const long stride, const int count)
 {
-    floatDV a[HEAD_DIM / DV];
+    floatDV a[RPI][HEAD_DIM / DV];
     #pragma unroll
-    for (int c = 0; c < HEAD_DIM / DV; c++) a[c] = acc[c] * scale;
-    for (int r = 0; r < count; r++) {
-        const floatDV w = (floatDV)(weight[r]);
-        const __global float* row = rows + r * stride;
+    for (int r = 0; r < RPI; r++)
         #pragma unroll
-        for (int c = 0; c < HEAD_DIM / DV; c++) a[c] = fma(w, LOAD_DV(c, row), a[c]);
+        for (int c = 0; c < HEAD_DIM / DV; c++) a[r][c] = acc[r][c] * scale[r];
+    for (int j = 0; j < count; j++) {
+        const __global float* row = rows + j * stride;
+        #pragma unroll
+        for (int c = 0; c < HEAD_DIM / DV; c++) {
+            const floatDV x = LOAD_DV(c, row);
+            #pragma unroll
+            for (int r = 0; r < RPI; r++) a[r][c] = fma((floatDV)(weight[r][j]), x, a[r][c]);
+        }
     }
     #pragma unroll
-    for (int c = 0; c < HEAD_DIM / DV; c++) acc[c] = a[c];
+    for (int r = 0; r < RPI; r++)
+        #pragma unroll
+        for (int c = 0; c < HEAD_DIM / DV; c++) acc[r][c] = a[r][c];
 }
 
 // BW values from p[0..valid) into a vector, zero past valid (no read past the end of the array).
@@ -131,41 +150,68 @@ __kernel void attention_pack_tiles(__global float* x_t, __global const float* x,
 // Start of the packed tile that holds position t0 (a multiple of W) of head bh.
 #define TILE(x_t, bh, t0, W, Tp) ((x_t) + (long)(bh) * HEAD_DIM * (Tp) + (long)(t0) * HEAD_DIM)
 
-__kernel __attribute__((reqd_work_group_size(BQ, 1, 1)))
+// Loads rows i0.. i0+RPI-1 (those below T; the rest zero) of one head of x (B,T,Hs,K) into dst.
+inline void load_rows(float dst[RPI][HEAD_DIM], __global const float* x, const int b, const int i0, const int T,
+                      const int Hs, const int h)
+{
+    #pragma unroll
+    for (int r = 0; r < RPI; r++) {
+        const __global float* src = x + ((long)(b * T + i0 + r) * Hs + h) * HEAD_DIM;
+        for (int d = 0; d < HEAD_DIM; d++) dst[r][d] = i0 + r < T ? src[d] : 0.0f;
+    }
+}
+
+// A work-item owns query rows i0 .. i0+RPI-1 of one (batch, head); they lie in one key tile, so they
+// walk the same tiles and differ only in the causal mask of the last one.
+__kernel __attribute__((reqd_work_group_size(BQ / RPI, 1, 1)))
 void attention_forward(__global float* out, __global float* lse, __global const float* q, __global const float* k_t,
                        __global const float* v, const int B, const int T, const int H, const int G, const int Tp,
                        const float scale)
 {
-    const int i = get_global_id(0), bh = get_global_id(1);
-    if (i >= T) return;
+    const int i0 = get_global_id(0) * RPI, bh = get_global_id(1);
+    if (i0 >= T) return;
     const int b = bh / H, h = bh % H, g = h / (H / G);
-    const long q_row = ((long)(b * T + i) * H + h) * HEAD_DIM;
+    const int i_last = min(T, i0 + RPI) - 1;
     const __global float* vg = v + ((long)b * T * G + g) * HEAD_DIM;
     const long v_stride = (long)G * HEAD_DIM;
     const CAT(int, BK) lanes = CAT(vload, BK)(0, lane_ids);
 
-    float qi[HEAD_DIM];
-    for (int d = 0; d < HEAD_DIM; d++) qi[d] = q[q_row + d];
-    floatDV acc[HEAD_DIM / DV];
-    for (int c = 0; c < HEAD_DIM / DV; c++) acc[c] = (floatDV)(0.0f);
-    float m = -INFINITY, l = 0.0f;
-
-    for (int k0 = 0; k0 <= i; k0 += BK) {
-        CAT(float, BK) s;
-        DOT_TILE(BK, qi, TILE(k_t, b * G + g, k0, BK, Tp), s);
-        s = select(s * scale, (CAT(float, BK))(-INFINITY), lanes + k0 > (CAT(int, BK))(i));   // causal mask
-        const float m_new = fmax(m, CAT(hmax, BK)(s));
-        const float correction = exp(m - m_new);   // 0 on the first tile (m = −∞)
-        const CAT(float, BK) p = exp(s - m_new);
-        l = l * correction + CAT(hsum, BK)(p);
-        float pj[BK];
-        CAT(vstore, BK)(p, 0, pj);
-        accumulate_rows(acc, correction, pj, vg + k0 * v_stride, v_stride, min(BK, i - k0 + 1));
-        m = m_new;
+    float qr[RPI][HEAD_DIM];
+    load_rows(qr, q, b, i0, T, H, h);
+    floatDV acc[RPI][HEAD_DIM / DV];
+    float m[RPI], l[RPI];
+    #pragma unroll
+    for (int r = 0; r < RPI; r++) {
+        for (int c = 0; c < HEAD_DIM / DV; c++) acc[r][c] = (floatDV)(0.0f);
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
     }
-    const float inv_l = 1.0f / l;
-    for (int c = 0; c < HEAD_DIM / DV; c++) STORE_DV(acc[c] * inv_l, c, out + q_row);
-    lse[(long)bh * T + i] = m + log(l);
+
+    for (int k0 = 0; k0 <= i_last; k0 += BK) {
+        CAT(float, BK) s[RPI];
+        DOT_TILE(BK, qr, TILE(k_t, b * G + g, k0, BK, Tp), s);
+        float correction[RPI], p[RPI][16];
+        #pragma unroll
+        for (int r = 0; r < RPI; r++) {
+            const CAT(float, BK) sr = select(s[r] * scale, (CAT(float, BK))(-INFINITY), lanes + k0 > (CAT(int, BK))(i0 + r));
+            const float m_new = fmax(m[r], CAT(hmax, BK)(sr));
+            correction[r] = exp(m[r] - m_new);   // 0 on the first tile (m = −∞)
+            const CAT(float, BK) pr = exp(sr - m_new);
+            l[r] = l[r] * correction[r] + CAT(hsum, BK)(pr);
+            CAT(vstore, BK)(pr, 0, p[r]);
+            m[r] = m_new;
+        }
+        accumulate_rows(acc, correction, p, vg + k0 * v_stride, v_stride, min(BK, i_last - k0 + 1));
+    }
+    #pragma unroll
+    for (int r = 0; r < RPI; r++) {
+        const int i = i0 + r;
+        if (i < T) {
+            const float inv_l = 1.0f / l[r];
+            for (int c = 0; c < HEAD_DIM / DV; c++) STORE_DV(acc[r][c] * inv_l, c, out + ((long)(b * T + i) * H + h) * HEAD_DIM);
+            lse[(long)bh * T + i] = m[r] + log(l[r]);
+        }
+    }
 }
 
 __kernel void attention_backward_delta(__global float* delta, __global const float* dout, __global const float* out,
@@ -180,80 +226,115 @@ __kernel void attention_backward_delta(__global float* delta, __global const flo
     delta[(long)bh * T + i] = s;
 }
 
-__kernel __attribute__((reqd_work_group_size(BQ, 1, 1)))
+__kernel __attribute__((reqd_work_group_size(BQ / RPI, 1, 1)))
 void attention_backward_dq(__global float* dq, __global const float* dout, __global const float* q, __global const float* k,
                            __global const float* k_t, __global const float* v_t, __global const float* lse,
                            __global const float* delta, const int B, const int T, const int H, const int G, const int Tp,
                            const float scale)
 {
-    const int i = get_global_id(0), bh = get_global_id(1);
-    if (i >= T) return;
+    const int i0 = get_global_id(0) * RPI, bh = get_global_id(1);
+    if (i0 >= T) return;
     const int b = bh / H, h = bh % H, g = h / (H / G);
-    const long q_row = ((long)(b * T + i) * H + h) * HEAD_DIM;
+    const int i_last = min(T, i0 + RPI) - 1;
     const __global float* kg = k + ((long)b * T * G + g) * HEAD_DIM;
     const long k_stride = (long)G * HEAD_DIM;
     const CAT(int, BK) lanes = CAT(vload, BK)(0, lane_ids);
 
-    float qi[HEAD_DIM], doi[HEAD_DIM];
-    for (int d = 0; d < HEAD_DIM; d++) { qi[d] = q[q_row + d]; doi[d] = dout[q_row + d]; }
-    floatDV acc[HEAD_DIM / DV];
-    for (int c = 0; c < HEAD_DIM / DV; c++) acc[c] = (floatDV)(0.0f);
-    const float lse_i = lse[(long)bh * T + i], delta_i = delta[(long)bh * T + i];
-
-    for (int k0 = 0; k0 <= i; k0 += BK) {
-        CAT(float, BK) s, dp;
-        DOT_TILE(BK, qi, TILE(k_t, b * G + g, k0, BK, Tp), s);
-        DOT_TILE(BK, doi, TILE(v_t, b * G + g, k0, BK, Tp), dp);
-        const CAT(float, BK) p = select(exp(s * scale - lse_i), (CAT(float, BK))(0.0f), lanes + k0 > (CAT(int, BK))(i));
-        float ds[BK];
-        CAT(vstore, BK)(p * (dp - delta_i), 0, ds);
-        accumulate_rows(acc, 1.0f, ds, kg + k0 * k_stride, k_stride, min(BK, i - k0 + 1));
+    float qr[RPI][HEAD_DIM], dor[RPI][HEAD_DIM];
+    load_rows(qr, q, b, i0, T, H, h);
+    load_rows(dor, dout, b, i0, T, H, h);
+    floatDV acc[RPI][HEAD_DIM / DV];
+    float lse_r[RPI], delta_r[RPI], ones[RPI];
+    #pragma unroll
+    for (int r = 0; r < RPI; r++) {
+        for (int c = 0; c < HEAD_DIM / DV; c++) acc[r][c] = (floatDV)(0.0f);
+        const bool valid = i0 + r < T;
+        lse_r[r] = valid ? lse[(long)bh * T + i0 + r] : 0.0f;
+        delta_r[r] = valid ? delta[(long)bh * T + i0 + r] : 0.0f;
+        ones[r] = 1.0f;
     }
-    for (int c = 0; c < HEAD_DIM / DV; c++) STORE_DV(acc[c] * scale, c, dq + q_row);
+
+    for (int k0 = 0; k0 <= i_last; k0 += BK) {
+        CAT(float, BK) s[RPI], dp[RPI];
+        DOT_TILE(BK, qr, TILE(k_t, b * G + g, k0, BK, Tp), s);
+        DOT_TILE(BK, dor, TILE(v_t, b * G + g, k0, BK, Tp), dp);
+        float ds[RPI][16];
+        #pragma unroll
+        for (int r = 0; r < RPI; r++) {
+            const CAT(float, BK) p = select(exp(s[r] * scale - lse_r[r]), (CAT(float, BK))(0.0f), lanes + k0 > (CAT(int, BK))(i0 + r));
+            CAT(vstore, BK)(p * (dp[r] - delta_r[r]), 0, ds[r]);
+        }
+        accumulate_rows(acc, ones, ds, kg + k0 * k_stride, k_stride, min(BK, i_last - k0 + 1));
+    }
+    #pragma unroll
+    for (int r = 0; r < RPI; r++)
+        if (i0 + r < T)
+            for (int c = 0; c < HEAD_DIM / DV; c++) STORE_DV(acc[r][c] * scale, c, dq + ((long)(b * T + i0 + r) * H + h) * HEAD_DIM);
 }
 
-__kernel __attribute__((reqd_work_group_size(BK, 1, 1)))
+// A work-item owns key rows j0 .. j0+RPI-1 of one (batch, kv head); they lie in one query tile, so they
+// walk the same query tiles (all heads of the group) and differ only in the causal mask of the first.
+__kernel __attribute__((reqd_work_group_size(BK / RPI, 1, 1)))
 void attention_backward_dkdv(__global float* dk, __global float* dv, __global const float* k, __global const float* v,
                              __global const float* q, __global const float* q_t, __global const float* dout,
                              __global const float* dout_t, __global const float* lse, __global const float* delta,
                              const int B, const int T, const int H, const int G, const int Tp, const float scale)
 {
-    const int j = get_global_id(0), bg = get_global_id(1);
-    if (j >= T) return;
+    const int j0 = get_global_id(0) * RPI, bg = get_global_id(1);
+    if (j0 >= T) return;
     const int b = bg / G, g = bg % G, heads_per_kv = H / G;
-    const long kv_row = ((long)(b * T + j) * G + g) * HEAD_DIM;
     const long q_stride = (long)H * HEAD_DIM;
     const CAT(int, BQ) lanes = CAT(vload, BQ)(0, lane_ids);
 
-    float kj[HEAD_DIM], vj[HEAD_DIM];
-    for (int d = 0; d < HEAD_DIM; d++) { kj[d] = k[kv_row + d]; vj[d] = v[kv_row + d]; }
-    floatDV dk_acc[HEAD_DIM / DV], dv_acc[HEAD_DIM / DV];
-    for (int c = 0; c < HEAD_DIM / DV; c++) { dk_acc[c] = (floatDV)(0.0f); dv_acc[c] = (floatDV)(0.0f); }
+    float kr[RPI][HEAD_DIM], vr[RPI][HEAD_DIM];
+    load_rows(kr, k, b, j0, T, G, g);
+    load_rows(vr, v, b, j0, T, G, g);
+    floatDV dk_acc[RPI][HEAD_DIM / DV], dv_acc[RPI][HEAD_DIM / DV];
+    float ones[RPI];
+    #pragma unroll
+    for (int r = 0; r < RPI; r++) {
+        for (int c = 0; c < HEAD_DIM / DV; c++) { dk_acc[r][c] = (floatDV)(0.0f); dv_acc[r][c] = (floatDV)(0.0f); }
+        ones[r] = 1.0f;
+    }
 
     for (int hh = 0; hh < heads_per_kv; hh++) {
         const int h = g * heads_per_kv + hh, bh = b * H + h;
         const __global float* qh = q + ((long)b * T * H + h) * HEAD_DIM;
         const __global float* doh = dout + ((long)b * T * H + h) * HEAD_DIM;
-        for (int i0 = j - j % BQ; i0 < T; i0 += BQ) {   // queries before j's tile cannot see key j
+        for (int i0 = j0 - j0 % BQ; i0 < T; i0 += BQ) {   // queries before j0's tile cannot see these keys
             const int valid = min(BQ, T - i0);
-            CAT(float, BQ) s, dp, lse_v, delta_v;
-            DOT_TILE(BQ, kj, TILE(q_t, bh, i0, BQ, Tp), s);
-            DOT_TILE(BQ, vj, TILE(dout_t, bh, i0, BQ, Tp), dp);
+            CAT(float, BQ) s[RPI], dp[RPI], lse_v, delta_v;
+            DOT_TILE(BQ, kr, TILE(q_t, bh, i0, BQ, Tp), s);
+            DOT_TILE(BQ, vr, TILE(dout_t, bh, i0, BQ, Tp), dp);
             LOAD_PARTIAL(BQ, lse + (long)bh * T + i0, valid, lse_v);
             LOAD_PARTIAL(BQ, delta + (long)bh * T + i0, valid, delta_v);
-            // Causal: query i0 + r sees key j only when i0 + r ≥ j; lanes past T are padding.
-            const CAT(int, BQ) hidden = (lanes + i0 < (CAT(int, BQ))(j)) | (lanes >= (CAT(int, BQ))(valid));
-            const CAT(float, BQ) p = select(exp(s * scale - lse_v), (CAT(float, BQ))(0.0f), hidden);
-            float pr[BQ], dsr[BQ];
-            CAT(vstore, BQ)(p, 0, pr);
-            CAT(vstore, BQ)(p * (dp - delta_v), 0, dsr);
-            const int first = max(0, j - i0);   // rows before it are masked (weight 0): skip them
-            accumulate_rows(dv_acc, 1.0f, pr + first, doh + (i0 + first) * q_stride, q_stride, valid - first);
-            accumulate_rows(dk_acc, 1.0f, dsr + first, qh + (i0 + first) * q_stride, q_stride, valid - first);
+            float p[RPI][16], ds[RPI][16];
+            #pragma unroll
+            for (int r = 0; r < RPI; r++) {
+                // Causal: query i0 + lane sees key j0 + r only when i0 + lane ≥ j0 + r; lanes past T are padding.
+                const CAT(int, BQ) hidden = (lanes + i0 < (CAT(int, BQ))(j0 + r)) | (lanes >= (CAT(int, BQ))(valid));
+                const CAT(float, BQ) pr = select(exp(s[r] * scale - lse_v), (CAT(float, BQ))(0.0f), hidden);
+                CAT(vstore, BQ)(pr, 0, p[r]);
+                CAT(vstore, BQ)(pr * (dp[r] - delta_v), 0, ds[r]);
+            }
+            // Query rows before j0 are masked for every key of this item (weight 0): start at the first visible one.
+            const int first = max(0, j0 - i0);
+            if (first > 0) {
+                #pragma unroll
+                for (int r = 0; r < RPI; r++)
+                    for (int x = 0; x + first < BQ; x++) { p[r][x] = p[r][x + first]; ds[r][x] = ds[r][x + first]; }
+            }
+            accumulate_rows(dv_acc, ones, p, doh + (i0 + first) * q_stride, q_stride, valid - first);
+            accumulate_rows(dk_acc, ones, ds, qh + (i0 + first) * q_stride, q_stride, valid - first);
         }
     }
-    for (int c = 0; c < HEAD_DIM / DV; c++) {
-        STORE_DV(dk_acc[c] * scale, c, dk + kv_row);
-        STORE_DV(dv_acc[c], c, dv + kv_row);
-    }
+    #pragma unroll
+    for (int r = 0; r < RPI; r++)
+        if (j0 + r < T) {
+            const long kv_row = ((long)(b * T + j0 + r) * G + g) * HEAD_DIM;
+            for (int c = 0; c < HEAD_DIM / DV; c++) {
+                STORE_DV(dk_acc[r][c] * scale, c, dk + kv_row);
+                STORE_DV(dv_acc[r][c], c, dv + kv_row);
+            }
+        }
 }

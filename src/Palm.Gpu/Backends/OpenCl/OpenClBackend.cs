@@ -95,7 +95,19 @@ public sealed class OpenClBackend : IBackend
     }
 
     string MatmulKnobs => $"-D MWI={Tuning.MatmulRows} -D VWN={Tuning.MatmulVectorWidth} -D NVEC={Tuning.MatmulVectors}";
-    string AttentionKnobs(int headDim) => $"-D HEAD_DIM={headDim} -D BQ={Tuning.AttentionQueryBlock} -D BK={Tuning.AttentionKeyBlock}";
+    string AttentionKnobs(int headDim) =>
+        $"-D HEAD_DIM={headDim} -D BQ={Tuning.AttentionQueryBlock} -D BK={Tuning.AttentionKeyBlock} -D RPI={AttentionRows(headDim)}";
+
+    /// <summary>
+    /// Attention rows per work-item: the tuning's value, lowered for wide heads so the RPI·K accumulators
+    /// (twice that in dk/dv) still fit in registers.
+    /// </summary>
+    int AttentionRows(int headDim)
+    {
+        int rows = Tuning.AttentionRowsPerItem;
+        while (rows > 1 && rows * headDim > 256) rows /= 2;
+        return rows;
+    }
     int Group => Tuning.ElementwiseGroup;
 
     /// <summary>A backend-owned temporary buffer of at least <paramref name="length"/> elements, reused across calls.</summary>
@@ -341,13 +353,13 @@ public sealed class OpenClBackend : IBackend
     {
         CheckHeads(heads, kvHeads);
         if (b == 0 || t == 0) return;
-        int bq = Tuning.AttentionQueryBlock;
+        int bq = Tuning.AttentionQueryBlock, rows = AttentionRows(headDim);
         var kt = PackTiles("attention.kT", Buf(k, nameof(k)), b, t, kvHeads, headDim, Tuning.AttentionKeyBlock);
         Kernel("attention.cl", "attention_forward", AttentionKnobs(headDim)).Call()
             .Arg(Buf(output, nameof(output))).Arg(Buf(lse, nameof(lse)))
             .Arg(Buf(q, nameof(q))).Arg(kt).Arg(Buf(v, nameof(v)))
             .Arg(b).Arg(t).Arg(heads).Arg(kvHeads).Arg((int)PaddedTime(t)).Arg(AttentionScale(headDim))
-            .Launch(DivUp(t, bq) * bq, (long)b * heads, bq, 1, Profiler);
+            .Launch(DivUp(t, bq) * (bq / rows), (long)b * heads, bq / rows, 1, Profiler);
     }
 
     public void AttentionBackward(DeviceBuffer dq, DeviceBuffer dk, DeviceBuffer dv, DeviceBuffer dout, DeviceBuffer q, DeviceBuffer k,
@@ -356,7 +368,7 @@ public sealed class OpenClBackend : IBackend
         CheckHeads(heads, kvHeads);
         if (b == 0 || t == 0) return;
         string knobs = AttentionKnobs(headDim);
-        int bq = Tuning.AttentionQueryBlock, bk = Tuning.AttentionKeyBlock, tp = (int)PaddedTime(t);
+        int bq = Tuning.AttentionQueryBlock, bk = Tuning.AttentionKeyBlock, rows = AttentionRows(headDim), tp = (int)PaddedTime(t);
         float scale = AttentionScale(headDim);
         var doutB = Buf(dout, nameof(dout));
         var qB = Buf(q, nameof(q));
@@ -374,14 +386,14 @@ public sealed class OpenClBackend : IBackend
         Kernel("attention.cl", "attention_backward_dq", knobs).Call()
             .Arg(Buf(dq, nameof(dq))).Arg(doutB).Arg(qB).Arg(kB).Arg(kt).Arg(vt).Arg(lseB).Arg(delta)
             .Arg(b).Arg(t).Arg(heads).Arg(kvHeads).Arg(tp).Arg(scale)
-            .Launch(DivUp(t, bq) * bq, (long)b * heads, bq, 1, Profiler);
+            .Launch(DivUp(t, bq) * (bq / rows), (long)b * heads, bq / rows, 1, Profiler);
 
         var qt = PackTiles("attention.qT", qB, b, t, heads, headDim, bq);
         var doutT = PackTiles("attention.doutT", doutB, b, t, heads, headDim, bq);
         Kernel("attention.cl", "attention_backward_dkdv", knobs).Call()
             .Arg(Buf(dk, nameof(dk))).Arg(Buf(dv, nameof(dv))).Arg(kB).Arg(vB).Arg(qB).Arg(qt).Arg(doutB).Arg(doutT).Arg(lseB).Arg(delta)
             .Arg(b).Arg(t).Arg(heads).Arg(kvHeads).Arg(tp).Arg(scale)
-            .Launch(DivUp(t, bk) * bk, (long)b * kvHeads, bk, 1, Profiler);
+            .Launch(DivUp(t, bk) * (bk / rows), (long)b * kvHeads, bk / rows, 1, Profiler);
     }
 
     static void CheckHeads(int heads, int kvHeads)

@@ -23,6 +23,9 @@ public sealed record OpenClTuning
     /// <summary>Attention query rows per work-group (BQ) and key rows per tile (BK).</summary>
     public int AttentionQueryBlock { get; init; } = 16;
     public int AttentionKeyBlock { get; init; } = 16;
+    /// <summary>Attention rows per work-item (RPI): query rows in forward and dq, key rows in dk/dv; divides both blocks.
+    /// The backend lowers it for head dims where RPI·K would exceed 256 accumulators.</summary>
+    public int AttentionRowsPerItem { get; init; } = 4;
     /// <summary>Work-group size of elementwise kernels.</summary>
     public int ElementwiseGroup { get; init; } = 64;
 
@@ -31,7 +34,7 @@ public sealed record OpenClTuning
     public static OpenClTuning Gpu { get; } = new()
     {
         MatmulRows = 4, MatmulVectorWidth = 4, MatmulVectors = 2, MatmulGroup0 = 16, MatmulGroup1 = 8,
-        RowGroup = 256, AttentionQueryBlock = 64, AttentionKeyBlock = 32, ElementwiseGroup = 256,
+        RowGroup = 256, AttentionQueryBlock = 16, AttentionKeyBlock = 16, AttentionRowsPerItem = 1, ElementwiseGroup = 256,
     };
 
     public static OpenClTuning For(OpenClDevice device) => device.IsCpu ? Cpu : Gpu;
@@ -44,7 +47,10 @@ public sealed record OpenClTuning
         if (MatmulVectors < 1) throw new ArgumentException($"MatmulVectors must be ≥ 1, got {MatmulVectors}");
         if (MatmulGroup0 < 1 || MatmulGroup1 < 1) throw new ArgumentException("matmul work-group dimensions must be ≥ 1");
         if (!Pow2(RowGroup)) throw new ArgumentException($"RowGroup must be a power of two, got {RowGroup}");
-        if (AttentionQueryBlock < 1 || AttentionKeyBlock < 1) throw new ArgumentException("attention blocks must be ≥ 1");
+        if (AttentionQueryBlock is not (2 or 4 or 8 or 16) || AttentionKeyBlock is not (2 or 4 or 8 or 16))
+            throw new ArgumentException($"attention blocks must be 2, 4, 8 or 16 (vector widths), got {AttentionQueryBlock} and {AttentionKeyBlock}");
+        if (AttentionRowsPerItem < 1 || AttentionQueryBlock % AttentionRowsPerItem != 0 || AttentionKeyBlock % AttentionRowsPerItem != 0)
+            throw new ArgumentException($"AttentionRowsPerItem ({AttentionRowsPerItem}) must divide both attention blocks");
         if (ElementwiseGroup < 1) throw new ArgumentException($"ElementwiseGroup must be ≥ 1, got {ElementwiseGroup}");
     }
 }
