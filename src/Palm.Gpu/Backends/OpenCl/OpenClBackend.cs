@@ -296,7 +296,7 @@ public sealed class OpenClBackend : IBackend
         var partial = Scratch("layernorm.dweight", (long)chunks * d);
         Kernel("layernorm.cl", "layernorm_backward_dweight_partial", LayerNormKnobs).Call()
             .Arg(partial).Arg(doutB).Arg(inputB).Arg(meanB).Arg(rstdB).Arg(n).Arg(d)
-            .Launch(d, chunks, Group, 1, Profiler);
+            .Launch(DivUp(d, 16), chunks, Group, 1, Profiler);
         Kernel("layernorm.cl", "layernorm_backward_dinput", LayerNormKnobs).Call()
             .Arg(Buf(dinput, nameof(dinput))).Arg(doutB).Arg(inputB).Arg(Buf(weight, nameof(weight))).Arg(meanB).Arg(rstdB)
             .Arg(n).Arg(d).Arg(accumulate ? 1 : 0)

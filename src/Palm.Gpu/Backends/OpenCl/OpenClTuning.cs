@@ -19,7 +19,7 @@ public sealed record OpenClTuning
     public int MatmulGroup0 { get; init; } = 1;
     public int MatmulGroup1 { get; init; } = 1;
     /// <summary>Work-items per row in layer norm and cross-entropy (power of two).</summary>
-    public int RowGroup { get; init; } = 64;
+    public int RowGroup { get; init; } = 16;
     /// <summary>Attention query rows per work-group (BQ) and key rows per tile (BK).</summary>
     public int AttentionQueryBlock { get; init; } = 16;
     public int AttentionKeyBlock { get; init; } = 16;
