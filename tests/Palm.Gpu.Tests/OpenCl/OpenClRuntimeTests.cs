@@ -87,6 +87,16 @@ public class OpenClRuntimeTests(OpenClFixture fx)
     }
 
     [Fact]
+    public void LastDeviceIndex_Works()
+    {
+        // With POCL_DEVICES="pthread pthread" this is a second device; otherwise the same one again.
+        int last = OpenClDevice.All().Count - 1;
+        using var be = new OpenClBackend(last);
+        var got = new OpCase().F("a", [1, 2, 3]).F("b", [10, 20, 30]).Run(be, t => be.Add(t("a"), t("a"), t("b"), 3), "a");
+        Assert.Equal(new float[] { 11, 22, 33 }, got["a"]);
+    }
+
+    [Fact]
     public void AllocationBeyondTheDeviceLimit_NamesTheTensorAndItsBytes()
     {
         long length = fx.Ocl.Device.MaxAllocationBytes / 4 + 1;
