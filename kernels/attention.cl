@@ -12,8 +12,8 @@
 // tile, row by row).
 // Vectorisation: the operand that is scored against (k, v in forward/dq; q, dout in dk/dv) is first
 // packed into transposed tiles, (B, heads, Tp/W, K, W) for tile width W, zero past T, so a whole tile
-// is one contiguous block and is scored as one W-wide vector with one fma per d (four interleaved
-// chains over d). Accumulators over the head dim are DV-wide vectors kept in registers. Work-items are
+// is one contiguous block and is scored as one W-wide vector with one fma per d (two interleaved
+// chains over d per row). Accumulators over the head dim are DV-wide vectors kept in registers. Work-items are
 // independent: no local memory, no barriers, so CPU devices run each one straight through with the
 // tiles in cache, and GPUs read the same tile from cache for every query row of a work-group.
 //

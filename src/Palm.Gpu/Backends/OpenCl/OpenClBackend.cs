@@ -108,6 +108,7 @@ public sealed class OpenClBackend : IBackend
         while (rows > 1 && rows * headDim > 256) rows /= 2;
         return rows;
     }
+
     int Group => Tuning.ElementwiseGroup;
 
     /// <summary>A backend-owned temporary buffer of at least <paramref name="length"/> elements, reused across calls.</summary>
