@@ -1,1 +1,15 @@
-return 0;
+using System.CommandLine;
+using Palm.Cli;
+
+// palm: train, sample, evaluate, plan and benchmark PaLM-style models. See README.md for every verb.
+var root = new RootCommand("palm — train and study PaLM-architecture language models on one machine");
+root.Subcommands.Add(TrainCommand.Create());
+root.Subcommands.Add(GenerateCommand.Create());
+root.Subcommands.Add(EvalCommand.Create());
+root.Subcommands.Add(PlanCommand.Create());
+root.Subcommands.Add(BenchCommand.Create());
+root.Subcommands.Add(DevicesCommand.Create());
+root.Subcommands.Add(PlotCommand.Create());
+root.Subcommands.Add(TokenizerCommands.CreateTokenizerCommand());
+root.Subcommands.Add(TokenizerCommands.CreateTokenizeCommand());
+return root.Parse(args).Invoke();

@@ -4,9 +4,9 @@ namespace Palm.Gpu.Data;
 
 /// <summary>
 /// The no-setup tokenizer: one token per UTF-8 byte (ids 0..255), then [eod] = 256 and [pad] = 257.
-/// Lossless by construction; decoding invalid UTF-8 byte runs yields U+FFFD as .NET's decoder does.
+/// Lossless by construction (lone surrogates travel in their three-byte form, see <see cref="Utf8Text"/>).
 /// </summary>
-public sealed class ByteTokenizer : ITokenizer
+public sealed class ByteTokenizer : IUtf8Tokenizer
 {
     public const int Eod = 256;
     public const int Pad = 257;
@@ -19,30 +19,34 @@ public sealed class ByteTokenizer : ITokenizer
 
     public int[] Encode(string text)
     {
-        var bytes = Encoding.UTF8.GetBytes(text);
+        var bytes = Utf8Text.GetBytes(text);
         var ids = new int[bytes.Length];
         for (int i = 0; i < bytes.Length; i++) ids[i] = bytes[i];
         return ids;
     }
 
-    public string Decode(ReadOnlySpan<int> ids)
+    public string Decode(ReadOnlySpan<int> ids) => Utf8Text.GetString(DecodeBytes(ids));
+
+    public void EncodeUtf8(ReadOnlySpan<byte> text, List<int> ids, bool atDocumentStart = true)
     {
-        var sb = new StringBuilder();
-        var run = new List<byte>();
+        ids.EnsureCapacity(ids.Count + text.Length);
+        foreach (byte b in text) ids.Add(b);
+    }
+
+    public byte[] DecodeBytes(ReadOnlySpan<int> ids)
+    {
+        var bytes = new List<byte>(ids.Length);
         foreach (int id in ids)
         {
-            if (id < 256) { run.Add((byte)id); continue; }
-            Flush();
-            sb.Append(id == Eod ? "[eod]" : id == Pad ? "[pad]" : $"[{id}]");
+            if ((uint)id < 256) bytes.Add((byte)id);
+            else bytes.AddRange(Encoding.UTF8.GetBytes(id == Eod ? "[eod]" : id == Pad ? "[pad]" : $"[{id}]"));
         }
-        Flush();
-        return sb.ToString();
+        return bytes.ToArray();
+    }
 
-        void Flush()
-        {
-            if (run.Count == 0) return;
-            sb.Append(Encoding.UTF8.GetString(run.ToArray()));
-            run.Clear();
-        }
+    public int FindCut(ReadOnlySpan<byte> text, int from)
+    {
+        int p = Math.Max(from, 1);
+        return p < text.Length ? p : -1;
     }
 }

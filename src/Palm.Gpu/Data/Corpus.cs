@@ -1,46 +1,125 @@
 using System.Text;
+using System.Text.Json;
 
 namespace Palm.Gpu.Data;
 
 /// <summary>
-/// Reads training text: a UTF-8 file (one document) or a directory (every text file below it,
-/// recursively, in ordinal-sorted path order, one document each). Bad input throws
-/// <see cref="DataException"/> with a message that says what is wrong and how to fix it.
+/// Reads training text. A path may be:
+///   • a UTF-8 text file: one document;
+///   • a .jsonl file: one document per line, the line's "text" string (blank lines are skipped);
+///   • a directory: every text or .jsonl file below it, recursively, in ordinal-sorted path order.
+/// Bad input throws <see cref="DataException"/> with a message that says what is wrong and how to fix it.
 /// </summary>
 public static class Corpus
 {
     public static readonly string[] TextExtensions = [".txt", ".md", ".text", ".jsonl", ".cs", ".py", ".c", ".h", ".json", ".html", ".xml", ".csv", ".tex", ".rst"];
 
-    public static List<string> ReadDocuments(string path)
+    /// <summary>All documents as strings (for small corpora; large ones stream via <see cref="ReadDocumentsUtf8"/>).</summary>
+    public static List<string> ReadDocuments(string path) => [.. ReadDocumentsUtf8(path).Select(d => Encoding.UTF8.GetString(d))];
+
+    /// <summary>The files a corpus path stands for, in reading order.</summary>
+    public static List<string> ListFiles(string path)
     {
-        if (File.Exists(path)) return [ReadText(path)];
+        if (File.Exists(path)) return [path];
         if (!Directory.Exists(path))
-            throw new DataException($"data path '{path}' does not exist; pass --data with a UTF-8 text file or a directory of text files");
+            throw new DataException($"data path '{path}' does not exist; pass --data with a UTF-8 text file, a .jsonl file or a directory of text files");
         var files = Directory.EnumerateFiles(path, "*", SearchOption.AllDirectories)
             .Where(f => TextExtensions.Contains(Path.GetExtension(f).ToLowerInvariant()))
             .OrderBy(f => f, StringComparer.Ordinal)
             .ToList();
         if (files.Count == 0)
             throw new DataException($"directory '{path}' holds no text files ({string.Join(" ", TextExtensions)}); point --data at a text file or a directory containing some");
-        var docs = files.Select(ReadText).Where(d => d.Length > 0).ToList();
-        if (docs.Count == 0)
-            throw new DataException($"every text file under '{path}' is empty; nothing to train on");
-        return docs;
+        return files;
     }
 
-    static string ReadText(string file)
+    public static bool IsJsonLines(string file) => Path.GetExtension(file).Equals(".jsonl", StringComparison.OrdinalIgnoreCase);
+
+    /// <summary>Every non-empty document, as UTF-8 bytes, in corpus order. Throws when there is none.</summary>
+    public static IEnumerable<byte[]> ReadDocumentsUtf8(string path)
     {
-        var bytes = File.ReadAllBytes(file);
-        if (bytes.Length == 0) throw new DataException($"data file '{file}' is empty; give a file with some UTF-8 text");
-        if (Array.IndexOf(bytes, (byte)0) >= 0)
-            throw new DataException($"data file '{file}' contains NUL bytes and looks binary; give UTF-8 text");
+        var files = ListFiles(path);
+        bool single = files.Count == 1 && File.Exists(path);
+        int produced = 0;
+        foreach (var file in files)
+        {
+            var bytes = ReadFile(file);
+            if (bytes.Length == 0)
+            {
+                if (single) throw new DataException($"data file '{file}' is empty; give a file with some UTF-8 text");
+                continue;
+            }
+            foreach (var doc in Documents(file, bytes))
+            {
+                produced++;
+                yield return doc;
+            }
+        }
+        if (produced == 0)
+            throw new DataException(single ? $"data file '{path}' holds no documents; nothing to train on" : $"every text file under '{path}' is empty; nothing to train on");
+    }
+
+    /// <summary>The documents of one file whose bytes were read already.</summary>
+    public static IEnumerable<byte[]> Documents(string file, byte[] bytes)
+    {
+        if (!IsJsonLines(file))
+        {
+            Validate(file, bytes);
+            yield return bytes;
+            yield break;
+        }
+        int line = 0;
+        for (int start = 0; start < bytes.Length;)
+        {
+            line++;
+            int nl = bytes.AsSpan(start).IndexOf((byte)'\n');
+            int end = nl < 0 ? bytes.Length : start + nl;
+            var text = JsonLineText(file, line, bytes.AsSpan(start, end - start));
+            start = end + 1;
+            if (text != null && text.Length > 0) yield return text;
+        }
+    }
+
+    /// <summary>Reads a whole file (a DataException, not an IOException, when that fails).</summary>
+    public static byte[] ReadFile(string file)
+    {
         try
         {
-            return new UTF8Encoding(false, throwOnInvalidBytes: true).GetString(bytes);
+            return File.ReadAllBytes(file);
         }
-        catch (DecoderFallbackException e)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            throw new DataException($"data file '{file}' is not valid UTF-8 (bad byte at offset {e.Index}); convert it to UTF-8 first");
+            throw new DataException($"cannot read data file '{file}': {e.Message}");
+        }
+    }
+
+    static byte[]? JsonLineText(string file, int line, ReadOnlySpan<byte> json)
+    {
+        if (json.Trim(" \t\r"u8).IsEmpty) return null;
+        try
+        {
+            var reader = new Utf8JsonReader(json);
+            using var doc = JsonDocument.ParseValue(ref reader);
+            if (doc.RootElement.ValueKind != JsonValueKind.Object || !doc.RootElement.TryGetProperty("text", out var text) || text.ValueKind != JsonValueKind.String)
+                throw new DataException($"{file}:{line}: a JSONL line must be an object with a string \"text\" field");
+            var s = text.GetString()!;
+            if (s.Contains('\0')) throw new DataException($"{file}:{line}: the text contains NUL characters; give UTF-8 text");
+            return Utf8Text.GetBytes(s);
+        }
+        catch (JsonException e)
+        {
+            throw new DataException($"{file}:{line}: not valid JSON ({e.Message})");
+        }
+    }
+
+    static void Validate(string file, byte[] bytes)
+    {
+        if (bytes.AsSpan().IndexOf((byte)0) >= 0)
+            throw new DataException($"data file '{file}' contains NUL bytes and looks binary; give UTF-8 text");
+        if (!Utf8Text.IsValid(bytes))
+        {
+            try { new UTF8Encoding(false, true).GetCharCount(bytes); }
+            catch (DecoderFallbackException e) { throw new DataException($"data file '{file}' is not valid UTF-8 (bad byte at offset {e.Index}); convert it to UTF-8 first"); }
+            throw new DataException($"data file '{file}' is not valid UTF-8; convert it to UTF-8 first");
         }
     }
 }

@@ -26,6 +26,7 @@ internal static class CpuAdafactor
         var sumP2 = new double[chunks];
         float gs = s.GradScale, b2 = s.Beta2, e1 = s.Epsilon1;
         bool factored = v is null;
+        if (s.Beta1 > 0 && momentum is null) throw new ArgumentException("Adafactor: β1 > 0 needs a momentum buffer");
 
         float[]? rowScale = null, colScale = null; // u = g · rowScale[i] · colScale[j] when factored
         if (factored)
@@ -69,11 +70,12 @@ internal static class CpuAdafactor
         {
             long start = (long)c * Chunk, end = Math.Min(count, start + Chunk);
             double u2 = 0, p2 = 0;
-            for (long idx = start; idx < end; idx++)
+            long row = start / cols, col = start % cols; // walked alongside idx: no division per element
+            for (long idx = start; idx < end; idx++, col = col + 1 == cols ? 0 : col + 1, row += col == 0 ? 1 : 0)
             {
                 float g = grad[idx] * gs;
                 float u;
-                if (factored) u = g * rowScale![idx / cols] * colScale![idx % cols];
+                if (factored) u = g * rowScale![row] * colScale![col];
                 else
                 {
                     float vv = b2 * v![idx] + (1 - b2) * (g * g + e1);
@@ -98,10 +100,11 @@ internal static class CpuAdafactor
         CpuParallel.For(threads, chunks, c =>
         {
             long start = (long)c * Chunk, end = Math.Min(count, start + Chunk);
-            for (long idx = start; idx < end; idx++)
+            long row = start / cols, col = start % cols;
+            for (long idx = start; idx < end; idx++, col = col + 1 == cols ? 0 : col + 1, row += col == 0 ? 1 : 0)
             {
                 float g = grad[idx] * gs;
-                float u = factored ? g * rowScale![idx / cols] * colScale![idx % cols] : g / MathF.Sqrt(v![idx]);
+                float u = factored ? g * rowScale![row] * colScale![col] : g / MathF.Sqrt(v![idx]);
                 u *= clip;
                 float m = u;
                 if (momentum is not null)

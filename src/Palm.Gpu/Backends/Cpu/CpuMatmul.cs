@@ -1,27 +1,598 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.Arm;
+using System.Runtime.Intrinsics.X86;
+
 namespace Palm.Gpu.Backends.Cpu;
 
-// Matmul on the CPU.
+// Matmul on the CPU: a packed, cache-blocked GEMM in the GotoBLAS/BLIS style.
+//
+// The GEMM speaks in its own sizes: C is M×N and K is the summed dimension. The model (B batch, T time,
+// D model width, F MLP width, V vocab, N = B·T rows) calls it as
+//   forward   y (N,F)  = x (N,D) · W (D,F)
+//   backward  dx (N,D) = dy (N,F) · Wᵀ           transB
+//             dW (D,F) += xᵀ · dy                transA, accumulate
+//   logits    (N,V)    = h (N,D) · Eᵀ · 1/√D     transB, alpha
+// so matmul needs no backward kernel of its own: its gradients are the same call with transposes.
+//
 // C (M,N) = alpha · op(A) (M,K) · op(B) (K,N) [+ C]; A stored (M,K) or (K,M) when transA, B stored (K,N) or (N,K) when transB.
-internal static class CpuMatmul
+//
+// Loops, outer to inner:
+//   jc  N in blocks of NC columns   the packed B panel (KC × NC) sits in L3, shared by every thread
+//   pc  K in blocks of KC           KC depends on K alone, so each C element sums K in one fixed order
+//   items (MC rows × NR slivers)    the parallel unit: packs its A block (MC × KC, stays in L2), owns those C tiles
+//   jr, ir  MR × NR micro-tiles     the micro-kernel keeps the tile in registers and runs kc FMAs per element
+// Packing turns the four transpose cases into one layout (A: MR rows interleaved per k; B: NR columns per k),
+// zero-padded at the edges, so the micro-kernel never looks at M, N or the transposes.
+//
+// Determinism: element C[i,j] gets acc = fma(a_p, b_p, acc) for p through each K block in order, then
+// C = alpha·acc (first block, no accumulate) or C = fma(acc, alpha, C). Nothing in that depends on the thread
+// count, the tile the element falls in, or the instruction path: the Vector512, Vector256, Vector128 and scalar kernels
+// perform the same fused operations in the same order, so all give the same bits. (Without hardware FMA only
+// the scalar path runs, with a separate multiply and add.) A, B and C must not overlap.
+
+/// <summary>Which micro-kernel runs; the best accelerated one is the default.</summary>
+internal enum GemmPath { Scalar, Vector128, Vector256, Vector512 }
+
+/// <summary>
+/// Cache blocking. Kc is the K block and fixes the summation order; McPanels (A panels per work item) and Nc
+/// (columns per B panel, rounded up to the tile width) only move work around and never change a result.
+/// </summary>
+internal readonly record struct GemmBlocking(int Kc, int McPanels, int Nc)
 {
+    // Tuned with the Vector512 14×32 tile on 32 KiB L1d and 1 MiB L2 per core, 32 MiB shared L3 (AMD Zen 4):
+    //   A block 168 × 256 floats = 168 KiB in L2; B panel 256 × 4096 = 4 MiB in L3; one B sliver 256 × 32 = 32 KiB.
+    //   Kc 128 loses ~30% (C is read and written twice as often), Kc 384 ~10%.
+    public static readonly GemmBlocking Default = new(Kc: 256, McPanels: 12, Nc: 4096);
+}
+
+internal static unsafe class CpuMatmul
+{
+    /// <summary>Below this many multiply-adds one thread is faster than waking others.</summary>
+    private const long SmallMacs = 64 * 64 * 64;
+    /// <summary>Largest micro-tile of any path (14×32), for the edge-tile scratch.</summary>
+    private const int MaxTile = 14 * 32;
+
+    /// <summary>Fused multiply-add in hardware. The vector paths need it; without it only the scalar path runs, unfused.</summary>
+    private static bool HasFma => Fma.IsSupported || AdvSimd.IsSupported;
+
+    public static GemmPath BestPath =>
+        IsSupported(GemmPath.Vector512) ? GemmPath.Vector512 :
+        IsSupported(GemmPath.Vector256) ? GemmPath.Vector256 :
+        IsSupported(GemmPath.Vector128) ? GemmPath.Vector128 : GemmPath.Scalar;
+
+    public static bool IsSupported(GemmPath path) => path switch
+    {
+        GemmPath.Vector512 => Vector512.IsHardwareAccelerated && HasFma,
+        GemmPath.Vector256 => Vector256.IsHardwareAccelerated && HasFma,
+        GemmPath.Vector128 => Vector128.IsHardwareAccelerated && HasFma,
+        _ => true,
+    };
+
+    /// <summary>a·b + c, fused wherever the hardware fuses, so that scalar code rounds exactly like the vector kernels.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float MulAdd(float a, float b, float c) => HasFma ? MathF.FusedMultiplyAdd(a, b, c) : a * b + c;
+
+    /// <summary>Micro-tile rows (MR, broadcast from packed A) and columns (NR, vector loads from packed B).</summary>
+    public static (int Mr, int Nr) TileOf(GemmPath path) => path switch
+    {
+        GemmPath.Vector512 => (14, 32),
+        GemmPath.Vector256 => (6, 16),
+        GemmPath.Vector128 => (6, 8),
+        _ => (4, 8),
+    };
+
+    // C (M,N) = alpha · op(A) (M,K) · op(B) (K,N) [+ C]
     public static void Run(int threads, float[] c, float[] a, float[] b, int m, int n, int k,
                            bool transA, bool transB, float alpha, bool accumulate)
+        => Run(threads, c, a, b, m, n, k, transA, transB, alpha, accumulate, BestPath, GemmBlocking.Default);
+
+    public static void Run(int threads, float[] c, float[] a, float[] b, int m, int n, int k,
+                           bool transA, bool transB, float alpha, bool accumulate, GemmPath path, GemmBlocking blocking)
     {
-        // Placeholder: plain triple loop, one row of C per work item (deterministic for any thread count).
-        CpuParallel.For(threads, m, i =>
+        Check(threads, c, a, b, m, n, k, path, blocking);
+        if (m == 0 || n == 0) return;
+        if (k == 0)
         {
-            for (int j = 0; j < n; j++)
+            // Empty sum: C = alpha·0 (+ C).
+            if (!accumulate) Array.Clear(c, 0, m * n);
+            return;
+        }
+
+        var (mr, nr) = TileOf(path);
+        int workers = (long)m * n * k < SmallMacs ? 1 : threads;
+
+        // K blocks of near-equal size; the split depends on K and Kc only.
+        int kBlocks = (k + blocking.Kc - 1) / blocking.Kc;
+        int kcBlock = (k + kBlocks - 1) / kBlocks;
+        int ncMax = (blocking.Nc + nr - 1) / nr * nr;
+
+        // Items: A blocks of at most McPanels whole MR panels, as many as a multiple of the workers and as even as
+        // possible, so the workers finish together.
+        int mPanels = (m + mr - 1) / mr;
+        int mItems = (mPanels + blocking.McPanels - 1) / blocking.McPanels;
+        if (workers > 1) mItems = Math.Min(mPanels, (mItems + workers - 1) / workers * workers);
+
+        var job = new Job
+        {
+            M = m, N = n, K = k, TransA = transA, TransB = transB, Alpha = alpha, Path = path, Mr = mr, Nr = nr,
+            MPanels = mPanels, MItems = mItems,
+        };
+        float* packB = PackBuffer.ForB((long)kcBlock * ncMax);
+
+        for (int jc = 0; jc < n; jc += ncMax)
+        {
+            int nc = Math.Min(ncMax, n - jc);
+            int slivers = (nc + nr - 1) / nr;
+            // Too few A blocks to keep every worker busy: split the slivers into groups as well.
+            int groups = 1;
+            if (workers > 1 && mItems < 2 * workers) groups = Math.Min(slivers, (2 * workers + mItems - 1) / mItems);
+
+            for (int pc = 0; pc < k; pc += kcBlock)
             {
-                float s = 0;
-                for (int p = 0; p < k; p++)
+                int kc = Math.Min(kcBlock, k - pc);
+                var step = job with
                 {
-                    float av = transA ? a[(long)p * m + i] : a[(long)i * k + p];
-                    float bv = transB ? b[(long)j * k + p] : b[(long)p * n + j];
-                    s += av * bv;
-                }
-                long idx = (long)i * n + j;
-                c[idx] = accumulate ? c[idx] + alpha * s : alpha * s;
+                    Jc = jc, Nc = nc, Pc = pc, Kc = kc, Overwrite = pc == 0 && !accumulate,
+                    Slivers = slivers, Groups = groups, PackedB = (nint)packB,
+                };
+                // Pack the B panel, 8 slivers per chunk, then compute every item against it.
+                CpuParallel.ForChunks(workers, slivers, 8, (s0, s1) => step.PackBSlivers(b, (int)s0, (int)s1));
+                CpuParallel.For(workers, mItems * groups, item => step.ComputeItem(c, a, item));
             }
-        });
+        }
+    }
+
+    private static void Check(int threads, float[] c, float[] a, float[] b, int m, int n, int k, GemmPath path, GemmBlocking blocking)
+    {
+        ArgumentNullException.ThrowIfNull(c);
+        ArgumentNullException.ThrowIfNull(a);
+        ArgumentNullException.ThrowIfNull(b);
+        if (threads < 1) throw new ArgumentOutOfRangeException(nameof(threads), $"matmul: threads must be ≥ 1, got {threads}");
+        if (m < 0 || n < 0 || k < 0) throw new ArgumentOutOfRangeException(nameof(m), $"matmul: sizes must be ≥ 0, got M={m} N={n} K={k}");
+        if ((long)m * k > a.Length) throw new ArgumentException($"matmul: op(A) is {m}×{k} = {(long)m * k} floats but A holds {a.Length}; check M, K and transA", nameof(a));
+        if ((long)k * n > b.Length) throw new ArgumentException($"matmul: op(B) is {k}×{n} = {(long)k * n} floats but B holds {b.Length}; check K, N and transB", nameof(b));
+        if ((long)m * n > c.Length) throw new ArgumentException($"matmul: C is {m}×{n} = {(long)m * n} floats but holds {c.Length}; check M and N", nameof(c));
+        if ((long)m * n > int.MaxValue) throw new ArgumentException($"matmul: C of {m}×{n} exceeds one array", nameof(c));
+        if (!IsSupported(path)) throw new PlatformNotSupportedException($"matmul: the {path} path is not accelerated on this machine");
+        if (blocking.Kc < 1 || blocking.McPanels < 1 || blocking.Nc < 1) throw new ArgumentOutOfRangeException(nameof(blocking), $"matmul: blocking sizes must be ≥ 1, got {blocking}");
+    }
+
+    /// <summary>One (jc, pc) step of a GEMM: everything a work item needs, passed by value to the workers.</summary>
+    private record struct Job
+    {
+        public int M, N, K, Mr, Nr;
+        public bool TransA, TransB, Overwrite;
+        public float Alpha;
+        public GemmPath Path;
+        public int MPanels, MItems;
+        public int Jc, Nc, Pc, Kc, Slivers, Groups;
+        public nint PackedB;
+
+        /// <summary>Packs B slivers [s0, s1) of this panel: sliver s holds op(B)[pc.., jc + s·NR ..] as kc rows of NR floats.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        public readonly void PackBSlivers(float[] b, int s0, int s1)
+        {
+            fixed (float* bPtr = b)
+            {
+                for (int s = s0; s < s1; s++)
+                {
+                    int j0 = Jc + s * Nr;
+                    int cols = Math.Min(Nr, N - j0);
+                    float* dst = (float*)PackedB + (long)s * Nr * Kc;
+                    if (TransB) PackStrided(dst, bPtr + (long)j0 * K + Pc, K, cols, Nr, Kc);
+                    else PackContiguous(dst, bPtr + (long)Pc * N + j0, N, cols, Nr, Kc);
+                }
+            }
+        }
+
+        /// <summary>Packs one A block into this thread's buffer and updates the C tiles it meets in its sliver group.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        public readonly void ComputeItem(float[] c, float[] a, int item)
+        {
+            int mItem = item / Groups, group = item % Groups;
+            // Even split: item i gets panels [i·P/I, (i+1)·P/I), slivers likewise per group.
+            int panel0 = (int)((long)mItem * MPanels / MItems);
+            int panels = (int)((long)(mItem + 1) * MPanels / MItems) - panel0;
+            int row0 = panel0 * Mr;
+            int s0 = (int)((long)group * Slivers / Groups), s1 = (int)((long)(group + 1) * Slivers / Groups);
+            long panelSize = (long)Mr * Kc;
+            float* packA = PackBuffer.ForA(panels * panelSize);
+            float* scratch = stackalloc float[MaxTile];
+
+            fixed (float* aPtr = a, cPtr = c)
+            {
+                for (int ir = 0; ir < panels; ir++)
+                {
+                    int i0 = row0 + ir * Mr;
+                    int rows = Math.Min(Mr, M - i0);
+                    float* dst = packA + ir * panelSize;
+                    if (TransA) PackContiguous(dst, aPtr + (long)Pc * M + i0, M, rows, Mr, Kc);
+                    else PackStrided(dst, aPtr + (long)i0 * K + Pc, K, rows, Mr, Kc);
+                }
+
+                for (int s = s0; s < s1; s++)
+                {
+                    int j0 = Jc + s * Nr;
+                    int cols = Math.Min(Nr, N - j0);
+                    float* sliver = (float*)PackedB + (long)s * Nr * Kc;
+                    for (int ir = 0; ir < panels; ir++)
+                    {
+                        int i0 = row0 + ir * Mr;
+                        int rows = Math.Min(Mr, M - i0);
+                        float* tile = cPtr + (long)i0 * N + j0;
+                        float* panel = packA + ir * panelSize;
+                        if (rows == Mr && cols == Nr)
+                        {
+                            MicroKernel(Path, Kc, panel, sliver, tile, N, Alpha, Overwrite);
+                        }
+                        else
+                        {
+                            // Edge tile: full tile into scratch (alpha 1 is exact), then merge the live part with the same update.
+                            MicroKernel(Path, Kc, panel, sliver, scratch, Nr, 1f, true);
+                            MergeEdge(scratch, Nr, tile, N, rows, cols, Alpha, Overwrite);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- packing -------------------------------------------------------------------------------
+    // A panel and a B sliver have the same shape: kc rows of `width` floats (MR for A, NR for B), the first `live`
+    // of them taken from the source and the rest zero.
+
+    /// <summary>Source lines run along the packed rows: packed[p, t] = src[p·stride + t] (A when transA, B otherwise).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void PackContiguous(float* dst, float* src, long stride, int live, int width, int kc)
+    {
+        if (live == width && width >= 16 && Vector512.IsHardwareAccelerated)
+        {
+            // Whole vectors; a width that is not a multiple of 16 ends with one vector overlapping the previous.
+            for (int p = 0; p < kc; p++, src += stride, dst += width)
+            {
+                int t = 0;
+                for (; t + 16 <= width; t += 16) Vector512.Store(Vector512.Load(src + t), dst + t);
+                if (t < width) Vector512.Store(Vector512.Load(src + width - 16), dst + width - 16);
+            }
+            return;
+        }
+        if (live == width && width >= 8 && Vector256.IsHardwareAccelerated)
+        {
+            for (int p = 0; p < kc; p++, src += stride, dst += width)
+            {
+                int t = 0;
+                for (; t + 8 <= width; t += 8) Vector256.Store(Vector256.Load(src + t), dst + t);
+                if (t < width) Vector256.Store(Vector256.Load(src + width - 8), dst + width - 8);
+            }
+            return;
+        }
+        if (live == width && width >= 4 && Vector128.IsHardwareAccelerated)
+        {
+            for (int p = 0; p < kc; p++, src += stride, dst += width)
+            {
+                int t = 0;
+                for (; t + 4 <= width; t += 4) Vector128.Store(Vector128.Load(src + t), dst + t);
+                if (t < width) Vector128.Store(Vector128.Load(src + width - 4), dst + width - 4);
+            }
+            return;
+        }
+        for (int p = 0; p < kc; p++, src += stride, dst += width)
+        {
+            int t = 0;
+            for (; t < live; t++) dst[t] = src[t];
+            for (; t < width; t++) dst[t] = 0f;
+        }
+    }
+
+    /// <summary>Source lines run across the packed rows: packed[p, t] = src[t·stride + p] (A stored (M,K), B when transB).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void PackStrided(float* dst, float* src, long stride, int live, int width, int kc)
+    {
+        int p0 = 0;
+        if (live == width && width >= 8 && Avx.IsSupported)
+        {
+            // 8×8 register transposes: 8 source lines × 8 values of p become 8 packed rows × 8 columns. Column groups
+            // start every 8; the last starts at width − 8 and may overlap the previous one (same values, no overrun).
+            for (; p0 + 8 <= kc; p0 += 8)
+                for (int t0 = 0; t0 < width; t0 += 8)
+                {
+                    int t = Math.Min(t0, width - 8);
+                    Transpose8x8(src + t * stride + p0, stride, dst + (long)p0 * width + t, width);
+                }
+        }
+        for (int t = 0; t < width; t++)
+        {
+            float* line = src + t * stride;
+            float* d = dst + t;
+            if (t < live) for (int p = p0; p < kc; p++) d[(long)p * width] = line[p];
+            else for (int p = p0; p < kc; p++) d[(long)p * width] = 0f;
+        }
+    }
+
+    /// <summary>dst[j·ldDst + i] = src[i·ldSrc + j] for i, j in [0, 8).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Transpose8x8(float* src, long ldSrc, float* dst, long ldDst)
+    {
+        var r0 = Avx.LoadVector256(src);
+        var r1 = Avx.LoadVector256(src + ldSrc);
+        var r2 = Avx.LoadVector256(src + 2 * ldSrc);
+        var r3 = Avx.LoadVector256(src + 3 * ldSrc);
+        var r4 = Avx.LoadVector256(src + 4 * ldSrc);
+        var r5 = Avx.LoadVector256(src + 5 * ldSrc);
+        var r6 = Avx.LoadVector256(src + 6 * ldSrc);
+        var r7 = Avx.LoadVector256(src + 7 * ldSrc);
+        // Interleave pairs of lines, then pairs of pairs, then swap 128-bit halves.
+        var t0 = Avx.UnpackLow(r0, r1); var t1 = Avx.UnpackHigh(r0, r1);
+        var t2 = Avx.UnpackLow(r2, r3); var t3 = Avx.UnpackHigh(r2, r3);
+        var t4 = Avx.UnpackLow(r4, r5); var t5 = Avx.UnpackHigh(r4, r5);
+        var t6 = Avx.UnpackLow(r6, r7); var t7 = Avx.UnpackHigh(r6, r7);
+        var u0 = Avx.Shuffle(t0, t2, 0x44); var u1 = Avx.Shuffle(t0, t2, 0xEE);
+        var u2 = Avx.Shuffle(t1, t3, 0x44); var u3 = Avx.Shuffle(t1, t3, 0xEE);
+        var u4 = Avx.Shuffle(t4, t6, 0x44); var u5 = Avx.Shuffle(t4, t6, 0xEE);
+        var u6 = Avx.Shuffle(t5, t7, 0x44); var u7 = Avx.Shuffle(t5, t7, 0xEE);
+        Avx.Store(dst, Avx.Permute2x128(u0, u4, 0x20));
+        Avx.Store(dst + ldDst, Avx.Permute2x128(u1, u5, 0x20));
+        Avx.Store(dst + 2 * ldDst, Avx.Permute2x128(u2, u6, 0x20));
+        Avx.Store(dst + 3 * ldDst, Avx.Permute2x128(u3, u7, 0x20));
+        Avx.Store(dst + 4 * ldDst, Avx.Permute2x128(u0, u4, 0x31));
+        Avx.Store(dst + 5 * ldDst, Avx.Permute2x128(u1, u5, 0x31));
+        Avx.Store(dst + 6 * ldDst, Avx.Permute2x128(u2, u6, 0x31));
+        Avx.Store(dst + 7 * ldDst, Avx.Permute2x128(u3, u7, 0x31));
+    }
+
+    // ---- micro-kernels ---------------------------------------------------------------------------
+    // tile (MR,NR) = alpha · panel (kc,MR)ᵀ · sliver (kc,NR)  [+ tile]; tile rows are ldc floats apart.
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void MicroKernel(GemmPath path, int kc, float* panel, float* sliver, float* tile, long ldc, float alpha, bool overwrite)
+    {
+        switch (path)
+        {
+            case GemmPath.Vector512: Kernel14x32(kc, panel, sliver, tile, ldc, alpha, overwrite); break;
+            case GemmPath.Vector256: Kernel6x16(kc, panel, sliver, tile, ldc, alpha, overwrite); break;
+            case GemmPath.Vector128: Kernel6x8(kc, panel, sliver, tile, ldc, alpha, overwrite); break;
+            default: KernelScalar4x8(kc, panel, sliver, tile, ldc, alpha, overwrite); break;
+        }
+    }
+
+    /// <summary>Edge tiles: the same per-element update as the kernels' stores, on the live rows and columns only.</summary>
+    private static void MergeEdge(float* scratch, int ldScratch, float* tile, long ldc, int rows, int cols, float alpha, bool overwrite)
+    {
+        for (int r = 0; r < rows; r++)
+        {
+            float* src = scratch + r * ldScratch;
+            float* dst = tile + r * ldc;
+            if (overwrite) for (int j = 0; j < cols; j++) dst[j] = src[j] * alpha;
+            else for (int j = 0; j < cols; j++) dst[j] = MulAdd(src[j], alpha, dst[j]);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Update512(float* row, Vector512<float> x0, Vector512<float> x1, Vector512<float> alpha)
+    {
+        Vector512.Store(Vector512.FusedMultiplyAdd(x0, alpha, Vector512.Load(row)), row);
+        Vector512.Store(Vector512.FusedMultiplyAdd(x1, alpha, Vector512.Load(row + 16)), row + 16);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Update256(float* row, Vector256<float> x0, Vector256<float> x1, Vector256<float> alpha)
+    {
+        Vector256.Store(Vector256.FusedMultiplyAdd(x0, alpha, Vector256.Load(row)), row);
+        Vector256.Store(Vector256.FusedMultiplyAdd(x1, alpha, Vector256.Load(row + 8)), row + 8);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Update128(float* row, Vector128<float> x0, Vector128<float> x1, Vector128<float> alpha)
+    {
+        Vector128.Store(Vector128.FusedMultiplyAdd(x0, alpha, Vector128.Load(row)), row);
+        Vector128.Store(Vector128.FusedMultiplyAdd(x1, alpha, Vector128.Load(row + 4)), row + 4);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Kernel14x32(int kc, float* a, float* b, float* c, long ldc, float alpha, bool overwrite)
+    {
+        // 28 accumulators + 2 rows of B + 1 broadcast = 31 of the 32 zmm registers.
+        // C is only touched after kc steps: ask for its lines now so the final update does not wait on them.
+        if (Sse.IsSupported)
+            for (int r = 0; r < 14; r++)
+            {
+                Sse.Prefetch1(c + r * ldc);
+                Sse.Prefetch1(c + r * ldc + 16);
+                Sse.Prefetch1(c + r * ldc + 31);
+            }
+        Vector512<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default, c30 = default, c31 = default,
+                         c40 = default, c41 = default, c50 = default, c51 = default, c60 = default, c61 = default, c70 = default, c71 = default,
+                         c80 = default, c81 = default, c90 = default, c91 = default, cA0 = default, cA1 = default, cB0 = default, cB1 = default,
+                         cC0 = default, cC1 = default, cD0 = default, cD1 = default;
+        for (int p = 0; p < kc; p++, a += 14, b += 32)
+        {
+            var b0 = Vector512.Load(b);
+            var b1 = Vector512.Load(b + 16);
+            Vector512<float> s;
+            s = Vector512.Create(a[0]); c00 = Vector512.FusedMultiplyAdd(s, b0, c00); c01 = Vector512.FusedMultiplyAdd(s, b1, c01);
+            s = Vector512.Create(a[1]); c10 = Vector512.FusedMultiplyAdd(s, b0, c10); c11 = Vector512.FusedMultiplyAdd(s, b1, c11);
+            s = Vector512.Create(a[2]); c20 = Vector512.FusedMultiplyAdd(s, b0, c20); c21 = Vector512.FusedMultiplyAdd(s, b1, c21);
+            s = Vector512.Create(a[3]); c30 = Vector512.FusedMultiplyAdd(s, b0, c30); c31 = Vector512.FusedMultiplyAdd(s, b1, c31);
+            s = Vector512.Create(a[4]); c40 = Vector512.FusedMultiplyAdd(s, b0, c40); c41 = Vector512.FusedMultiplyAdd(s, b1, c41);
+            s = Vector512.Create(a[5]); c50 = Vector512.FusedMultiplyAdd(s, b0, c50); c51 = Vector512.FusedMultiplyAdd(s, b1, c51);
+            s = Vector512.Create(a[6]); c60 = Vector512.FusedMultiplyAdd(s, b0, c60); c61 = Vector512.FusedMultiplyAdd(s, b1, c61);
+            s = Vector512.Create(a[7]); c70 = Vector512.FusedMultiplyAdd(s, b0, c70); c71 = Vector512.FusedMultiplyAdd(s, b1, c71);
+            s = Vector512.Create(a[8]); c80 = Vector512.FusedMultiplyAdd(s, b0, c80); c81 = Vector512.FusedMultiplyAdd(s, b1, c81);
+            s = Vector512.Create(a[9]); c90 = Vector512.FusedMultiplyAdd(s, b0, c90); c91 = Vector512.FusedMultiplyAdd(s, b1, c91);
+            s = Vector512.Create(a[10]); cA0 = Vector512.FusedMultiplyAdd(s, b0, cA0); cA1 = Vector512.FusedMultiplyAdd(s, b1, cA1);
+            s = Vector512.Create(a[11]); cB0 = Vector512.FusedMultiplyAdd(s, b0, cB0); cB1 = Vector512.FusedMultiplyAdd(s, b1, cB1);
+            s = Vector512.Create(a[12]); cC0 = Vector512.FusedMultiplyAdd(s, b0, cC0); cC1 = Vector512.FusedMultiplyAdd(s, b1, cC1);
+            s = Vector512.Create(a[13]); cD0 = Vector512.FusedMultiplyAdd(s, b0, cD0); cD1 = Vector512.FusedMultiplyAdd(s, b1, cD1);
+        }
+        var al = Vector512.Create(alpha);
+        if (overwrite)
+        {
+            Vector512.Store(c00 * al, c + 0 * ldc); Vector512.Store(c01 * al, c + 0 * ldc + 16);
+            Vector512.Store(c10 * al, c + 1 * ldc); Vector512.Store(c11 * al, c + 1 * ldc + 16);
+            Vector512.Store(c20 * al, c + 2 * ldc); Vector512.Store(c21 * al, c + 2 * ldc + 16);
+            Vector512.Store(c30 * al, c + 3 * ldc); Vector512.Store(c31 * al, c + 3 * ldc + 16);
+            Vector512.Store(c40 * al, c + 4 * ldc); Vector512.Store(c41 * al, c + 4 * ldc + 16);
+            Vector512.Store(c50 * al, c + 5 * ldc); Vector512.Store(c51 * al, c + 5 * ldc + 16);
+            Vector512.Store(c60 * al, c + 6 * ldc); Vector512.Store(c61 * al, c + 6 * ldc + 16);
+            Vector512.Store(c70 * al, c + 7 * ldc); Vector512.Store(c71 * al, c + 7 * ldc + 16);
+            Vector512.Store(c80 * al, c + 8 * ldc); Vector512.Store(c81 * al, c + 8 * ldc + 16);
+            Vector512.Store(c90 * al, c + 9 * ldc); Vector512.Store(c91 * al, c + 9 * ldc + 16);
+            Vector512.Store(cA0 * al, c + 10 * ldc); Vector512.Store(cA1 * al, c + 10 * ldc + 16);
+            Vector512.Store(cB0 * al, c + 11 * ldc); Vector512.Store(cB1 * al, c + 11 * ldc + 16);
+            Vector512.Store(cC0 * al, c + 12 * ldc); Vector512.Store(cC1 * al, c + 12 * ldc + 16);
+            Vector512.Store(cD0 * al, c + 13 * ldc); Vector512.Store(cD1 * al, c + 13 * ldc + 16);
+        }
+        else
+        {
+            Update512(c + 0 * ldc, c00, c01, al);
+            Update512(c + 1 * ldc, c10, c11, al);
+            Update512(c + 2 * ldc, c20, c21, al);
+            Update512(c + 3 * ldc, c30, c31, al);
+            Update512(c + 4 * ldc, c40, c41, al);
+            Update512(c + 5 * ldc, c50, c51, al);
+            Update512(c + 6 * ldc, c60, c61, al);
+            Update512(c + 7 * ldc, c70, c71, al);
+            Update512(c + 8 * ldc, c80, c81, al);
+            Update512(c + 9 * ldc, c90, c91, al);
+            Update512(c + 10 * ldc, cA0, cA1, al);
+            Update512(c + 11 * ldc, cB0, cB1, al);
+            Update512(c + 12 * ldc, cC0, cC1, al);
+            Update512(c + 13 * ldc, cD0, cD1, al);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Kernel6x16(int kc, float* a, float* b, float* c, long ldc, float alpha, bool overwrite)
+    {
+        // 12 accumulators + 2 rows of B + 1 broadcast = 15 of the 16 ymm registers.
+        Vector256<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default,
+                         c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
+        for (int p = 0; p < kc; p++, a += 6, b += 16)
+        {
+            var b0 = Vector256.Load(b);
+            var b1 = Vector256.Load(b + 8);
+            Vector256<float> s;
+            s = Vector256.Create(a[0]); c00 = Vector256.FusedMultiplyAdd(s, b0, c00); c01 = Vector256.FusedMultiplyAdd(s, b1, c01);
+            s = Vector256.Create(a[1]); c10 = Vector256.FusedMultiplyAdd(s, b0, c10); c11 = Vector256.FusedMultiplyAdd(s, b1, c11);
+            s = Vector256.Create(a[2]); c20 = Vector256.FusedMultiplyAdd(s, b0, c20); c21 = Vector256.FusedMultiplyAdd(s, b1, c21);
+            s = Vector256.Create(a[3]); c30 = Vector256.FusedMultiplyAdd(s, b0, c30); c31 = Vector256.FusedMultiplyAdd(s, b1, c31);
+            s = Vector256.Create(a[4]); c40 = Vector256.FusedMultiplyAdd(s, b0, c40); c41 = Vector256.FusedMultiplyAdd(s, b1, c41);
+            s = Vector256.Create(a[5]); c50 = Vector256.FusedMultiplyAdd(s, b0, c50); c51 = Vector256.FusedMultiplyAdd(s, b1, c51);
+        }
+        var al = Vector256.Create(alpha);
+        if (overwrite)
+        {
+            Vector256.Store(c00 * al, c + 0 * ldc); Vector256.Store(c01 * al, c + 0 * ldc + 8);
+            Vector256.Store(c10 * al, c + 1 * ldc); Vector256.Store(c11 * al, c + 1 * ldc + 8);
+            Vector256.Store(c20 * al, c + 2 * ldc); Vector256.Store(c21 * al, c + 2 * ldc + 8);
+            Vector256.Store(c30 * al, c + 3 * ldc); Vector256.Store(c31 * al, c + 3 * ldc + 8);
+            Vector256.Store(c40 * al, c + 4 * ldc); Vector256.Store(c41 * al, c + 4 * ldc + 8);
+            Vector256.Store(c50 * al, c + 5 * ldc); Vector256.Store(c51 * al, c + 5 * ldc + 8);
+        }
+        else
+        {
+            Update256(c + 0 * ldc, c00, c01, al);
+            Update256(c + 1 * ldc, c10, c11, al);
+            Update256(c + 2 * ldc, c20, c21, al);
+            Update256(c + 3 * ldc, c30, c31, al);
+            Update256(c + 4 * ldc, c40, c41, al);
+            Update256(c + 5 * ldc, c50, c51, al);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Kernel6x8(int kc, float* a, float* b, float* c, long ldc, float alpha, bool overwrite)
+    {
+        // 12 accumulators + 2 rows of B + 1 broadcast = 15 registers: fits SSE's 16 and NEON's 32.
+        Vector128<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default,
+                         c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
+        for (int p = 0; p < kc; p++, a += 6, b += 8)
+        {
+            var b0 = Vector128.Load(b);
+            var b1 = Vector128.Load(b + 4);
+            Vector128<float> s;
+            s = Vector128.Create(a[0]); c00 = Vector128.FusedMultiplyAdd(s, b0, c00); c01 = Vector128.FusedMultiplyAdd(s, b1, c01);
+            s = Vector128.Create(a[1]); c10 = Vector128.FusedMultiplyAdd(s, b0, c10); c11 = Vector128.FusedMultiplyAdd(s, b1, c11);
+            s = Vector128.Create(a[2]); c20 = Vector128.FusedMultiplyAdd(s, b0, c20); c21 = Vector128.FusedMultiplyAdd(s, b1, c21);
+            s = Vector128.Create(a[3]); c30 = Vector128.FusedMultiplyAdd(s, b0, c30); c31 = Vector128.FusedMultiplyAdd(s, b1, c31);
+            s = Vector128.Create(a[4]); c40 = Vector128.FusedMultiplyAdd(s, b0, c40); c41 = Vector128.FusedMultiplyAdd(s, b1, c41);
+            s = Vector128.Create(a[5]); c50 = Vector128.FusedMultiplyAdd(s, b0, c50); c51 = Vector128.FusedMultiplyAdd(s, b1, c51);
+        }
+        var al = Vector128.Create(alpha);
+        if (overwrite)
+        {
+            Vector128.Store(c00 * al, c + 0 * ldc); Vector128.Store(c01 * al, c + 0 * ldc + 4);
+            Vector128.Store(c10 * al, c + 1 * ldc); Vector128.Store(c11 * al, c + 1 * ldc + 4);
+            Vector128.Store(c20 * al, c + 2 * ldc); Vector128.Store(c21 * al, c + 2 * ldc + 4);
+            Vector128.Store(c30 * al, c + 3 * ldc); Vector128.Store(c31 * al, c + 3 * ldc + 4);
+            Vector128.Store(c40 * al, c + 4 * ldc); Vector128.Store(c41 * al, c + 4 * ldc + 4);
+            Vector128.Store(c50 * al, c + 5 * ldc); Vector128.Store(c51 * al, c + 5 * ldc + 4);
+        }
+        else
+        {
+            Update128(c + 0 * ldc, c00, c01, al);
+            Update128(c + 1 * ldc, c10, c11, al);
+            Update128(c + 2 * ldc, c20, c21, al);
+            Update128(c + 3 * ldc, c30, c31, al);
+            Update128(c + 4 * ldc, c40, c41, al);
+            Update128(c + 5 * ldc, c50, c51, al);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void KernelScalar4x8(int kc, float* a, float* b, float* c, long ldc, float alpha, bool overwrite)
+    {
+        float* acc = stackalloc float[4 * 8];
+        for (int t = 0; t < 4 * 8; t++) acc[t] = 0f;
+        for (int p = 0; p < kc; p++, a += 4, b += 8)
+            for (int r = 0; r < 4; r++)
+            {
+                float s = a[r];
+                for (int j = 0; j < 8; j++) acc[r * 8 + j] = MulAdd(s, b[j], acc[r * 8 + j]);
+            }
+        for (int r = 0; r < 4; r++)
+            for (int j = 0; j < 8; j++)
+            {
+                float* x = c + r * ldc + j;
+                *x = overwrite ? acc[r * 8 + j] * alpha : MulAdd(acc[r * 8 + j], alpha, *x);
+            }
+    }
+
+    // ---- pack buffers ----------------------------------------------------------------------------
+
+    /// <summary>
+    /// A 64-byte aligned native buffer per thread, grown on demand and kept for the next call: the A block of the items
+    /// a thread computes, and the shared B panel of the calls it makes. Freed when its thread ends.
+    /// </summary>
+    private sealed class PackBuffer
+    {
+        [ThreadStatic] private static PackBuffer? t_a;
+        [ThreadStatic] private static PackBuffer? t_b;
+
+        private float* _data;
+        private long _capacity;
+
+        public static float* ForA(long floats) => (t_a ??= new PackBuffer()).Get(floats);
+        public static float* ForB(long floats) => (t_b ??= new PackBuffer()).Get(floats);
+
+        private float* Get(long floats)
+        {
+            if (floats > _capacity)
+            {
+                if (_data != null) NativeMemory.AlignedFree(_data);
+                _data = null;
+                // A little slack past the end so whole-vector copies never need a tail case.
+                _data = (float*)NativeMemory.AlignedAlloc((nuint)((floats + 16) * sizeof(float)), 64);
+                _capacity = floats;
+            }
+            return _data;
+        }
+
+        ~PackBuffer()
+        {
+            if (_data != null) NativeMemory.AlignedFree(_data);
+        }
     }
 }

@@ -1,0 +1,145 @@
+using System.Diagnostics;
+using BenchmarkDotNet.Attributes;
+using BenchmarkDotNet.Columns;
+using BenchmarkDotNet.Configs;
+using BenchmarkDotNet.Jobs;
+using BenchmarkDotNet.Reports;
+using BenchmarkDotNet.Running;
+using Palm.Gpu.Backends.Cpu;
+
+namespace Palm.Gpu.Benchmarks;
+
+/// <summary>One GEMM call: C (M,N) = op(A) (M,K) · op(B) (K,N).</summary>
+public sealed record GemmShape(string Name, int M, int N, int K, bool TransA = false, bool TransB = false)
+{
+    public double Flops => 2.0 * M * N * K;
+    public override string ToString() => Name;
+}
+
+/// <summary>
+/// The CPU GEMM on 1024³ and on every matmul of the small preset (N = B·T = 4·512 = 2048 rows, D 512, F 2048, V 8192).
+/// Reports GFLOP/s (2·M·N·K / mean time) and the share of the fp32 peak measured on the same threads.
+/// </summary>
+[Config(typeof(Config))]
+public class GemmBenchmarks
+{
+    private const int Rows = 2048, D = 512, F = 2048, V = 8192;
+
+    public static IEnumerable<GemmShape> Shapes() => new[]
+    {
+        new GemmShape("1024³", 1024, 1024, 1024),
+        new GemmShape("x·Wqkv/o (N,D)(D,D)", Rows, D, D),
+        new GemmShape("x·Wup (N,D)(D,F)", Rows, F, D),
+        new GemmShape("h·Wdown (N,F)(F,D)", Rows, D, F),
+        new GemmShape("logits h·Eᵀ (N,D)(V,D)ᵀ", Rows, V, D, TransB: true),
+        new GemmShape("dx=dy·Wupᵀ (N,F)(D,F)ᵀ", Rows, D, F, TransB: true),
+        new GemmShape("dh=dy·Wdownᵀ (N,D)(F,D)ᵀ", Rows, F, D, TransB: true),
+        new GemmShape("dWup+=xᵀ·dy (N,D)ᵀ(N,F)", D, F, Rows, TransA: true),
+        new GemmShape("dWdown+=hᵀ·dy (N,F)ᵀ(N,D)", F, D, Rows, TransA: true),
+        new GemmShape("dWqkv+=xᵀ·dy (N,D)ᵀ(N,D)", D, D, Rows, TransA: true),
+        new GemmShape("dh=dlogits·E (N,V)(V,D)", Rows, D, V),
+        new GemmShape("dE+=dlogitsᵀ·h (N,V)ᵀ(N,D)", V, D, Rows, TransA: true),
+    };
+
+    [ParamsSource(nameof(Shapes))]
+    public GemmShape Shape { get; set; } = null!;
+
+    [Params(1, 2)]
+    public int Threads { get; set; }
+
+    private float[] _a = null!, _b = null!, _c = null!;
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        var rng = new Random(1);
+        _a = Enumerable.Range(0, Shape.M * Shape.K).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray();
+        _b = Enumerable.Range(0, Shape.K * Shape.N).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray();
+        _c = new float[Shape.M * Shape.N];
+    }
+
+    [Benchmark]
+    public void Matmul() => CpuMatmul.Run(Threads, _c, _a, _b, Shape.M, Shape.N, Shape.K, Shape.TransA, Shape.TransB, 1f, Shape.TransA);
+
+    private sealed class Config : ManualConfig
+    {
+        public Config()
+        {
+            AddJob(Job.Default.WithWarmupCount(3).WithIterationCount(8).WithLaunchCount(1));
+            AddColumn(new GflopsColumn(), new PeakShareColumn());
+        }
+    }
+
+    private static GemmShape ShapeOf(BenchmarkCase bc) => (GemmShape)bc.Parameters["Shape"];
+    private static int ThreadsOf(BenchmarkCase bc) => (int)bc.Parameters["Threads"];
+
+    private static double Gflops(Summary summary, BenchmarkCase bc)
+    {
+        var stats = summary[bc]?.ResultStatistics;
+        return stats is null ? double.NaN : ShapeOf(bc).Flops / stats.Mean; // FLOP per ns = GFLOP/s
+    }
+
+    private sealed class GflopsColumn : IColumn
+    {
+        public string Id => "GFLOP/s";
+        public string ColumnName => "GFLOP/s";
+        public bool AlwaysShow => true;
+        public ColumnCategory Category => ColumnCategory.Custom;
+        public int PriorityInCategory => 0;
+        public bool IsNumeric => true;
+        public UnitType UnitType => UnitType.Dimensionless;
+        public string Legend => "2·M·N·K / mean time";
+        public bool IsDefault(Summary summary, BenchmarkCase bc) => false;
+        public bool IsAvailable(Summary summary) => true;
+        public string GetValue(Summary summary, BenchmarkCase bc) => Gflops(summary, bc).ToString("F1");
+        public string GetValue(Summary summary, BenchmarkCase bc, SummaryStyle style) => GetValue(summary, bc);
+    }
+
+    private sealed class PeakShareColumn : IColumn
+    {
+        private readonly Dictionary<int, double> _peak = new();
+        public string Id => "PeakShare";
+        public string ColumnName => "% peak";
+        public bool AlwaysShow => true;
+        public ColumnCategory Category => ColumnCategory.Custom;
+        public int PriorityInCategory => 1;
+        public bool IsNumeric => true;
+        public UnitType UnitType => UnitType.Dimensionless;
+        public string Legend => "GFLOP/s ÷ CpuPeak.MeasureGflops(threads), measured once per thread count when the table is printed";
+        public bool IsDefault(Summary summary, BenchmarkCase bc) => false;
+        public bool IsAvailable(Summary summary) => true;
+        public string GetValue(Summary summary, BenchmarkCase bc)
+        {
+            int threads = ThreadsOf(bc);
+            if (!_peak.TryGetValue(threads, out double peak)) _peak[threads] = peak = CpuPeak.MeasureGflops(threads);
+            return (100 * Gflops(summary, bc) / peak).ToString("F0");
+        }
+        public string GetValue(Summary summary, BenchmarkCase bc, SummaryStyle style) => GetValue(summary, bc);
+    }
+
+    /// <summary>
+    /// A quick table without BenchmarkDotNet (best of a few timed calls per shape) for tuning:
+    /// `dotnet run -c Release --project benchmarks/Palm.Gpu.Benchmarks -- gemm-quick [threads]`.
+    /// </summary>
+    public static void Quick(int threads)
+    {
+        double peak = CpuPeak.MeasureGflops(threads);
+        Console.WriteLine($"fp32 peak on {threads} thread(s): {peak:F1} GFLOP/s ({CpuMatmul.BestPath}, {CpuPeak.Lanes} lanes)");
+        foreach (var shape in Shapes())
+        {
+            var bench = new GemmBenchmarks { Shape = shape, Threads = threads };
+            bench.Setup();
+            bench.Matmul();
+            double best = double.MaxValue;
+            var clock = Stopwatch.StartNew();
+            for (int rep = 0; rep < 20 && (rep < 3 || clock.ElapsedMilliseconds < 1500); rep++)
+            {
+                long t0 = Stopwatch.GetTimestamp();
+                bench.Matmul();
+                best = Math.Min(best, Stopwatch.GetElapsedTime(t0).TotalSeconds);
+            }
+            double gflops = shape.Flops / best / 1e9;
+            Console.WriteLine($"{shape.Name,-32} {shape.M,5}×{shape.N,-5}×{shape.K,-5} {best * 1e3,8:F2} ms {gflops,7:F1} GFLOP/s {100 * gflops / peak,4:F0}% peak");
+        }
+    }
+}

@@ -1,0 +1,61 @@
+using System.Text.Json;
+using Palm.Gpu.Model;
+using Palm.Gpu.Training;
+
+namespace Palm.Gpu.IO;
+
+/// <summary>
+/// model.safetensors: every parameter under its ParameterSet name and shape, fp32, plus the model
+/// config (JSON) and tokenizer description in the header metadata so the file alone is enough to
+/// rebuild the model.
+/// </summary>
+public static class ModelWeights
+{
+    public const string Format = "palm-gpu/1";
+
+    public static void Save(PalmModel model, string path, IReadOnlyDictionary<string, string>? extraMetadata = null)
+    {
+        var tensors = new List<NamedTensor>();
+        foreach (var p in model.Parameters.All)
+        {
+            var host = new float[p.Count];
+            model.Backend.Download(p.Value, host);
+            tensors.Add(new NamedTensor(p.Name, p.Shape.Select(x => (long)x).ToArray(), host));
+        }
+        var meta = new Dictionary<string, string>
+        {
+            ["format"] = Format,
+            ["config"] = JsonSerializer.Serialize(model.Config, Trainer.Json),
+        };
+        if (extraMetadata is not null) foreach (var (k, v) in extraMetadata) meta[k] = v;
+        SafeTensors.Write(path, tensors, meta);
+    }
+
+    /// <summary>Reads the model config stored in a weights file.</summary>
+    public static ModelConfig ReadConfig(string path)
+    {
+        Dictionary<string, string> meta;
+        try { meta = SafeTensors.ReadMetadata(path); }
+        catch (Exception e) when (e is IOException or JsonException or InvalidDataException)
+        { throw new InvalidDataException($"'{path}' is not a readable safetensors file: {e.Message}"); }
+        if (!meta.TryGetValue("format", out var f) || f != Format || !meta.TryGetValue("config", out var json))
+            throw new InvalidDataException($"'{path}' was not written by palm (no '{Format}' metadata); give the model.safetensors of a palm run");
+        return JsonSerializer.Deserialize<ModelConfig>(json, Trainer.Json)!.Validate();
+    }
+
+    public static IReadOnlyDictionary<string, string> ReadMetadata(string path) => SafeTensors.ReadMetadata(path);
+
+    /// <summary>Uploads every parameter from the file; names and shapes must match the model exactly.</summary>
+    public static void Load(PalmModel model, string path)
+    {
+        var tensors = SafeTensors.Read(path);
+        foreach (var p in model.Parameters.All)
+        {
+            if (!tensors.TryGetValue(p.Name, out var t))
+                throw new InvalidDataException($"'{path}' has no tensor '{p.Name}'; it was written for a different model shape");
+            if (!t.Shape.SequenceEqual(p.Shape.Select(x => (long)x)))
+                throw new InvalidDataException($"'{path}': tensor '{p.Name}' has shape [{string.Join(",", t.Shape)}], the model expects [{string.Join(",", p.Shape)}]");
+            model.Backend.Upload(p.Value, t.Data);
+        }
+    }
+}

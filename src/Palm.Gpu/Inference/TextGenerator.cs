@@ -1,0 +1,78 @@
+using Palm.Gpu.Backends;
+using Palm.Gpu.Data;
+using Palm.Gpu.IO;
+using Palm.Gpu.Model;
+
+namespace Palm.Gpu.Inference;
+
+/// <summary>
+/// Samples text from saved weights, one full causal forward per new token over a sliding window
+/// (no KV cache yet). Temperature 0 means greedy decoding.
+/// </summary>
+public sealed class TextGenerator : IDisposable
+{
+    readonly PalmModel _model;
+    readonly ITokenizer _tokenizer;
+    readonly int _window;
+
+    public TextGenerator(IBackend backend, string weightsPath, ITokenizer tokenizer, int window)
+    {
+        var config = ModelWeights.ReadConfig(weightsPath);
+        if (tokenizer.VocabSize > config.Vocab)
+            throw new ConfigException($"the tokenizer has {tokenizer.VocabSize} tokens but the model's vocab is {config.Vocab}; use the tokenizer the model was trained with");
+        // RoPE has no trained length limit, but quality beyond the training length is untested: cap the window there.
+        _window = Math.Clamp(window, 1, config.SeqLen);
+        _model = new PalmModel(backend, config with { SeqLen = _window }, maxBatch: 1);
+        ModelWeights.Load(_model, weightsPath);
+        _tokenizer = tokenizer;
+    }
+
+    public ModelConfig Config => _model.Config;
+
+    /// <summary>Generates up to maxTokens tokens after the prompt; stops early at [eod]. onToken sees each new piece of text.</summary>
+    public string Generate(string prompt, int maxTokens, float temperature, int topK, ulong seed, Action<string>? onToken = null)
+    {
+        if (maxTokens < 0) throw new ArgumentOutOfRangeException(nameof(maxTokens), "--tokens must be ≥ 0");
+        if (temperature < 0 || !float.IsFinite(temperature)) throw new ArgumentOutOfRangeException(nameof(temperature), "--temperature must be a finite number ≥ 0");
+        var ids = new List<int> { _tokenizer.EodId };          // documents start after an [eod], as in training
+        ids.AddRange(_tokenizer.Encode(prompt));
+        int promptCount = ids.Count;
+        var rng = new SplitMix64(seed);
+        var inputs = new int[_window];
+        var targets = new int[_window];
+        int vocab = _model.Config.Vocab;
+        for (int i = 0; i < maxTokens; i++)
+        {
+            int start = Math.Max(0, ids.Count - _window);
+            int len = ids.Count - start;
+            Array.Clear(inputs);
+            for (int j = 0; j < len; j++) inputs[j] = ids[start + j];
+            _model.Forward(inputs, targets, 1);
+            var logits = _model.DownloadLogits(len).AsSpan((len - 1) * vocab, vocab);
+            int next = Sample(logits, temperature, topK, ref rng);
+            if (next == _tokenizer.EodId) break;
+            ids.Add(next);
+            onToken?.Invoke(_tokenizer.Decode([next]));
+        }
+        return _tokenizer.Decode(ids.Skip(promptCount).ToArray());
+    }
+
+    int Sample(ReadOnlySpan<float> logits, float temperature, int topK, ref SplitMix64 rng)
+    {
+        int v = _tokenizer.VocabSize; // ids past the tokenizer's vocabulary are padding rows of the embedding
+        var order = Enumerable.Range(0, v).ToArray();
+        var values = logits[..v].ToArray();
+        Array.Sort(values.Select(x => -x).ToArray(), order);
+        if (temperature == 0) return order[0];
+        int k = topK <= 0 ? v : Math.Min(topK, v);
+        double max = logits[order[0]];
+        var p = new double[k];
+        double sum = 0;
+        for (int i = 0; i < k; i++) { p[i] = Math.Exp((logits[order[i]] - max) / temperature); sum += p[i]; }
+        double r = rng.NextDouble() * sum;
+        for (int i = 0; i < k; i++) { r -= p[i]; if (r <= 0) return order[i]; }
+        return order[k - 1];
+    }
+
+    public void Dispose() => _model.Dispose();
+}

@@ -1,0 +1,87 @@
+using System.Text.Json;
+using Palm.Gpu.Tests.Support;
+using Xunit;
+
+namespace Palm.Gpu.Tests.Cli;
+
+/// <summary>The `palm` command as a user runs it: outputs on success, one clear line and no half-written run on bad input.</summary>
+public class CliTests
+{
+    [Fact]
+    public void TrainWritesMetricsConfigAndWeightsThenGenerateAndEvalUseThem()
+    {
+        string dir = CliRunner.TempDir();
+        string data = Path.Combine(dir, "data.txt");
+        File.WriteAllText(data, string.Concat(Enumerable.Repeat("the quick brown fox jumps over the lazy dog. 12 + 30 = 42.\n", 200)));
+        string run = Path.Combine(dir, "run");
+        var r = CliRunner.Run("train", "--data", data, "--preset", "tiny", "--steps", "12", "--batch", "2", "--seq", "32", "--out", run, "--peak-gflops", "100");
+        Assert.True(r.ExitCode == 0, r.Stderr + r.Stdout);
+
+        var lines = File.ReadAllLines(Path.Combine(run, "metrics.jsonl"));
+        Assert.Equal(13, lines.Length); // 12 steps + the end event
+        foreach (var line in lines.Take(12))
+        {
+            using var j = JsonDocument.Parse(line);
+            foreach (var key in new[] { "step", "loss", "z_loss", "grad_norm", "lr", "batch", "tokens_per_s", "mfu" })
+                Assert.True(j.RootElement.TryGetProperty(key, out _), $"metrics line lacks '{key}': {line}");
+        }
+        using (var cfg = JsonDocument.Parse(File.ReadAllText(Path.Combine(run, "config.json"))))
+            Assert.Equal(32, cfg.RootElement.GetProperty("model").GetProperty("seq_len").GetInt32());
+        Assert.True(new FileInfo(Path.Combine(run, "model.safetensors")).Length > 1000);
+
+        var g = CliRunner.Run("generate", "--model", run, "--prompt", "the ", "--tokens", "20", "--seed", "3");
+        Assert.True(g.ExitCode == 0, g.Stderr);
+        Assert.StartsWith("the ", g.Stdout);
+        Assert.True(g.Stdout.Trim().Length > 4, "generate printed no new text");
+
+        var e = CliRunner.Run("eval", "--model", run, "--data", data, "--max-sequences", "4");
+        Assert.True(e.ExitCode == 0, e.Stderr);
+        using var ej = JsonDocument.Parse(e.Stdout);
+        Assert.InRange(ej.RootElement.GetProperty("loss").GetDouble(), 0.0, 10.0);
+    }
+
+    public static TheoryData<string, string[], string> BadInputs => new()
+    {
+        { "missing data", ["--data", "/nonexistent/corpus.txt"], "does not exist" },
+        { "empty data", ["--data", "@empty"], "empty" },
+        { "directory without text", ["--data", "@emptydir"], "no text files" },
+        { "binary data", ["--data", "@binary"], "binary" },
+        { "heads not dividing d_model", ["--heads", "5"], "does not divide d_model" },
+        { "odd head_dim", ["--head-dim", "7"], "head_dim 7 is odd" },
+        { "seq longer than the data", ["--data", "@short", "--seq", "512"], "--seq" },
+        { "unknown preset", ["--preset", "huge"], "unknown preset" },
+        { "bad block", ["--block", "diagonal"], "--block" },
+        { "bad batch schedule", ["--batch", "0:4,x"], "batch schedule" },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadInputs))]
+    public void BadInputPrintsOneClearLineAndWritesNothing(string what, string[] args, string expected)
+    {
+        string dir = CliRunner.TempDir();
+        File.WriteAllText(Path.Combine(dir, "empty.txt"), "");
+        Directory.CreateDirectory(Path.Combine(dir, "emptydir"));
+        File.WriteAllText(Path.Combine(dir, "emptydir", "image.png"), "not text");
+        File.WriteAllBytes(Path.Combine(dir, "binary.txt"), [0x7f, 0x45, 0x4c, 0x46, 0, 0, 1, 2]);
+        File.WriteAllText(Path.Combine(dir, "short.txt"), "just a few words");
+        var full = new List<string> { "train", "--steps", "2", "--out", Path.Combine(dir, "run") };
+        if (!args.Contains("--preset")) full.AddRange(["--preset", "tiny"]);
+        full.AddRange(args.Select(a => a.StartsWith('@') ? Path.Combine(dir, a[1..] + (a == "@emptydir" ? "" : ".txt")) : a));
+        var r = CliRunner.Run(full.ToArray());
+        Assert.True(r.ExitCode != 0, $"{what}: exit code 0");
+        var errLines = r.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.True(errLines.Length == 1, $"{what}: expected one error line, got:\n{r.Stderr}");
+        Assert.Contains(expected, errLines[0]);
+        Assert.False(Directory.Exists(Path.Combine(dir, "run")), $"{what}: a run directory was written");
+    }
+
+    [Fact]
+    public void PlanPrintsThePaperParameterCounts()
+    {
+        var r = CliRunner.Run("plan", "palm-540b");
+        Assert.Equal(0, r.ExitCode);
+        Assert.Contains("540,356,474,880", r.Stdout);
+        var r8 = CliRunner.Run("plan", "palm-8b");
+        Assert.Contains("8,632,012,800", r8.Stdout); // PaLM Table 1: 8.63B
+    }
+}

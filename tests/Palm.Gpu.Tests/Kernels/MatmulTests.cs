@@ -1,0 +1,199 @@
+using Palm.Gpu.Backends.Cpu;
+using Palm.Gpu.Tests.Support;
+using Xunit;
+
+namespace Palm.Gpu.Tests.Kernels;
+
+// C (M,N) = alpha · op(A) (M,K) · op(B) (K,N) [+ C]; A stored (M,K) or (K,M) when transA, B stored (K,N) or (N,K) when transB.
+// Checked against a double-precision scalar reference for every transpose combination, with and without accumulate,
+// on sizes that are not multiples of any tile, and for identical bits across thread counts and instruction paths.
+public class MatmulTests
+{
+    private const float Alpha = 0.37f;
+    private const double Unit = 5.96e-8; // fp32 unit roundoff, 2^-24
+
+    /// <summary>Blocking small enough that modest sizes cross many K, M and N blocks.</summary>
+    private static readonly GemmBlocking Tiny = new(Kc: 16, McPanels: 2, Nc: 64);
+
+    private static readonly (bool TransA, bool TransB)[] Transposes = { (false, false), (false, true), (true, false), (true, true) };
+
+    private static IEnumerable<GemmPath> SupportedPaths() =>
+        Enum.GetValues<GemmPath>().Where(CpuMatmul.IsSupported);
+
+    /// <summary>
+    /// Double-precision C = alpha·op(A)·op(B) [+ C0], plus the tolerance: the worst-case error of an fp32 sum of K
+    /// products (then the alpha multiply and the add) is (K+2)·u·max(|alpha|·Σ|a·b| + |C0|); twice that is allowed.
+    /// </summary>
+    private static (double[] Expected, double Atol) Reference(float[] a, float[] b, float[]? c0, int m, int n, int k,
+                                                              bool transA, bool transB, float alpha)
+    {
+        var expected = new double[m * n];
+        double worst = 0;
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++)
+            {
+                double s = 0, abs = 0;
+                for (int p = 0; p < k; p++)
+                {
+                    double av = transA ? a[p * m + i] : a[i * k + p];
+                    double bv = transB ? b[j * k + p] : b[p * n + j];
+                    s += av * bv;
+                    abs += Math.Abs(av * bv);
+                }
+                double prior = c0 is null ? 0 : c0[i * n + j];
+                expected[i * n + j] = alpha * s + prior;
+                worst = Math.Max(worst, Math.Abs(alpha) * abs + Math.Abs(prior));
+            }
+        return (expected, 2 * (k + 2) * Unit * worst + 1e-30);
+    }
+
+    /// <summary>Runs the kernel into a C that has a NaN sentinel tail, checks the tail survived and returns the M·N result.</summary>
+    private static float[] RunMatmul(int threads, float[] a, float[] b, float[]? c0, int m, int n, int k, bool transA, bool transB,
+                                     float alpha, GemmPath path, GemmBlocking blocking)
+    {
+        const int Guard = 40;
+        var c = new float[m * n + Guard];
+        if (c0 is not null) Array.Copy(c0, c, m * n);
+        else Array.Fill(c, float.NaN, 0, m * n); // overwrite mode must not read C
+        Array.Fill(c, float.NaN, m * n, Guard);
+        CpuMatmul.Run(threads, c, a, b, m, n, k, transA, transB, alpha, c0 is not null, path, blocking);
+        for (int t = m * n; t < c.Length; t++)
+            Assert.True(float.IsNaN(c[t]), $"matmul wrote past the end of C at offset {t - m * n}");
+        return c[..(m * n)];
+    }
+
+    private static void AssertSameBits(float[] expected, float[] actual, string what)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        for (int i = 0; i < expected.Length; i++)
+            if (BitConverter.SingleToInt32Bits(expected[i]) != BitConverter.SingleToInt32Bits(actual[i]))
+                Assert.Fail($"{what}: element {i} differs: {expected[i]:g9} vs {actual[i]:g9}");
+    }
+
+    [Theory]
+    [InlineData(1, 1, 1)]
+    [InlineData(7, 13, 5)]
+    [InlineData(33, 65, 17)]
+    [InlineData(97, 31, 129)]
+    [InlineData(15, 33, 300)]
+    public void EveryPathMatchesDoubleReference(int m, int n, int k)
+    {
+        var a = TestData.Uniform(1, m * k);
+        var b = TestData.Uniform(2, k * n);
+        var c0 = TestData.Uniform(3, m * n, 2f);
+        foreach (var path in SupportedPaths())
+            foreach (var blocking in new[] { GemmBlocking.Default, Tiny })
+                foreach (var (transA, transB) in Transposes)
+                    foreach (var accumulate in new[] { false, true })
+                    {
+                        var prior = accumulate ? c0 : null;
+                        var (expected, atol) = Reference(a, b, prior, m, n, k, transA, transB, Alpha);
+                        var got = RunMatmul(2, a, b, prior, m, n, k, transA, transB, Alpha, path, blocking);
+                        Tolerance.AssertClose(expected, got, atol, 0,
+                            $"{m}×{n}×{k} {path} {blocking} transA={transA} transB={transB} accumulate={accumulate}");
+                    }
+    }
+
+    [Fact]
+    public void LargerThanOneCacheBlockInEveryDimensionMatchesReference()
+    {
+        // 300 rows > one 168-row A block, 520 columns > many 32-column slivers, K 700 = three K blocks;
+        // a 64-column B panel makes N span several panels too.
+        const int m = 300, n = 520, k = 700;
+        var a = TestData.Uniform(4, m * k);
+        var b = TestData.Uniform(5, k * n);
+        var c0 = TestData.Uniform(6, m * n);
+        var path = CpuMatmul.BestPath;
+        var blockings = new[] { GemmBlocking.Default, GemmBlocking.Default with { Nc = 64 } };
+        foreach (var (transA, transB) in Transposes)
+            foreach (var accumulate in new[] { false, true })
+            {
+                var prior = accumulate ? c0 : null;
+                var (expected, atol) = Reference(a, b, prior, m, n, k, transA, transB, Alpha);
+                foreach (var blocking in blockings)
+                {
+                    var got = RunMatmul(2, a, b, prior, m, n, k, transA, transB, Alpha, path, blocking);
+                    Tolerance.AssertClose(expected, got, atol, 0, $"{m}×{n}×{k} {blocking} transA={transA} transB={transB} accumulate={accumulate}");
+                }
+            }
+    }
+
+    [Theory]
+    [InlineData(300, 520, 700, false)]
+    [InlineData(97, 131, 129, true)]
+    [InlineData(2048, 40, 33, false)]
+    public void ThreadCountDoesNotChangeBits(int m, int n, int k, bool tinyBlocks)
+    {
+        var a = TestData.Uniform(7, m * k);
+        var b = TestData.Uniform(8, k * n);
+        var c0 = TestData.Uniform(9, m * n);
+        var blocking = tinyBlocks ? Tiny : GemmBlocking.Default;
+        foreach (var (transA, transB) in Transposes)
+            foreach (var accumulate in new[] { false, true })
+            {
+                var prior = accumulate ? c0 : null;
+                var one = RunMatmul(1, a, b, prior, m, n, k, transA, transB, Alpha, CpuMatmul.BestPath, blocking);
+                foreach (int threads in new[] { 2, 3 })
+                {
+                    var many = RunMatmul(threads, a, b, prior, m, n, k, transA, transB, Alpha, CpuMatmul.BestPath, blocking);
+                    AssertSameBits(one, many, $"{m}×{n}×{k} transA={transA} transB={transB} accumulate={accumulate}: 1 vs {threads} threads");
+                }
+            }
+    }
+
+    [Fact]
+    public void InstructionPathsGiveTheSameBits()
+    {
+        // Every kernel performs the same fused multiply-adds in the same order, so hardware never changes a result.
+        const int m = 61, n = 75, k = 530;
+        var a = TestData.Uniform(10, m * k);
+        var b = TestData.Uniform(11, k * n);
+        var c0 = TestData.Uniform(12, m * n);
+        foreach (var (transA, transB) in Transposes)
+        {
+            var scalar = RunMatmul(1, a, b, c0, m, n, k, transA, transB, Alpha, GemmPath.Scalar, GemmBlocking.Default);
+            foreach (var path in SupportedPaths())
+            {
+                var got = RunMatmul(2, a, b, c0, m, n, k, transA, transB, Alpha, path, GemmBlocking.Default);
+                AssertSameBits(scalar, got, $"{path} vs Scalar transA={transA} transB={transB}");
+            }
+        }
+    }
+
+    [Fact]
+    public void BackendEntryPointMatchesReference()
+    {
+        // The contract as the backend calls it (default path and blocking): logits-style h·Eᵀ·alpha.
+        const int m = 45, n = 70, k = 38;
+        var a = TestData.Uniform(13, m * k);
+        var b = TestData.Uniform(14, n * k);
+        var c = new float[m * n];
+        CpuMatmul.Run(2, c, a, b, m, n, k, transA: false, transB: true, alpha: Alpha, accumulate: false);
+        var (expected, atol) = Reference(a, b, null, m, n, k, false, true, Alpha);
+        Tolerance.AssertClose(expected, c, atol, 0, "CpuMatmul.Run default");
+    }
+
+    [Fact]
+    public void EmptySumClearsOrKeepsC()
+    {
+        var c = new float[] { 1, 2, 3, 4, 5, 6 };
+        CpuMatmul.Run(2, c, Array.Empty<float>(), Array.Empty<float>(), 2, 3, 0, false, false, Alpha, accumulate: true);
+        Assert.Equal(new float[] { 1, 2, 3, 4, 5, 6 }, c);
+        CpuMatmul.Run(2, c, Array.Empty<float>(), Array.Empty<float>(), 2, 3, 0, false, false, Alpha, accumulate: false);
+        Assert.Equal(new float[6], c);
+    }
+
+    [Fact]
+    public void TooSmallBuffersAreRejected()
+    {
+        var a = new float[6 * 5];
+        var b = new float[5 * 7];
+        var c = new float[6 * 7];
+        var ex = Assert.Throws<ArgumentException>(() => CpuMatmul.Run(1, c, a, b, 6, 7, 6, false, false, 1f, false));
+        Assert.Contains("op(A)", ex.Message);
+        ex = Assert.Throws<ArgumentException>(() => CpuMatmul.Run(1, c, a, b, 6, 8, 5, false, false, 1f, false));
+        Assert.Contains("op(B)", ex.Message);
+        ex = Assert.Throws<ArgumentException>(() => CpuMatmul.Run(1, new float[41], a, b, 6, 7, 5, false, false, 1f, false));
+        Assert.Contains("C is 6×7", ex.Message);
+    }
+}
