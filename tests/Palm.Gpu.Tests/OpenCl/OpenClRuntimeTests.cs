@@ -115,6 +115,44 @@ public class OpenClRuntimeTests(OpenClFixture fx)
         Assert.Contains("apt-get install pocl-opencl-icd ocl-icd-libopencl1", e.Message);
     }
 
+    /// <summary>Runs the palm CLI (built next to the tests) in a child process with an environment override.</summary>
+    static (int Code, string Out, string Err) RunPalm(Dictionary<string, string> environment, params string[] args)
+    {
+        var start = new System.Diagnostics.ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+        };
+        start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "palm.dll"));
+        foreach (var a in args) start.ArgumentList.Add(a);
+        foreach (var (key, value) in environment) start.Environment[key] = value;
+        using var process = System.Diagnostics.Process.Start(start)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        Assert.True(process.WaitForExit(60_000), "palm did not exit within 60 s");
+        return (process.ExitCode, stdout.Result, stderr.Result);
+    }
+
+    [Fact]
+    public void NoOpenClPlatform_GivesOneClearMessage()
+    {
+        // The ICD loader reads its vendor list from OCL_ICD_VENDORS: pointing it at nothing is a machine with
+        // libOpenCL.so.1 but no driver installed.
+        var noDriver = new Dictionary<string, string> { ["OCL_ICD_VENDORS"] = Path.Combine(Path.GetTempPath(), "no-opencl-vendors-here") };
+
+        var devices = RunPalm(noDriver, "devices");
+        Assert.Equal(0, devices.Code);
+        Assert.Contains("cpu:0", devices.Out);
+        Assert.Contains("opencl: unavailable: OpenCL is not available", devices.Out);
+        Assert.Contains("apt-get install pocl-opencl-icd ocl-icd-libopencl1", devices.Out);
+
+        var bench = RunPalm(noDriver, "bench", "--backend", "opencl");
+        Assert.Equal(2, bench.Code);
+        Assert.StartsWith("palm: error: OpenCL is not available", bench.Err);
+        Assert.Contains("apt-get install pocl-opencl-icd ocl-icd-libopencl1", bench.Err);
+        Assert.DoesNotContain("   at ", bench.Err);   // one message, no stack trace
+    }
+
     [Fact]
     public void ListDevices_DescribesCpuAndOpenClDevices()
     {

@@ -48,8 +48,11 @@ public sealed class OpenClBuildException : OpenClException
     public string BuildLog { get; }
 }
 
-/// <summary>No usable OpenCL runtime: the loader library is missing or no platform is installed.</summary>
-public sealed class OpenClUnavailableException : Exception
+/// <summary>
+/// No usable OpenCL runtime: the loader library is missing or no platform is installed. A NotSupportedException:
+/// this machine does not support the backend until something is installed (the message says what).
+/// </summary>
+public sealed class OpenClUnavailableException : NotSupportedException
 {
     public const string InstallHint =
         "Install an OpenCL runtime: on Debian/Ubuntu `apt-get install pocl-opencl-icd ocl-icd-libopencl1` " +
