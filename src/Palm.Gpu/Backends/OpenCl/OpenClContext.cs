@@ -94,11 +94,19 @@ public sealed unsafe class OpenClContext : IDisposable
         nint memory = clCreateBuffer(Handle, MemReadWrite, (nuint)Math.Max(bytes, 4), null, &status);
         if (status != Success) throw new OpenClAllocationException(name, bytes, Device, status, null);
         var buffer = new OpenClBuffer(this, memory, name, length, type);
-        try { if (bytes > 0) Queue.FillZero(buffer, bytes); }
+        try
+        {
+            // Drivers may defer the real allocation to first use: touch the memory now (zero-fill, and wait) so a
+            // failure is reported here, against this tensor, rather than by some later kernel.
+            if (bytes > 0)
+            {
+                Queue.FillZero(buffer, bytes);
+                Queue.Finish();
+            }
+        }
         catch (OpenClException e)
         {
             buffer.Dispose();
-            // Drivers may defer the real allocation to first use; report it the same way.
             throw new OpenClAllocationException(name, bytes, Device, e.Status, "while zero-filling the new buffer");
         }
         return buffer;
