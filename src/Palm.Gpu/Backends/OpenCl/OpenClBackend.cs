@@ -1,0 +1,530 @@
+using System.Runtime.InteropServices;
+using Palm.Gpu.Tensors;
+
+namespace Palm.Gpu.Backends.OpenCl;
+
+/// <summary>
+/// The OpenCL backend: every op of the kernel contract runs as OpenCL C from the top-level kernels/ folder
+/// (embedded in this assembly), compiled at run time for the chosen device. Tensors stay on the device; only
+/// uploads, downloads and the scalar result of <see cref="SumOfSquares"/> cross to the host. One in-order
+/// queue per instance, so kernels run in submission order and scratch buffers can be reused between them.
+/// Not thread-safe: drive one instance from one thread (a device mesh holds one instance per device).
+/// </summary>
+public sealed class OpenClBackend : IBackend
+{
+    // Prepended to every program: no silent contraction of a·b+c (kernels that want fused multiply-adds
+    // call fma explicitly), fp64 where the device has it.
+    const string Prelude =
+        "#pragma OPENCL FP_CONTRACT OFF\n" +
+        "#ifdef PALM_FP64\n#pragma OPENCL EXTENSION cl_khr_fp64 : enable\n#endif\n";
+
+    const int SumSquaresRun = 1024, SumSquaresGroup = 64;   // SUMSQ_RUN, SUMSQ_WG in reduce.cl
+    const int LayerNormRowsPerChunk = 64;                    // LN_ROWS_PER_CHUNK in layernorm.cl
+    const int AdafactorChunk = 16384;                        // ADA_CHUNK in adafactor.cl (= CpuAdafactor)
+
+    readonly OpenClContext context;
+    readonly string baseOptions;
+    readonly Dictionary<string, OpenClProgram> programs = new();
+    readonly Dictionary<string, string> sources = new();
+    readonly Dictionary<string, OpenClBuffer> scratch = new();
+    // Index errors found by kernels (bad token ids, bad targets): (1 + position, value, bound) per kind,
+    // raised on the host at the next synchronisation point. See embedding.cl and crossentropy.cl.
+    readonly OpenClBuffer deviceErrors;
+    bool disposed;
+
+    /// <summary>Opens device <paramref name="device"/> of <see cref="OpenClDevice.All"/> (platform order, then device order).</summary>
+    public OpenClBackend(int device = 0, OpenClTuning? tuning = null) : this(SelectDevice(device), tuning) { }
+
+    public OpenClBackend(OpenClDevice device, OpenClTuning? tuning = null)
+    {
+        Tuning = tuning ?? OpenClTuning.For(device);
+        Tuning.Validate();
+        Device = device;
+        context = new OpenClContext(device);
+        var options = new List<string>();
+        if (!device.OpenClCVersion.Contains("C 1.0") && !device.OpenClCVersion.Contains("C 1.1")) options.Add("-cl-std=CL1.2");
+        if (device.CorrectlyRoundedDivideSqrt) options.Add("-cl-fp32-correctly-rounded-divide-sqrt");
+        if (device.HasFp64) options.Add("-D PALM_FP64=1");
+        baseOptions = string.Join(' ', options);
+        deviceErrors = context.CreateBuffer("device errors", 6, ElementType.I32);
+    }
+
+    static OpenClDevice SelectDevice(int index)
+    {
+        var devices = OpenClDevice.All();
+        if (devices.Count == 0)
+            throw new OpenClUnavailableException("the installed OpenCL platforms expose no device");
+        if (index < 0 || index >= devices.Count)
+            throw new ArgumentOutOfRangeException(nameof(index),
+                $"OpenCL device index {index} does not exist: {devices.Count} device(s) found, valid indices 0..{devices.Count - 1}: " +
+                string.Join("; ", devices.Select((d, i) => $"[{i}] {d}")) + ". Run `palm devices` to list them.");
+        return devices[index];
+    }
+
+    public OpenClDevice Device { get; }
+    public OpenClTuning Tuning { get; }
+    public OpenClContext Context => context;
+    public string Name => "opencl";
+    public string DeviceName => Device.ToString();
+
+    /// <summary>When set, every launch waits for its kernel and records its device time here (slows the queue).</summary>
+    public OpenClProfiler? Profiler { get; set; }
+
+    /// <summary>Options every program is built with (before the per-program knobs).</summary>
+    public string BaseOptions => baseOptions;
+
+    // ---- programs -----------------------------------------------------------------------------
+
+    /// <summary>
+    /// Builds an OpenCL C source through the same path as the kernel files (prelude, base options, cache).
+    /// A compile error throws <see cref="OpenClBuildException"/> with the compiler log.
+    /// </summary>
+    public OpenClProgram BuildProgram(string sourceName, string source, string extraOptions = "")
+        => context.Build(sourceName, Prelude + $"#line 1 \"{sourceName}\"\n" + source, (baseOptions + " " + extraOptions).Trim());
+
+    OpenClKernel Kernel(string file, string kernel, string knobs = "")
+    {
+        string key = file + "|" + knobs;
+        if (!programs.TryGetValue(key, out var program))
+        {
+            if (!sources.TryGetValue(file, out var source)) sources[file] = source = OpenClKernelSources.Load(file);
+            program = BuildProgram(file, source, knobs);
+            programs[key] = program;
+        }
+        return program.Kernel(kernel);
+    }
+
+    string MatmulKnobs => $"-D MWI={Tuning.MatmulRows} -D VWN={Tuning.MatmulVectorWidth} -D NVEC={Tuning.MatmulVectors}";
+    string AttentionKnobs(int headDim) =>
+        $"-D HEAD_DIM={headDim} -D BQ={Tuning.AttentionQueryBlock} -D BK={Tuning.AttentionKeyBlock} -D RPI={AttentionRows(headDim)}";
+
+    /// <summary>
+    /// Attention rows per work-item: the tuning's value, lowered for wide heads so the RPI·K accumulators
+    /// (twice that in dk/dv) still fit in registers.
+    /// </summary>
+    int AttentionRows(int headDim)
+    {
+        int rows = Tuning.AttentionRowsPerItem;
+        while (rows > 1 && rows * headDim > 256) rows /= 2;
+        return rows;
+    }
+
+    int Group => Tuning.ElementwiseGroup;
+
+    /// <summary>A backend-owned temporary buffer of at least <paramref name="length"/> elements, reused across calls.</summary>
+    OpenClBuffer Scratch(string name, long length)
+    {
+        length = Math.Max(length, 1);
+        if (scratch.TryGetValue(name, out var buffer) && buffer.Length >= length) return buffer;
+        buffer?.Dispose();   // the driver keeps it alive until queued kernels that use it finish
+        buffer = context.CreateBuffer("scratch:" + name, length, ElementType.F32);
+        scratch[name] = buffer;
+        return buffer;
+    }
+
+    OpenClBuffer Buf(DeviceBuffer buffer, string role)
+    {
+        if (buffer is not OpenClBuffer b)
+            throw new ArgumentException($"{role} '{buffer.Name}' is a {buffer.GetType().Name}, not a buffer of this OpenCL backend", role);
+        if (!ReferenceEquals(b.Context, context))
+            throw new ArgumentException($"{role} '{buffer.Name}' belongs to another OpenCL backend instance", role);
+        return b;
+    }
+
+    // ---- memory -------------------------------------------------------------------------------
+
+    public DeviceBuffer Allocate(string name, long length, ElementType type = ElementType.F32)
+    {
+        if (length < 0) throw new ArgumentOutOfRangeException(nameof(length), $"buffer '{name}': length {length} is negative");
+        return context.CreateBuffer(name, length, type);
+    }
+
+    public void Upload(DeviceBuffer dst, ReadOnlySpan<float> src, long dstOffset = 0)
+    {
+        var b = Buf(dst, nameof(dst));
+        CheckType(b, ElementType.F32, "upload floats to");
+        CheckRange(b, dstOffset, src.Length, "upload");
+        context.Queue.Write(b, dstOffset * 4, MemoryMarshal.AsBytes(src));
+    }
+
+    public void Upload(DeviceBuffer dst, ReadOnlySpan<int> src, long dstOffset = 0)
+    {
+        var b = Buf(dst, nameof(dst));
+        CheckType(b, ElementType.I32, "upload ints to");
+        CheckRange(b, dstOffset, src.Length, "upload");
+        context.Queue.Write(b, dstOffset * 4, MemoryMarshal.AsBytes(src));
+    }
+
+    public void Download(DeviceBuffer src, Span<float> dst, long srcOffset = 0)
+    {
+        var b = Buf(src, nameof(src));
+        CheckType(b, ElementType.F32, "download floats from");
+        CheckRange(b, srcOffset, dst.Length, "download");
+        context.Queue.Read(b, srcOffset * 4, MemoryMarshal.AsBytes(dst));
+        ThrowDeviceErrors();
+    }
+
+    /// <summary>Reads an int32 buffer (token ids); not part of the kernel contract, used by tests and tools.</summary>
+    public void Download(DeviceBuffer src, Span<int> dst, long srcOffset = 0)
+    {
+        var b = Buf(src, nameof(src));
+        CheckType(b, ElementType.I32, "download ints from");
+        CheckRange(b, srcOffset, dst.Length, "download");
+        context.Queue.Read(b, srcOffset * 4, MemoryMarshal.AsBytes(dst));
+    }
+
+    public void Fill(DeviceBuffer dst, float value, long n)
+    {
+        var b = Buf(dst, nameof(dst));
+        CheckRange(b, 0, n, "fill");
+        context.Queue.Fill(b, BitConverter.SingleToUInt32Bits(value), 0, n * 4);
+    }
+
+    public void Copy(DeviceBuffer dst, DeviceBuffer src, long n, long dstOffset = 0, long srcOffset = 0)
+    {
+        var d = Buf(dst, nameof(dst));
+        var s = Buf(src, nameof(src));
+        if (d.Type != s.Type) throw new ArgumentException($"copy from {s} to {d}: element types differ");
+        CheckRange(d, dstOffset, n, "copy into");
+        CheckRange(s, srcOffset, n, "copy from");
+        context.Queue.Copy(d, s, dstOffset * 4, srcOffset * 4, n * 4);
+    }
+
+    public void Synchronize()
+    {
+        context.Queue.Finish();
+        ThrowDeviceErrors();
+    }
+
+    /// <summary>Raises an index error a kernel recorded (the queue must be finished, as after any blocking read).</summary>
+    void ThrowDeviceErrors()
+    {
+        Span<int> e = stackalloc int[6];
+        context.Queue.Read(deviceErrors, 0, MemoryMarshal.AsBytes(e));
+        if (e[0] == 0 && e[3] == 0) return;
+        context.Queue.FillZero(deviceErrors, 6 * 4);
+        if (e[0] != 0)
+            throw new IndexOutOfRangeException(
+                $"embedding: token {e[1]} at position {e[0] - 1} is outside the vocabulary [0, {e[2]}); check the tokenizer's vocabulary size against the model config.");
+        throw new IndexOutOfRangeException(
+            $"cross-entropy: target {e[4]} at row {e[3] - 1} is outside the vocabulary [0, {e[5]}); check the tokenizer's vocabulary size against the model config.");
+    }
+
+    static void CheckType(OpenClBuffer b, ElementType type, string what)
+    {
+        if (b.Type != type) throw new ArgumentException($"cannot {what} buffer '{b.Name}' of type {b.Type}; it needs {type}");
+    }
+
+    static void CheckRange(OpenClBuffer b, long offset, long count, string what)
+    {
+        if (offset < 0 || count < 0 || offset + count > b.Length)
+            throw new ArgumentOutOfRangeException(nameof(offset),
+                $"{what} buffer '{b.Name}': range [{offset}, {offset + count}) is outside its {b.Length} elements");
+    }
+
+    // ---- matmul -------------------------------------------------------------------------------
+
+    public void Matmul(DeviceBuffer c, DeviceBuffer a, DeviceBuffer b, int m, int n, int k,
+                       bool transA = false, bool transB = false, float alpha = 1f, bool accumulate = false)
+    {
+        if (m == 0 || n == 0) return;
+        // Pack op(A) into row panels and op(B) into column panels (see matmul.cl): O(M·K + K·N) copies that
+        // let the O(M·N·K) kernel stream contiguous memory whatever the layouts and sizes.
+        int rowsPerItem = Tuning.MatmulRows, columnsPerItem = Tuning.MatmulVectorWidth * Tuning.MatmulVectors;
+        long tilesM = DivUp(m, rowsPerItem), tilesN = DivUp(n, columnsPerItem);
+        var packedA = Scratch("matmul.packedA", tilesM * k * rowsPerItem);
+        var packedB = Scratch("matmul.packedB", tilesN * k * columnsPerItem);
+        if (k > 0)
+        {
+            Kernel("matmul.cl", "pack_a", MatmulKnobs).Call()
+                .Arg(packedA).Arg(Buf(a, nameof(a))).Arg(m).Arg(k).Arg(transA ? 1 : k).Arg(transA ? m : 1)
+                .Launch(k, tilesM, Group, 1, Profiler);
+            Kernel("matmul.cl", "pack_b", MatmulKnobs).Call()
+                .Arg(packedB).Arg(Buf(b, nameof(b))).Arg(k).Arg(n).Arg(transB ? 1 : n).Arg(transB ? k : 1)
+                .Launch(k, tilesN, Group, 1, Profiler);
+        }
+        Kernel("matmul.cl", "matmul", MatmulKnobs).Call()
+            .Arg(Buf(c, nameof(c))).Arg(packedA).Arg(packedB)
+            .Arg(m).Arg(n).Arg(k).Arg(alpha).Arg(accumulate ? 1 : 0)
+            .Launch(tilesM, tilesN, Tuning.MatmulGroup0, Tuning.MatmulGroup1, Profiler);
+    }
+
+    static long DivUp(long x, long d) => (x + d - 1) / d;
+
+    // ---- embedding ----------------------------------------------------------------------------
+
+    public void EmbeddingForward(DeviceBuffer output, DeviceBuffer tokens, DeviceBuffer table, int n, int d)
+    {
+        if (n == 0 || d == 0) return;
+        Kernel("embedding.cl", "embedding_forward").Call()
+            .Arg(Buf(output, nameof(output))).Arg(Buf(tokens, nameof(tokens))).Arg(Buf(table, nameof(table))).Arg(deviceErrors)
+            .Arg(n).Arg(d).Arg((int)(table.Length / d))
+            .Launch((long)n * d, Group, Profiler);
+    }
+
+    public void EmbeddingBackward(DeviceBuffer dtable, DeviceBuffer tokens, DeviceBuffer dout, int n, int d, int v)
+    {
+        if (n == 0 || d == 0) return;
+        Kernel("embedding.cl", "embedding_backward").Call()
+            .Arg(Buf(dtable, nameof(dtable))).Arg(Buf(tokens, nameof(tokens))).Arg(Buf(dout, nameof(dout))).Arg(deviceErrors)
+            .Arg(n).Arg(d).Arg(v)
+            .Launch(d, Group, Profiler);
+    }
+
+    // ---- layer norm ---------------------------------------------------------------------------
+
+    string LayerNormKnobs => $"-D LN_WG={Tuning.RowGroup} -D LN_ROWS_PER_CHUNK={LayerNormRowsPerChunk}";
+
+    public void LayerNormForward(DeviceBuffer output, DeviceBuffer mean, DeviceBuffer rstd, DeviceBuffer input, DeviceBuffer weight, int n, int d)
+    {
+        if (n == 0) return;
+        Kernel("layernorm.cl", "layernorm_forward", LayerNormKnobs).Call()
+            .Arg(Buf(output, nameof(output))).Arg(Buf(mean, nameof(mean))).Arg(Buf(rstd, nameof(rstd)))
+            .Arg(Buf(input, nameof(input))).Arg(Buf(weight, nameof(weight))).Arg(n).Arg(d)
+            .Launch((long)n * Tuning.RowGroup, Tuning.RowGroup, Profiler);
+    }
+
+    public void LayerNormBackward(DeviceBuffer dinput, DeviceBuffer dweight, DeviceBuffer dout, DeviceBuffer input, DeviceBuffer weight,
+                                  DeviceBuffer mean, DeviceBuffer rstd, int n, int d, bool accumulate)
+    {
+        if (n == 0 || d == 0) return;
+        var doutB = Buf(dout, nameof(dout));
+        var inputB = Buf(input, nameof(input));
+        var meanB = Buf(mean, nameof(mean));
+        var rstdB = Buf(rstd, nameof(rstd));
+        // dweight first: dinp may alias dout, and the dinput kernel overwrites it.
+        int chunks = (int)DivUp(n, LayerNormRowsPerChunk);
+        var partial = Scratch("layernorm.dweight", (long)chunks * d);
+        Kernel("layernorm.cl", "layernorm_backward_dweight_partial", LayerNormKnobs).Call()
+            .Arg(partial).Arg(doutB).Arg(inputB).Arg(meanB).Arg(rstdB).Arg(n).Arg(d)
+            .Launch(DivUp(d, 16), chunks, Group, 1, Profiler);
+        Kernel("layernorm.cl", "layernorm_backward_dinput", LayerNormKnobs).Call()
+            .Arg(Buf(dinput, nameof(dinput))).Arg(doutB).Arg(inputB).Arg(Buf(weight, nameof(weight))).Arg(meanB).Arg(rstdB)
+            .Arg(n).Arg(d).Arg(accumulate ? 1 : 0)
+            .Launch((long)n * Tuning.RowGroup, Tuning.RowGroup, Profiler);
+
+        Kernel("layernorm.cl", "layernorm_backward_dweight_reduce", LayerNormKnobs).Call()
+            .Arg(Buf(dweight, nameof(dweight))).Arg(partial).Arg(d).Arg(chunks)
+            .Launch(d, Group, Profiler);
+    }
+
+    // ---- RoPE ---------------------------------------------------------------------------------
+
+    public void RopeForward(DeviceBuffer output, DeviceBuffer input, int b, int t, int heads, int headDim)
+        => Rope(Buf(output, nameof(output)), Buf(input, nameof(input)), b, t, heads, headDim, 1f);
+
+    public void RopeBackward(DeviceBuffer dinput, DeviceBuffer dout, int b, int t, int heads, int headDim)
+        => Rope(Buf(dinput, nameof(dinput)), Buf(dout, nameof(dout)), b, t, heads, headDim, -1f);
+
+    void Rope(OpenClBuffer output, OpenClBuffer input, int b, int t, int heads, int headDim, float sign)
+    {
+        if (headDim <= 0 || headDim % 2 != 0) throw new ArgumentException($"RoPE needs an even, positive head dim, got {headDim}");
+        if (b == 0 || t == 0 || heads == 0) return;
+        string tableName = $"rope.table.{t}.{headDim}";
+        if (!scratch.ContainsKey(tableName))
+        {
+            var fresh = Scratch(tableName, (long)t * headDim);   // (T, K/2, 2): built once, kept
+            Kernel("rope.cl", "rope_table").Call().Arg(fresh).Arg(t).Arg(headDim).Launch((long)t * (headDim / 2), Group, Profiler);
+        }
+        Kernel("rope.cl", "rope").Call()
+            .Arg(output).Arg(input).Arg(scratch[tableName]).Arg(b).Arg(t).Arg(heads).Arg(headDim).Arg(sign)
+            .Launch((long)b * t * heads * (headDim / 2), Group, Profiler);
+    }
+
+    // ---- attention ----------------------------------------------------------------------------
+
+    static float AttentionScale(int headDim) => (float)(1.0 / Math.Sqrt(headDim));
+
+    /// <summary>T rounded up to a whole number of query and key tiles: the padded length of transposed operands.</summary>
+    long PaddedTime(int t) => DivUp(t, Math.Max(Tuning.AttentionQueryBlock, Tuning.AttentionKeyBlock)) * Math.Max(Tuning.AttentionQueryBlock, Tuning.AttentionKeyBlock);
+
+    /// <summary>x (B,T,Hs,K) -> scratch (B,Hs,Tp/W,K,W), transposed tiles of width W zero-padded past T (see attention.cl).</summary>
+    OpenClBuffer PackTiles(string scratchName, OpenClBuffer x, int b, int t, int heads, int headDim, int width)
+    {
+        long tp = PaddedTime(t);
+        var xt = Scratch(scratchName, (long)b * heads * headDim * tp);
+        Kernel("attention.cl", "attention_pack_tiles", AttentionKnobs(headDim)).Call()
+            .Arg(xt).Arg(x).Arg(b).Arg(t).Arg(heads).Arg((int)tp).Arg(width)
+            .Launch(tp, (long)b * heads, Group, 1, Profiler);
+        return xt;
+    }
+
+    public void AttentionForward(DeviceBuffer output, DeviceBuffer lse, DeviceBuffer q, DeviceBuffer k, DeviceBuffer v,
+                                 int b, int t, int heads, int kvHeads, int headDim)
+    {
+        CheckHeads(heads, kvHeads);
+        if (b == 0 || t == 0) return;
+        int bq = Tuning.AttentionQueryBlock, rows = AttentionRows(headDim);
+        var kt = PackTiles("attention.kT", Buf(k, nameof(k)), b, t, kvHeads, headDim, Tuning.AttentionKeyBlock);
+        Kernel("attention.cl", "attention_forward", AttentionKnobs(headDim)).Call()
+            .Arg(Buf(output, nameof(output))).Arg(Buf(lse, nameof(lse)))
+            .Arg(Buf(q, nameof(q))).Arg(kt).Arg(Buf(v, nameof(v)))
+            .Arg(b).Arg(t).Arg(heads).Arg(kvHeads).Arg((int)PaddedTime(t)).Arg(AttentionScale(headDim))
+            .Launch(DivUp(t, bq) * (bq / rows), (long)b * heads, bq / rows, 1, Profiler);
+    }
+
+    public void AttentionBackward(DeviceBuffer dq, DeviceBuffer dk, DeviceBuffer dv, DeviceBuffer dout, DeviceBuffer q, DeviceBuffer k,
+                                  DeviceBuffer v, DeviceBuffer output, DeviceBuffer lse, int b, int t, int heads, int kvHeads, int headDim)
+    {
+        CheckHeads(heads, kvHeads);
+        if (b == 0 || t == 0) return;
+        string knobs = AttentionKnobs(headDim);
+        int bq = Tuning.AttentionQueryBlock, bk = Tuning.AttentionKeyBlock, rows = AttentionRows(headDim), tp = (int)PaddedTime(t);
+        float scale = AttentionScale(headDim);
+        var doutB = Buf(dout, nameof(dout));
+        var qB = Buf(q, nameof(q));
+        var kB = Buf(k, nameof(k));
+        var vB = Buf(v, nameof(v));
+        var lseB = Buf(lse, nameof(lse));
+        var delta = Scratch("attention.delta", (long)b * heads * t);
+
+        Kernel("attention.cl", "attention_backward_delta", knobs).Call()
+            .Arg(delta).Arg(doutB).Arg(Buf(output, nameof(output))).Arg(b).Arg(t).Arg(heads)
+            .Launch(t, (long)b * heads, Group, 1, Profiler);
+
+        var kt = PackTiles("attention.kT", kB, b, t, kvHeads, headDim, bk);
+        var vt = PackTiles("attention.vT", vB, b, t, kvHeads, headDim, bk);
+        Kernel("attention.cl", "attention_backward_dq", knobs).Call()
+            .Arg(Buf(dq, nameof(dq))).Arg(doutB).Arg(qB).Arg(kB).Arg(kt).Arg(vt).Arg(lseB).Arg(delta)
+            .Arg(b).Arg(t).Arg(heads).Arg(kvHeads).Arg(tp).Arg(scale)
+            .Launch(DivUp(t, bq) * (bq / rows), (long)b * heads, bq / rows, 1, Profiler);
+
+        var qt = PackTiles("attention.qT", qB, b, t, heads, headDim, bq);
+        var doutT = PackTiles("attention.doutT", doutB, b, t, heads, headDim, bq);
+        Kernel("attention.cl", "attention_backward_dkdv", knobs).Call()
+            .Arg(Buf(dk, nameof(dk))).Arg(Buf(dv, nameof(dv))).Arg(kB).Arg(vB).Arg(qB).Arg(qt).Arg(doutB).Arg(doutT).Arg(lseB).Arg(delta)
+            .Arg(b).Arg(t).Arg(heads).Arg(kvHeads).Arg(tp).Arg(scale)
+            .Launch(DivUp(t, bk) * (bk / rows), (long)b * kvHeads, bk / rows, 1, Profiler);
+    }
+
+    static void CheckHeads(int heads, int kvHeads)
+    {
+        if (kvHeads <= 0 || heads % kvHeads != 0)
+            throw new ArgumentException($"attention needs the query heads ({heads}) to be a multiple of the kv heads ({kvHeads})");
+    }
+
+    // ---- SwiGLU -------------------------------------------------------------------------------
+
+    public void SwiGluForward(DeviceBuffer output, DeviceBuffer gate, DeviceBuffer up, long count)
+        => Kernel("swiglu.cl", "swiglu_forward").Call()
+            .Arg(Buf(output, nameof(output))).Arg(Buf(gate, nameof(gate))).Arg(Buf(up, nameof(up))).Arg(count)
+            .Launch(count, Group, Profiler);
+
+    public void SwiGluBackward(DeviceBuffer dgate, DeviceBuffer dup, DeviceBuffer dout, DeviceBuffer gate, DeviceBuffer up, long count)
+        => Kernel("swiglu.cl", "swiglu_backward").Call()
+            .Arg(Buf(dgate, nameof(dgate))).Arg(Buf(dup, nameof(dup))).Arg(Buf(dout, nameof(dout)))
+            .Arg(Buf(gate, nameof(gate))).Arg(Buf(up, nameof(up))).Arg(count)
+            .Launch(count, Group, Profiler);
+
+    // ---- residual -----------------------------------------------------------------------------
+
+    public void Add(DeviceBuffer output, DeviceBuffer a, DeviceBuffer b, long count)
+        => Kernel("residual.cl", "add").Call()
+            .Arg(Buf(output, nameof(output))).Arg(Buf(a, nameof(a))).Arg(Buf(b, nameof(b))).Arg(count)
+            .Launch(count, Group, Profiler);
+
+    public void AddInPlace(DeviceBuffer acc, DeviceBuffer x, long count)
+        => Kernel("residual.cl", "add_inplace").Call()
+            .Arg(Buf(acc, nameof(acc))).Arg(Buf(x, nameof(x))).Arg(count)
+            .Launch(count, Group, Profiler);
+
+    public void Scale(DeviceBuffer x, float s, long count)
+        => Kernel("residual.cl", "scale").Call()
+            .Arg(Buf(x, nameof(x))).Arg(s).Arg(count)
+            .Launch(count, Group, Profiler);
+
+    // ---- cross-entropy ------------------------------------------------------------------------
+
+    public void CrossEntropyForward(DeviceBuffer losses, DeviceBuffer logZ, DeviceBuffer logits, DeviceBuffer targets, int n, int v)
+    {
+        if (n == 0) return;
+        Kernel("crossentropy.cl", "crossentropy_forward", $"-D CE_WG={Tuning.RowGroup}").Call()
+            .Arg(Buf(losses, nameof(losses))).Arg(Buf(logZ, nameof(logZ))).Arg(Buf(logits, nameof(logits))).Arg(Buf(targets, nameof(targets)))
+            .Arg(deviceErrors).Arg(n).Arg(v)
+            .Launch((long)n * Tuning.RowGroup, Tuning.RowGroup, Profiler);
+    }
+
+    public void CrossEntropyBackward(DeviceBuffer dlogits, DeviceBuffer logits, DeviceBuffer logZ, DeviceBuffer targets,
+                                     float scale, float zLoss, int n, int v)
+        => Kernel("crossentropy.cl", "crossentropy_backward", $"-D CE_WG={Tuning.RowGroup}").Call()
+            .Arg(Buf(dlogits, nameof(dlogits))).Arg(Buf(logits, nameof(logits))).Arg(Buf(logZ, nameof(logZ))).Arg(Buf(targets, nameof(targets)))
+            .Arg(scale).Arg(zLoss).Arg(n).Arg(v)
+            .Launch(DivUp(v, 16), n, Group, 1, Profiler);
+
+    // ---- reductions and optimizer -------------------------------------------------------------
+
+    int RealBytes => Device.HasFp64 ? 8 : 4;
+    string ReduceKnobs => $"-D SUMSQ_RUN={SumSquaresRun} -D SUMSQ_WG={SumSquaresGroup}";
+
+    public double SumOfSquares(DeviceBuffer x, long count)
+    {
+        if (count == 0) return 0;
+        var xB = Buf(x, nameof(x));
+        CheckRange(xB, 0, count, "sum of squares over");
+        long runs = DivUp(count, SumSquaresRun);
+        var partial = Scratch("sumsq.partial", runs * RealBytes / 4);
+        var total = Scratch("sumsq.total", 2);
+        Kernel("reduce.cl", "sum_squares_partial", ReduceKnobs).Call().Arg(partial).Arg(xB).Arg(count).Launch(runs, Group, Profiler);
+        Kernel("reduce.cl", "sum_partials", ReduceKnobs).Call().Arg(total).Arg(partial).Arg(runs).Launch(SumSquaresGroup, SumSquaresGroup, Profiler);
+        Span<byte> bytes = stackalloc byte[8];
+        context.Queue.Read(total, 0, bytes[..RealBytes]);
+        ThrowDeviceErrors();
+        return RealBytes == 8 ? BitConverter.ToDouble(bytes) : BitConverter.ToSingle(bytes);
+    }
+
+    public void AdafactorUpdate(DeviceBuffer param, DeviceBuffer grad, AdafactorBuffers state, int rows, int cols, in AdafactorStep step)
+    {
+        long count = (long)rows * cols;
+        if (count == 0) return;
+        bool factored = state.SecondMoment is null;
+        if (factored && (state.RowMoment is null || state.ColMoment is null))
+            throw new ArgumentException("Adafactor: factored state needs row and column moments");
+        var p = Buf(param, nameof(param));
+        var g = Buf(grad, nameof(grad));
+        var unused = Scratch("adafactor.unused", 1);
+        var v = state.SecondMoment is null ? unused : Buf(state.SecondMoment, "second moment");
+        var vRow = state.RowMoment is null ? unused : Buf(state.RowMoment, "row moment");
+        var vCol = state.ColMoment is null ? unused : Buf(state.ColMoment, "column moment");
+        var momentum = state.Momentum is null ? unused : Buf(state.Momentum, "momentum");
+        var scalars = Scratch("adafactor.scalars", 4);
+        int chunks = (int)DivUp(count, AdafactorChunk);
+        var partial = Scratch("adafactor.partial", 2L * chunks * RealBytes / 4);
+        string knobs = $"-D ADA_CHUNK={AdafactorChunk}";
+
+        if (factored)
+        {
+            Kernel("adafactor.cl", "adafactor_row_moments", knobs).Call()
+                .Arg(vRow).Arg(g).Arg(step.GradScale).Arg(step.Beta2).Arg(step.Epsilon1).Arg(rows).Arg(cols)
+                .Launch(rows, Group, Profiler);
+            Kernel("adafactor.cl", "adafactor_col_moments", knobs).Call()
+                .Arg(vCol).Arg(g).Arg(step.GradScale).Arg(step.Beta2).Arg(step.Epsilon1).Arg(rows).Arg(cols)
+                .Launch(cols, Group, Profiler);
+            Kernel("adafactor.cl", "adafactor_row_mean", knobs).Call()
+                .Arg(scalars).Arg(vRow).Arg(rows)
+                .Launch(1, 1, Profiler);
+        }
+        Kernel("adafactor.cl", "adafactor_pass1", knobs).Call()
+            .Arg(partial).Arg(v).Arg(p).Arg(g).Arg(vRow).Arg(vCol).Arg(scalars)
+            .Arg(step.GradScale).Arg(step.Beta2).Arg(step.Epsilon1).Arg(cols).Arg(count).Arg(factored ? 1 : 0)
+            .Launch(chunks, 1, Profiler);
+        Kernel("adafactor.cl", "adafactor_finish", knobs).Call()
+            .Arg(scalars).Arg(partial).Arg(chunks).Arg(count).Arg(step.ClipThreshold).Arg(step.Epsilon2).Arg(step.LearningRate)
+            .Launch(1, 1, Profiler);
+        Kernel("adafactor.cl", "adafactor_pass2", knobs).Call()
+            .Arg(p).Arg(momentum).Arg(g).Arg(v).Arg(vRow).Arg(vCol).Arg(scalars)
+            .Arg(step.GradScale).Arg(step.Beta1).Arg(step.WeightDecay).Arg(cols).Arg(count)
+            .Arg(factored ? 1 : 0).Arg(state.Momentum is null ? 0 : 1)
+            .Launch(count, Group, Profiler);
+    }
+
+    public void Dispose()
+    {
+        if (disposed) return;
+        disposed = true;
+        foreach (var b in scratch.Values) b.Dispose();
+        scratch.Clear();
+        deviceErrors.Dispose();
+        programs.Clear();
+        context.Dispose();
+    }
+}

@@ -1,0 +1,70 @@
+using Palm.Gpu.Backends;
+using Palm.Gpu.Backends.OpenCl;
+using Palm.Gpu.Tensors;
+using Palm.Gpu.Tests.Support;
+using Xunit;
+
+namespace Palm.Gpu.Tests.OpenCl;
+
+/// <summary>
+/// The GPU defaults of <see cref="OpenClTuning"/> (small matmul tiles, 256-wide row groups, one attention
+/// row per work-item) select different code paths in the same kernels. Running them on whatever device
+/// CI has (PoCL on the CPU) checks those paths against the CPU backend too.
+/// </summary>
+[Collection(OpenClCollection.Name)]
+public sealed class OpenClGpuTuningTests(OpenClFixture fx) : IDisposable
+{
+    readonly OpenClBackend gpuTuned = new(fx.Ocl.Device, OpenClTuning.Gpu);
+
+    public void Dispose() => gpuTuned.Dispose();
+
+    Dictionary<string, float[]> Compare(OpCase op, Action<IBackend, Func<string, DeviceBuffer>> call, double atol, double rtol, params string[] outputs)
+    {
+        var ocl = op.Run(gpuTuned, t => call(gpuTuned, t), outputs);
+        var cpu = op.Run(fx.Cpu, t => call(fx.Cpu, t), outputs);
+        foreach (var name in outputs) Tolerance.AssertClose(cpu[name], ocl[name], atol, rtol, name);
+        return ocl;
+    }
+
+    [Fact]
+    public void Matmul_AllTransposes()
+    {
+        int m = 23, n = 19, k = 37;
+        foreach (bool ta in new[] { false, true })
+            foreach (bool tb in new[] { false, true })
+                Compare(new OpCase().F("a", TestData.Uniform(1, m * k)).F("b", TestData.Uniform(2, k * n)).F("c", TestData.Uniform(3, m * n)),
+                        (be, t) => be.Matmul(t("c"), t("a"), t("b"), m, n, k, ta, tb, 0.5f, accumulate: true), 2e-5, 1e-5, "c");
+    }
+
+    [Fact]
+    public void LayerNormAndCrossEntropy()
+    {
+        int n = 5, d = 300, v = 1001;
+        Compare(new OpCase()
+                .F("x", TestData.Uniform(4, n * d)).F("w", TestData.Uniform(5, d)).F("dout", TestData.Uniform(6, n * d))
+                .Zeros("out", n * d).Zeros("mean", n).Zeros("rstd", n).Zeros("dx", n * d).Zeros("dw", d)
+                .F("logits", TestData.Uniform(7, n * v, 5f)).I("targets", TestData.Tokens(8, n, v)).Zeros("losses", n).Zeros("logZ", n),
+            (be, t) =>
+            {
+                be.LayerNormForward(t("out"), t("mean"), t("rstd"), t("x"), t("w"), n, d);
+                be.LayerNormBackward(t("dx"), t("dw"), t("dout"), t("x"), t("w"), t("mean"), t("rstd"), n, d, false);
+                be.CrossEntropyForward(t("losses"), t("logZ"), t("logits"), t("targets"), n, v);
+                be.CrossEntropyBackward(t("logits"), t("logits"), t("logZ"), t("targets"), 0.2f, 1e-4f, n, v);
+            }, 2e-6, 2e-5, "out", "mean", "rstd", "dx", "dw", "losses", "logZ", "logits");
+    }
+
+    [Fact]
+    public void Attention_MultiQuery()
+    {
+        int b = 2, t = 21, heads = 4, kvHeads = 1, headDim = 8;
+        int nq = b * t * heads * headDim, nkv = b * t * kvHeads * headDim;
+        Compare(new OpCase()
+                .F("q", TestData.Uniform(9, nq)).F("k", TestData.Uniform(10, nkv)).F("v", TestData.Uniform(11, nkv)).F("dout", TestData.Uniform(12, nq))
+                .Zeros("out", nq).Zeros("lse", b * heads * t).Zeros("dq", nq).Zeros("dk", nkv).Zeros("dv", nkv),
+            (be, x) =>
+            {
+                be.AttentionForward(x("out"), x("lse"), x("q"), x("k"), x("v"), b, t, heads, kvHeads, headDim);
+                be.AttentionBackward(x("dq"), x("dk"), x("dv"), x("dout"), x("q"), x("k"), x("v"), x("out"), x("lse"), b, t, heads, kvHeads, headDim);
+            }, 2e-5, 1e-4, "out", "lse", "dq", "dk", "dv");
+    }
+}

@@ -1,0 +1,240 @@
+using Palm.Gpu.Backends;
+using Palm.Gpu.Tensors;
+using Palm.Gpu.Tests.Support;
+using Xunit;
+
+namespace Palm.Gpu.Tests.OpenCl;
+
+/// <summary>
+/// Every non-matmul, non-attention kernel of the OpenCL backend against the CPU backend on the same
+/// inputs, forward and backward, on small odd sizes (not multiples of any vector width, work-group or
+/// chunk) and on aligned ones. Tolerances: exact where both backends do the same float operations in
+/// the same order (copies, adds, scatter-add, Adafactor); a few ulps where exp/log come from different
+/// math libraries or reduction trees differ (layer norm, SwiGLU, cross-entropy, RoPE).
+/// </summary>
+[Collection(OpenClCollection.Name)]
+public class OpenClKernelTests(OpenClFixture fx)
+{
+    (Dictionary<string, float[]> Cpu, Dictionary<string, float[]> Ocl) Both(OpCase op, Action<IBackend, Func<string, DeviceBuffer>> call, params string[] outputs)
+    {
+        var ocl = op.Run(fx.Ocl, t => call(fx.Ocl, t), outputs);   // OpenCL first: its failures are the ones under test
+        return (op.Run(fx.Cpu, t => call(fx.Cpu, t), outputs), ocl);
+    }
+
+    static void Close(Dictionary<string, float[]> cpu, Dictionary<string, float[]> ocl, double atol, double rtol, string what)
+    {
+        foreach (var name in cpu.Keys) Tolerance.AssertClose(cpu[name], ocl[name], atol, rtol, $"{what}: {name}");
+    }
+
+    // ---- embedding ----------------------------------------------------------------------------
+
+    [Theory]
+    [InlineData(7, 13, 5)]      // odd sizes, tokens repeat
+    [InlineData(64, 128, 50)]
+    public void Embedding_ForwardAndBackward_MatchCpuExactly(int n, int d, int v)
+    {
+        var tokens = TestData.Tokens(11, n, v);
+        tokens[n - 1] = tokens[0];   // guarantee a repeated row in the scatter-add
+        var op = new OpCase()
+            .I("tokens", tokens)
+            .F("table", TestData.Uniform(12, v * d))
+            .F("dout", TestData.Uniform(13, n * d))
+            .Zeros("out", n * d)
+            .F("dtable", TestData.Uniform(14, v * d));   // backward accumulates into existing values
+        var (cpu, ocl) = Both(op, (be, t) =>
+        {
+            be.EmbeddingForward(t("out"), t("tokens"), t("table"), n, d);
+            be.EmbeddingBackward(t("dtable"), t("tokens"), t("dout"), n, d, v);
+        }, "out", "dtable");
+        Close(cpu, ocl, 0, 0, "embedding");
+    }
+
+    // ---- layer norm ---------------------------------------------------------------------------
+
+    [Theory]
+    [InlineData(3, 7, false)]
+    [InlineData(5, 37, true)]
+    [InlineData(70, 64, false)]    // more rows than one dweight chunk
+    [InlineData(2, 300, true)]     // a row longer than the work-group
+    public void LayerNorm_ForwardAndBackward_MatchCpu(int n, int d, bool accumulate)
+    {
+        var x = TestData.Uniform(21, n * d, 2f);
+        for (int i = 0; i < x.Length; i++) x[i] += 3f;   // a common offset stresses the variance
+        var op = new OpCase()
+            .F("x", x).F("w", TestData.Uniform(22, d, 1.5f)).F("dout", TestData.Uniform(23, n * d))
+            .Zeros("out", n * d).Zeros("mean", n).Zeros("rstd", n)
+            .F("dx", TestData.Uniform(24, n * d)).F("dw", TestData.Uniform(25, d));
+        var (cpu, ocl) = Both(op, (be, t) =>
+        {
+            be.LayerNormForward(t("out"), t("mean"), t("rstd"), t("x"), t("w"), n, d);
+            be.LayerNormBackward(t("dx"), t("dw"), t("dout"), t("x"), t("w"), t("mean"), t("rstd"), n, d, accumulate);
+        }, "out", "mean", "rstd", "dx", "dw");
+        Close(cpu, ocl, 2e-6, 2e-5, $"layer norm n={n} d={d}");
+    }
+
+    [Fact]
+    public void LayerNorm_BackwardMayOverwriteDout()
+    {
+        int n = 6, d = 37;
+        var op = new OpCase()
+            .F("x", TestData.Uniform(26, n * d)).F("w", TestData.Uniform(27, d)).F("dout", TestData.Uniform(28, n * d))
+            .Zeros("out", n * d).Zeros("mean", n).Zeros("rstd", n).Zeros("dw", d);
+        var (cpu, ocl) = Both(op, (be, t) =>
+        {
+            be.LayerNormForward(t("out"), t("mean"), t("rstd"), t("x"), t("w"), n, d);
+            be.LayerNormBackward(t("dout"), t("dw"), t("dout"), t("x"), t("w"), t("mean"), t("rstd"), n, d, accumulate: false);
+        }, "dout", "dw");
+        Close(cpu, ocl, 2e-6, 2e-5, "layer norm in place");
+    }
+
+    // ---- RoPE ---------------------------------------------------------------------------------
+
+    [Theory]
+    [InlineData(2, 5, 3, 8)]
+    [InlineData(1, 67, 1, 6)]      // positions past 64, head dim not a power of two
+    public void Rope_ForwardAndBackward_MatchCpu(int b, int t, int heads, int headDim)
+    {
+        int count = b * t * heads * headDim;
+        var op = new OpCase().F("x", TestData.Uniform(31, count)).F("dy", TestData.Uniform(32, count))
+            .Zeros("y", count).Zeros("dx", count).F("inplace", TestData.Uniform(33, count));
+        var (cpu, ocl) = Both(op, (be, tt) =>
+        {
+            be.RopeForward(tt("y"), tt("x"), b, t, heads, headDim);
+            be.RopeBackward(tt("dx"), tt("dy"), b, t, heads, headDim);
+            be.RopeForward(tt("inplace"), tt("inplace"), b, t, heads, headDim);   // out aliases inp
+        }, "y", "dx", "inplace");
+        Close(cpu, ocl, 1e-6, 1e-5, "rope");
+    }
+
+    // ---- SwiGLU -------------------------------------------------------------------------------
+
+    [Theory]
+    [InlineData(1037)]
+    [InlineData(4096)]
+    public void SwiGlu_ForwardAndBackward_MatchCpu(int count)
+    {
+        var op = new OpCase()
+            .F("gate", TestData.Uniform(41, count, 12f)).F("up", TestData.Uniform(42, count, 2f)).F("dout", TestData.Uniform(43, count))
+            .Zeros("out", count).Zeros("dgate", count).Zeros("dup", count);
+        var (cpu, ocl) = Both(op, (be, t) =>
+        {
+            be.SwiGluForward(t("out"), t("gate"), t("up"), count);
+            be.SwiGluBackward(t("dgate"), t("dup"), t("dout"), t("gate"), t("up"), count);
+        }, "out", "dgate", "dup");
+        Close(cpu, ocl, 1e-7, 1e-5, "swiglu");
+    }
+
+    // ---- residual -----------------------------------------------------------------------------
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(1001)]
+    public void Residual_MatchesCpuExactly(int count)
+    {
+        var op = new OpCase().F("a", TestData.Uniform(51, count)).F("b", TestData.Uniform(52, count))
+            .Zeros("out", count).F("acc", TestData.Uniform(53, count));
+        var (cpu, ocl) = Both(op, (be, t) =>
+        {
+            be.Add(t("out"), t("a"), t("b"), count);
+            be.AddInPlace(t("acc"), t("a"), count);
+            be.Scale(t("acc"), -0.3f, count);
+            be.Add(t("a"), t("a"), t("b"), count);   // out aliases an input
+        }, "out", "acc", "a");
+        Close(cpu, ocl, 0, 0, "residual");
+    }
+
+    // ---- cross-entropy ------------------------------------------------------------------------
+
+    [Theory]
+    [InlineData(5, 37)]
+    [InlineData(3, 1000)]
+    public void CrossEntropy_ForwardAndBackward_MatchCpu(int n, int v)
+    {
+        var logits = TestData.Uniform(61, n * v, 6f);
+        var op = new OpCase().F("logits", logits).I("targets", TestData.Tokens(62, n, v))
+            .Zeros("losses", n).Zeros("logZ", n).Zeros("dlogits", n * v).F("inplace", logits);
+        var (cpu, ocl) = Both(op, (be, t) =>
+        {
+            be.CrossEntropyForward(t("losses"), t("logZ"), t("logits"), t("targets"), n, v);
+            be.CrossEntropyBackward(t("dlogits"), t("logits"), t("logZ"), t("targets"), 1f / n, 1e-4f, n, v);
+            be.CrossEntropyBackward(t("inplace"), t("inplace"), t("logZ"), t("targets"), 1f / n, 1e-4f, n, v);   // dlogits aliases logits
+        }, "losses", "logZ", "dlogits", "inplace");
+        Close(cpu, ocl, 1e-7, 1e-5, "cross-entropy");
+    }
+
+    // ---- sum of squares -----------------------------------------------------------------------
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(1000)]
+    [InlineData(200_003)]   // many partial runs and CPU chunks
+    public void SumOfSquares_MatchesCpu(int count)
+    {
+        var x = TestData.Uniform(71, count, 3f);
+        double Run(IBackend be)
+        {
+            using var buffer = be.Allocate("x", count);
+            be.Upload(buffer, x);
+            return be.SumOfSquares(buffer, count);
+        }
+        double cpu = Run(fx.Cpu), ocl = Run(fx.Ocl);
+        // Squares are exact in double; only the summation order differs.
+        Assert.True(Math.Abs(cpu - ocl) <= 1e-12 * cpu, $"Σx²: OpenCL {ocl:R}, CPU {cpu:R}");
+        Assert.Equal(ocl, Run(fx.Ocl));
+    }
+
+    // ---- Adafactor ----------------------------------------------------------------------------
+
+    [Theory]
+    [InlineData(37, 29, false, true)]     // unfactored with momentum
+    [InlineData(37, 29, true, false)]     // factored, no momentum
+    [InlineData(3, 20001, false, false)]  // several 16384-element chunks
+    [InlineData(5, 7001, true, true)]
+    public void Adafactor_ThreeSteps_MatchCpu(int rows, int cols, bool factored, bool momentum)
+    {
+        int count = rows * cols;
+        var op = new OpCase()
+            .F("param", TestData.Uniform(81, count, 0.5f))
+            .F("g1", TestData.Uniform(82, count, 0.1f)).F("g2", TestData.Uniform(83, count, 0.1f)).F("g3", TestData.Uniform(84, count, 3f))
+            .Zeros("m", count).Zeros("v", count).Zeros("vr", rows).Zeros("vc", cols);
+        var (cpu, ocl) = Both(op, (be, t) =>
+        {
+            var state = new AdafactorBuffers(momentum ? t("m") : null, factored ? null : t("v"), factored ? t("vr") : null, factored ? t("vc") : null);
+            for (int k = 1; k <= 3; k++)
+            {
+                var step = new AdafactorStep(LearningRate: 1e-2f, Beta1: momentum ? 0.9f : 0f, Beta2: 1f - MathF.Pow(k, -0.8f),
+                                             Epsilon1: 1e-30f, Epsilon2: 1e-3f, ClipThreshold: 1f, GradScale: k == 3 ? 0.25f : 1f,
+                                             WeightDecay: 1e-4f);
+                be.AdafactorUpdate(t("param"), t("g" + k), state, rows, cols, step);
+            }
+        }, "param", "m", "v", "vr", "vc");
+        // Same float operations in the same order and double reductions in the same chunks: on a device with
+        // fp64 and correctly rounded divide/sqrt (PoCL) the results are the CPU's to the last bit; elsewhere
+        // allow a few ulps.
+        bool exact = fx.Ocl.Device.HasFp64 && fx.Ocl.Device.CorrectlyRoundedDivideSqrt;
+        Close(cpu, ocl, 0, exact ? 0 : 1e-6, "adafactor");
+    }
+
+    // ---- determinism --------------------------------------------------------------------------
+
+    [Fact]
+    public void ReductionKernels_GiveTheSameBitsOnEveryRun()
+    {
+        int n = 70, d = 37, v = 301;
+        var op = new OpCase()
+            .F("x", TestData.Uniform(91, n * d)).F("w", TestData.Uniform(92, d)).F("dout", TestData.Uniform(93, n * d))
+            .Zeros("out", n * d).Zeros("mean", n).Zeros("rstd", n).Zeros("dx", n * d).Zeros("dw", d)
+            .F("logits", TestData.Uniform(94, n * v, 5f)).I("targets", TestData.Tokens(95, n, v)).Zeros("losses", n).Zeros("logZ", n)
+            .I("tokens", TestData.Tokens(96, n, 9)).Zeros("dtable", 9 * d);
+        Dictionary<string, float[]> Run() => op.Run(fx.Ocl, t =>
+        {
+            fx.Ocl.LayerNormForward(t("out"), t("mean"), t("rstd"), t("x"), t("w"), n, d);
+            fx.Ocl.LayerNormBackward(t("dx"), t("dw"), t("dout"), t("x"), t("w"), t("mean"), t("rstd"), n, d, false);
+            fx.Ocl.CrossEntropyForward(t("losses"), t("logZ"), t("logits"), t("targets"), n, v);
+            fx.Ocl.EmbeddingBackward(t("dtable"), t("tokens"), t("dout"), n, d, 9);
+        }, "out", "mean", "rstd", "dx", "dw", "losses", "logZ", "dtable");
+        var first = Run();
+        var second = Run();
+        foreach (var name in first.Keys) Bits.AssertIdentical(first[name], second[name], name);
+    }
+}
