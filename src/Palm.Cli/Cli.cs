@@ -76,7 +76,7 @@ internal static class Cli
             return body();
         }
         catch (Exception e) when (e is ConfigException or DataException or InvalidDataException or FileNotFoundException
-                                      or DirectoryNotFoundException or IOException or ArgumentException or UnauthorizedAccessException or NotSupportedException)
+                                      or DirectoryNotFoundException or IOException or ArgumentException or UnauthorizedAccessException or NotSupportedException or Palm.Gpu.Backends.OpenCl.OpenClException)
         {
             Console.Error.WriteLine($"palm: error: {e.Message}");
             return 2;

@@ -6,12 +6,13 @@ namespace Palm.Gpu.Backends;
 public static class Peak
 {
     /// <summary>
-    /// CPU: measured with an FMA loop on the backend's threads. Other backends: their device's
-    /// theoretical peak when the driver reports enough to compute it; otherwise pass --peak-gflops.
+    /// CPU: measured with an FMA loop on the backend's threads. OpenCL: measured
+    /// with an FMA kernel on the device. Anything else: pass --peak-gflops.
     /// </summary>
     public static double Measure(IBackend backend) => backend switch
     {
         CpuBackend cpu => CpuPeakCache.Get(cpu.Threads),
+        OpenCl.OpenClBackend ocl => OpenCl.OpenClPeak.MeasureGflops(ocl),
         _ => throw new ArgumentException($"the peak of backend '{backend.Name}' ({backend.DeviceName}) cannot be measured here; pass --peak-gflops"),
     };
 
