@@ -1,6 +1,7 @@
 using System.CommandLine;
 using Palm.Gpu.Backends;
 using Palm.Gpu.Data;
+using Palm.Gpu.Inference;
 using Palm.Gpu.IO;
 using Palm.Gpu.Model;
 
@@ -25,33 +26,15 @@ internal static class EvalCommand
             string path = GenerateCommand.WeightsPath(r.GetValue(model)!);
             var config = ModelWeights.ReadConfig(path);
             var tok = GenerateCommand.LoadTokenizer(r.GetValue(tokenizer) ?? ModelWeights.ReadMetadata(path).GetValueOrDefault("tokenizer", "bytes"));
-            var docs = Corpus.ReadDocuments(r.GetValue(data)!);
-            var ds = PackedDataset.FromDocuments(docs, tok, config.SeqLen, heldOutFraction: 0);
+            using var ds = PackedDataset.Load(r.GetValue(data)!, tok, config.SeqLen, heldOutFraction: 0);
             int b = r.GetValue(batch);
             if (b < 1) throw new ConfigException($"--batch must be ≥ 1, got {b}");
             long count = r.GetValue(maxSeqs) > 0 ? Math.Min(r.GetValue(maxSeqs), ds.TrainSequences) : ds.TrainSequences;
             using var be = BackendFactory.Create(r.GetValue(backend)!, r.GetValue(device), r.GetValue(threads));
             using var m = new PalmModel(be, config, b);
             ModelWeights.Load(m, path);
-            int t = config.SeqLen;
-            var seq = new int[t + 1];
-            var inputs = new int[b * t];
-            var targets = new int[b * t];
-            double total = 0;
-            for (long done = 0; done < count;)
-            {
-                int n = (int)Math.Min(b, count - done);
-                for (int s = 0; s < n; s++)
-                {
-                    ds.GetTrainSequence(done + s, seq);
-                    seq.AsSpan(0, t).CopyTo(inputs.AsSpan(s * t));
-                    seq.AsSpan(1, t).CopyTo(targets.AsSpan(s * t));
-                }
-                total += m.Forward(inputs.AsSpan(0, n * t), targets.AsSpan(0, n * t), n).CrossEntropy * n;
-                done += n;
-            }
-            double loss = total / count;
-            Console.WriteLine($"{{\"loss\": {loss:F6}, \"perplexity\": {Math.Exp(loss):F3}, \"sequences\": {count}, \"tokens\": {count * t}}}");
+            double loss = Evaluator.MeanLoss(m, ds, heldOut: false, count);
+            Console.WriteLine($"{{\"loss\": {loss:F6}, \"perplexity\": {Math.Exp(loss):F3}, \"sequences\": {count}, \"tokens\": {count * config.SeqLen}}}");
             return 0;
         }));
         return cmd;

@@ -248,28 +248,7 @@ public sealed class Trainer : IDisposable
         $"vocab {c.Vocab}, d_model {c.DModel}, layers {c.Layers}, heads {c.Heads}, head_dim {c.HeadDim}, d_ff {c.DFf}, seq {c.SeqLen}, {c.Block}, {c.Attention}";
 
     /// <summary>Mean cross-entropy over (up to maxSequences of) the held-out split.</summary>
-    public double Evaluate(int maxSequences = 64)
-    {
-        long count = Math.Min(Dataset.EvalSequences, maxSequences);
-        if (count == 0) return double.NaN;
-        int t = Config.SeqLen;
-        var seq = new int[t + 1];
-        double total = 0;
-        long done = 0;
-        while (done < count)
-        {
-            int batch = (int)Math.Min(Schedule.Max, count - done);
-            for (int s = 0; s < batch; s++)
-            {
-                Dataset.GetEvalSequence(done + s, seq);
-                seq.AsSpan(0, t).CopyTo(_inputs.AsSpan(s * t));
-                seq.AsSpan(1, t).CopyTo(_targets.AsSpan(s * t));
-            }
-            total += Model.Forward(_inputs.AsSpan(0, batch * t), _targets.AsSpan(0, batch * t), batch).CrossEntropy * batch;
-            done += batch;
-        }
-        return total / count;
-    }
+    public double Evaluate(int maxSequences = 64) => Inference.Evaluator.MeanLoss(Model, Dataset, heldOut: true, maxSequences);
 
     /// <summary>The resolved configuration of this run, as written to config.json.</summary>
     public JsonObject DescribeRun() => new()
