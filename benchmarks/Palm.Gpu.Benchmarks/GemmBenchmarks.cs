@@ -120,13 +120,13 @@ public class GemmBenchmarks
 
     /// <summary>
     /// A quick table without BenchmarkDotNet (best of a few timed calls per shape) for tuning:
-    /// `dotnet run -c Release --project benchmarks/Palm.Gpu.Benchmarks -- gemm-quick [threads]`.
+    /// `dotnet run -c Release --project benchmarks/Palm.Gpu.Benchmarks -- gemm-quick [threads] [name filter]`.
     /// </summary>
-    public static void Quick(int threads)
+    public static void Quick(int threads, string? filter = null)
     {
         double peak = CpuPeak.MeasureGflops(threads);
         Console.WriteLine($"fp32 peak on {threads} thread(s): {peak:F1} GFLOP/s ({CpuMatmul.BestPath}, {CpuPeak.Lanes} lanes)");
-        foreach (var shape in Shapes())
+        foreach (var shape in Shapes().Where(s => filter is null || s.Name.Contains(filter, StringComparison.OrdinalIgnoreCase)))
         {
             var bench = new GemmBenchmarks { Shape = shape, Threads = threads };
             bench.Setup();
