@@ -11,9 +11,10 @@ namespace Palm.Gpu.Sharding;
 /// </summary>
 public sealed class MeshTrainer : IDisposable
 {
-    public MeshTrainer(DeviceMesh mesh, ModelConfig config, int batch, AdafactorConfig optimizer, ulong seed, bool concurrent = true)
+    public MeshTrainer(DeviceMesh mesh, ModelConfig config, int batch, AdafactorConfig optimizer, ulong seed,
+                       bool shardWeights = false, bool concurrent = true)
     {
-        Model = new ShardedPalm(mesh, config, batch, concurrent);
+        Model = new ShardedPalm(mesh, config, batch, concurrent, shardWeights);
         Model.Initialize(seed);
         Optimizer = new ShardedAdafactor(Model, optimizer);
         Batch = batch;

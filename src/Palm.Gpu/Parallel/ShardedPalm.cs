@@ -40,7 +40,11 @@ public sealed class ShardedPalm : IDisposable
     readonly bool[] _modelPartial;   // gradient is a partial sum over the model axis (replicated K/V head)
     int _batch;
 
-    public ShardedPalm(DeviceMesh mesh, ModelConfig config, int maxBatch, bool concurrent = true)
+    /// <param name="shardWeights">
+    /// Fully sharded over the data axis: each rank keeps 1/P of its shard's weights, gradients and optimizer
+    /// state; a layer's weights are all-gathered just before use and freed after, its gradients reduce-scattered.
+    /// </param>
+    public ShardedPalm(DeviceMesh mesh, ModelConfig config, int maxBatch, bool concurrent = true, bool shardWeights = false)
     {
         config.Validate();
         if (config.Rematerialize) throw new ConfigException("rematerialisation is not supported on a device mesh yet; drop --remat or use --mesh 1x1");
@@ -49,6 +53,7 @@ public sealed class ShardedPalm : IDisposable
         Config = config;
         MaxBatch = maxBatch;
         Concurrent = concurrent;
+        ShardWeights = shardWeights;
         int M = mesh.Model;
         bool splitKv = config.KvHeads > 1; // multi-head: K/V heads follow the query heads
         Local = config with { Heads = config.Heads / M, DFf = config.DFf / M, Vocab = config.Vocab / M };
@@ -56,9 +61,9 @@ public sealed class ShardedPalm : IDisposable
         _ranks = new Rank[mesh.Size];
         for (int d = 0; d < mesh.Data; d++)
             for (int m = 0; m < M; m++)
-                _ranks[d * M + m] = new Rank(mesh.At(d, m), d, m, Local, localMax);
+                _ranks[d * M + m] = new Rank(mesh.At(d, m), d, m, Local, localMax, shardWeights ? mesh.Data : 0);
 
-        var ps = _ranks[0].Params;
+        var ps = _ranks[0].Meta;
         _axes = new ShardAxis[ps.All.Count];
         _modelPartial = new bool[ps.All.Count];
         int Index(Parameter p) => IndexOf(ps, p);
@@ -75,20 +80,25 @@ public sealed class ShardedPalm : IDisposable
     }
 
     public ModelConfig Config { get; }
+    /// <summary>Weights, gradients and optimizer state sharded over the data axis (gathered per layer when used).</summary>
+    public bool ShardWeights { get; }
     /// <summary>The shape each model rank computes: heads, d_ff and vocab divided by the model axis.</summary>
     public ModelConfig Local { get; }
     public int MaxBatch { get; }
     public DeviceMesh Mesh => _mesh;
     /// <summary>Run the ranks of a mesh on concurrent host threads between collectives.</summary>
     public bool Concurrent { get; set; }
-    /// <summary>Parameters of the rank at (data d, model m).</summary>
-    public ParameterSet ParametersAt(int d, int m) => _ranks[d * _mesh.Model + m].Params;
+    /// <summary>Names, shapes and order of one model shard's parameters (no storage when fully sharded).</summary>
+    public ParameterSet ShardLayout => _ranks[0].Meta;
     public ShardAxis AxisOf(int parameterIndex) => _axes[parameterIndex];
     /// <summary>True when the gradient must be summed over the model axis (replicated K/V head).</summary>
     public bool IsModelPartial(int parameterIndex) => _modelPartial[parameterIndex];
 
-    /// <summary>Bytes of weights held by one device.</summary>
-    public long WeightBytesPerDevice => _ranks[0].Params.All.Sum(p => p.Value.Bytes);
+    /// <summary>Bytes of weights one device keeps between steps (its slice when fully sharded).</summary>
+    public long WeightBytesPerDevice => Enumerable.Range(0, _axes.Length).Sum(i => 4 * _ranks[0].Piece(i).Length);
+
+    /// <summary>Bytes of gradients one device keeps between steps.</summary>
+    public long GradientBytesPerDevice => WeightBytesPerDevice;
 
     // ---- weights ----------------------------------------------------------------------------
 
@@ -114,11 +124,19 @@ public sealed class ShardedPalm : IDisposable
     {
         ForRanks(r =>
         {
-            var all = r.Params.All;
+            var all = r.Meta.All;
             for (int i = 0; i < all.Count; i++)
             {
                 var p = all[i];
-                r.Be.Upload(p.Value, Shard(full[p.Name], p, _axes[i], r.ModelRank));
+                var shard = Shard(full[p.Name], p, _axes[i], r.ModelRank);
+                var piece = r.Piece(i);
+                if (!ShardWeights) r.Be.Upload(piece.Value, shard);
+                else
+                {
+                    var slice = new float[piece.Length];
+                    Array.Copy(shard, piece.Offset, slice, 0, piece.Valid);
+                    r.Be.Upload(piece.Value, slice);
+                }
             }
         });
     }
@@ -127,17 +145,23 @@ public sealed class ShardedPalm : IDisposable
     public Dictionary<string, float[]> GatherWeights()
     {
         var result = new Dictionary<string, float[]>();
-        var all = _ranks[0].Params.All;
-        int M = _mesh.Model;
+        var all = _ranks[0].Meta.All;
+        int M = _mesh.Model, P = ShardWeights ? _mesh.Data : 1;
         for (int i = 0; i < all.Count; i++)
         {
             var p = all[i];
             var parts = new float[M][];
             for (int m = 0; m < M; m++)
             {
-                var q = _ranks[m].Params.All[i];
-                parts[m] = new float[q.Count];
-                _ranks[m].Be.Download(q.Value, parts[m]);
+                parts[m] = new float[p.Count];
+                for (int d = 0; d < P; d++)
+                {
+                    var r = _ranks[d * M + m];
+                    var piece = r.Piece(i);
+                    var h = new float[piece.Length];
+                    r.Be.Download(piece.Value, h);
+                    Array.Copy(h, 0, parts[m], piece.Offset, piece.Valid);
+                }
             }
             result[p.Name] = Unshard(parts, p, _axes[i]);
         }
@@ -196,6 +220,7 @@ public sealed class ShardedPalm : IDisposable
         var tgArr = targets.ToArray();
 
         // Vocab-parallel embedding: tokens outside a rank's rows read the zero row Vl.
+        Materialize(EmbeddingUnit, grads: false);
         ForRanks(r =>
         {
             int v0 = r.ModelRank * vl, off = r.DataRank * nl;
@@ -211,21 +236,33 @@ public sealed class ShardedPalm : IDisposable
             }
             r.Be.Upload(r.Tokens, tok);
             r.Be.Upload(r.Targets, tgt);
-            r.Be.Copy(r.EmbeddingExt, r.Params.Embedding.Value, (long)vl * D);
-            r.Be.EmbeddingForward(r.Residual[0], r.Tokens, r.EmbeddingExt, nl, D);
+            using var ext = r.Be.Allocate("embedding_ext", (vl + 1L) * D);
+            r.Be.Fill(ext, 0f, (vl + 1L) * D);
+            r.Be.Copy(ext, r.Embedding.Value, (long)vl * D);
+            r.Be.EmbeddingForward(r.Residual[0], r.Tokens, ext, nl, D);
         });
+        Release(EmbeddingUnit, grads: false);
         AllReduceModel(r => r.Residual[0], (long)nl * D);
 
-        for (int l = 0; l < Config.Layers; l++) BlockForward(l, m);
+        for (int l = 0; l < Config.Layers; l++)
+        {
+            Materialize(LayerUnit(l), grads: false);
+            BlockForward(l, m);
+            Release(LayerUnit(l), grads: false);
+        }
 
+        Materialize(FinalNormUnit, grads: false);
+        Materialize(EmbeddingUnit, grads: false);
         ForRanks(r =>
         {
-            r.Be.LayerNormForward(r.Hf, r.HfMean, r.HfRstd, r.Residual[Config.Layers], r.Params.FinalNorm.Value, nl, D);
-            r.Be.Matmul(r.Logits, r.Hf, r.Params.Embedding.Value, nl, vl, D, transB: true, alpha: LogitScale);
+            r.Be.LayerNormForward(r.Hf, r.HfMean, r.HfRstd, r.Residual[Config.Layers], r.FinalNorm.Value, nl, D);
+            r.Be.Matmul(r.Logits, r.Hf, r.Embedding.Value, nl, vl, D, transB: true, alpha: LogitScale);
             r.Be.CrossEntropyForward(r.Losses, r.LogZ, r.Logits, r.Targets, nl, vl);
             r.Be.Download(r.LogZ, r.HostLogZ);
             r.Be.Download(r.Losses, r.HostLosses);
         });
+        Release(EmbeddingUnit, grads: false);
+        Release(FinalNormUnit, grads: false);
 
         // Global logZ from the per-rank partial normalisers: max, then Σ exp(lz − max), over the model axis.
         ForRanks(r => r.Be.Upload(r.RowStat, r.HostLogZ));
@@ -276,7 +313,7 @@ public sealed class ShardedPalm : IDisposable
         bool serial = Config.Block == BlockKind.Serial;
         ForRanks(r =>
         {
-            var w = r.Params.Blocks[l];
+            var w = r.Block(l);
             var a = r.Acts[l];
             r.Be.LayerNormForward(a.Ln1Out, a.Ln1Mean, a.Ln1Rstd, r.Residual[l], w.Ln1.Value, m.N, m.D);
             r.Be.Fill(r.Partial, 0f, nd);
@@ -291,7 +328,7 @@ public sealed class ShardedPalm : IDisposable
         }
         ForRanks(r =>
         {
-            var w = r.Params.Blocks[l];
+            var w = r.Block(l);
             var a = r.Acts[l];
             r.Be.Add(a.X1!, r.Residual[l], r.Partial, nd);
             r.Be.LayerNormForward(a.Ln2Out!, a.Ln2Mean!, a.Ln2Rstd!, a.X1!, w.Ln2!.Value, m.N, m.D);
@@ -311,9 +348,11 @@ public sealed class ShardedPalm : IDisposable
         long nd = (long)nl * D;
         float scale = lossScale / (_batch * Config.SeqLen);
 
+        Materialize(EmbeddingUnit, grads: true);
+        Materialize(FinalNormUnit, grads: true);
         ForRanks(r =>
         {
-            var emb = r.Params.Embedding;
+            var emb = r.Embedding;
             r.Be.CrossEntropyBackward(r.Logits, r.Logits, r.LogZ, r.Targets, scale, Config.ZLoss, nl, vl);
             // Rows whose target lives on another rank got −scale at column 0: add it back with a rank-1 update.
             var fix = new float[nl];
@@ -323,26 +362,29 @@ public sealed class ShardedPalm : IDisposable
             r.Be.Matmul(r.S.DHidden, r.Logits, emb.Value, nl, D, vl, alpha: LogitScale);
             r.Be.Matmul(emb.Grad, r.Logits, r.Hf, vl, D, nl, transA: true, alpha: LogitScale, accumulate: true);
         });
+        Release(EmbeddingUnit, grads: true);
         AllReduceModel(r => r.S.DHidden, nd);
-        ForRanks(r => r.Be.LayerNormBackward(r.S.DResidual, r.Params.FinalNorm.Grad, r.S.DHidden, r.Residual[Config.Layers],
-                                             r.Params.FinalNorm.Value, r.HfMean, r.HfRstd, nl, D, accumulate: false));
+        ForRanks(r => r.Be.LayerNormBackward(r.S.DResidual, r.FinalNorm.Grad, r.S.DHidden, r.Residual[Config.Layers],
+                                             r.FinalNorm.Value, r.HfMean, r.HfRstd, nl, D, accumulate: false));
+        Release(FinalNormUnit, grads: true);
 
         bool serial = Config.Block == BlockKind.Serial;
         for (int l = Config.Layers - 1; l >= 0; l--)
         {
             int layer = l;
+            Materialize(LayerUnit(l), grads: true);
             if (!serial)
             {
                 ForRanks(r =>
                 {
-                    var w = r.Params.Blocks[layer]; var a = r.Acts[layer];
+                    var w = r.Block(layer); var a = r.Acts[layer];
                     MlpSublayer.Backward(r.Be, m, w, a, r.S, a.Ln1Out, r.S.DResidual, r.S.DHidden, accumulateDh: false);
                     AttentionSublayer.Backward(r.Be, m, w, a, r.S, a.Ln1Out, r.S.DResidual, r.S.DHidden, accumulateDh: true);
                 });
                 AllReduceModel(r => r.S.DHidden, nd);
                 ForRanks(r =>
                 {
-                    var w = r.Params.Blocks[layer]; var a = r.Acts[layer];
+                    var w = r.Block(layer); var a = r.Acts[layer];
                     r.Be.LayerNormBackward(r.S.DResidual, w.Ln1.Grad, r.S.DHidden, r.Residual[layer], w.Ln1.Value, a.Ln1Mean, a.Ln1Rstd, nl, D, accumulate: true);
                 });
             }
@@ -350,32 +392,36 @@ public sealed class ShardedPalm : IDisposable
             {
                 ForRanks(r =>
                 {
-                    var w = r.Params.Blocks[layer]; var a = r.Acts[layer];
+                    var w = r.Block(layer); var a = r.Acts[layer];
                     MlpSublayer.Backward(r.Be, m, w, a, r.S, a.Ln2Out!, r.S.DResidual, r.S.DHidden, accumulateDh: false);
                 });
                 AllReduceModel(r => r.S.DHidden, nd);
                 ForRanks(r =>
                 {
-                    var w = r.Params.Blocks[layer]; var a = r.Acts[layer];
+                    var w = r.Block(layer); var a = r.Acts[layer];
                     r.Be.LayerNormBackward(r.S.DResidual, w.Ln2!.Grad, r.S.DHidden, a.X1!, w.Ln2.Value, a.Ln2Mean!, a.Ln2Rstd!, nl, D, accumulate: true);
                     AttentionSublayer.Backward(r.Be, m, w, a, r.S, a.Ln1Out, r.S.DResidual, r.S.DHidden, accumulateDh: false);
                 });
                 AllReduceModel(r => r.S.DHidden, nd);
                 ForRanks(r =>
                 {
-                    var w = r.Params.Blocks[layer]; var a = r.Acts[layer];
+                    var w = r.Block(layer); var a = r.Acts[layer];
                     r.Be.LayerNormBackward(r.S.DResidual, w.Ln1.Grad, r.S.DHidden, r.Residual[layer], w.Ln1.Value, a.Ln1Mean, a.Ln1Rstd, nl, D, accumulate: true);
                 });
             }
+            Release(LayerUnit(l), grads: true);
         }
 
+        Materialize(EmbeddingUnit, grads: true);
         ForRanks(r =>
         {
             long vd = (long)(vl + 1) * D;
-            r.Be.Fill(r.EmbeddingGradExt, 0f, vd);
-            r.Be.EmbeddingBackward(r.EmbeddingGradExt, r.Tokens, r.S.DResidual, nl, D, vl + 1);
-            r.Be.AddInPlace(r.Params.Embedding.Grad, r.EmbeddingGradExt, (long)vl * D);
+            using var ext = r.Be.Allocate("grad.embedding_ext", vd);
+            r.Be.Fill(ext, 0f, vd);
+            r.Be.EmbeddingBackward(ext, r.Tokens, r.S.DResidual, nl, D, vl + 1);
+            r.Be.AddInPlace(r.Embedding.Grad, ext, (long)vl * D);
         });
+        Release(EmbeddingUnit, grads: true);
         SynchronizeGradients();
     }
 
@@ -385,22 +431,82 @@ public sealed class ShardedPalm : IDisposable
     /// </summary>
     void SynchronizeGradients()
     {
-        var all = _ranks[0].Params.All;
         int M = _mesh.Model, P = _mesh.Data;
-        for (int i = 0; i < all.Count; i++)
+        for (int i = 0; i < _axes.Length; i++)
         {
             int idx = i;
-            long count = all[i].Count;
+            long count = _ranks[0].Piece(i).Length;
             if (_modelPartial[i])
                 for (int d = 0; d < P; d++)
-                    _mesh.ModelGroups[d].AllReduce(Enumerable.Range(0, M).Select(m => _ranks[d * M + m].Params.All[idx].Grad).ToArray(), count);
-            if (P > 1)
+                    _mesh.ModelGroups[d].AllReduce(Enumerable.Range(0, M).Select(m => _ranks[d * M + m].Piece(idx).Grad).ToArray(), count);
+            // Fully sharded gradients were already reduce-scattered over the data axis as each layer finished.
+            if (P > 1 && !ShardWeights)
                 for (int m = 0; m < M; m++)
-                    _mesh.DataGroups[m].AllReduce(Enumerable.Range(0, P).Select(d => _ranks[d * M + m].Params.All[idx].Grad).ToArray(), count);
+                    _mesh.DataGroups[m].AllReduce(Enumerable.Range(0, P).Select(d => _ranks[d * M + m].Piece(idx).Grad).ToArray(), count);
         }
     }
 
-    public void ZeroGradients() => ForRanks(r => r.Params.ZeroGradients(r.Be));
+    public void ZeroGradients() => ForRanks(r =>
+    {
+        for (int i = 0; i < _axes.Length; i++) { var p = r.Piece(i); r.Be.Fill(p.Grad, 0f, p.Length); }
+    });
+
+    // ---- fully sharded: gather before use, reduce-scatter and free after -------------------------
+
+    int[] EmbeddingUnit => [0];
+    int[] FinalNormUnit => [_axes.Length - 1];
+    int[] LayerUnit(int l) => _ranks[0].LayerIndices[l];
+
+    /// <summary>All-gathers the weights of a unit (parameter indices) over the data axis into freshly allocated full tensors.</summary>
+    void Materialize(int[] unit, bool grads)
+    {
+        if (!ShardWeights) return;
+        int M = _mesh.Model, P = _mesh.Data;
+        foreach (int i in unit)
+        {
+            ForRanks(r =>
+            {
+                var meta = r.Meta.All[i];
+                var live = new Parameter(r.Be, meta.Name, meta.Rows, meta.Cols, meta.InitStd, meta.IsVector);
+                if (grads) r.Be.Fill(live.Grad, 0f, live.Count);
+                r.Live[i] = live;
+            });
+            long n = _ranks[0].Piece(i).Length;
+            for (int m = 0; m < M; m++)
+                _mesh.DataGroups[m].AllGather(Enumerable.Range(0, P).Select(d => _ranks[d * M + m].Stage!).ToArray(),
+                                              Enumerable.Range(0, P).Select(d => _ranks[d * M + m].Piece(i).Value).ToArray(), n);
+            ForRanks(r => r.Be.Copy(r.Live[i]!.Value, r.Stage!, r.Live[i]!.Count));
+        }
+    }
+
+    /// <summary>Frees a gathered unit; with grads, first reduce-scatters its gradients over the data axis into each rank's slice (+=).</summary>
+    void Release(int[] unit, bool grads)
+    {
+        if (!ShardWeights) return;
+        int M = _mesh.Model, P = _mesh.Data;
+        foreach (int i in unit)
+        {
+            if (grads)
+            {
+                long n = _ranks[0].Piece(i).Length;
+                ForRanks(r =>
+                {
+                    r.Be.Fill(r.Stage!, 0f, n * P);
+                    r.Be.Copy(r.Stage!, r.Live[i]!.Grad, r.Live[i]!.Count);
+                });
+                for (int m = 0; m < M; m++)
+                    _mesh.DataGroups[m].ReduceScatter(Enumerable.Range(0, P).Select(d => _ranks[d * M + m].StageSlice!).ToArray(),
+                                                      Enumerable.Range(0, P).Select(d => _ranks[d * M + m].Stage!).ToArray(), n);
+                ForRanks(r => r.Be.AddInPlace(r.Piece(i).Grad, r.StageSlice!, n));
+            }
+            ForRanks(r =>
+            {
+                r.Live[i]!.Value.Dispose();
+                r.Live[i]!.Grad.Dispose();
+                r.Live[i] = null;
+            });
+        }
+    }
 
     /// <summary>Per-token cross-entropy is not gathered; the mean comes from Forward.</summary>
     Dims LocalDims => Dims.Of(Local, _batch / _mesh.Data);
@@ -435,15 +541,49 @@ public sealed class ShardedPalm : IDisposable
         foreach (var r in _ranks) r.Dispose();
     }
 
-    /// <summary>Buffers of one device: its parameter shard, activations, scratch and head.</summary>
+    /// <summary>What one rank keeps of parameter i between steps: the whole model shard, or its slice [Offset, Offset+Valid) padded to Length.</summary>
+    internal readonly record struct ParameterPiece(DeviceBuffer Value, DeviceBuffer Grad, long Length, long Offset, long Valid);
+
+    /// <summary>Buffers of one device: its parameter shard (or slice), activations, scratch and head.</summary>
     internal sealed class Rank : IDisposable
     {
-        public Rank(IBackend be, int dataRank, int modelRank, ModelConfig local, Dims max)
+        /// <param name="dataShards">0 keeps whole model-shard tensors; P &gt; 0 keeps a 1/P slice of each (fully sharded).</param>
+        public Rank(IBackend be, int dataRank, int modelRank, ModelConfig local, Dims max, int dataShards)
         {
             Be = be;
             DataRank = dataRank;
             ModelRank = modelRank;
-            Params = new ParameterSet(be, local);
+            if (dataShards == 0)
+            {
+                Params = new ParameterSet(be, local);
+                Meta = Params;
+                Live = Params.All.ToArray();
+                Pieces = Params.All.Select(p => new ParameterPiece(p.Value, p.Grad, p.Count, 0, p.Count)).ToArray();
+            }
+            else
+            {
+                Meta = new ParameterSet(ShapeOnlyBackend.Instance, local);
+                Live = new Parameter?[Meta.All.Count];
+                long stage = 0;
+                Pieces = Meta.All.Select(p =>
+                {
+                    long n = (p.Count + dataShards - 1) / dataShards;
+                    stage = Math.Max(stage, n * dataShards);
+                    long off = Math.Min(p.Count, dataRank * n);
+                    var v = be.Allocate("slice." + p.Name, n);
+                    var g = be.Allocate("grad.slice." + p.Name, n);
+                    be.Fill(v, 0f, n);
+                    be.Fill(g, 0f, n);
+                    return new ParameterPiece(v, g, n, off, Math.Min(n, p.Count - off));
+                }).ToArray();
+                Stage = be.Allocate("gather_stage", stage);
+                StageSlice = be.Allocate("gather_stage_slice", stage / dataShards);
+            }
+            var index = new Dictionary<Parameter, int>(ReferenceEqualityComparer.Instance);
+            for (int i = 0; i < Meta.All.Count; i++) index[Meta.All[i]] = i;
+            LayerIndices = Meta.Blocks.Select(b => new[] { b.Ln1, b.Ln2, b.Wq, b.Wk, b.Wv, b.Wo, b.WGate, b.WUp, b.WDown }
+                                                  .OfType<Parameter>().Select(p => index[p]).ToArray()).ToArray();
+
             long n = max.N;
             Residual = new DeviceBuffer[local.Layers + 1];
             for (int l = 0; l <= local.Layers; l++) Residual[l] = be.Allocate($"x{l}", n * max.D);
@@ -461,10 +601,6 @@ public sealed class ShardedPalm : IDisposable
             LogZ = be.Allocate("log_z", n);
             RowStat = be.Allocate("row_stat", n);
             RowStat2 = be.Allocate("row_stat2", n);
-            // The embedding shard plus one zero row that tokens of other ranks read.
-            EmbeddingExt = be.Allocate("embedding_ext", (max.V + 1L) * max.D);
-            be.Fill(EmbeddingExt, 0f, (max.V + 1L) * max.D);
-            EmbeddingGradExt = be.Allocate("grad.embedding_ext", (max.V + 1L) * max.D);
             UnitRow = be.Allocate("unit_row", max.V);
             var unit = new float[max.V];
             unit[0] = 1f;
@@ -477,22 +613,47 @@ public sealed class ShardedPalm : IDisposable
 
         public readonly IBackend Be;
         public readonly int DataRank, ModelRank;
-        public readonly ParameterSet Params;
+        /// <summary>Persistent whole model-shard parameters; null when fully sharded.</summary>
+        public readonly ParameterSet? Params;
+        /// <summary>Names, shapes and order (the same as Params when not fully sharded).</summary>
+        public readonly ParameterSet Meta;
+        /// <summary>Parameters usable right now: always all of them, or the gathered units when fully sharded.</summary>
+        public readonly Parameter?[] Live;
+        public readonly ParameterPiece[] Pieces;
+        public readonly int[][] LayerIndices;
+        public readonly DeviceBuffer? Stage, StageSlice;
         public readonly DeviceBuffer[] Residual;
         public readonly BlockActivations[] Acts;
         public readonly BackwardScratch S;
-        public readonly DeviceBuffer Partial, Tokens, Targets, Hf, HfMean, HfRstd, Logits, Losses, LogZ, RowStat, RowStat2,
-                                     EmbeddingExt, EmbeddingGradExt, UnitRow;
+        public readonly DeviceBuffer Partial, Tokens, Targets, Hf, HfMean, HfRstd, Logits, Losses, LogZ, RowStat, RowStat2, UnitRow;
         public readonly bool[] TargetHere;
         public float[] HostLogZ, HostLosses, HostMax;
 
+        public ParameterPiece Piece(int i) => Pieces[i];
+        Parameter L(int i) => Live[i] ?? throw new InvalidOperationException($"parameter {Meta.All[i].Name} is not gathered");
+        public Parameter Embedding => L(0);
+        public Parameter FinalNorm => L(Live.Length - 1);
+
+        public BlockParameters Block(int l)
+        {
+            var ix = LayerIndices[l];
+            bool serial = ix.Length == 9;
+            int k = 0;
+            var ln1 = L(ix[k++]);
+            var ln2 = serial ? L(ix[k++]) : null;
+            return new BlockParameters(ln1, ln2, L(ix[k]), L(ix[k + 1]), L(ix[k + 2]), L(ix[k + 3]), L(ix[k + 4]), L(ix[k + 5]), L(ix[k + 6]));
+        }
+
         public void Dispose()
         {
-            foreach (var p in Params.All) { p.Value.Dispose(); p.Grad.Dispose(); }
+            foreach (var p in Pieces) { p.Value.Dispose(); p.Grad.Dispose(); }
+            if (Params is null) foreach (var p in Live.OfType<Parameter>()) { p.Value.Dispose(); p.Grad.Dispose(); }
+            Stage?.Dispose();
+            StageSlice?.Dispose();
             foreach (var b in Residual) b.Dispose();
             foreach (var a in Acts) a.Dispose();
             S.Dispose();
-            foreach (var b in new[] { Partial, Tokens, Targets, Hf, HfMean, HfRstd, Logits, Losses, LogZ, RowStat, RowStat2, EmbeddingExt, EmbeddingGradExt, UnitRow }) b.Dispose();
+            foreach (var b in new[] { Partial, Tokens, Targets, Hf, HfMean, HfRstd, Logits, Losses, LogZ, RowStat, RowStat2, UnitRow }) b.Dispose();
         }
     }
 }

@@ -24,11 +24,15 @@ public class MeshTests(ITestOutputHelper output)
 
     sealed record Run(double[] Losses, Dictionary<string, float[]> Weights);
 
-    static Run Train(int data, int model, ModelConfig? config = null, int steps = Steps)
+    static Run Train(int data, int model, ModelConfig? config = null, int steps = Steps, bool shard = false)
+        => Train(data, model, config, steps, shard, out _);
+
+    static Run Train(int data, int model, ModelConfig? config, int steps, bool shard, out long persistentBytes)
     {
         var c = config ?? Tiny;
         using var mesh = DeviceMesh.Create("cpu", data, model, threadsPerDevice: 1);
-        using var t = new MeshTrainer(mesh, c, Batch, Opt, Seed);
+        using var t = new MeshTrainer(mesh, c, Batch, Opt, Seed, shardWeights: shard);
+        persistentBytes = t.Model.WeightBytesPerDevice + t.Optimizer.StateBytesPerDevice;
         var losses = new double[steps];
         for (int s = 0; s < steps; s++)
         {
@@ -96,6 +100,51 @@ public class MeshTests(ITestOutputHelper output)
         var again = Train(data, model);
         Assert.Equal(run.Losses, again.Losses);
         foreach (var (name, w) in run.Weights) Assert.True(w.AsSpan().SequenceEqual(again.Weights[name]), $"mesh {data}x{model}: {name} differs between two runs");
+    }
+
+    [Theory]
+    [InlineData(4, 1)]
+    [InlineData(2, 2)]
+    public void FullyShardedMatchesReplicatedAtAQuarterOfTheMemory(int data, int model)
+    {
+        var replicated = Train(data, model, null, 10, shard: false, out long replicatedBytes);
+        var sharded = Train(data, model, null, 10, shard: true, out long shardedBytes);
+        double ratio = (double)shardedBytes / replicatedBytes;
+        output.WriteLine($"mesh {data}x{model}: weights + Adafactor state per device {replicatedBytes} B replicated, {shardedBytes} B fully sharded (ratio {ratio:F4}, 1/{data} = {1.0 / data:F4})");
+        Assert.InRange(ratio, 1.0 / data, 1.0 / data * 1.01); // only slice padding above 1/D
+        double worst = 0;
+        for (int s = 0; s < 10; s++)
+        {
+            double rel = Math.Abs(sharded.Losses[s] - replicated.Losses[s]) / replicated.Losses[s];
+            worst = Math.Max(worst, rel);
+            Assert.True(rel <= 1e-6, $"fully sharded {data}x{model} step {s + 1}: {sharded.Losses[s]:R} vs replicated {replicated.Losses[s]:R}");
+        }
+        output.WriteLine($"  worst relative loss difference {worst:E2}");
+        foreach (var (name, w) in replicated.Weights) Tolerance.AssertClose(w, sharded.Weights[name], 1e-6, 1e-5, $"fully sharded {data}x{model} {name}");
+        var again = Train(data, model, null, 10, shard: true, out _);
+        Assert.Equal(sharded.Losses, again.Losses);
+    }
+
+    [Fact]
+    public void FullyShardedGathersAndScattersEveryLayer()
+    {
+        var c = Tiny;
+        using var mesh = DeviceMesh.Create("cpu", 2, 1, threadsPerDevice: 1);
+        using var model = new ShardedPalm(mesh, c, Batch, shardWeights: true);
+        model.Initialize(Seed);
+        var (x, y) = MeshTrainer.SyntheticBatch(c, Batch, Seed, 0);
+        int tensors = model.ShardLayout.All.Count;
+        model.Forward(x, y, Batch);
+        // Every tensor is gathered once in forward, the embedding twice (lookup and logits); nothing is reduce-scattered.
+        Assert.Equal(tensors + 1, mesh.Counters.AllGather);
+        Assert.Equal(0, mesh.Counters.ReduceScatter);
+        mesh.Counters.Reset();
+        model.Backward();
+        Assert.Equal(tensors + 1, mesh.Counters.AllGather);
+        Assert.Equal(tensors + 1, mesh.Counters.ReduceScatter);
+        // Only the activation-gradient all-reduces of the two (single-rank) model groups, head + one per layer:
+        // data-axis gradients are reduce-scattered, never all-reduced, when fully sharded.
+        Assert.Equal(2 * (1 + c.Layers), mesh.Counters.AllReduce);
     }
 
     [Fact]
