@@ -148,6 +148,25 @@ public class MeshTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void SameBitsForAnyThreadCountAndRankScheduling()
+    {
+        // Worker threads per device (1 vs 3) and ranks run concurrently or one after another must not change a bit.
+        double[] Losses(int threads, bool concurrent)
+        {
+            using var mesh = DeviceMesh.Create("cpu", 2, 2, threadsPerDevice: threads);
+            using var t = new MeshTrainer(mesh, Tiny, Batch, Opt, Seed, shardWeights: true, concurrent: concurrent);
+            return Enumerable.Range(0, 4).Select(s =>
+            {
+                var (x, y) = MeshTrainer.SyntheticBatch(Tiny, Batch, Seed, s);
+                return t.TrainStep(x, y).Loss.Total;
+            }).ToArray();
+        }
+        var a = Losses(1, concurrent: true);
+        Assert.Equal(a, Losses(3, concurrent: true));
+        Assert.Equal(a, Losses(2, concurrent: false));
+    }
+
+    [Fact]
     public void SerialBlocksTrainLikeOneDeviceOnAModelAxis()
     {
         var serial = Tiny with { Block = BlockKind.Serial, Attention = AttentionKind.MultiHead };
