@@ -64,3 +64,26 @@ public class MeshPlanTests
         Assert.Equal(256008, MeshPlan.PaddedVocab(c.Vocab, 12));
     }
 }
+
+/// <summary>The `palm plan --mesh` command line: the 540B report and one-line errors for meshes that do not fit the model.</summary>
+public class MeshPlanCliTests
+{
+    [Fact]
+    public void PlanWithMeshPrintsPerDeviceMemoryAndTraffic()
+    {
+        var r = Palm.Gpu.Tests.Support.CliRunner.Run("plan", "palm-540b", "--mesh", "256x12", "--shard-weights");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.Contains("mesh 256x12 (3072 devices: 256 data × 12 model), fully sharded weights", r.Stdout);
+        Assert.Contains("vocab 256000 padded to 256008", r.Stdout);
+        Assert.Contains("heads 4 of 48, d_ff 6144 of 73728", r.Stdout);
+        Assert.Contains("communication per device per step", r.Stdout);
+
+        var bad = Palm.Gpu.Tests.Support.CliRunner.Run("plan", "palm-540b", "--mesh", "1x5");
+        Assert.Equal(2, bad.ExitCode);
+        Assert.Contains("model axis 5 of mesh 1x5 does not divide heads 48, d_ff 73728", bad.Stderr);
+        Assert.Single(bad.Stderr.Trim().Split('\n'));
+        var alone = Palm.Gpu.Tests.Support.CliRunner.Run("plan", "tiny", "--shard-weights");
+        Assert.Equal(2, alone.ExitCode);
+        Assert.Contains("--shard-weights needs --mesh", alone.Stderr);
+    }
+}
