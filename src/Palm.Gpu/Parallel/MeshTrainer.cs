@@ -26,10 +26,13 @@ public sealed class MeshTrainer : IDisposable
     public long Step { get; private set; }
 
     /// <summary>One optimizer step on the batch (inputs, targets (B,T)); returns the loss before the update and the gradient norm.</summary>
-    public (LossResult Loss, double GradNorm) TrainStep(ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets)
+    public (LossResult Loss, double GradNorm) TrainStep(ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets) => TrainStep(inputs, targets, Batch);
+
+    /// <summary>One optimizer step on a batch of <paramref name="batch"/> ≤ <see cref="Batch"/> sequences (a multiple of the data axis).</summary>
+    public (LossResult Loss, double GradNorm) TrainStep(ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets, int batch)
     {
         Model.ZeroGradients();
-        var loss = Model.Forward(inputs, targets, Batch);
+        var loss = Model.Forward(inputs, targets, batch);
         Model.Backward();
         double norm = Optimizer.GradientNorm();
         Optimizer.Step(Step + 1, norm);
