@@ -39,7 +39,7 @@ internal sealed class MeshOptions
         Row("weights", p.WeightBytes, $"4 B × {p.ParametersPerModelShard:N0}{div}");
         Row("gradients", p.GradientBytes, $"4 B × {p.ParametersPerModelShard:N0}{div}");
         Row("Adafactor (unfactored)", p.OptimizerBytes, $"8 B × {p.ParametersPerModelShard:N0}{div}");
-        if (shard) Row("gather workspace", p.WorkspaceBytes, "largest gathered unit (a layer or the embedding shard), values + gradients");
+        if (shard) Row("gather workspace", p.WorkspaceBytes, "largest gathered unit (a layer or the embedding shard), values + gradients, + staging");
         Row("activations", full.ActivationBytes, "per-rank shape, all layers stored");
         Row("activations (remat)", p.ActivationBytes, "block inputs only + one layer's internals");
         Row("total", full.TotalBytes, "with stored activations");

@@ -15,7 +15,8 @@ namespace Palm.Gpu.Sharding;
 ///     backward  (1 | 2)·L + 1 (head) all-reduces of N·D, plus 2·L of D·G·K (gradients of the replicated K/V head)
 ///   data axis
 ///     replicated     all-reduce of every gradient: 2·(P−1)/P · 4·Pm
-///     fully sharded  all-gather of the weights in forward and again in backward, reduce-scatter of the gradients: 3·(P−1)/P · 4·Pm
+///     fully sharded  all-gather of the weights in forward and again in backward, reduce-scatter of the gradients:
+///                    3·(P−1)/P · 4·(Pm + Vl·D), the embedding shard moving twice each way (lookup and logits)
 /// </summary>
 public sealed record MeshPlan(
     ModelConfig Config, int Data, int Model, bool ShardWeights, int BatchPerDataRank, bool Rematerialize,
@@ -40,7 +41,11 @@ public sealed record MeshPlan(
         long d = c.DModel, gk = (long)c.KvHeads * c.HeadDim;
         long perLayerShard = ModelShardParameters(c with { Layers = 1 }, model) - (long)local.Vocab * d - 2 * d - (c.Block == BlockKind.Serial ? d : 0);
         long embeddingShard = (long)local.Vocab * d;
-        long workspace = shardWeights && data > 1 ? 2 * 4 * Math.Max(perLayerShard + d * (c.Block == BlockKind.Serial ? 2 : 1), embeddingShard) : 0;
+        // Gathered values + gradients of the largest unit, plus the staging buffer of the largest tensor (and its slice).
+        long largestTensor = Math.Max(embeddingShard, d * Math.Max(local.DFf, (long)local.Heads * c.HeadDim));
+        long workspace = shardWeights && data > 1
+            ? 2 * 4 * Math.Max(perLayerShard + d * (c.Block == BlockKind.Serial ? 2 : 1), embeddingShard) + 4 * (largestTensor + largestTensor / data)
+            : 0;
         long act = ModelMath.ActivationBytes(local, batchPerDataRank, rematerialize);
 
         long n = (long)batchPerDataRank * c.SeqLen;
@@ -50,7 +55,9 @@ public sealed record MeshPlan(
         long fwd = (long)(ring * 4 * ((perLayer * c.Layers + 1) * n * d + 3 * n));
         long bwd = (long)(ring * 4 * ((perLayer * c.Layers + 1) * n * d + (kvPartial ? 2L * c.Layers * d * gk : 0)));
         double share = data > 1 ? (double)(data - 1) / data : 0;
-        long dataBytes = (long)((shardWeights ? 3 : 2) * share * 4 * pm);
+        // Fully sharded: every tensor is gathered in forward and in backward and its gradient reduce-scattered; the
+        // embedding is used twice (lookup and logits) each way, so it moves twice.
+        long dataBytes = (long)(shardWeights ? 3 * share * 4 * (pm + embeddingShard) : 2 * share * 4 * pm);
         return new MeshPlan(c, data, model, shardWeights, batchPerDataRank, rematerialize, pm,
                             4 * perDevice, 4 * perDevice, 8 * perDevice, workspace, act, fwd, bwd, dataBytes, perLayer);
     }

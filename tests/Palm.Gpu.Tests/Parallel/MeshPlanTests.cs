@@ -12,10 +12,10 @@ public class MeshPlanTests
     const int Batch = 4;
     static ModelConfig Tiny => ModelConfig.Preset("tiny");
 
-    static (long Forward, long Backward) Measured(ModelConfig c, int data, int model)
+    static (long Forward, long Backward) Measured(ModelConfig c, int data, int model, bool shard = false)
     {
         using var mesh = DeviceMesh.Create("cpu", data, model, threadsPerDevice: 1);
-        using var m = new ShardedPalm(mesh, c, Batch);
+        using var m = new ShardedPalm(mesh, c, Batch, shardWeights: shard);
         m.Initialize(3);
         var (x, y) = MeshTrainer.SyntheticBatch(c, Batch, 3, 0);
         mesh.Counters.Reset();
@@ -47,6 +47,15 @@ public class MeshPlanTests
         Assert.Equal(0, f);
         Assert.Equal(plan.DataAxisBytes, b); // one all-reduce of every gradient
         Assert.Equal(4 * ModelMath.Parameters(Tiny), plan.DataAxisBytes); // 2·(P−1)/P = 1 for P = 2
+    }
+
+    [Fact]
+    public void FullyShardedDataAxisTrafficMatchesThePlan()
+    {
+        var (f, b) = Measured(Tiny, 2, 1, shard: true);
+        var plan = MeshPlan.Of(Tiny, 2, 1, shardWeights: true, Batch / 2, rematerialize: false);
+        Assert.Equal(plan.DataAxisBytes, f + b); // gathers in both passes, reduce-scatter in backward
+        Assert.True(plan.WorkspaceBytes > 0);
     }
 
     [Fact]
