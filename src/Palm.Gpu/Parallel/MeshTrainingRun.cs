@@ -34,7 +34,6 @@ public sealed class MeshTrainingRun : IDisposable
             if (b % data != 0)
                 throw new ConfigException($"data axis {data} of mesh {data}x{model} does not divide the batch of {b} sequences in the schedule '{options.BatchSchedule}'; use batches that are multiples of {data}");
         }
-        if (Config.Rematerialize) throw new ConfigException("rematerialisation is not supported on a device mesh yet; drop --remat or use --mesh 1x1");
         if (options.Optimizer.Factored && (model > 1 || shardWeights))
             throw new ConfigException("factored Adafactor needs whole tensors; on a model axis > 1 or with --shard-weights train unfactored (PaLM's setting)");
 

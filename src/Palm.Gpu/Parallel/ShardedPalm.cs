@@ -47,7 +47,6 @@ public sealed class ShardedPalm : IDisposable
     public ShardedPalm(DeviceMesh mesh, ModelConfig config, int maxBatch, bool concurrent = true, bool shardWeights = false)
     {
         config.Validate();
-        if (config.Rematerialize) throw new ConfigException("rematerialisation is not supported on a device mesh yet; drop --remat or use --mesh 1x1");
         DeviceMesh.Validate(config, mesh.Data, mesh.Model, maxBatch);
         _mesh = mesh;
         Config = config;
@@ -314,7 +313,7 @@ public sealed class ShardedPalm : IDisposable
         ForRanks(r =>
         {
             var w = r.Block(l);
-            var a = r.Acts[l];
+            var a = r.ActsFor(l);
             r.Be.LayerNormForward(a.Ln1Out, a.Ln1Mean, a.Ln1Rstd, r.Residual[l], w.Ln1.Value, m.N, m.D);
             r.Be.Fill(r.Partial, 0f, nd);
             AttentionSublayer.Forward(r.Be, m, w, a, a.Ln1Out, r.Partial);
@@ -329,14 +328,45 @@ public sealed class ShardedPalm : IDisposable
         ForRanks(r =>
         {
             var w = r.Block(l);
-            var a = r.Acts[l];
+            var a = r.ActsFor(l);
             r.Be.Add(a.X1!, r.Residual[l], r.Partial, nd);
             r.Be.LayerNormForward(a.Ln2Out!, a.Ln2Mean!, a.Ln2Rstd!, a.X1!, w.Ln2!.Value, m.N, m.D);
             r.Be.Fill(r.Partial, 0f, nd);
             MlpSublayer.Forward(r.Be, m, w, a, a.Ln2Out!, r.Partial);
         });
         AllReduceModel(r => r.Partial, nd);
-        ForRanks(r => r.Be.Add(r.Residual[l + 1], r.Acts[l].X1!, r.Partial, nd));
+        ForRanks(r => r.Be.Add(r.Residual[l + 1], r.ActsFor(l).X1!, r.Partial, nd));
+    }
+
+    /// <summary>
+    /// Rematerialisation: refills the shared block internals of layer l from its stored input. The block
+    /// output is not needed, so a parallel block recomputes without communication; a serial block needs
+    /// x1 and so repeats its first all-reduce.
+    /// </summary>
+    void Recompute(int l, Dims m)
+    {
+        long nd = (long)m.N * m.D;
+        bool serial = Config.Block == BlockKind.Serial;
+        ForRanks(r =>
+        {
+            var w = r.Block(l);
+            var a = r.ActsFor(l);
+            r.Be.LayerNormForward(a.Ln1Out, a.Ln1Mean, a.Ln1Rstd, r.Residual[l], w.Ln1.Value, m.N, m.D);
+            r.Be.Fill(r.Partial, 0f, nd);
+            AttentionSublayer.Forward(r.Be, m, w, a, a.Ln1Out, r.Partial);
+            if (!serial) MlpSublayer.Forward(r.Be, m, w, a, a.Ln1Out, r.Partial);
+        });
+        if (!serial) return;
+        AllReduceModel(r => r.Partial, nd);
+        ForRanks(r =>
+        {
+            var w = r.Block(l);
+            var a = r.ActsFor(l);
+            r.Be.Add(a.X1!, r.Residual[l], r.Partial, nd);
+            r.Be.LayerNormForward(a.Ln2Out!, a.Ln2Mean!, a.Ln2Rstd!, a.X1!, w.Ln2!.Value, m.N, m.D);
+            r.Be.Fill(r.Partial, 0f, nd);
+            MlpSublayer.Forward(r.Be, m, w, a, a.Ln2Out!, r.Partial);
+        });
     }
 
     /// <summary>Backward of the last Forward: every rank's gradients += d(mean CE + z-loss)/dθ of its shard, then synchronised.</summary>
@@ -373,18 +403,19 @@ public sealed class ShardedPalm : IDisposable
         {
             int layer = l;
             Materialize(LayerUnit(l), grads: true);
+            if (Config.Rematerialize) Recompute(l, m);
             if (!serial)
             {
                 ForRanks(r =>
                 {
-                    var w = r.Block(layer); var a = r.Acts[layer];
+                    var w = r.Block(layer); var a = r.ActsFor(layer);
                     MlpSublayer.Backward(r.Be, m, w, a, r.S, a.Ln1Out, r.S.DResidual, r.S.DHidden, accumulateDh: false);
                     AttentionSublayer.Backward(r.Be, m, w, a, r.S, a.Ln1Out, r.S.DResidual, r.S.DHidden, accumulateDh: true);
                 });
                 AllReduceModel(r => r.S.DHidden, nd);
                 ForRanks(r =>
                 {
-                    var w = r.Block(layer); var a = r.Acts[layer];
+                    var w = r.Block(layer); var a = r.ActsFor(layer);
                     r.Be.LayerNormBackward(r.S.DResidual, w.Ln1.Grad, r.S.DHidden, r.Residual[layer], w.Ln1.Value, a.Ln1Mean, a.Ln1Rstd, nl, D, accumulate: true);
                 });
             }
@@ -392,20 +423,20 @@ public sealed class ShardedPalm : IDisposable
             {
                 ForRanks(r =>
                 {
-                    var w = r.Block(layer); var a = r.Acts[layer];
+                    var w = r.Block(layer); var a = r.ActsFor(layer);
                     MlpSublayer.Backward(r.Be, m, w, a, r.S, a.Ln2Out!, r.S.DResidual, r.S.DHidden, accumulateDh: false);
                 });
                 AllReduceModel(r => r.S.DHidden, nd);
                 ForRanks(r =>
                 {
-                    var w = r.Block(layer); var a = r.Acts[layer];
+                    var w = r.Block(layer); var a = r.ActsFor(layer);
                     r.Be.LayerNormBackward(r.S.DResidual, w.Ln2!.Grad, r.S.DHidden, a.X1!, w.Ln2.Value, a.Ln2Mean!, a.Ln2Rstd!, nl, D, accumulate: true);
                     AttentionSublayer.Backward(r.Be, m, w, a, r.S, a.Ln1Out, r.S.DResidual, r.S.DHidden, accumulateDh: false);
                 });
                 AllReduceModel(r => r.S.DHidden, nd);
                 ForRanks(r =>
                 {
-                    var w = r.Block(layer); var a = r.Acts[layer];
+                    var w = r.Block(layer); var a = r.ActsFor(layer);
                     r.Be.LayerNormBackward(r.S.DResidual, w.Ln1.Grad, r.S.DHidden, r.Residual[layer], w.Ln1.Value, a.Ln1Mean, a.Ln1Rstd, nl, D, accumulate: true);
                 });
             }
@@ -588,7 +619,10 @@ public sealed class ShardedPalm : IDisposable
             Residual = new DeviceBuffer[local.Layers + 1];
             for (int l = 0; l <= local.Layers; l++) Residual[l] = be.Allocate($"x{l}", n * max.D);
             bool serial = local.Block == BlockKind.Serial;
-            Acts = Enumerable.Range(0, local.Layers).Select(l => new BlockActivations(be, max, serial, $"layers.{l}.")).ToArray();
+            // With rematerialisation one set of block internals is shared by every layer and refilled in backward.
+            Acts = local.Rematerialize
+                ? [new BlockActivations(be, max, serial, "shared.")]
+                : Enumerable.Range(0, local.Layers).Select(l => new BlockActivations(be, max, serial, $"layers.{l}.")).ToArray();
             S = new BackwardScratch(be, max);
             Partial = be.Allocate("block_partial", n * max.D);
             Tokens = be.Allocate("tokens", n, ElementType.I32);
@@ -630,6 +664,7 @@ public sealed class ShardedPalm : IDisposable
         public float[] HostLogZ, HostLosses, HostMax;
 
         public ParameterPiece Piece(int i) => Pieces[i];
+        public BlockActivations ActsFor(int layer) => Acts[Acts.Length == 1 ? 0 : layer];
         Parameter L(int i) => Live[i] ?? throw new InvalidOperationException($"parameter {Meta.All[i].Name} is not gathered");
         public Parameter Embedding => L(0);
         public Parameter FinalNorm => L(Live.Length - 1);

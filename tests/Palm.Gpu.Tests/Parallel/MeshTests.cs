@@ -166,6 +166,18 @@ public class MeshTests(ITestOutputHelper output)
         Assert.Equal(a, Losses(2, concurrent: false));
     }
 
+    [Theory]
+    [InlineData(BlockKind.Parallel, false)]
+    [InlineData(BlockKind.Serial, true)]
+    public void RematerialisedMeshGivesTheSameBits(BlockKind block, bool shard)
+    {
+        var c = Tiny with { Block = block };
+        var stored = Train(2, 2, c, 4, shard, out _);
+        var remat = Train(2, 2, c with { Rematerialize = true }, 4, shard, out _);
+        Assert.Equal(stored.Losses, remat.Losses);
+        foreach (var (name, w) in stored.Weights) Assert.True(w.AsSpan().SequenceEqual(remat.Weights[name]), $"{block} remat: {name} differs");
+    }
+
     [Fact]
     public void SerialBlocksTrainLikeOneDeviceOnAModelAxis()
     {
