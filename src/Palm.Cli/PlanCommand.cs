@@ -12,12 +12,16 @@ internal static class PlanCommand
         var batch = new Option<int>("--batch") { Description = "sequences per device per step", DefaultValueFactory = _ => 1 };
         var block = Cli.Block();
         var attention = Cli.Attention();
+        var mesh = new MeshOptions();
         var cmd = new Command("plan", "print parameter count, training FLOPs per token and memory per device") { preset, batch, block, attention };
+        foreach (var o in mesh.All) cmd.Options.Add(o);
         cmd.SetAction(r => Cli.Run(() =>
         {
             var c = Cli.Resolve(r.GetValue(preset)!, r.GetValue(block), r.GetValue(attention), false, null);
             int b = r.GetValue(batch);
             if (b < 1) throw new ConfigException($"--batch must be ≥ 1, got {b}");
+            var grid = mesh.Parse(r);
+            if (grid is { } g) Palm.Gpu.Sharding.DeviceMesh.Validate(c with { Vocab = Palm.Gpu.Sharding.MeshPlan.PaddedVocab(c.Vocab, g.Model) }, g.Data, g.Model, b * g.Data);
             long p = ModelMath.Parameters(c);
             double flops = ModelMath.TrainingFlopsPerToken(c);
             Console.WriteLine($"{r.GetValue(preset)}: L={c.Layers} D={c.DModel} H={c.Heads} K={c.HeadDim} G={c.KvHeads} F={c.DFf} V={c.Vocab} T={c.SeqLen}, {c.Block.ToString().ToLowerInvariant()} blocks");
@@ -38,6 +42,7 @@ internal static class PlanCommand
             long totalRemat = 8L * p + ModelMath.OptimizerBytes(c, true) + actRemat;
             Row("total", total, "weights + grads + unfactored state + activations");
             Row("total (factored, remat)", totalRemat, "weights + grads + factored state + remat activations");
+            if (grid is { } m) MeshOptions.PrintPlan(c, m.Data, m.Model, r.GetValue(mesh.ShardWeights), b);
             return 0;
         }));
         return cmd;

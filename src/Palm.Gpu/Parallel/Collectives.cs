@@ -1,0 +1,137 @@
+using Palm.Gpu.Backends;
+using Palm.Gpu.Tensors;
+
+namespace Palm.Gpu.Sharding;
+
+/// <summary>Reduction applied by <see cref="ICollectives.AllReduce"/>.</summary>
+public enum ReduceOp { Sum, Max }
+
+/// <summary>
+/// Collective operations over one group of ranks (a row or column of a <see cref="DeviceMesh"/>).
+/// Every call names one buffer per rank of the group, index = rank within the group, so a
+/// single-controller process drives all ranks at once; a multi-process implementation (MPI, NCCL)
+/// keeps the same signatures and uses only its own rank's entry.
+///
+/// Shapes (P = group size, n = count):
+///   AllReduce      buf[r] (n)                      -> buf[r] (n) = op over r' of buf[r']
+///   AllGather      input[r] (n)                    -> output[r] (P·n), block r' = input[r']
+///   ReduceScatter  input[r] (P·n)                  -> output[r] (n) = Σ_r' input[r'][r·n ..)
+///   Broadcast      buf[root] (n)                   -> buf[r] (n) = buf[root]
+///
+/// Implementations are deterministic: a reduction adds ranks in rank order, so the result is the
+/// same bits on every run and on every rank.
+/// </summary>
+public interface ICollectives
+{
+    int Size { get; }
+    void AllReduce(IReadOnlyList<DeviceBuffer> buffers, long count, ReduceOp op = ReduceOp.Sum);
+    void AllGather(IReadOnlyList<DeviceBuffer> outputs, IReadOnlyList<DeviceBuffer> inputs, long countPerRank);
+    void ReduceScatter(IReadOnlyList<DeviceBuffer> outputs, IReadOnlyList<DeviceBuffer> inputs, long countPerRank);
+    void Broadcast(IReadOnlyList<DeviceBuffer> buffers, long count, int root);
+}
+
+/// <summary>Calls and bytes sent per rank, counted by collective kind (shared by all groups of a mesh).</summary>
+public sealed class CollectiveCounters
+{
+    long _allReduce, _allGather, _reduceScatter, _broadcast, _bytes;
+    public long AllReduce => Interlocked.Read(ref _allReduce);
+    public long AllGather => Interlocked.Read(ref _allGather);
+    public long ReduceScatter => Interlocked.Read(ref _reduceScatter);
+    public long Broadcast => Interlocked.Read(ref _broadcast);
+    /// <summary>Bytes one rank sends under a ring algorithm, summed over calls (the plan's communication volume).</summary>
+    public long BytesPerRank => Interlocked.Read(ref _bytes);
+
+    internal void Count(ref long field, long bytes) { Interlocked.Increment(ref field); Interlocked.Add(ref _bytes, bytes); }
+    internal void CountAllReduce(long b) => Count(ref _allReduce, b);
+    internal void CountAllGather(long b) => Count(ref _allGather, b);
+    internal void CountReduceScatter(long b) => Count(ref _reduceScatter, b);
+    internal void CountBroadcast(long b) => Count(ref _broadcast, b);
+
+    public void Reset() { _allReduce = _allGather = _reduceScatter = _broadcast = _bytes = 0; }
+}
+
+/// <summary>
+/// Collectives between devices of one process: every rank's buffer is downloaded, combined on the host
+/// in rank order (sums in double, rounded once), and uploaded back. Deterministic regardless of thread
+/// timing because the order of the reduction is the rank order, never the arrival order.
+/// </summary>
+public sealed class InProcessCollectives : ICollectives
+{
+    readonly IReadOnlyList<IBackend> _ranks;
+    readonly CollectiveCounters _counters;
+
+    public InProcessCollectives(IReadOnlyList<IBackend> ranks, CollectiveCounters counters)
+    {
+        if (ranks.Count == 0) throw new ArgumentException("a collective group needs at least one rank");
+        _ranks = ranks;
+        _counters = counters;
+    }
+
+    public int Size => _ranks.Count;
+
+    public void AllReduce(IReadOnlyList<DeviceBuffer> buffers, long count, ReduceOp op = ReduceOp.Sum)
+    {
+        Check(buffers, count);
+        _counters.CountAllReduce(RingBytes(2, count));
+        if (Size == 1) return;
+        var host = new float[count];
+        var acc = new double[count];
+        for (int r = 0; r < Size; r++)
+        {
+            _ranks[r].Download(buffers[r], host);
+            if (r == 0) for (long i = 0; i < count; i++) acc[i] = host[i];
+            else if (op == ReduceOp.Sum) for (long i = 0; i < count; i++) acc[i] += host[i];
+            else for (long i = 0; i < count; i++) acc[i] = Math.Max(acc[i], host[i]);
+        }
+        for (long i = 0; i < count; i++) host[i] = (float)acc[i];
+        for (int r = 0; r < Size; r++) _ranks[r].Upload(buffers[r], host);
+    }
+
+    public void AllGather(IReadOnlyList<DeviceBuffer> outputs, IReadOnlyList<DeviceBuffer> inputs, long countPerRank)
+    {
+        Check(inputs, countPerRank);
+        Check(outputs, countPerRank * Size);
+        _counters.CountAllGather(RingBytes(1, countPerRank * Size));
+        var all = new float[countPerRank * Size];
+        for (int r = 0; r < Size; r++) _ranks[r].Download(inputs[r], all.AsSpan((int)(r * countPerRank), (int)countPerRank));
+        for (int r = 0; r < Size; r++) _ranks[r].Upload(outputs[r], all);
+    }
+
+    public void ReduceScatter(IReadOnlyList<DeviceBuffer> outputs, IReadOnlyList<DeviceBuffer> inputs, long countPerRank)
+    {
+        Check(inputs, countPerRank * Size);
+        Check(outputs, countPerRank);
+        _counters.CountReduceScatter(RingBytes(1, countPerRank * Size));
+        long total = countPerRank * Size;
+        var host = new float[total];
+        var acc = new double[total];
+        for (int r = 0; r < Size; r++)
+        {
+            _ranks[r].Download(inputs[r], host);
+            for (long i = 0; i < total; i++) acc[i] = r == 0 ? host[i] : acc[i] + host[i];
+        }
+        for (long i = 0; i < total; i++) host[i] = (float)acc[i];
+        for (int r = 0; r < Size; r++) _ranks[r].Upload(outputs[r], host.AsSpan((int)(r * countPerRank), (int)countPerRank));
+    }
+
+    public void Broadcast(IReadOnlyList<DeviceBuffer> buffers, long count, int root)
+    {
+        Check(buffers, count);
+        if ((uint)root >= (uint)Size) throw new ArgumentOutOfRangeException(nameof(root), $"root {root} is outside the group of {Size}");
+        _counters.CountBroadcast(RingBytes(1, count));
+        if (Size == 1) return;
+        var host = new float[count];
+        _ranks[root].Download(buffers[root], host);
+        for (int r = 0; r < Size; r++) if (r != root) _ranks[r].Upload(buffers[r], host);
+    }
+
+    // A ring all-reduce sends 2·(P−1)/P of the data per rank; all-gather and reduce-scatter (P−1)/P.
+    long RingBytes(int passes, long count) => passes * 4 * count * (Size - 1) / Size;
+
+    void Check(IReadOnlyList<DeviceBuffer> buffers, long count)
+    {
+        if (buffers.Count != Size) throw new ArgumentException($"expected one buffer per rank ({Size}), got {buffers.Count}");
+        foreach (var b in buffers)
+            if (b.Length < count) throw new ArgumentException($"buffer {b.Name} holds {b.Length} values, fewer than {count}");
+    }
+}

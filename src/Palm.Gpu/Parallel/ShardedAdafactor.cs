@@ -1,0 +1,176 @@
+using Palm.Gpu.Backends;
+using Palm.Gpu.Model;
+using Palm.Gpu.Tensors;
+using Palm.Gpu.Training;
+
+namespace Palm.Gpu.Sharding;
+
+/// <summary>
+/// Adafactor over a <see cref="ShardedPalm"/>. Each parameter tensor exists as one or more identical copies;
+/// a copy is made of pieces on several ranks (model shards, data slices when fully sharded, or both).
+/// A copy held whole by one rank uses the backend's fused kernel. A copy in pieces needs the per-tensor
+/// RMS(u) and RMS(p) of the whole tensor, so its update runs the kernel's maths (CpuAdafactor.cs,
+/// unfactored) on the host with Σu² and Σp² summed over the pieces in rank order. Every copy sees the same
+/// inputs, so replicas stay bit-identical. The gradient norm counts one copy of every tensor.
+/// </summary>
+public sealed class ShardedAdafactor : IDisposable
+{
+    readonly ShardedPalm _model;
+    readonly AdafactorBuffers[][] _state;   // [parameter][rank]
+    readonly int[][][] _copies;             // [parameter][copy][piece] = rank index
+
+    public ShardedAdafactor(ShardedPalm model, AdafactorConfig config)
+    {
+        _model = model;
+        Config = config;
+        var ranks = model.Ranks;
+        var meta = model.ShardLayout.All;
+        int M = model.Mesh.Model, P = model.Mesh.Data;
+        _state = new AdafactorBuffers[meta.Count][];
+        _copies = new int[meta.Count][][];
+        for (int i = 0; i < meta.Count; i++)
+        {
+            var p = meta[i];
+            bool split = model.AxisOf(i) != ShardAxis.Replicated && M > 1;
+            _copies[i] = (split, model.ShardWeights) switch
+            {
+                (true, false) => Enumerable.Range(0, P).Select(d => Enumerable.Range(0, M).Select(m => d * M + m).ToArray()).ToArray(),
+                (true, true) => [Enumerable.Range(0, P * M).ToArray()],
+                (false, false) => Enumerable.Range(0, P * M).Select(r => new[] { r }).ToArray(),
+                (false, true) => Enumerable.Range(0, M).Select(m => Enumerable.Range(0, P).Select(d => d * M + m).ToArray()).ToArray(),
+            };
+            bool whole = _copies[i][0].Length == 1;
+            bool factor = config.Factored && !p.IsVector && p.Rows > 1 && p.Cols > 1;
+            if (factor && !whole)
+                throw new ConfigException($"factored Adafactor is not supported when {p.Name} is split over devices (its row/column moments span pieces); train unfactored (PaLM's setting)");
+            _state[i] = new AdafactorBuffers[ranks.Count];
+            for (int k = 0; k < ranks.Count; k++)
+            {
+                var be = ranks[k].Be;
+                long n = ranks[k].Piece(i).Length;
+                _state[i][k] = new AdafactorBuffers(
+                    config.Beta1 > 0 ? Zeroed(be, "adafactor.m." + p.Name, n) : null,
+                    factor ? null : Zeroed(be, "adafactor.v." + p.Name, n),
+                    factor ? Zeroed(be, "adafactor.v_row." + p.Name, p.Rows) : null,
+                    factor ? Zeroed(be, "adafactor.v_col." + p.Name, p.Cols) : null);
+            }
+        }
+    }
+
+    public AdafactorConfig Config { get; }
+
+    /// <summary>Bytes of optimizer state held by one device.</summary>
+    public long StateBytesPerDevice => _state.Sum(per => new[] { per[0].Momentum, per[0].SecondMoment, per[0].RowMoment, per[0].ColMoment }.OfType<DeviceBuffer>().Sum(b => b.Bytes));
+
+    /// <summary>Global L2 norm of the synchronised gradients: one copy of every tensor, pieces in rank order.</summary>
+    public double GradientNorm()
+    {
+        var ranks = _model.Ranks;
+        double sum = 0;
+        for (int i = 0; i < _copies.Length; i++)
+            foreach (int k in _copies[i][0])
+            {
+                var piece = ranks[k].Piece(i);
+                sum += ranks[k].Be.SumOfSquares(piece.Grad, piece.Length); // slice padding is zero
+            }
+        return Math.Sqrt(sum);
+    }
+
+    /// <summary>Applies step k (1-based) on every rank; returns the learning rate.</summary>
+    public float Step(long k, double gradNorm)
+    {
+        if (k < 1) throw new ArgumentOutOfRangeException(nameof(k), "Adafactor steps are counted from 1");
+        float lr = Config.LearningRate(k);
+        float gradScale = double.IsFinite(gradNorm) && gradNorm > Config.GradClipNorm ? (float)(Config.GradClipNorm / gradNorm) : 1f;
+        var step = new AdafactorStep(lr, Config.Beta1, Config.Beta2(k), Config.Epsilon1, Config.Epsilon2,
+                                     Config.UpdateClip, gradScale, MathF.Pow(lr, Config.WeightDecayExponent));
+        var ranks = _model.Ranks;
+        var meta = _model.ShardLayout.All;
+        for (int i = 0; i < _copies.Length; i++)
+        {
+            int idx = i;
+            if (_copies[i][0].Length == 1)
+                _model.ForRanks(r =>
+                {
+                    var piece = r.Piece(idx);
+                    r.Be.AdafactorUpdate(piece.Value, piece.Grad, _state[idx][r.DataRank * _model.Mesh.Model + r.ModelRank], meta[idx].Rows, meta[idx].Cols, step);
+                });
+            else
+                foreach (var copy in _copies[i]) HostUpdate(i, copy, step);
+        }
+        return lr;
+    }
+
+    // The fused kernel's maths (unfactored second moment), with the two per-tensor sums taken over all pieces.
+    void HostUpdate(int i, int[] copy, in AdafactorStep s)
+    {
+        var ranks = _model.Ranks;
+        int count = copy.Length;
+        var p = new float[count][]; var g = new float[count][]; var v = new float[count][]; var mo = new float[count][];
+        double sumU2 = 0, sumP2 = 0;
+        long total = 0;
+        float gs = s.GradScale, b2 = s.Beta2, e1 = s.Epsilon1;
+        for (int j = 0; j < count; j++)
+        {
+            var r = ranks[copy[j]];
+            var piece = r.Piece(i);
+            var st = _state[i][copy[j]];
+            p[j] = Get(r.Be, piece.Value); g[j] = Get(r.Be, piece.Grad); v[j] = Get(r.Be, st.SecondMoment!);
+            mo[j] = st.Momentum is null ? [] : Get(r.Be, st.Momentum);
+            for (long e = 0; e < piece.Valid; e++)
+            {
+                float gg = g[j][e] * gs;
+                float vv = b2 * v[j][e] + (1 - b2) * (gg * gg + e1);
+                v[j][e] = vv;
+                float u = gg / MathF.Sqrt(vv);
+                sumU2 += (double)u * u;
+                sumP2 += (double)p[j][e] * p[j][e];
+            }
+            total += piece.Valid;
+        }
+        float rmsU = (float)Math.Sqrt(sumU2 / total);
+        float rmsP = (float)Math.Sqrt(sumP2 / total);
+        float clip = 1f / Math.Max(1f, rmsU / s.ClipThreshold);
+        float stepSize = Math.Max(s.Epsilon2, rmsP) * s.LearningRate;
+        float b1 = s.Beta1, wd = s.WeightDecay;
+        for (int j = 0; j < count; j++)
+        {
+            var r = ranks[copy[j]];
+            var piece = r.Piece(i);
+            var st = _state[i][copy[j]];
+            bool momentum = st.Momentum is not null;
+            for (long e = 0; e < piece.Valid; e++)
+            {
+                float u = g[j][e] * gs / MathF.Sqrt(v[j][e]) * clip;
+                float mm = u;
+                if (momentum) { mm = b1 * mo[j][e] + (1 - b1) * u; mo[j][e] = mm; }
+                float pp = p[j][e];
+                p[j][e] = pp - stepSize * mm - wd * pp;
+            }
+            r.Be.Upload(piece.Value, p[j]);
+            r.Be.Upload(st.SecondMoment!, v[j]);
+            if (momentum) r.Be.Upload(st.Momentum!, mo[j]);
+        }
+    }
+
+    static float[] Get(IBackend be, DeviceBuffer b)
+    {
+        var h = new float[b.Length];
+        be.Download(b, h);
+        return h;
+    }
+
+    static DeviceBuffer Zeroed(IBackend be, string name, long n)
+    {
+        var b = be.Allocate(name, n);
+        be.Fill(b, 0f, n);
+        return b;
+    }
+
+    public void Dispose()
+    {
+        foreach (var per in _state)
+            foreach (var s in per)
+                foreach (var b in new[] { s.Momentum, s.SecondMoment, s.RowMoment, s.ColMoment }.OfType<DeviceBuffer>()) b.Dispose();
+    }
+}
