@@ -47,6 +47,8 @@ internal static class TrainCommand
         };
         var shape = new Cli.ShapeOptions();
         foreach (var o in shape.All) cmd.Options.Add(o);
+        var mesh = new MeshOptions();
+        foreach (var o in mesh.All) cmd.Options.Add(o);
         cmd.SetAction(r => Cli.Run(() =>
         {
             var guard = new SpikeGuardConfig
@@ -75,6 +77,12 @@ internal static class TrainCommand
                 SpikeGuard = guard,
                 InjectSpike = r.GetValue(inject),
             };
+            if (mesh.Parse(r) is not null)
+            {
+                if (options.CheckpointEvery > 0 || options.InjectSpike is not null)
+                    throw new ConfigException("checkpoints and the spike guard run on one device for now; drop --checkpoint-every/--inject-spike, or --mesh");
+                return RunMesh(config, options, r.GetValue(vocab) is null, r.GetValue(mesh.Mesh)!, r.GetValue(mesh.ShardWeights));
+            }
             string dir = options.OutDir!;
             if (Directory.Exists(Path.Combine(dir, "checkpoints")) && Directory.EnumerateDirectories(Path.Combine(dir, "checkpoints"), "step-*").Any())
                 throw new ConfigException($"'{dir}' already holds checkpoints of a run; continue it with --resume latest, or choose a new --out");
@@ -82,6 +90,40 @@ internal static class TrainCommand
             return Run(trainer, resumed: false);
         }));
         return cmd;
+    }
+
+    /// <summary>Data- and model-parallel training over a device mesh (no checkpoints yet): metrics, config and weights as on one device.</summary>
+    static int RunMesh(ModelConfig config, TrainOptions options, bool vocabFromTokenizer, string meshSpec, bool shardWeights)
+    {
+        using var run = new Palm.Gpu.Sharding.MeshTrainingRun(config, options, vocabFromTokenizer, meshSpec, shardWeights);
+        string outDir = options.OutDir!;
+        Directory.CreateDirectory(outDir);
+        var c = run.Config;
+        Console.Error.WriteLine($"palm: {Palm.Gpu.Model.ModelMath.Parameters(c):N0} parameters on mesh {meshSpec}{(shardWeights ? " (fully sharded)" : "")}, " +
+                                $"{run.Dataset.TrainSequences:N0} training sequences of {c.SeqLen}");
+        AtomicFile.WriteText(Path.Combine(outDir, "config.json"), new JsonObject
+        {
+            ["model"] = JsonSerializer.SerializeToNode(c, Trainer.Json),
+            ["training"] = JsonSerializer.SerializeToNode(options, Trainer.Json),
+            ["mesh"] = meshSpec, ["shard_weights"] = shardWeights,
+        }.ToJsonString(Trainer.Json));
+        using var metrics = new StreamWriter(Path.Combine(outDir, "metrics.jsonl")) { AutoFlush = true };
+        long every = Math.Max(1, options.Steps / 50);
+        StepMetrics? last = null;
+        run.Run(options.Steps, m =>
+        {
+            last = m;
+            metrics.WriteLine(JsonSerializer.Serialize(m, MetricsJson));
+            if (m.Step % every == 0 || m.Step == options.Steps || m.Step == 1) Console.WriteLine(Describe(m, options.Steps));
+        });
+        var weights = run.Trainer.Model.GatherWeights();
+        using var cpu = new Palm.Gpu.Backends.Cpu.CpuBackend(1);
+        using var host = new PalmModel(cpu, c, 1);
+        foreach (var p in host.Parameters.All) cpu.Upload(p.Value, weights[p.Name]);
+        string path = Path.Combine(outDir, "model.safetensors");
+        ModelWeights.Save(host, path, new Dictionary<string, string> { ["tokenizer"] = options.Tokenizer ?? "bytes", ["step"] = run.Step.ToString() });
+        Console.WriteLine($"done: step {run.Step} on mesh {meshSpec}, train loss {last?.Loss ?? double.NaN:F4}; wrote {path}");
+        return 0;
     }
 
     static int Resume(string from, string outDir, long? steps, int threads, double peak, List<string> explicitShape)

@@ -52,6 +52,8 @@ public class CliTests
         { "unknown preset", ["--preset", "huge"], "unknown preset" },
         { "bad block", ["--block", "diagonal"], "--block" },
         { "bad batch schedule", ["--batch", "0:4,x"], "batch schedule" },
+        { "mesh not dividing the heads", ["--mesh", "1x3"], "heads" },
+        { "mesh larger than the machine", ["--backend", "opencl", "--mesh", "4x4"], "devices" },
     };
 
     [Theory]
@@ -96,6 +98,17 @@ public class CliTests
         Assert.StartsWith("<?xml", svg.TrimStart());
         Assert.Contains("rollback to 20", svg);
         Assert.Contains("spike 30", svg);
+    }
+
+    [Fact]
+    public void MeshTrainingWritesWeightsThatGenerateCanLoad()
+    {
+        string run = Path.Combine(CliRunner.TempDir(), "run");
+        var r = CliRunner.Run("train", "--preset", "tiny", "--steps", "3", "--batch", "4", "--mesh", "2x2", "--out", run, "--peak-gflops", "100");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.Equal(3, File.ReadAllLines(Path.Combine(run, "metrics.jsonl")).Length);
+        var g = CliRunner.Run("generate", "--model", run, "--tokens", "5");
+        Assert.True(g.ExitCode == 0, g.Stderr);
     }
 
     [Fact]
