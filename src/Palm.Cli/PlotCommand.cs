@@ -30,6 +30,12 @@ internal static class PlotCommand
                 catch (JsonException) { throw new InvalidDataException($"{metrics}:{lineNo} is not JSON"); }
                 if (j.TryGetProperty("event", out var ev))
                 {
+                    if (ev.GetString() == "resume")
+                    {
+                        long at = j.GetProperty("step").GetInt64();
+                        markers.Add(new PlotMarker(at, $"resume at {at}", "#7f7f7f"));
+                        segments.Add(([], []));
+                    }
                     if (ev.GetString() == "rollback")
                     {
                         long spike = j.GetProperty("spike_step").GetInt64(), restored = j.GetProperty("restored_step").GetInt64();
@@ -46,16 +52,16 @@ internal static class PlotCommand
             int steps = segments.Sum(x => x.Loss.Count);
             if (steps == 0) throw new InvalidDataException($"'{metrics}' holds no step lines yet");
             var series = new List<PlotSeries>();
+            // Every segment in the same two colours; restarts are told apart by the markers.
             for (int i = 0; i < segments.Count; i++)
             {
-                string suffix = i == 0 ? "" : $" (after rollback {i})";
-                series.Add(new PlotSeries("loss" + suffix, segments[i].Loss));
-                series.Add(new PlotSeries("grad norm" + suffix, segments[i].Grad, RightAxis: true, Dashed: true));
+                series.Add(new PlotSeries(i == 0 ? "loss" : null, segments[i].Loss, Colour: "#2ca02c"));
+                series.Add(new PlotSeries(i == 0 ? "grad norm" : null, segments[i].Grad, RightAxis: true, Dashed: true, Colour: "#ff7f0e"));
             }
             string outPath = r.GetValue(output) ?? Path.Combine(dir, "loss.svg");
             Plots.SaveSvg(outPath, $"{Path.GetFileName(Path.GetFullPath(dir))}: loss and gradient norm", "step", "loss",
                 series, markers, rightTitle: "gradient norm");
-            Console.WriteLine($"wrote {outPath} ({steps} steps, {markers.Count / 2} rollbacks)");
+            Console.WriteLine($"wrote {outPath} ({steps} steps, {markers.Count(m => m.Label.StartsWith("spike"))} rollbacks)");
             return 0;
         }));
         return cmd;

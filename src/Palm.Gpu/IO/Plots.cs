@@ -6,8 +6,8 @@ using OxyPlot.Series;
 
 namespace Palm.Gpu.IO;
 
-/// <summary>A named line: (x, y) points, drawn on the left axis or, with RightAxis, on a second one.</summary>
-public sealed record PlotSeries(string Name, IReadOnlyList<(double X, double Y)> Points, bool RightAxis = false, bool Dashed = false);
+/// <summary>A line of (x, y) points, drawn on the left axis or, with RightAxis, on a second one. A null name keeps it out of the legend.</summary>
+public sealed record PlotSeries(string? Name, IReadOnlyList<(double X, double Y)> Points, bool RightAxis = false, bool Dashed = false, string? Colour = null);
 
 /// <summary>A vertical marker at x (a spike, a rollback) with a label.</summary>
 public sealed record PlotMarker(double X, string Label, string Colour = "#d62728");
@@ -20,7 +20,7 @@ public static class Plots
                                int width = 900, int height = 500)
     {
         var model = new PlotModel { Title = title, Background = OxyColors.White };
-        model.Legends.Add(new Legend { LegendPosition = LegendPosition.TopRight, LegendBackground = OxyColor.FromAColor(200, OxyColors.White) });
+        model.Legends.Add(new Legend { LegendPlacement = LegendPlacement.Outside, LegendPosition = LegendPosition.BottomCenter, LegendOrientation = LegendOrientation.Horizontal });
         model.Axes.Add(new LinearAxis { Position = AxisPosition.Bottom, Title = xTitle, MajorGridlineStyle = LineStyle.Dot });
         model.Axes.Add(logY
             ? new LogarithmicAxis { Position = AxisPosition.Left, Title = yTitle, MajorGridlineStyle = LineStyle.Dot, Key = "left" }
@@ -37,6 +37,7 @@ public static class Plots
                 StrokeThickness = 1.5,
                 LineStyle = s.Dashed ? LineStyle.Dash : LineStyle.Solid,
             };
+            if (s.Colour is not null) line.Color = OxyColor.Parse(s.Colour);
             foreach (var (x, y) in s.Points)
                 if (double.IsFinite(x) && double.IsFinite(y) && (!logY || s.RightAxis || y > 0)) line.Points.Add(new DataPoint(x, y));
             model.Series.Add(line);
