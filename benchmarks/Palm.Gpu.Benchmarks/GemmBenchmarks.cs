@@ -17,7 +17,8 @@ public sealed record GemmShape(string Name, int M, int N, int K, bool TransA = f
 }
 
 /// <summary>
-/// The CPU GEMM on 1024³ and on every matmul of the small preset (N = B·T = 4·512 = 2048 rows, D 512, F 2048, V 8192).
+/// The CPU GEMM on 1024³ and on every matmul of the small preset (N = B·T = 4·512 = 2048 rows, D 512, F 2048, V 8192),
+/// against OpenBLAS's cblas_sgemm on the same shapes, threads and data in the same run (when libopenblas is installed).
 /// Reports GFLOP/s (2·M·N·K / mean time) and the share of the fp32 peak measured on the same threads.
 /// </summary>
 [Config(typeof(Config))]
@@ -52,14 +53,22 @@ public class GemmBenchmarks
     [GlobalSetup]
     public void Setup()
     {
+        if (OpenBlas.Available) OpenBlas.SetThreads(Threads);
         var rng = new Random(1);
         _a = Enumerable.Range(0, Shape.M * Shape.K).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray();
         _b = Enumerable.Range(0, Shape.K * Shape.N).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray();
         _c = new float[Shape.M * Shape.N];
     }
 
-    [Benchmark]
+    [Benchmark(Baseline = true)]
     public void Matmul() => CpuMatmul.Run(Threads, _c, _a, _b, Shape.M, Shape.N, Shape.K, Shape.TransA, Shape.TransB, 1f, Shape.TransA);
+
+    /// <summary>cblas_sgemm on the same call; does nothing (and its columns read n/a) when OpenBLAS is absent.</summary>
+    [Benchmark]
+    public void OpenBlasSgemm()
+    {
+        if (OpenBlas.Available) OpenBlas.Sgemm(_c, _a, _b, Shape.M, Shape.N, Shape.K, Shape.TransA, Shape.TransB, 1f, Shape.TransA);
+    }
 
     private sealed class Config : ManualConfig
     {
@@ -75,6 +84,7 @@ public class GemmBenchmarks
 
     private static double Gflops(Summary summary, BenchmarkCase bc)
     {
+        if (bc.Descriptor.WorkloadMethod.Name == nameof(OpenBlasSgemm) && !OpenBlas.Available) return double.NaN;
         var stats = summary[bc]?.ResultStatistics;
         return stats is null ? double.NaN : ShapeOf(bc).Flops / stats.Mean; // FLOP per ns = GFLOP/s
     }
@@ -91,7 +101,7 @@ public class GemmBenchmarks
         public string Legend => "2·M·N·K / mean time";
         public bool IsDefault(Summary summary, BenchmarkCase bc) => false;
         public bool IsAvailable(Summary summary) => true;
-        public string GetValue(Summary summary, BenchmarkCase bc) => Gflops(summary, bc).ToString("F1");
+        public string GetValue(Summary summary, BenchmarkCase bc) => double.IsNaN(Gflops(summary, bc)) ? "n/a" : Gflops(summary, bc).ToString("F1");
         public string GetValue(Summary summary, BenchmarkCase bc, SummaryStyle style) => GetValue(summary, bc);
     }
 
@@ -112,9 +122,40 @@ public class GemmBenchmarks
         {
             int threads = ThreadsOf(bc);
             if (!_peak.TryGetValue(threads, out double peak)) _peak[threads] = peak = CpuPeak.MeasureGflops(threads);
-            return (100 * Gflops(summary, bc) / peak).ToString("F0");
+            double g = Gflops(summary, bc);
+            return double.IsNaN(g) ? "n/a" : (100 * g / peak).ToString("F0");
         }
         public string GetValue(Summary summary, BenchmarkCase bc, SummaryStyle style) => GetValue(summary, bc);
+    }
+
+    /// <summary>Best seconds of a few timed calls (at least 3, up to 20 or ~1.5 s).</summary>
+    internal static double BestSeconds(Action call)
+    {
+        call();
+        double best = double.MaxValue;
+        var clock = Stopwatch.StartNew();
+        for (int rep = 0; rep < 20 && (rep < 3 || clock.ElapsedMilliseconds < 1500); rep++)
+        {
+            long t0 = Stopwatch.GetTimestamp();
+            call();
+            best = Math.Min(best, Stopwatch.GetElapsedTime(t0).TotalSeconds);
+        }
+        return best;
+    }
+
+    /// <summary>One shape timed with our GEMM and with OpenBLAS (NaN when absent), back to back on the same data.</summary>
+    public sealed record Comparison(GemmShape Shape, double OursSeconds, double OpenBlasSeconds);
+
+    public static IEnumerable<Comparison> Compare(int threads)
+    {
+        foreach (var shape in Shapes())
+        {
+            var bench = new GemmBenchmarks { Shape = shape, Threads = threads };
+            bench.Setup();
+            double ours = BestSeconds(bench.Matmul);
+            double blas = OpenBlas.Available ? BestSeconds(bench.OpenBlasSgemm) : double.NaN;
+            yield return new Comparison(shape, ours, blas);
+        }
     }
 
     /// <summary>
@@ -125,21 +166,13 @@ public class GemmBenchmarks
     {
         double peak = CpuPeak.MeasureGflops(threads);
         Console.WriteLine($"fp32 peak on {threads} thread(s): {peak:F1} GFLOP/s ({CpuMatmul.BestPath}, {CpuPeak.Lanes} lanes)");
-        foreach (var shape in Shapes())
+        Console.WriteLine(OpenBlas.Description);
+        Console.WriteLine($"{"shape",-32} {"M×N×K",-17} {"ours ms",8} {"GFLOP/s",8} {"% peak",6}   {"OpenBLAS ms",11} {"GFLOP/s",8} {"% peak",6}  ours/OpenBLAS");
+        foreach (var r in Compare(threads))
         {
-            var bench = new GemmBenchmarks { Shape = shape, Threads = threads };
-            bench.Setup();
-            bench.Matmul();
-            double best = double.MaxValue;
-            var clock = Stopwatch.StartNew();
-            for (int rep = 0; rep < 20 && (rep < 3 || clock.ElapsedMilliseconds < 1500); rep++)
-            {
-                long t0 = Stopwatch.GetTimestamp();
-                bench.Matmul();
-                best = Math.Min(best, Stopwatch.GetElapsedTime(t0).TotalSeconds);
-            }
-            double gflops = shape.Flops / best / 1e9;
-            Console.WriteLine($"{shape.Name,-32} {shape.M,5}×{shape.N,-5}×{shape.K,-5} {best * 1e3,8:F2} ms {gflops,7:F1} GFLOP/s {100 * gflops / peak,4:F0}% peak");
+            double ours = r.Shape.Flops / r.OursSeconds / 1e9, blas = r.Shape.Flops / r.OpenBlasSeconds / 1e9;
+            Console.WriteLine($"{r.Shape.Name,-32} {$"{r.Shape.M}×{r.Shape.N}×{r.Shape.K}",-17} {r.OursSeconds * 1e3,8:F2} {ours,8:F1} {100 * ours / peak,5:F0}%   " +
+                              (double.IsNaN(blas) ? "n/a" : $"{r.OpenBlasSeconds * 1e3,11:F2} {blas,8:F1} {100 * blas / peak,5:F0}%  {ours / blas,8:F2}×"));
         }
     }
 }
