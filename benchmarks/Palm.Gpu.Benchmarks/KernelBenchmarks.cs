@@ -1,7 +1,6 @@
 using BenchmarkDotNet.Attributes;
 using BenchmarkDotNet.Columns;
 using BenchmarkDotNet.Configs;
-using Perfolizer.Horology;
 using BenchmarkDotNet.Jobs;
 using BenchmarkDotNet.Reports;
 using BenchmarkDotNet.Running;
@@ -14,7 +13,8 @@ namespace Palm.Gpu.Benchmarks;
 /// One BenchmarkDotNet suite per op family: every case of <see cref="KernelCases"/> for that family, forward
 /// and backward, on every backend present and both model shapes. Columns: GFLOP/s and GB/s from the op's
 /// <see cref="OpCosts"/> description over the mean time, and the share of the device's FLOP and bandwidth
-/// ceilings and of its roofline. Runs in process (the shape and backend filters are process state):
+/// ceilings and of its roofline. Every measured call starts with cold caches (a training step streams far
+/// more than the caches hold). Runs in process (the shape and backend filters are process state):
 ///   dotnet run -c Release --project benchmarks/Palm.Gpu.Benchmarks -- --filter '*Attention*' [--shapes small] [--backends cpu]
 /// </summary>
 [Config(typeof(KernelConfig))]
@@ -37,6 +37,10 @@ public abstract class KernelSuite
         _kernel = Case.Prepare(_backend);
         _backend.Synchronize();
     }
+
+    /// <summary>Each measured call starts with cold caches, as inside a training step.</summary>
+    [IterationSetup]
+    public void Evict() => KernelCases.EvictCaches();
 
     [Benchmark]
     public void Run()
@@ -70,8 +74,8 @@ public sealed class KernelConfig : ManualConfig
     public KernelConfig()
     {
         AddJob(Job.Default.WithToolchain(InProcessEmitToolchain.Instance)
-                  .WithLaunchCount(1).WithWarmupCount(1).WithIterationCount(4)
-                  .WithIterationTime(TimeInterval.FromMilliseconds(120)));
+                  .WithLaunchCount(1).WithWarmupCount(2).WithIterationCount(8)
+                  .WithInvocationCount(1).WithUnrollFactor(1)); // one cold call per iteration (see IterationSetup)
         AddColumn(
             new CaseColumn("GFLOP/s", "FLOPs (OpCosts) / mean time", (c, s) => c.Cost.Flops == 0 ? "–" : (c.Cost.Flops / s / 1e9).ToString("F1")),
             new CaseColumn("GB/s", "minimum bytes moved (OpCosts) / mean time", (c, s) => (c.Cost.Bytes / s / 1e9).ToString("F1")),

@@ -16,8 +16,8 @@ public sealed record DevicePeak(double Gflops, double GBps, string Source)
 
 /// <summary>
 /// Measures this machine's ceilings: the fp32 peak from <see cref="Peak.Measure"/> (an FMA loop), and memory
-/// bandwidth from STREAM-like loops over 256 MiB arrays (far beyond any cache) on every core:
-/// read (Σ a, 4 bytes per element) and triad (a = b + s·c, 12 bytes per element); the better of the two.
+/// bandwidth from STREAM-like loops over 256 MiB arrays (far beyond any cache) on every core, the best of
+/// read, copy, in-place update and triad (see <see cref="BandwidthGBps"/>).
 /// </summary>
 public static class MachinePeaks
 {
@@ -40,7 +40,7 @@ public static class MachinePeaks
             {
                 gflops = Peak.Measure(backend);
                 bw = BandwidthGBps(Environment.ProcessorCount).Best;
-                source = "measured: FMA loop, STREAM-like read/triad";
+                source = "measured: FMA loop; best of STREAM-like read, copy, update, triad";
             }
             catch (ArgumentException)
             {
@@ -66,8 +66,18 @@ public static class MachinePeaks
         device.Contains("pthread", StringComparison.OrdinalIgnoreCase) || device.Contains("cpu", StringComparison.OrdinalIgnoreCase) ||
         device.Contains("pocl", StringComparison.OrdinalIgnoreCase);
 
-    /// <summary>(read, triad, best) GB/s on <paramref name="threads"/> threads; best of several passes.</summary>
-    public static (double Read, double Triad, double Best) BandwidthGBps(int threads, long elements = 64L << 20)
+    /// <summary>GB/s of four STREAM-like loops on <paramref name="threads"/> threads, each the best pass of ~0.5 s.</summary>
+    public sealed record Bandwidth(double Read, double Copy, double Update, double Triad)
+    {
+        /// <summary>The ceiling: the best of the four (kernels move data in all these patterns).</summary>
+        public double Best => Math.Max(Math.Max(Read, Copy), Math.Max(Update, Triad));
+    }
+
+    /// <summary>
+    /// read Σa (4 bytes/element), copy b = a (8), in-place update a = s·a (8), triad a = b + s·c (12), counting bytes
+    /// the way OpCosts does (each operand once), over arrays of 64M floats.
+    /// </summary>
+    public static Bandwidth BandwidthGBps(int threads, long elements = 64L << 20)
     {
         var a = GC.AllocateUninitializedArray<float>((int)elements);
         var b = GC.AllocateUninitializedArray<float>((int)elements);
@@ -80,9 +90,10 @@ public static class MachinePeaks
 
         double Best(Action pass, double bytes)
         {
-            double best = double.MaxValue;
             pass();
-            for (int i = 0; i < 6; i++)
+            double best = double.MaxValue;
+            var clock = Stopwatch.StartNew();
+            for (int i = 0; i < 5 || clock.ElapsedMilliseconds < 500; i++)
             {
                 long t0 = Stopwatch.GetTimestamp();
                 pass();
@@ -92,10 +103,26 @@ public static class MachinePeaks
         }
 
         double read = Best(() => Parallel.For(0, chunks, options, i => partial[i] = Sum(a.AsSpan(i * Chunk, Chunk))), 4.0 * elements);
+        double copy = Best(() => Parallel.For(0, chunks, options, i => a.AsSpan(i * Chunk, Chunk).CopyTo(b.AsSpan(i * Chunk, Chunk))), 8.0 * elements);
+        double update = Best(() => Parallel.For(0, chunks, options, i => Scale(a.AsSpan(i * Chunk, Chunk), 1.0000001f)), 8.0 * elements);
         double triad = Best(() => Parallel.For(0, chunks, options, i => Triad(a.AsSpan(i * Chunk, Chunk), b.AsSpan(i * Chunk, Chunk), c.AsSpan(i * Chunk, Chunk), 0.5f)),
                             12.0 * elements);
         GC.KeepAlive(partial);
-        return (read, triad, Math.Max(read, triad));
+        return new Bandwidth(read, copy, update, triad);
+    }
+
+    static void Scale(Span<float> a, float s)
+    {
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var va = MemoryMarshal.Cast<float, Vector512<float>>(a);
+            var vs = Vector512.Create(s);
+            for (int i = 0; i < va.Length; i++) va[i] *= vs;
+            return;
+        }
+        var wa = MemoryMarshal.Cast<float, Vector256<float>>(a);
+        var ws = Vector256.Create(s);
+        for (int i = 0; i < wa.Length; i++) wa[i] *= ws;
     }
 
     static float Sum(ReadOnlySpan<float> x)

@@ -2,6 +2,8 @@ using BenchmarkDotNet.Running;
 using Palm.Gpu.Benchmarks;
 
 // Runs the BenchmarkDotNet suites; pass --filter '*Attention*' to run one suite (see KernelBenchmarks.cs).
+// runtimeconfig.template.json turns tiered compilation off for this program: a kernel called a handful of
+// times would otherwise be timed as unoptimised tier-0 code.
 // Our own flags, taken out before BenchmarkDotNet sees the rest:
 //   --shapes small,palm-8b-layer   which model shapes the kernel suites use (default both)
 //   --backends cpu,opencl          which backends (default every one that can be created here)

@@ -56,7 +56,10 @@ public static class ResultsBoard
         return $"{(slug.Length > 0 ? slug : "machine")}-{Environment.ProcessorCount}c";
     }
 
-    /// <summary>Best seconds of a kernel: one warm call, then at least 3 timed (fewer only past 3 s), up to 20 or 0.5 s.</summary>
+    /// <summary>
+    /// Best seconds of a kernel: one untimed call, then at least 3 timed (fewer only past 3 s), up to 20 or 0.5 s,
+    /// each after evicting the caches (cold, as in a training step).
+    /// </summary>
     static double TimeKernel(PreparedKernel k)
     {
         k.Run();
@@ -67,6 +70,7 @@ public static class ResultsBoard
         {
             if (rep >= 3 && clock.Elapsed.TotalSeconds > 0.5) break;
             if (rep >= 1 && clock.Elapsed.TotalSeconds > 3) break;
+            KernelCases.EvictCaches();
             long t0 = Stopwatch.GetTimestamp();
             k.Run();
             k.Backend.Synchronize();
@@ -109,7 +113,8 @@ public static class ResultsBoard
             sb.AppendLine($"| {name} | {device} | {N(p.Gflops, "F1")} | {N(p.GBps, "F1")} | {N(p.Ridge, "F1")} | {p.Source} |");
         var bw = MachinePeaks.BandwidthGBps(Environment.ProcessorCount);
         sb.AppendLine();
-        sb.AppendLine($"CPU bandwidth detail: read {N(bw.Read, "F1")} GB/s, triad {N(bw.Triad, "F1")} GB/s (256 MiB arrays, all cores). " +
+        sb.AppendLine($"CPU bandwidth detail: read {N(bw.Read, "F1")}, copy {N(bw.Copy, "F1")}, in-place update {N(bw.Update, "F1")}, triad {N(bw.Triad, "F1")} GB/s " +
+                      "(256 MiB arrays, all cores, bytes counted as OpCosts counts them). " +
                       "A kernel below the ridge intensity is limited by memory, above it by arithmetic; " +
                       "**% of roofline** = the time the kernel would take at the nearer limit ÷ its measured time.");
         sb.AppendLine();
@@ -122,7 +127,7 @@ public static class ResultsBoard
             var config = ModelConfig.Preset(o.Preset) with { SeqLen = o.Seq ?? ModelConfig.Preset(o.Preset).SeqLen };
             using var be = BackendFactory.Create(name);
             double peak = peaks[name].Peak.Gflops;
-            try { steps.Add((name, StepBenchmark.Run(be, config, o.Batch, warmup: 1, steps: 2, profiledSteps: 1, peakGflops: peak))); }
+            try { steps.Add((name, StepBenchmark.Run(be, config, o.Batch, warmup: 1, steps: 3, profiledSteps: 2, peakGflops: peak))); }
             catch (Exception e) when (e is not OutOfMemoryException) { log.WriteLine($"  {name}: {e.Message}"); }
         }
 
@@ -165,6 +170,22 @@ public static class ResultsBoard
         sb.AppendLine();
         foreach (var (name, r) in steps)
         {
+            var peak = peaks[name].Peak;
+            sb.AppendLine($"**{name}: where the time goes and how far each kernel is from its limit** (kernels over 1% of the profiled step; " +
+                          "% of roofline = the time at the nearer of the FLOP and bandwidth ceilings ÷ the measured time):");
+            sb.AppendLine();
+            double stepMs = 1e3 * r.ProfiledStepSeconds;
+            foreach (var g in r.Ops.GroupBy(x => x.Kernel).Select(g => (Kernel: g.Key, Seconds: g.Sum(x => x.Seconds), Flops: g.Sum(x => x.Flops), Bytes: g.Sum(x => x.Bytes)))
+                                   .OrderByDescending(g => g.Seconds))
+            {
+                double share = 1e3 * g.Seconds / Math.Max(1, r.ProfiledSteps) / stepMs;
+                if (share < 0.01) continue;
+                double roof = peak.SecondsAtRoofline(new OpCost(g.Kernel, g.Flops, g.Bytes)) / g.Seconds;
+                bool memory = new OpCost(g.Kernel, g.Flops, g.Bytes).Intensity < peak.Ridge;
+                sb.AppendLine($"- `{g.Kernel}`: {Pct(share)} of the step, {N(g.Flops / g.Seconds / 1e9, "F1")} GFLOP/s, {N(g.Bytes / g.Seconds / 1e9, "F1")} GB/s — " +
+                              $"{(memory ? "memory" : "compute")}-bound, at {Pct(roof)} of its roofline");
+            }
+            sb.AppendLine();
             sb.AppendLine($"### Where a step's time goes ({name}, ms per step)");
             sb.AppendLine();
             sb.Append(StepBreakdown.Markdown(r));

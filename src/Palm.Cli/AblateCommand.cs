@@ -101,11 +101,12 @@ internal static class AblateCommand
                     .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
                     .Start(ctx =>
                     {
-                        ProgressTask? task = null;
+                        var tasks = new Dictionary<int, ProgressTask>();
                         runs = AblationRunner.Run(plan, p =>
                         {
-                            if (p.Step is null) { task = ctx.AddTask(Title(p), maxValue: p.TotalSteps); return; }
-                            task!.Description = $"{Title(p)}  loss {p.Step.Loss:F4}  {p.Step.TokensPerS:F0} tok/s";
+                            if (p.Step is null) { tasks[p.RunIndex] = ctx.AddTask(Title(p), maxValue: p.TotalSteps); return; }
+                            var task = tasks[p.RunIndex];
+                            task.Description = $"{Title(p)}  loss {p.Step.Loss:F4}  {p.Step.TokensPerS:F0} tok/s";
                             task.Increment(1);
                         });
                     });

@@ -18,6 +18,10 @@ public static class AblationReport
     /// <summary>Trailing-mean window of the plotted train loss: a fiftieth of the run, 1..25 steps.</summary>
     public static int SmoothWindow(int steps) => Math.Clamp(steps / 50, 1, 25);
 
+    /// <summary>Steps left out at the start of the plots: the first twentieth of runs of 100 steps or more, where the
+    /// loss falls from its initial value (≈ ln V and above) so steeply that it would flatten the rest of the curve.</summary>
+    public static int PlotSkip(int steps) => steps >= 100 ? steps / 20 : 0;
+
     /// <summary>Mean and sample standard deviation (NaN for one value).</summary>
     public static (double Mean, double Sd) Spread(IReadOnlyList<double> xs)
     {
@@ -54,7 +58,9 @@ public static class AblationReport
         sb.AppendLine($"# Ablation of `{sw}`: {string.Join(" vs ", variants.Select(v => v.Name))}");
         sb.AppendLine();
         if (plan.CommandLine.Length > 0) sb.AppendLine($"```\n{plan.CommandLine}\n```\n");
-        sb.AppendLine("Every run shares the data, the data order (seed), the token budget and the schedules; the runs differ only in the switch named above.");
+        sb.AppendLine("Every run shares the data, the data order (seed), the token budget and the schedules; the runs differ only in the switch named above. " +
+                      "The variants of a seed train side by side, one step each in turn (alternating which goes first), so that load from other " +
+                      "processes falls on all of them alike; each run's clock counts its own steps only.");
         sb.AppendLine();
         sb.AppendLine("| | |");
         sb.AppendLine("|---|---|");
@@ -105,7 +111,9 @@ public static class AblationReport
         sb.AppendLine("## Plots");
         sb.AppendLine();
         int smooth = SmoothWindow((int)steps);
-        sb.AppendLine(smooth > 1 ? $"Train loss, mean over seeds, trailing mean of {smooth} steps." : "Train loss, mean over seeds.");
+        int skip = PlotSkip((int)steps);
+        sb.AppendLine((smooth > 1 ? $"Train loss, mean over seeds, trailing mean of {smooth} steps." : "Train loss, mean over seeds.") +
+                      (skip > 0 ? $" The first {skip} steps (the initial steep fall) are left out so that the curves can be told apart." : ""));
         sb.AppendLine();
         sb.AppendLine("![loss vs step](loss_vs_step.svg)");
         sb.AppendLine();
@@ -142,12 +150,13 @@ public static class AblationReport
             var loss = Enumerable.Range(0, n).Select(i => rs.Average(r => r.Steps[i].Loss)).ToArray();
             var points = new List<(double, double)>(n);
             double sum = 0;
+            int skip = PlotSkip(n);
             for (int i = 0; i < n; i++)
             {
                 sum += loss[i];
                 if (i >= w) sum -= loss[i - w];
                 double x = byTime ? rs.Average(r => r.Steps[i].ElapsedSeconds) : rs[0].Steps[i].Step;
-                points.Add((x, sum / Math.Min(i + 1, w)));
+                if (i >= skip) points.Add((x, sum / Math.Min(i + 1, w)));
             }
             series.Add(new PlotSeries($"{v.Name} ({rs.Count} seed{(rs.Count > 1 ? "s" : "")})", points));
         }

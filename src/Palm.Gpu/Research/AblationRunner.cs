@@ -56,8 +56,8 @@ public sealed record AblationProgress(int RunIndex, int RunCount, string Variant
 
 /// <summary>
 /// Trains every variant for every seed on the same data, token budget and schedule, and writes the
-/// report. Runs are interleaved (seed 1: A, B; seed 2: A, B; ...) so that load from other processes
-/// on the machine falls on every variant alike.
+/// report. The variants of a seed train side by side in one process, a step of each in turn, so that
+/// load from other processes on the machine falls on every variant alike and their timings compare.
 /// </summary>
 public static class AblationRunner
 {
@@ -92,35 +92,54 @@ public static class AblationRunner
         string runsDir = Path.Combine(plan.OutDir, "runs");
         Directory.CreateDirectory(plan.OutDir);
         AtomicFile.WriteText(Path.Combine(plan.OutDir, "plan.json"), AblationReport.PlanJson(plan).ToJsonString(Trainer.Json));
-        for (int i = 0; i < jobs.Count; i++)
+        int variants = plan.Variants.Count;
+        for (int first = 0; first < jobs.Count; first += variants)
         {
-            var job = jobs[i];
-            cancel.ThrowIfCancellationRequested();
-            progress?.Invoke(new AblationProgress(i, jobs.Count, job.Variant.Name, job.Seed, job.Training.Steps, null));
-            using var trainer = new Trainer(job.Model, job.Training, plan.VocabFromTokenizer);
-            string dir = Path.Combine(runsDir, $"{job.Variant.Name}.seed{job.Seed}");
-            Directory.CreateDirectory(dir);
-            var description = trainer.DescribeRun();
-            AtomicFile.WriteText(Path.Combine(dir, "config.json"), description.ToJsonString(Trainer.Json));
-            string metricsPath = Path.Combine(dir, "metrics.jsonl");
-            var steps = new List<StepMetrics>();
-            double trainSeconds = 0;
-            using (var metrics = new StreamWriter(metricsPath, append: false) { AutoFlush = true })
+            // The variants of one seed train in lockstep: one step each, alternating which goes first, so a burst of
+            // load from other processes falls on all of them alike. Each run's clock runs during its own steps only.
+            var group = new List<(int Index, Trainer Trainer, StreamWriter Metrics, Stopwatch Clock, List<StepMetrics> Steps, JsonObject Description, string MetricsPath)>();
+            try
             {
-                var clock = Stopwatch.StartNew();
-                while (trainer.Step < job.Training.Steps)
+                for (int i = first; i < first + variants; i++)
                 {
+                    var job = jobs[i];
                     cancel.ThrowIfCancellationRequested();
-                    var m = trainer.TrainStep(clock);
-                    trainSeconds += m.StepSeconds;
-                    steps.Add(m);
-                    metrics.WriteLine(JsonSerializer.Serialize(m, MetricsJson));
-                    progress?.Invoke(new AblationProgress(i, jobs.Count, job.Variant.Name, job.Seed, job.Training.Steps, m));
+                    progress?.Invoke(new AblationProgress(i, jobs.Count, job.Variant.Name, job.Seed, job.Training.Steps, null));
+                    var trainer = new Trainer(job.Model, job.Training, plan.VocabFromTokenizer);
+                    string dir = Path.Combine(runsDir, $"{job.Variant.Name}.seed{job.Seed}");
+                    Directory.CreateDirectory(dir);
+                    var description = trainer.DescribeRun();
+                    AtomicFile.WriteText(Path.Combine(dir, "config.json"), description.ToJsonString(Trainer.Json));
+                    string metricsPath = Path.Combine(dir, "metrics.jsonl");
+                    group.Add((i, trainer, new StreamWriter(metricsPath, append: false) { AutoFlush = true }, new Stopwatch(), [], description, metricsPath));
                 }
-                double eval = trainer.Evaluate(plan.EvalSequences);
-                metrics.WriteLine(JsonSerializer.Serialize(new { @event = "end", step = trainer.Step, eval_loss = eval, train_seconds = trainSeconds }, MetricsJson));
-                runs.Add(new AblationRun(job.Variant.Name, job.Seed, trainer.Config, trainer.Model.Parameters.Count, steps, eval, trainSeconds,
-                                         Path.GetRelativePath(plan.OutDir, metricsPath), description));
+                long total = plan.BaseTraining.Steps;
+                for (long step = 0; step < total; step++)
+                    for (int j = 0; j < group.Count; j++)
+                    {
+                        var g = group[step % 2 == 0 ? j : group.Count - 1 - j];
+                        var job = jobs[g.Index];
+                        cancel.ThrowIfCancellationRequested();
+                        g.Clock.Start();
+                        var m = g.Trainer.TrainStep(g.Clock);
+                        g.Clock.Stop();
+                        g.Steps.Add(m);
+                        g.Metrics.WriteLine(JsonSerializer.Serialize(m, MetricsJson));
+                        progress?.Invoke(new AblationProgress(g.Index, jobs.Count, job.Variant.Name, job.Seed, job.Training.Steps, m));
+                    }
+                foreach (var g in group)
+                {
+                    var job = jobs[g.Index];
+                    double eval = g.Trainer.Evaluate(plan.EvalSequences);
+                    double trainSeconds = g.Steps.Sum(x => x.StepSeconds);
+                    g.Metrics.WriteLine(JsonSerializer.Serialize(new { @event = "end", step = g.Trainer.Step, eval_loss = eval, train_seconds = trainSeconds }, MetricsJson));
+                    runs.Add(new AblationRun(job.Variant.Name, job.Seed, g.Trainer.Config, g.Trainer.Model.Parameters.Count, g.Steps, eval, trainSeconds,
+                                             Path.GetRelativePath(plan.OutDir, g.MetricsPath), g.Description));
+                }
+            }
+            finally
+            {
+                foreach (var g in group) { g.Metrics.Dispose(); g.Trainer.Dispose(); }
             }
         }
         AblationReport.Write(plan, runs);
