@@ -74,8 +74,9 @@ public sealed class KernelConfig : ManualConfig
     public KernelConfig()
     {
         AddJob(Job.Default.WithToolchain(InProcessEmitToolchain.Instance)
-                  .WithLaunchCount(1).WithWarmupCount(2).WithIterationCount(8)
+                  .WithLaunchCount(1).WithWarmupCount(1).WithIterationCount(10)
                   .WithInvocationCount(1).WithUnrollFactor(1)); // one cold call per iteration (see IterationSetup)
+        WithSummaryStyle(SummaryStyle.Default.WithMaxParameterColumnWidth(48));
         AddColumn(
             new CaseColumn("GFLOP/s", "FLOPs (OpCosts) / mean time", (c, s) => c.Cost.Flops == 0 ? "–" : (c.Cost.Flops / s / 1e9).ToString("F1")),
             new CaseColumn("GB/s", "minimum bytes moved (OpCosts) / mean time", (c, s) => (c.Cost.Bytes / s / 1e9).ToString("F1")),
