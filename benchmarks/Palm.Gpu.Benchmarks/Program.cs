@@ -9,12 +9,13 @@ using Palm.Gpu.Benchmarks;
 //   --backends cpu,opencl          which backends (default every one that can be created here)
 // Verbs:
 //   gemm-quick [threads]           a fast GFLOP/s table of our GEMM vs OpenBLAS, without BenchmarkDotNet
-//   board [--out DIR] [--machine NAME] [--preset P] [--batch B] [--seq T]
+//   board [--out DIR] [--machine NAME] [--preset P] [--batch B] [--seq T] [--passes N]
 //                                  regenerate the results board DIR/NAME.md (default benchmarks/results/<cpu>-<cores>c.md)
 //   list                           print every kernel case
 var rest = new List<string>();
 string? outDir = null, machine = null, preset = null;
 int? batch = null, seq = null;
+int passes = 1;
 for (int i = 0; i < args.Length; i++)
 {
     string Next() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{args[i]} needs a value");
@@ -35,6 +36,7 @@ for (int i = 0; i < args.Length; i++)
         case "--preset": preset = Next(); break;
         case "--batch": batch = int.Parse(Next()); break;
         case "--seq": seq = int.Parse(Next()); break;
+        case "--passes": passes = int.Parse(Next()); break;
         default: rest.Add(args[i]); break;
     }
 }
@@ -58,7 +60,7 @@ if (rest.Count > 0 && rest[0] == "list")
 }
 if (rest.Count > 0 && rest[0] == "board")
 {
-    string path = ResultsBoard.Generate(new ResultsBoard.Options(outDir ?? Path.Combine("benchmarks", "results"), machine, preset ?? "small", batch ?? 4, seq),
+    string path = ResultsBoard.Generate(new ResultsBoard.Options(outDir ?? Path.Combine("benchmarks", "results"), machine, preset ?? "small", batch ?? 4, seq, passes),
                                         Console.Error);
     Console.WriteLine($"wrote {path}");
     return;
