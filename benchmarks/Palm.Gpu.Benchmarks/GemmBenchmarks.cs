@@ -17,8 +17,9 @@ public sealed record GemmShape(string Name, int M, int N, int K, bool TransA = f
 }
 
 /// <summary>
-/// The CPU GEMM on 1024³ and on every matmul of the small preset (N = B·T = 4·512 = 2048 rows, D 512, F 2048, V 8192).
-/// Reports GFLOP/s (2·M·N·K / median time) and the share of the fp32 peak measured on the same threads.
+/// The CPU GEMM on 1024³ and on every matmul of the small preset (N = B·T = 4·512 = 2048 rows, D 512, F 2048, V 8192),
+/// against OpenBLAS's cblas_sgemm on the same shapes, threads and data in the same run (when libopenblas is installed).
+/// Reports GFLOP/s (2·M·N·K / mean time) and the share of the fp32 peak measured on the same threads.
 /// </summary>
 [Config(typeof(Config))]
 public class GemmBenchmarks
@@ -52,21 +53,29 @@ public class GemmBenchmarks
     [GlobalSetup]
     public void Setup()
     {
+        if (OpenBlas.Available) OpenBlas.SetThreads(Threads);
         var rng = new Random(1);
         _a = Enumerable.Range(0, Shape.M * Shape.K).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray();
         _b = Enumerable.Range(0, Shape.K * Shape.N).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray();
         _c = new float[Shape.M * Shape.N];
     }
 
-    [Benchmark]
+    [Benchmark(Baseline = true)]
     public void Matmul() => CpuMatmul.Run(Threads, _c, _a, _b, Shape.M, Shape.N, Shape.K, Shape.TransA, Shape.TransB, 1f, Shape.TransA);
+
+    /// <summary>cblas_sgemm on the same call; does nothing (and its columns read n/a) when OpenBLAS is absent.</summary>
+    [Benchmark]
+    public void OpenBlasSgemm()
+    {
+        if (OpenBlas.Available) OpenBlas.Sgemm(_c, _a, _b, Shape.M, Shape.N, Shape.K, Shape.TransA, Shape.TransB, 1f, Shape.TransA);
+    }
 
     private sealed class Config : ManualConfig
     {
         public Config()
         {
             AddJob(Job.Default.WithWarmupCount(3).WithIterationCount(8).WithLaunchCount(1));
-            AddColumn(StatisticColumn.Median, new GflopsColumn(), new PeakShareColumn());
+            AddColumn(new GflopsColumn(), new PeakShareColumn());
         }
     }
 
@@ -75,9 +84,9 @@ public class GemmBenchmarks
 
     private static double Gflops(Summary summary, BenchmarkCase bc)
     {
+        if (bc.Descriptor.WorkloadMethod.Name == nameof(OpenBlasSgemm) && !OpenBlas.Available) return double.NaN;
         var stats = summary[bc]?.ResultStatistics;
-        // The median, not the mean: on a machine shared with other work a few slow iterations should not set the figure.
-        return stats is null ? double.NaN : ShapeOf(bc).Flops / stats.Median; // FLOP per ns = GFLOP/s
+        return stats is null ? double.NaN : ShapeOf(bc).Flops / stats.Mean; // FLOP per ns = GFLOP/s
     }
 
     private sealed class GflopsColumn : IColumn
@@ -89,10 +98,10 @@ public class GemmBenchmarks
         public int PriorityInCategory => 0;
         public bool IsNumeric => true;
         public UnitType UnitType => UnitType.Dimensionless;
-        public string Legend => "2·M·N·K / median time";
+        public string Legend => "2·M·N·K / mean time";
         public bool IsDefault(Summary summary, BenchmarkCase bc) => false;
         public bool IsAvailable(Summary summary) => true;
-        public string GetValue(Summary summary, BenchmarkCase bc) => Gflops(summary, bc).ToString("F1");
+        public string GetValue(Summary summary, BenchmarkCase bc) => double.IsNaN(Gflops(summary, bc)) ? "n/a" : Gflops(summary, bc).ToString("F1");
         public string GetValue(Summary summary, BenchmarkCase bc, SummaryStyle style) => GetValue(summary, bc);
     }
 
@@ -113,34 +122,73 @@ public class GemmBenchmarks
         {
             int threads = ThreadsOf(bc);
             if (!_peak.TryGetValue(threads, out double peak)) _peak[threads] = peak = CpuPeak.MeasureGflops(threads);
-            return (100 * Gflops(summary, bc) / peak).ToString("F0");
+            double g = Gflops(summary, bc);
+            return double.IsNaN(g) ? "n/a" : (100 * g / peak).ToString("F0");
         }
         public string GetValue(Summary summary, BenchmarkCase bc, SummaryStyle style) => GetValue(summary, bc);
     }
 
-    /// <summary>
-    /// A quick table without BenchmarkDotNet (best of a few timed calls per shape) for tuning:
-    /// `dotnet run -c Release --project benchmarks/Palm.Gpu.Benchmarks -- gemm-quick [threads] [name filter]`.
-    /// </summary>
-    public static void Quick(int threads, string? filter = null)
+    /// <summary>Best seconds of a few timed calls (at least 3, up to 20 or ~1.5 s).</summary>
+    internal static double BestSeconds(Action call)
     {
-        double peak = CpuPeak.MeasureGflops(threads);
-        Console.WriteLine($"fp32 peak on {threads} thread(s): {peak:F1} GFLOP/s ({CpuMatmul.BestPath}, {CpuPeak.Lanes} lanes)");
-        foreach (var shape in Shapes().Where(s => filter is null || s.Name.Contains(filter, StringComparison.OrdinalIgnoreCase)))
+        call();
+        double best = double.MaxValue;
+        var clock = Stopwatch.StartNew();
+        for (int rep = 0; rep < 20 && (rep < 3 || clock.ElapsedMilliseconds < 1500); rep++)
+        {
+            long t0 = Stopwatch.GetTimestamp();
+            call();
+            best = Math.Min(best, Stopwatch.GetElapsedTime(t0).TotalSeconds);
+        }
+        return best;
+    }
+
+    /// <summary>One shape timed with our GEMM and with OpenBLAS (NaN when absent), back to back on the same data.</summary>
+    public sealed record Comparison(GemmShape Shape, double OursSeconds, double OpenBlasSeconds);
+
+    /// <summary>
+    /// Ours and OpenBLAS called alternately (at least 4 rounds, up to 12 or ~2 s per shape), the best call of each,
+    /// so that load from other processes on the machine falls on both alike.
+    /// </summary>
+    public static IEnumerable<Comparison> Compare(int threads)
+    {
+        foreach (var shape in Shapes())
         {
             var bench = new GemmBenchmarks { Shape = shape, Threads = threads };
             bench.Setup();
             bench.Matmul();
-            double best = double.MaxValue;
+            if (OpenBlas.Available) bench.OpenBlasSgemm();
+            double ours = double.MaxValue, blas = OpenBlas.Available ? double.MaxValue : double.NaN;
             var clock = Stopwatch.StartNew();
-            for (int rep = 0; rep < 20 && (rep < 3 || clock.ElapsedMilliseconds < 1500); rep++)
+            for (int round = 0; round < 12 && (round < 4 || clock.ElapsedMilliseconds < 2000); round++)
             {
                 long t0 = Stopwatch.GetTimestamp();
                 bench.Matmul();
-                best = Math.Min(best, Stopwatch.GetElapsedTime(t0).TotalSeconds);
+                ours = Math.Min(ours, Stopwatch.GetElapsedTime(t0).TotalSeconds);
+                if (!OpenBlas.Available) continue;
+                t0 = Stopwatch.GetTimestamp();
+                bench.OpenBlasSgemm();
+                blas = Math.Min(blas, Stopwatch.GetElapsedTime(t0).TotalSeconds);
             }
-            double gflops = shape.Flops / best / 1e9;
-            Console.WriteLine($"{shape.Name,-32} {shape.M,5}×{shape.N,-5}×{shape.K,-5} {best * 1e3,8:F2} ms {gflops,7:F1} GFLOP/s {100 * gflops / peak,4:F0}% peak");
+            yield return new Comparison(shape, ours, blas);
+        }
+    }
+
+    /// <summary>
+    /// A quick table without BenchmarkDotNet (best of a few timed calls per shape) for tuning:
+    /// `dotnet run -c Release --project benchmarks/Palm.Gpu.Benchmarks -- gemm-quick [threads]`.
+    /// </summary>
+    public static void Quick(int threads)
+    {
+        double peak = CpuPeak.MeasureGflops(threads);
+        Console.WriteLine($"fp32 peak on {threads} thread(s): {peak:F1} GFLOP/s ({CpuMatmul.BestPath}, {CpuPeak.Lanes} lanes)");
+        Console.WriteLine(OpenBlas.Description);
+        Console.WriteLine($"{"shape",-32} {"M×N×K",-17} {"ours ms",8} {"GFLOP/s",8} {"% peak",6}   {"OpenBLAS ms",11} {"GFLOP/s",8} {"% peak",6}  ours/OpenBLAS");
+        foreach (var r in Compare(threads))
+        {
+            double ours = r.Shape.Flops / r.OursSeconds / 1e9, blas = r.Shape.Flops / r.OpenBlasSeconds / 1e9;
+            Console.WriteLine($"{r.Shape.Name,-32} {$"{r.Shape.M}×{r.Shape.N}×{r.Shape.K}",-17} {r.OursSeconds * 1e3,8:F2} {ours,8:F1} {100 * ours / peak,5:F0}%   " +
+                              (double.IsNaN(blas) ? "n/a" : $"{r.OpenBlasSeconds * 1e3,11:F2} {blas,8:F1} {100 * blas / peak,5:F0}%  {ours / blas,8:F2}×"));
         }
     }
 }

@@ -1,16 +1,17 @@
 using System.CommandLine;
-using System.Diagnostics;
 using System.Text.Json;
 using Palm.Gpu.Backends;
 using Palm.Gpu.Data;
 using Palm.Gpu.Model;
-using Palm.Gpu.Training;
+using Palm.Gpu.Research;
 
 namespace Palm.Cli;
 
 /// <summary>
 /// `palm bench`: end-to-end training-step throughput on random tokens (no data needed): warm-up steps,
-/// then timed steps; prints one JSON line with tokens/s, model FLOPs per token, GFLOP/s and MFU.
+/// then timed steps, then a separate profiled pass. The first stdout line is one JSON object with
+/// tokens/s, model FLOPs per token, GFLOP/s and MFU (from the unprofiled steps), the per-kernel breakdown
+/// ("ops", "phases") and memory ("memory"); a readable table of the breakdown follows it.
 /// </summary>
 internal static class BenchCommand
 {
@@ -28,63 +29,85 @@ internal static class BenchCommand
         var device = Cli.Device();
         var threads = Cli.Threads();
         var peak = Cli.PeakGflops();
-        var cmd = new Command("bench", "measure training throughput and MFU") { preset, batch, warmup, steps, seq, block, attention, remat, backend, device, threads, peak };
+        var profileSteps = new Option<int>("--profile-steps") { Description = "steps of the separate profiled pass (every kernel timed); 0 skips it", DefaultValueFactory = _ => 1 };
+        var noTable = new Option<bool>("--no-table") { Description = "print only the JSON line" };
+        var cmd = new Command("bench", "measure training throughput and MFU, with a per-kernel time breakdown and the memory high-water mark")
+        {
+            preset, batch, warmup, steps, seq, block, attention, remat, backend, device, threads, peak, profileSteps, noTable,
+        };
         var shape = new Cli.ShapeOptions();
         foreach (var o in shape.All) cmd.Options.Add(o);
         cmd.SetAction(r => Cli.Run(() =>
         {
             var c = shape.Apply(Cli.Resolve(r.GetValue(preset)!, r.GetValue(block), r.GetValue(attention), r.GetValue(remat), r.GetValue(seq)), r);
-            int b = r.GetValue(batch), timed = r.GetValue(steps), warm = r.GetValue(warmup);
-            if (b < 1 || timed < 1 || warm < 0) throw new ConfigException("--batch and --steps must be ≥ 1 and --warmup ≥ 0");
+            int b = r.GetValue(batch), timed = r.GetValue(steps), warm = r.GetValue(warmup), profiled = r.GetValue(profileSteps);
+            if (b < 1 || timed < 1 || warm < 0 || profiled < 0) throw new ConfigException("--batch and --steps must be ≥ 1, --warmup and --profile-steps ≥ 0");
             using var be = BackendFactory.Create(r.GetValue(backend)!, r.GetValue(device), r.GetValue(threads));
             double peakGflops = r.GetValue(peak) > 0 ? r.GetValue(peak) : Peak.Measure(be);
-            using var model = new PalmModel(be, c, b);
-            model.Parameters.Initialize(be, 1);
-            using var opt = new AdafactorOptimizer(be, model.Parameters, new AdafactorConfig());
-            var rng = new SplitMix64(7);
-            int n = b * c.SeqLen;
-            var inputs = new int[n];
-            var targets = new int[n];
-            for (int i = 0; i < n; i++) { inputs[i] = (int)(rng.Next() % (ulong)c.Vocab); targets[i] = (int)(rng.Next() % (ulong)c.Vocab); }
-
-            double Step(long k)
-            {
-                var sw = Stopwatch.StartNew();
-                model.Parameters.ZeroGradients(be);
-                model.Forward(inputs, targets, b);
-                model.Backward();
-                opt.Step(k, opt.GradientNorm());
-                be.Synchronize();
-                return sw.Elapsed.TotalSeconds;
-            }
-            for (int i = 0; i < warm; i++) Step(i + 1);
-            var times = Enumerable.Range(0, timed).Select(i => Step(warm + i + 1)).ToArray();
-            double seconds = times.Average();
-            double flopsPerToken = ModelMath.TrainingFlopsPerToken(c);
-            double tps = n / seconds;
-            double gflops = tps * flopsPerToken / 1e9;
-            var result = new
-            {
-                preset = r.GetValue(preset),
-                backend = be.Name,
-                device = be.DeviceName,
-                block = c.Block.ToString().ToLowerInvariant(),
-                attention = c.Attention.ToString().ToLowerInvariant(),
-                remat = c.Rematerialize,
-                batch = b,
-                seq = c.SeqLen,
-                parameters = model.Parameters.Count,
-                step_seconds = Math.Round(seconds, 4),
-                step_seconds_min = Math.Round(times.Min(), 4),
-                tokens_per_s = Math.Round(tps, 1),
-                flops_per_token = flopsPerToken,
-                achieved_gflops = Math.Round(gflops, 1),
-                peak_gflops = Math.Round(peakGflops, 1),
-                mfu = Math.Round(gflops / peakGflops, 4),
-            };
-            Console.WriteLine(JsonSerializer.Serialize(result));
+            var res = StepBenchmark.Run(be, c, b, warm, timed, profiled, peakGflops);
+            Console.WriteLine(Json(res, r.GetValue(preset)!));
+            if (profiled > 0 && !r.GetValue(noTable)) Console.Write(StepBreakdown.Text(res));
             return 0;
         }));
         return cmd;
+    }
+
+    static double R(double x, int digits) => double.IsFinite(x) ? Math.Round(x, digits) : 0;
+
+    internal static string Json(StepBenchmarkResult res, string preset)
+    {
+        var c = res.Config;
+        int steps = Math.Max(1, res.ProfiledSteps);
+        var m = res.Memory;
+        var result = new
+        {
+            preset,
+            backend = res.Backend,
+            device = res.Device,
+            block = c.Block.ToString().ToLowerInvariant(),
+            attention = c.Attention.ToString().ToLowerInvariant(),
+            remat = c.Rematerialize,
+            batch = res.Batch,
+            seq = c.SeqLen,
+            parameters = res.Parameters,
+            step_seconds = R(res.MeanStepSeconds, 4),
+            step_seconds_min = R(res.StepSeconds.Min(), 4),
+            tokens_per_s = R(res.TokensPerSecond, 1),
+            flops_per_token = res.FlopsPerToken,
+            achieved_gflops = R(res.AchievedGflops, 1),
+            peak_gflops = R(res.PeakGflops, 1),
+            mfu = R(res.Mfu, 4),
+            profiled_steps = res.ProfiledSteps,
+            profiled_step_seconds = R(res.ProfiledStepSeconds, 4),
+            phases = new
+            {
+                forward_s = R(res.PhaseSeconds(ProfilePhase.Forward), 5),
+                backward_s = R(res.PhaseSeconds(ProfilePhase.Backward), 5),
+                optimizer_s = R(res.PhaseSeconds(ProfilePhase.Optimizer), 5),
+                collectives_s = R(res.PhaseSeconds(ProfilePhase.Collectives), 5),
+                other_s = R(res.PhaseSeconds(ProfilePhase.Other), 5),
+            },
+            ops = res.Ops.Select(o => new
+            {
+                kernel = o.Kernel,
+                phase = o.Phase.ToString().ToLowerInvariant(),
+                calls_per_step = R((double)o.Calls / steps, 2),
+                seconds_per_step = R(o.Seconds / steps, 6),
+                gflop_per_step = R(o.Flops / steps / 1e9, 4),
+                gbytes_per_step = R(o.Bytes / steps / 1e9, 4),
+                gflops = R(o.Gflops, 2),
+                gbps = R(o.GBps, 2),
+            }),
+            memory = new
+            {
+                high_water_bytes = m.HighWaterBytes,
+                parameter_bytes = m.ParameterBytes,
+                gradient_bytes = m.GradientBytes,
+                optimizer_bytes = m.OptimizerBytes,
+                activation_bytes = m.ActivationBytes,
+                process_peak_bytes = m.ProcessPeakBytes,
+            },
+        };
+        return JsonSerializer.Serialize(result);
     }
 }

@@ -8,6 +8,7 @@ root.Subcommands.Add(GenerateCommand.Create());
 root.Subcommands.Add(EvalCommand.Create());
 root.Subcommands.Add(PlanCommand.Create());
 root.Subcommands.Add(BenchCommand.Create());
+root.Subcommands.Add(AblateCommand.Create());
 root.Subcommands.Add(DevicesCommand.Create());
 root.Subcommands.Add(PlotCommand.Create());
 root.Subcommands.Add(TokenizerCommands.CreateTokenizerCommand());

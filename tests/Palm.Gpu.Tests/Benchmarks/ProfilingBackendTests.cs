@@ -1,0 +1,125 @@
+using Palm.Gpu.Backends;
+using Palm.Gpu.Backends.Cpu;
+using Palm.Gpu.Model;
+using Palm.Gpu.Research;
+using Palm.Gpu.Tensors;
+using Palm.Gpu.Training;
+using Xunit;
+
+namespace Palm.Gpu.Tests.Benchmarks;
+
+/// <summary>The profiling decorator changes nothing it forwards, times every kernel, and counts memory exactly.</summary>
+public class ProfilingBackendTests
+{
+    static float[] TrainThreeSteps(IBackend be, ModelConfig c, int batch)
+    {
+        using var model = new PalmModel(be, c, batch);
+        model.Parameters.Initialize(be, 11);
+        using var opt = new AdafactorOptimizer(be, model.Parameters, new AdafactorConfig { Factored = true });
+        var rng = new Random(4);
+        int n = batch * c.SeqLen;
+        for (int step = 1; step <= 3; step++)
+        {
+            var inputs = Enumerable.Range(0, n).Select(_ => rng.Next(c.Vocab)).ToArray();
+            var targets = Enumerable.Range(0, n).Select(_ => rng.Next(c.Vocab)).ToArray();
+            model.Parameters.ZeroGradients(be);
+            model.Forward(inputs, targets, batch);
+            model.Backward();
+            opt.Step(step, opt.GradientNorm());
+        }
+        return model.Parameters.All.SelectMany(p =>
+        {
+            var h = new float[p.Count];
+            be.Download(p.Value, h);
+            return h;
+        }).ToArray();
+    }
+
+    [Theory]
+    [InlineData(BlockKind.Parallel, false)]
+    [InlineData(BlockKind.Serial, true)]
+    public void WrappedTrainingGivesTheSameBitsAsTheInnerBackend(BlockKind block, bool remat)
+    {
+        var c = ModelConfig.Preset("tiny") with { Block = block, Rematerialize = remat, SeqLen = 17 };
+        using var plain = new CpuBackend(2);
+        using var prof = new ProfilingBackend(new CpuBackend(2)) { Enabled = true };
+        var expected = TrainThreeSteps(plain, c, 3);
+        var actual = TrainThreeSteps(prof, c, 3);
+        Assert.True(expected.AsSpan().SequenceEqual(actual), "profiling changed the weights");
+        Assert.NotEmpty(prof.Snapshot());
+        Assert.Equal(0, prof.LiveBytes); // everything the model and optimizer allocated was disposed
+        Assert.Equal(0, prof.LiveBuffers);
+    }
+
+    [Fact]
+    public void DisabledProfilerRecordsNothingAndEnabledRecordsEachCallOnce()
+    {
+        using var prof = new ProfilingBackend(new CpuBackend(1));
+        var a = prof.Allocate("a", 100);
+        var b = prof.Allocate("b", 100);
+        prof.Add(a, a, b, 100);
+        Assert.Empty(prof.Snapshot());
+
+        prof.Enabled = true;
+        prof.Phase = ProfilePhase.Backward;
+        prof.Add(a, a, b, 100);
+        prof.Add(a, a, b, 50);
+        prof.Phase = ProfilePhase.Forward;
+        prof.Scale(a, 2f, 100);
+        double ss = prof.SumOfSquares(b, 100);
+        prof.Record("all_reduce", ProfilePhase.Collectives, 0.25, bytes: 800);
+
+        var ops = prof.Snapshot();
+        var add = Assert.Single(ops, o => o.Kernel == "add");
+        Assert.Equal((ProfilePhase.Backward, 2L, 150.0, 4.0 * 3 * 150), (add.Phase, add.Calls, add.Flops, add.Bytes));
+        Assert.Equal(ProfilePhase.Forward, Assert.Single(ops, o => o.Kernel == "scale").Phase);
+        Assert.Equal(0.25, Assert.Single(ops, o => o.Kernel == "all_reduce" && o.Phase == ProfilePhase.Collectives).Seconds);
+        Assert.All(ops.Where(o => o.Kernel != "all_reduce"), o => Assert.True(o.Seconds > 0));
+        Assert.Equal(0, ss); // b was never written: zeros, and the result comes back through the decorator
+
+        prof.Reset();
+        Assert.Empty(prof.Snapshot());
+    }
+
+    [Fact]
+    public void LiveBytesAndHighWaterFollowAllocationsAndDisposal()
+    {
+        using var prof = new ProfilingBackend(new CpuBackend(1));
+        var a = prof.Allocate("a", 1000);
+        var t = prof.Allocate("tokens", 10, ElementType.I32);
+        Assert.Equal(4040, prof.LiveBytes);
+        a.Dispose();
+        a.Dispose(); // a second dispose is not counted twice
+        Assert.Equal(40, prof.LiveBytes);
+        Assert.Equal(4040, prof.HighWaterBytes);
+        var b = prof.Allocate("b", 500);
+        Assert.Equal(4040, prof.HighWaterBytes);
+        prof.ResetHighWater();
+        Assert.Equal(2040, prof.HighWaterBytes);
+        Assert.Equal(2, prof.LiveBuffers);
+        b.Dispose();
+        t.Dispose();
+        Assert.Equal(0, prof.LiveBytes);
+    }
+
+    [Theory]
+    [InlineData(BlockKind.Parallel, AttentionKind.MultiQuery, false)]
+    [InlineData(BlockKind.Serial, AttentionKind.MultiHead, true)]
+    public void StepBenchmarkHighWaterIsEveryBufferOfTheStep(BlockKind block, AttentionKind attention, bool remat)
+    {
+        var c = ModelConfig.Preset("tiny") with { Block = block, Attention = attention, Rematerialize = remat };
+        using var cpu = new CpuBackend(2);
+        var r = StepBenchmark.Run(cpu, c, batch: 2, warmup: 0, steps: 1, profiledSteps: 1, peakGflops: 100);
+        // Weights, gradients, Adafactor state (momentum + full second moment) and the activations ModelMath plans for.
+        long expected = 2 * 4 * ModelMath.Parameters(c) + ModelMath.OptimizerBytes(c, factored: false) + ModelMath.ActivationBytes(c, 2, remat);
+        Assert.Equal(expected, r.Memory.HighWaterBytes);
+        Assert.Equal(4 * ModelMath.Parameters(c), r.Memory.ParameterBytes);
+        Assert.True(r.PhaseSeconds(ProfilePhase.Forward) > 0 && r.PhaseSeconds(ProfilePhase.Backward) > 0 && r.PhaseSeconds(ProfilePhase.Optimizer) > 0);
+        Assert.Equal(0, r.PhaseSeconds(ProfilePhase.Collectives));
+        // Kernel time is part of the profiled step's wall time.
+        Assert.InRange(r.Ops.Sum(o => o.Seconds), 0, r.ProfiledStepSeconds * 1.001);
+        var rows = StepBreakdown.Rows(r);
+        Assert.Equal(r.Ops.Select(o => o.Kernel).Distinct().Count(), rows.Count);
+        Assert.Contains("matmul", StepBreakdown.Text(r));
+    }
+}
