@@ -6,7 +6,7 @@ using Palm.Gpu.Backends;
 namespace Palm.Gpu.Benchmarks;
 
 /// <summary>The two ceilings a kernel is measured against: fp32 FLOP/s and memory bandwidth.</summary>
-public sealed record DevicePeak(double Gflops, double GBps, string Source)
+public sealed record DevicePeak(double Gflops, double GBps, string Source, MachinePeaks.Bandwidth? Detail = null)
 {
     /// <summary>FLOPs per byte where the roofline turns from memory-bound to compute-bound.</summary>
     public double Ridge => Gflops / GBps;
@@ -34,12 +34,14 @@ public static class MachinePeaks
             string key = backend.Name + "|" + backend.DeviceName;
             if (Cache.TryGetValue(key, out var p)) return p;
             double bw = double.NaN;
+            Bandwidth? detail = null;
             double gflops;
             string source;
             try
             {
                 gflops = Peak.Measure(backend);
-                bw = BandwidthGBps(Environment.ProcessorCount).Best;
+                detail = BandwidthGBps(Environment.ProcessorCount);
+                bw = detail.Best;
                 source = "measured: FMA loop; best of STREAM-like read, copy, update, triad";
             }
             catch (ArgumentException)
@@ -58,7 +60,7 @@ public static class MachinePeaks
                     source = "unknown: the device's peak is not measurable here";
                 }
             }
-            return Cache[key] = new DevicePeak(gflops, bw, source);
+            return Cache[key] = new DevicePeak(gflops, bw, source, detail);
         }
     }
 

@@ -112,7 +112,7 @@ public static class ResultsBoard
         sb.AppendLine("|---|---|---:|---:|---:|---|");
         foreach (var (name, (device, p)) in peaks)
             sb.AppendLine($"| {name} | {device} | {N(p.Gflops, "F1")} | {N(p.GBps, "F1")} | {N(p.Ridge, "F1")} | {p.Source} |");
-        var bw = MachinePeaks.BandwidthGBps(Environment.ProcessorCount);
+        var bw = peaks.Values.Select(p => p.Peak.Detail).FirstOrDefault(d => d is not null) ?? MachinePeaks.BandwidthGBps(Environment.ProcessorCount);
         sb.AppendLine();
         sb.AppendLine($"CPU bandwidth detail: read {N(bw.Read, "F1")}, copy {N(bw.Copy, "F1")}, in-place update {N(bw.Update, "F1")}, triad {N(bw.Triad, "F1")} GB/s " +
                       "(256 MiB arrays, all cores, bytes counted as OpCosts counts them). " +
