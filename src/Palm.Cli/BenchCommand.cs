@@ -37,11 +37,15 @@ internal static class BenchCommand
         };
         var shape = new Cli.ShapeOptions();
         foreach (var o in shape.All) cmd.Options.Add(o);
+        var mesh = new MeshOptions();
+        foreach (var o in mesh.All) cmd.Options.Add(o);
         cmd.SetAction(r => Cli.Run(() =>
         {
             var c = shape.Apply(Cli.Resolve(r.GetValue(preset)!, r.GetValue(block), r.GetValue(attention), r.GetValue(remat), r.GetValue(seq)), r);
             int b = r.GetValue(batch), timed = r.GetValue(steps), warm = r.GetValue(warmup), profiled = r.GetValue(profileSteps);
             if (b < 1 || timed < 1 || warm < 0 || profiled < 0) throw new ConfigException("--batch and --steps must be ≥ 1, --warmup and --profile-steps ≥ 0");
+            if (mesh.Parse(r) is { } m)
+                return BenchMesh(c, b, warm, timed, r.GetValue(backend)!, r.GetValue(threads), r.GetValue(peak), m.Data, m.Model, r.GetValue(mesh.ShardWeights), r.GetValue(preset)!);
             using var be = BackendFactory.Create(r.GetValue(backend)!, r.GetValue(device), r.GetValue(threads));
             double peakGflops = r.GetValue(peak) > 0 ? r.GetValue(peak) : Peak.Measure(be);
             var res = StepBenchmark.Run(be, c, b, warm, timed, profiled, peakGflops);
@@ -50,6 +54,50 @@ internal static class BenchCommand
             return 0;
         }));
         return cmd;
+    }
+
+    /// <summary>
+    /// Training-step throughput on a device mesh, with the wall time spent inside collectives. On CPU the
+    /// logical devices share the machine's cores, so MFU is against the one machine peak.
+    /// </summary>
+    static int BenchMesh(ModelConfig c, int batch, int warm, int timed, string backend, int threads, double peak, int data, int model, bool shard, string preset)
+    {
+        Palm.Gpu.Sharding.DeviceMesh.Validate(c, data, model, batch);
+        if (batch % data != 0) throw new ConfigException($"data axis {data} does not divide --batch {batch}");
+        using var devices = Palm.Gpu.Sharding.DeviceMesh.Create(backend, data, model, threads > 0 ? Math.Max(1, threads / (data * model)) : 0);
+        // CPU logical devices share the machine's cores: the peak is the machine's. Other devices are separate hardware.
+        double peakGflops = peak > 0 ? peak
+            : backend == "cpu" ? Peak.Measure(new Palm.Gpu.Backends.Cpu.CpuBackend())
+            : Peak.Measure(devices.Devices[0]) * devices.Devices.Count;
+        using var trainer = new Palm.Gpu.Sharding.MeshTrainer(devices, c, batch, new Palm.Gpu.Training.AdafactorConfig(), 1, shard);
+        var times = new List<double>();
+        double collectiveSeconds = 0;
+        for (int i = 0; i < warm + timed; i++)
+        {
+            var (inputs, targets) = Palm.Gpu.Sharding.MeshTrainer.SyntheticBatch(c, batch, 7, i);
+            devices.Counters.Reset();
+            var sw = System.Diagnostics.Stopwatch.StartNew();
+            trainer.TrainStep(inputs, targets);
+            foreach (var d in devices.Devices) d.Synchronize();
+            if (i >= warm) { times.Add(sw.Elapsed.TotalSeconds); collectiveSeconds += devices.Counters.Elapsed.TotalSeconds; }
+        }
+        double seconds = times.Average(), tps = batch * c.SeqLen / seconds;
+        double gflops = tps * ModelMath.TrainingFlopsPerToken(c) / 1e9;
+        var counters = devices.Counters;
+        Console.WriteLine(JsonSerializer.Serialize(new
+        {
+            preset, backend, mesh = $"{data}x{model}", shard_weights = shard, batch, seq = c.SeqLen,
+            step_seconds = R(seconds, 4), tokens_per_s = R(tps, 1), achieved_gflops = R(gflops, 1), peak_gflops = R(peakGflops, 1),
+            mfu = R(gflops / peakGflops, 4),
+            collectives = new
+            {
+                seconds_per_step = R(collectiveSeconds / timed, 4), share = R(collectiveSeconds / timed / seconds, 4),
+                all_reduce = counters.AllReduce, all_gather = counters.AllGather, reduce_scatter = counters.ReduceScatter,
+                broadcast = counters.Broadcast, bytes_per_rank = counters.BytesPerRank,
+            },
+        }));
+        Console.Error.WriteLine($"collectives: {collectiveSeconds / timed * 1000:F1} ms per step ({100 * collectiveSeconds / timed / seconds:F1}% of the step, summed over groups; last step: {counters.AllReduce} all-reduce, {counters.AllGather} all-gather, {counters.ReduceScatter} reduce-scatter, {counters.BytesPerRank:N0} bytes per rank)");
+        return 0;
     }
 
     static double R(double x, int digits) => double.IsFinite(x) ? Math.Round(x, digits) : 0;

@@ -47,7 +47,20 @@ public sealed class CollectiveCounters
     internal void CountReduceScatter(long b) => Count(ref _reduceScatter, b);
     internal void CountBroadcast(long b) => Count(ref _broadcast, b);
 
-    public void Reset() { _allReduce = _allGather = _reduceScatter = _broadcast = _bytes = 0; }
+    long _ticks;
+    /// <summary>Wall time spent inside collectives (all groups, all calls), for `palm bench --mesh`.</summary>
+    public TimeSpan Elapsed => System.Diagnostics.Stopwatch.GetElapsedTime(0, Interlocked.Read(ref _ticks));
+
+    /// <summary>Times one collective call: `using var _ = counters.Time();`.</summary>
+    internal Timer Time() => new(this);
+
+    internal readonly struct Timer(CollectiveCounters owner) : IDisposable
+    {
+        readonly long _start = System.Diagnostics.Stopwatch.GetTimestamp();
+        public void Dispose() => Interlocked.Add(ref owner._ticks, System.Diagnostics.Stopwatch.GetTimestamp() - _start);
+    }
+
+    public void Reset() { _allReduce = _allGather = _reduceScatter = _broadcast = _bytes = _ticks = 0; }
 }
 
 /// <summary>
@@ -71,6 +84,7 @@ public sealed class InProcessCollectives : ICollectives
 
     public void AllReduce(IReadOnlyList<DeviceBuffer> buffers, long count, ReduceOp op = ReduceOp.Sum)
     {
+        using var timer = _counters.Time();
         Check(buffers, count);
         _counters.CountAllReduce(RingBytes(2, count));
         if (Size == 1) return;
@@ -89,6 +103,7 @@ public sealed class InProcessCollectives : ICollectives
 
     public void AllGather(IReadOnlyList<DeviceBuffer> outputs, IReadOnlyList<DeviceBuffer> inputs, long countPerRank)
     {
+        using var timer = _counters.Time();
         Check(inputs, countPerRank);
         Check(outputs, countPerRank * Size);
         _counters.CountAllGather(RingBytes(1, countPerRank * Size));
@@ -99,6 +114,7 @@ public sealed class InProcessCollectives : ICollectives
 
     public void ReduceScatter(IReadOnlyList<DeviceBuffer> outputs, IReadOnlyList<DeviceBuffer> inputs, long countPerRank)
     {
+        using var timer = _counters.Time();
         Check(inputs, countPerRank * Size);
         Check(outputs, countPerRank);
         _counters.CountReduceScatter(RingBytes(1, countPerRank * Size));
@@ -116,6 +132,7 @@ public sealed class InProcessCollectives : ICollectives
 
     public void Broadcast(IReadOnlyList<DeviceBuffer> buffers, long count, int root)
     {
+        using var timer = _counters.Time();
         Check(buffers, count);
         if ((uint)root >= (uint)Size) throw new ArgumentOutOfRangeException(nameof(root), $"root {root} is outside the group of {Size}");
         _counters.CountBroadcast(RingBytes(1, count));

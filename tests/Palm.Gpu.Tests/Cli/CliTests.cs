@@ -112,6 +112,19 @@ public class CliTests
     }
 
     [Fact]
+    public void BenchOnAMeshReportsTimeInCollectives()
+    {
+        var r = CliRunner.Run("bench", "--preset", "tiny", "--batch", "4", "--mesh", "2x2", "--steps", "2", "--warmup", "0", "--peak-gflops", "100");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        using var j = JsonDocument.Parse(r.Stdout.Split('\n')[0]);
+        var col = j.RootElement.GetProperty("collectives");
+        Assert.True(col.GetProperty("seconds_per_step").GetDouble() > 0);
+        Assert.True(col.GetProperty("all_reduce").GetInt64() > 0);
+        Assert.Equal("2x2", j.RootElement.GetProperty("mesh").GetString());
+        Assert.Contains("collectives:", r.Stderr);
+    }
+
+    [Fact]
     public void PlanPrintsThePaperParameterCounts()
     {
         var r = CliRunner.Run("plan", "palm-540b");
