@@ -113,7 +113,7 @@ internal static class BenchCommand
             backend = res.Backend,
             device = res.Device,
             block = c.Block.ToString().ToLowerInvariant(),
-            attention = c.Attention.ToString().ToLowerInvariant(),
+            attention = System.Text.Json.JsonNamingPolicy.SnakeCaseLower.ConvertName(c.Attention.ToString()),
             remat = c.Rematerialize,
             batch = res.Batch,
             seq = c.SeqLen,
