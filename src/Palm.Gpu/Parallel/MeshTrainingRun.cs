@@ -23,28 +23,17 @@ public sealed class MeshTrainingRun : IDisposable
         Options = options;
         Schedule = BatchSchedule.Parse(options.BatchSchedule);
         if (options.Steps < 0) throw new ConfigException($"--steps must be ≥ 0, got {options.Steps}");
-        Tokenizer = options.Tokenizer is null ? new ByteTokenizer() : TokenizerLoader.Load(options.Tokenizer);
-        Config = (vocabFromTokenizer ? requested with { Vocab = (Tokenizer.VocabSize + 63) / 64 * 64 } : requested).Validate();
-        if (Tokenizer.VocabSize > Config.Vocab)
-            throw new ConfigException($"the tokenizer has {Tokenizer.VocabSize} tokens but the model's vocab is {Config.Vocab}; raise --vocab or drop it to follow the tokenizer");
+        (Tokenizer, Config) = RunInputs.ResolveModel(requested, options, vocabFromTokenizer);
         DeviceMesh.Validate(Config, data, model, Schedule.Max);
-        foreach (var entry in Schedule.ToString().Split(','))
+        foreach (int b in Schedule.Sizes)
         {
-            int b = int.Parse(entry.Split(':')[1]);
             if (b % data != 0)
                 throw new ConfigException($"data axis {data} of mesh {data}x{model} does not divide the batch of {b} sequences in the schedule '{options.BatchSchedule}'; use batches that are multiples of {data}");
         }
         if (options.Optimizer.Factored && (model > 1 || shardWeights))
             throw new ConfigException("factored Adafactor needs whole tensors; on a model axis > 1 or with --shard-weights train unfactored (PaLM's setting)");
 
-        Dataset = options.Data is null
-            ? PackedDataset.FromDocuments(SyntheticCorpus.Generate(), Tokenizer, Config.SeqLen, options.HeldOutFraction)
-            : PackedDataset.Load(options.Data, Tokenizer, Config.SeqLen, options.HeldOutFraction);
-        if (Dataset.TrainSequences < Schedule.Max)
-        {
-            Dataset.Dispose();
-            throw new DataException($"the data holds {Dataset.TrainSequences} training sequences of {Config.SeqLen} tokens, fewer than one batch of {Schedule.Max}; use a shorter --seq, a smaller --batch or more data");
-        }
+        Dataset = RunInputs.LoadDataset(Config, Tokenizer, options, Schedule);
         try
         {
             Mesh = DeviceMesh.Create(options.Backend, data, model, options.Threads > 0 ? Math.Max(1, options.Threads / (data * model)) : 0);

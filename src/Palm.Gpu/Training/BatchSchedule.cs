@@ -47,5 +47,7 @@ public sealed class BatchSchedule
     }
 
     public int Max => _points.Max(p => p.Batch);
+    /// <summary>Every batch size the schedule uses.</summary>
+    public IEnumerable<int> Sizes => _points.Select(p => p.Batch);
     public override string ToString() => string.Join(",", _points.Select(p => $"{p.Step}:{p.Batch}"));
 }

@@ -47,17 +47,8 @@ public sealed class Trainer : IDisposable
         if (options.CheckpointEvery > 0 && options.OutDir is null) throw new ConfigException("checkpoints need a run directory: pass --out");
         options.SpikeGuard.Validate();
         (_injectBatch, _injectFactor) = ParseInjection(options.InjectSpike);
-        Tokenizer = options.Tokenizer is null ? new ByteTokenizer() : TokenizerLoader.Load(options.Tokenizer);
-        // The model's vocabulary follows the tokenizer's unless the caller fixed it, rounded up to a multiple of 64.
-        Config = (vocabFromTokenizer ? requested with { Vocab = RoundUp(Tokenizer.VocabSize, 64) } : requested).Validate();
-        if (Tokenizer.VocabSize > Config.Vocab)
-            throw new ConfigException($"the tokenizer has {Tokenizer.VocabSize} tokens but the model's vocab is {Config.Vocab}; raise --vocab or drop it to follow the tokenizer");
-
-        Dataset = options.Data is null
-            ? PackedDataset.FromDocuments(SyntheticCorpus.Generate(), Tokenizer, Config.SeqLen, options.HeldOutFraction)
-            : PackedDataset.Load(options.Data, Tokenizer, Config.SeqLen, options.HeldOutFraction);
-        if (Dataset.TrainSequences < Schedule.Max)
-            throw new DataException($"the data holds {Dataset.TrainSequences} training sequences of {Config.SeqLen} tokens, fewer than one batch of {Schedule.Max}; use a shorter --seq, a smaller --batch or more data");
+        (Tokenizer, Config) = RunInputs.ResolveModel(requested, options, vocabFromTokenizer);
+        Dataset = RunInputs.LoadDataset(Config, Tokenizer, options, Schedule);
 
         Backend = BackendFactory.Create(options.Backend, options.Device, options.Threads);
         Model = new PalmModel(Backend, Config, Schedule.Max);
@@ -272,8 +263,6 @@ public sealed class Trainer : IDisposable
         // Step S of an uninterrupted run draws batch S − 1; poisoning the batch (not the step) means a rollback that skips it does not meet it again.
         return (step - 1, parts.Length == 2 ? float.Parse(parts[1], System.Globalization.CultureInfo.InvariantCulture) : 1000f);
     }
-
-    static int RoundUp(int x, int m) => (x + m - 1) / m * m;
 
     public void Dispose()
     {
