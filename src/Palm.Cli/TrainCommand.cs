@@ -56,9 +56,11 @@ internal static class TrainCommand
                 Enabled = !r.GetValue(noGuard), RollbackSteps = r.GetValue(rollbackSteps), MinSkip = r.GetValue(skipMin),
                 MaxSkip = r.GetValue(skipMax), MaxRollbacks = r.GetValue(maxRollbacks),
             };
+            var meshShape = mesh.Parse(r);
             if (r.GetValue(resume) is { } from)
                 return Resume(from, r.GetValue(outDir)!, r.GetValue(steps), r.GetValue(threads), r.GetValue(peak),
-                              explicitShape: new Option[] { preset, seq, vocab, block, attention, remat }.Concat(shape.All).Where(o => r.GetResult(o) is { Implicit: false }).Select(o => o.Name).ToList());
+                              explicitShape: new Option[] { preset, seq, vocab, block, attention, remat }.Concat(shape.All).Where(o => r.GetResult(o) is { Implicit: false }).Select(o => o.Name).ToList(),
+                              meshSpec: meshShape is null ? null : r.GetValue(mesh.Mesh), shardWeights: r.GetValue(mesh.ShardWeights));
             var config = shape.Apply(Cli.Resolve(r.GetValue(preset)!, r.GetValue(block), r.GetValue(attention), r.GetValue(remat), r.GetValue(seq), r.GetValue(vocab)), r);
             var options = new TrainOptions
             {
@@ -69,6 +71,8 @@ internal static class TrainCommand
                 Seed = r.GetValue(seed),
                 Backend = r.GetValue(backend)!,
                 Device = r.GetValue(device),
+                Mesh = meshShape is null ? null : r.GetValue(mesh.Mesh),
+                ShardWeights = r.GetValue(mesh.ShardWeights),
                 Threads = r.GetValue(threads),
                 OutDir = r.GetValue(outDir),
                 PeakGflops = r.GetValue(peak),
@@ -77,12 +81,6 @@ internal static class TrainCommand
                 SpikeGuard = guard,
                 InjectSpike = r.GetValue(inject),
             };
-            if (mesh.Parse(r) is not null)
-            {
-                if (options.CheckpointEvery > 0 || options.InjectSpike is not null)
-                    throw new ConfigException("checkpoints and the spike guard run on one device for now; drop --checkpoint-every/--inject-spike, or --mesh");
-                return RunMesh(config, options, r.GetValue(vocab) is null, r.GetValue(mesh.Mesh)!, r.GetValue(mesh.ShardWeights));
-            }
             string dir = options.OutDir!;
             if (Directory.Exists(Path.Combine(dir, "checkpoints")) && Directory.EnumerateDirectories(Path.Combine(dir, "checkpoints"), "step-*").Any())
                 throw new ConfigException($"'{dir}' already holds checkpoints of a run; continue it with --resume latest, or choose a new --out");
@@ -92,41 +90,11 @@ internal static class TrainCommand
         return cmd;
     }
 
-    /// <summary>Data- and model-parallel training over a device mesh (no checkpoints yet): metrics, config and weights as on one device.</summary>
-    static int RunMesh(ModelConfig config, TrainOptions options, bool vocabFromTokenizer, string meshSpec, bool shardWeights)
-    {
-        using var run = new Palm.Gpu.Sharding.MeshTrainingRun(config, options, vocabFromTokenizer, meshSpec, shardWeights);
-        string outDir = options.OutDir!;
-        Directory.CreateDirectory(outDir);
-        var c = run.Config;
-        Console.Error.WriteLine($"palm: {Palm.Gpu.Model.ModelMath.Parameters(c):N0} parameters on mesh {meshSpec}{(shardWeights ? " (fully sharded)" : "")}, " +
-                                $"{run.Dataset.TrainSequences:N0} training sequences of {c.SeqLen}");
-        AtomicFile.WriteText(Path.Combine(outDir, "config.json"), new JsonObject
-        {
-            ["model"] = JsonSerializer.SerializeToNode(c, Trainer.Json),
-            ["training"] = JsonSerializer.SerializeToNode(options, Trainer.Json),
-            ["mesh"] = meshSpec, ["shard_weights"] = shardWeights,
-        }.ToJsonString(Trainer.Json));
-        using var metrics = new StreamWriter(Path.Combine(outDir, "metrics.jsonl")) { AutoFlush = true };
-        long every = Math.Max(1, options.Steps / 50);
-        StepMetrics? last = null;
-        run.Run(options.Steps, m =>
-        {
-            last = m;
-            metrics.WriteLine(JsonSerializer.Serialize(m, MetricsJson));
-            if (m.Step % every == 0 || m.Step == options.Steps || m.Step == 1) Console.WriteLine(Describe(m, options.Steps));
-        });
-        var weights = run.Trainer.Model.GatherWeights();
-        using var cpu = new Palm.Gpu.Backends.Cpu.CpuBackend(1);
-        using var host = new PalmModel(cpu, c, 1);
-        foreach (var p in host.Parameters.All) cpu.Upload(p.Value, weights[p.Name]);
-        string path = Path.Combine(outDir, "model.safetensors");
-        ModelWeights.Save(host, path, new Dictionary<string, string> { ["tokenizer"] = options.Tokenizer ?? "bytes", ["step"] = run.Step.ToString() });
-        Console.WriteLine($"done: step {run.Step} on mesh {meshSpec}, train loss {last?.Loss ?? double.NaN:F4}; wrote {path}");
-        return 0;
-    }
-
-    static int Resume(string from, string outDir, long? steps, int threads, double peak, List<string> explicitShape)
+    /// <summary>
+    /// Continues a run from a checkpoint with its saved settings. On the same mesh and backend the result is
+    /// bit-identical to an uninterrupted run; --mesh/--shard-weights load it onto another mesh (resharding).
+    /// </summary>
+    static int Resume(string from, string outDir, long? steps, int threads, double peak, List<string> explicitShape, string? meshSpec, bool shardWeights)
     {
         var store = new CheckpointStore(Path.Combine(outDir, "checkpoints"));
         LoadedCheckpoint ckpt;
@@ -153,7 +121,11 @@ internal static class TrainCommand
             OutDir = outDir,
             Threads = threads,
             PeakGflops = peak > 0 ? peak : saved.PeakGflops,
+            Mesh = meshSpec ?? saved.Mesh,
+            ShardWeights = meshSpec is null ? saved.ShardWeights : shardWeights,
         };
+        if (meshSpec is not null && (meshSpec != (saved.Mesh ?? "1x1") || shardWeights != saved.ShardWeights))
+            Console.Error.WriteLine($"palm: resharding: checkpoint written on mesh {ckpt.Manifest.Mesh}{(saved.ShardWeights ? " (fully sharded)" : "")}, continuing on {meshSpec}{(shardWeights ? " (fully sharded)" : "")}");
         using var trainer = new Trainer(config, options, vocabFromTokenizer: false);
         trainer.Restore(ckpt);
         Console.Error.WriteLine($"palm: resuming from {ckpt.Directory} at step {trainer.Step} (data batch {trainer.Cursor.Batch}, {trainer.Rollbacks.Count} earlier rollbacks)");
@@ -167,9 +139,9 @@ internal static class TrainCommand
         Directory.CreateDirectory(outDir);
         AtomicFile.WriteText(Path.Combine(outDir, "config.json"), trainer.DescribeRun().ToJsonString(Trainer.Json));
         var c = trainer.Config;
-        Console.Error.WriteLine($"palm: {trainer.Model.Parameters.Count:N0} parameters, {c.Layers} {c.Block.ToString().ToLowerInvariant()} blocks, " +
+        Console.Error.WriteLine($"palm: {trainer.Engine.ParameterCount:N0} parameters, {c.Layers} {c.Block.ToString().ToLowerInvariant()} blocks, " +
                                 $"{trainer.Dataset.TrainSequences:N0} training sequences of {c.SeqLen} ({trainer.Tokenizer.Kind} tokenizer, vocab {c.Vocab}), " +
-                                $"{trainer.Backend.DeviceName}, peak {trainer.PeakGflops:F0} GFLOP/s");
+                                $"{trainer.Engine.DeviceDescription}, peak {trainer.PeakGflops:F0} GFLOP/s");
 
         string metricsPath = Path.Combine(outDir, "metrics.jsonl");
         using var metrics = new StreamWriter(metricsPath, append: resumed) { AutoFlush = true };
@@ -220,7 +192,7 @@ internal static class TrainCommand
 
         double evalLoss = trainer.Evaluate();
         string weights = Path.Combine(outDir, "model.safetensors");
-        ModelWeights.Save(trainer.Model, weights, new Dictionary<string, string>
+        ModelWeights.Save(trainer.Config, trainer.Engine.GatherWeights(), weights, new Dictionary<string, string>
         {
             ["tokenizer"] = options.Tokenizer ?? "bytes",
             ["step"] = trainer.Step.ToString(),

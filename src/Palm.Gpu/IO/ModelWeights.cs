@@ -15,17 +15,26 @@ public static class ModelWeights
 
     public static void Save(PalmModel model, string path, IReadOnlyDictionary<string, string>? extraMetadata = null)
     {
-        var tensors = new List<NamedTensor>();
-        foreach (var p in model.Parameters.All)
+        var weights = model.Parameters.All.ToDictionary(p => p.Name, p =>
         {
             var host = new float[p.Count];
             model.Backend.Download(p.Value, host);
-            tensors.Add(new NamedTensor(p.Name, p.Shape.Select(x => (long)x).ToArray(), host));
-        }
+            return host;
+        });
+        Save(model.Config, weights, path, extraMetadata);
+    }
+
+    /// <summary>Writes full host tensors by name (e.g. gathered from a mesh) in the model's parameter order and shapes.</summary>
+    public static void Save(ModelConfig config, IReadOnlyDictionary<string, float[]> weights, string path, IReadOnlyDictionary<string, string>? extraMetadata = null)
+    {
+        var layout = new ParameterSet(Sharding.ShapeOnlyBackend.Instance, config);
+        var tensors = layout.All.Select(p => new NamedTensor(p.Name, p.Shape.Select(x => (long)x).ToArray(),
+            weights.TryGetValue(p.Name, out var w) && w.LongLength == p.Count ? w
+                : throw new ArgumentException($"weights lack '{p.Name}' of {p.Count} values"))).ToList();
         var meta = new Dictionary<string, string>
         {
             ["format"] = Format,
-            ["config"] = JsonSerializer.Serialize(model.Config, Trainer.Json),
+            ["config"] = JsonSerializer.Serialize(config, Trainer.Json),
         };
         if (extraMetadata is not null) foreach (var (k, v) in extraMetadata) meta[k] = v;
         SafeTensors.Write(path, tensors, meta);

@@ -1,4 +1,5 @@
 using Palm.Gpu.Backends;
+using Palm.Gpu.IO;
 using Palm.Gpu.Model;
 using Palm.Gpu.Tensors;
 using Palm.Gpu.Training;
@@ -151,6 +152,66 @@ public sealed class ShardedAdafactor : IDisposable
             r.Be.Upload(st.SecondMoment!, v[j]);
             if (momentum) r.Be.Upload(st.Momentum!, mo[j]);
         }
+    }
+
+    // ---- checkpoints: state pieces named as the single-device optimizer names them ------------------
+
+    static IEnumerable<(string Prefix, DeviceBuffer? Buffer, bool Elementwise)> Kinds(AdafactorBuffers s) =>
+    [
+        ("adafactor.m.", s.Momentum, true), ("adafactor.v.", s.SecondMoment, true),
+        ("adafactor.v_row.", s.RowMoment, false), ("adafactor.v_col.", s.ColMoment, false),
+    ];
+
+    /// <summary>Layout of every state tensor: the moments follow their parameter; factored row/column moments are whole.</summary>
+    public Dictionary<string, TensorLayout> Layouts()
+    {
+        var result = new Dictionary<string, TensorLayout>();
+        var meta = _model.ShardLayout.All;
+        for (int i = 0; i < meta.Count; i++)
+            foreach (var (prefix, buffer, elementwise) in Kinds(_state[i][0]))
+                if (buffer is not null)
+                    result[prefix + meta[i].Name] = elementwise ? _model.LayoutOf(i) : new TensorLayout("replicated", [buffer.Length]);
+        return result;
+    }
+
+    /// <summary>Host copies of rank k's optimizer state, padding dropped.</summary>
+    public List<NamedTensor> ExportState(int k)
+    {
+        var list = new List<NamedTensor>();
+        var meta = _model.ShardLayout.All;
+        var rank = _model.Ranks[k];
+        for (int i = 0; i < meta.Count; i++)
+        {
+            var piece = rank.Piece(i);
+            foreach (var (prefix, buffer, elementwise) in Kinds(_state[i][k]))
+            {
+                if (buffer is null) continue;
+                long valid = elementwise ? piece.Valid : buffer.Length;
+                long[] shape = !elementwise ? [buffer.Length] : _model.ShardWeights ? [valid] : meta[i].Shape.Select(x => (long)x).ToArray();
+                list.Add(new NamedTensor(prefix + meta[i].Name, shape, ShardedPalm.DownloadValid(rank.Be, buffer, valid)));
+            }
+        }
+        return list;
+    }
+
+    /// <summary>Loads full state tensors (as a single-device optimizer names them) into every rank's pieces.</summary>
+    public void LoadState(IReadOnlyDictionary<string, NamedTensor> full, string source)
+    {
+        var meta = _model.ShardLayout.All;
+        var layouts = Layouts();
+        _model.ForRanks(r =>
+        {
+            int k = r.DataRank * _model.Mesh.Model + r.ModelRank;
+            for (int i = 0; i < meta.Count; i++)
+                foreach (var (prefix, buffer, elementwise) in Kinds(_state[i][k]))
+                {
+                    if (buffer is null) continue;
+                    string name = prefix + meta[i].Name;
+                    long count = layouts[name].Shape.Aggregate(1L, (a, b) => a * b) * (elementwise && _model.AxisOf(i) != ShardAxis.Replicated ? _model.Mesh.Model : 1);
+                    var values = CheckpointTensors.Get(full, name, count, source);
+                    r.Be.Upload(buffer, elementwise ? _model.PieceOf(values, i, r) : values);
+                }
+        });
     }
 
     static float[] Get(IBackend be, DeviceBuffer b)

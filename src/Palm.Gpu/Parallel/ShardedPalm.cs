@@ -1,7 +1,9 @@
 using Palm.Gpu.Backends;
 using Palm.Gpu.Backends.Cpu;
 using Palm.Gpu.Model;
+using Palm.Gpu.IO;
 using Palm.Gpu.Tensors;
+using Palm.Gpu.Training;
 
 namespace Palm.Gpu.Sharding;
 
@@ -123,21 +125,23 @@ public sealed class ShardedPalm : IDisposable
     {
         ForRanks(r =>
         {
-            var all = r.Meta.All;
-            for (int i = 0; i < all.Count; i++)
-            {
-                var p = all[i];
-                var shard = Shard(full[p.Name], p, _axes[i], r.ModelRank);
-                var piece = r.Piece(i);
-                if (!ShardWeights) r.Be.Upload(piece.Value, shard);
-                else
-                {
-                    var slice = new float[piece.Length];
-                    Array.Copy(shard, piece.Offset, slice, 0, piece.Valid);
-                    r.Be.Upload(piece.Value, slice);
-                }
-            }
+            for (int i = 0; i < r.Meta.All.Count; i++) r.Be.Upload(r.Piece(i).Value, PieceOf(full[r.Meta.All[i].Name], i, r));
         });
+    }
+
+    /// <summary>
+    /// What rank r keeps of a tensor laid out like parameter i (its weights, or its elementwise optimizer state):
+    /// the model rank's cut, and with sharded weights the data rank's slice of it, zero-padded to the piece length.
+    /// </summary>
+    internal float[] PieceOf(float[] full, int i, Rank r)
+    {
+        var p = r.Meta.All[i];
+        var shard = ShardMath.Cut(full, _axes[i], p.Rows, p.Cols, r.ModelRank, _mesh.Model);
+        if (!ShardWeights) return shard;
+        var piece = r.Piece(i);
+        var slice = new float[piece.Length];
+        Array.Copy(shard, piece.Offset, slice, 0, piece.Valid);
+        return slice;
     }
 
     /// <summary>Full tensors by name, gathered from the shards of data index 0.</summary>
@@ -162,38 +166,43 @@ public sealed class ShardedPalm : IDisposable
                     Array.Copy(h, 0, parts[m], piece.Offset, piece.Valid);
                 }
             }
-            result[p.Name] = Unshard(parts, p, _axes[i]);
+            result[p.Name] = ShardMath.Join(parts, LayoutOf(i)).Full;
         }
         return result;
     }
 
-    float[] Shard(float[] full, Parameter local, ShardAxis axis, int m)
+    /// <summary>Parameter i's axis over the model ranks and one model rank's shape.</summary>
+    public TensorLayout LayoutOf(int i)
     {
-        int M = _mesh.Model;
-        if (axis == ShardAxis.Replicated) return full;
-        var s = new float[local.Count];
-        if (axis == ShardAxis.Rows) Array.Copy(full, (long)m * local.Count, s, 0, local.Count);
-        else
-        {
-            int cols = local.Cols, fullCols = cols * M;
-            for (int i = 0; i < local.Rows; i++) Array.Copy(full, (long)i * fullCols + (long)m * cols, s, (long)i * cols, cols);
-        }
-        return s;
+        var p = _ranks[0].Meta.All[i];
+        return new TensorLayout(ShardMath.Name(_axes[i]), p.Shape.Select(x => (long)x).ToArray());
     }
 
-    static float[] Unshard(float[][] parts, Parameter local, ShardAxis axis)
+    /// <summary>
+    /// The ranks whose pieces together hold one copy of every tensor: the model ranks of data index 0, or with
+    /// sharded weights every rank (data slices). Replicas are not written twice.
+    /// </summary>
+    public IEnumerable<int> DistinctShardRanks => ShardWeights ? Enumerable.Range(0, _ranks.Length) : Enumerable.Range(0, _mesh.Model);
+
+    /// <summary>Host copies of rank k's weights, named as the full tensors, padding dropped.</summary>
+    public List<NamedTensor> ExportWeights(int k)
     {
-        int M = parts.Length;
-        if (axis == ShardAxis.Replicated) return parts[0];
-        var full = new float[local.Count * M];
-        for (int m = 0; m < M; m++)
+        var r = _ranks[k];
+        var list = new List<NamedTensor>();
+        for (int i = 0; i < r.Meta.All.Count; i++)
         {
-            if (axis == ShardAxis.Rows) Array.Copy(parts[m], 0, full, (long)m * local.Count, local.Count);
-            else
-                for (int i = 0; i < local.Rows; i++)
-                    Array.Copy(parts[m], (long)i * local.Cols, full, (long)i * local.Cols * M + (long)m * local.Cols, local.Cols);
+            var p = r.Meta.All[i];
+            var piece = r.Piece(i);
+            list.Add(new NamedTensor(p.Name, ShardWeights ? [piece.Valid] : p.Shape.Select(x => (long)x).ToArray(), DownloadValid(r.Be, piece.Value, piece.Valid)));
         }
-        return full;
+        return list;
+    }
+
+    internal static float[] DownloadValid(IBackend be, DeviceBuffer b, long valid)
+    {
+        var h = new float[b.Length];
+        be.Download(b, h);
+        return valid == h.LongLength ? h : h[..(int)valid];
     }
 
     // ---- forward / backward -----------------------------------------------------------------

@@ -133,7 +133,7 @@ public static class AblationRunner
                     double eval = g.Trainer.Evaluate(plan.EvalSequences);
                     double trainSeconds = g.Steps.Sum(x => x.StepSeconds);
                     g.Metrics.WriteLine(JsonSerializer.Serialize(new { @event = "end", step = g.Trainer.Step, eval_loss = eval, train_seconds = trainSeconds }, MetricsJson));
-                    runs.Add(new AblationRun(job.Variant.Name, job.Seed, g.Trainer.Config, g.Trainer.Model.Parameters.Count, g.Steps, eval, trainSeconds,
+                    runs.Add(new AblationRun(job.Variant.Name, job.Seed, g.Trainer.Config, g.Trainer.Engine.ParameterCount, g.Steps, eval, trainSeconds,
                                              Path.GetRelativePath(plan.OutDir, g.MetricsPath), g.Description));
                 }
             }

@@ -18,14 +18,17 @@ public sealed record RollbackEvent(long SpikeStep, long RestoredStep, long SkipF
 /// </summary>
 public sealed record CheckpointManifest
 {
-    public const int CurrentFormatVersion = 1;
+    // 1: one weights and one optimizer file. 2: adds the mesh layout (one file pair per device shard).
+    public const int CurrentFormatVersion = 2;
 
     public int FormatVersion { get; init; } = CurrentFormatVersion;
     public long Step { get; init; }                              // optimizer steps completed
     public JsonNode? Model { get; init; }                        // ModelConfig
     public JsonNode? Training { get; init; }                     // TrainOptions
     public JsonNode? Cursor { get; init; }                       // DataCursor: batches drawn, sequences consumed, skips
-    public string Mesh { get; init; } = "1x1";
+    public string Mesh { get; init; } = "1x1";                   // DxM the run trained on
+    public bool ShardWeights { get; init; }                      // weights and optimizer state sliced over the data axis
+    public Dictionary<string, TensorLayout>? Layout { get; init; } // how shard files form full tensors; null: whole tensors
     public string Backend { get; init; } = "cpu";
     public List<double> RecentLosses { get; init; } = [];
     public List<double> RecentGradNorms { get; init; } = [];
@@ -34,10 +37,23 @@ public sealed record CheckpointManifest
     public DateTime CreatedUtc { get; init; }
 }
 
-/// <summary>Host copies of everything a checkpoint holds, taken between steps so writing can run in the background.</summary>
-public sealed record TrainingSnapshot(CheckpointManifest Manifest, List<NamedTensor> Weights, List<NamedTensor> OptimizerState);
+/// <summary>
+/// What one device shard holds: its pieces of the weights and optimizer state, under the full tensors' names.
+/// Tag "" is a single device (weights.safetensors); "d1-m0" is data rank 1, model rank 0 (weights.d1-m0.safetensors).
+/// </summary>
+public sealed record CheckpointShard(string Tag, List<NamedTensor> Weights, List<NamedTensor> OptimizerState);
 
-/// <summary>A checkpoint read back and verified.</summary>
+/// <summary>
+/// How one tensor is cut over a mesh: Axis "replicated", "rows" or "cols" over the model ranks, and the shape
+/// of one model rank's piece. With sharded weights that piece is further sliced over the data ranks, in order,
+/// as a flat run of values (the last slice shorter).
+/// </summary>
+public sealed record TensorLayout(string Axis, long[] Shape);
+
+/// <summary>Host copies of everything a checkpoint holds, taken between steps so writing can run in the background.</summary>
+public sealed record TrainingSnapshot(CheckpointManifest Manifest, IReadOnlyList<CheckpointShard> Shards);
+
+/// <summary>A checkpoint read back and verified; Weights and OptimizerState are full tensors, whatever mesh wrote them.</summary>
 public sealed record LoadedCheckpoint(string Directory, CheckpointManifest Manifest, Dictionary<string, NamedTensor> Weights, Dictionary<string, NamedTensor> OptimizerState);
 
 /// <summary>
@@ -57,7 +73,8 @@ internal static class FaultInjection
 public sealed record RetentionPolicy(int KeepLast = 4, long KeepEvery = 1000, long KeepOneOlderThan = 100);
 
 /// <summary>
-/// RUN/checkpoints/step-000000123/{weights.safetensors, optimizer.safetensors, manifest.json}.
+/// RUN/checkpoints/step-000000123/{weights.safetensors, optimizer.safetensors, manifest.json}; on a mesh one
+/// weights/optimizer pair per device shard (weights.d0-m1.safetensors, ...), replicas written once.
 /// A checkpoint is written into a hidden temporary directory, every file flushed to disk, the manifest
 /// last, then the directory renamed into place — a crash at any moment leaves either the complete
 /// checkpoint or none. Loading verifies every checksum and refuses anything incomplete, corrupt or
@@ -107,15 +124,17 @@ public sealed class CheckpointStore
         System.IO.Directory.CreateDirectory(tmp);
         try
         {
-            var meta = new Dictionary<string, string> { ["format"] = "palm-gpu-checkpoint/1", ["step"] = s.Manifest.Step.ToString() };
-            SafeTensors.Write(Path.Combine(tmp, WeightsFile), s.Weights, meta);
-            FaultInjection.KillIfRequested(s.Manifest.Step);
-            SafeTensors.Write(Path.Combine(tmp, OptimizerFile), s.OptimizerState, meta);
-            var files = new Dictionary<string, CheckpointFile>
+            var files = new Dictionary<string, CheckpointFile>();
+            foreach (var shard in s.Shards)
             {
-                [WeightsFile] = Describe(Path.Combine(tmp, WeightsFile)),
-                [OptimizerFile] = Describe(Path.Combine(tmp, OptimizerFile)),
-            };
+                var meta = new Dictionary<string, string> { ["format"] = "palm-gpu-checkpoint/2", ["step"] = s.Manifest.Step.ToString(), ["shard"] = shard.Tag, ["mesh"] = s.Manifest.Mesh };
+                string weights = FileFor(WeightsFile, shard.Tag), optimizer = FileFor(OptimizerFile, shard.Tag);
+                SafeTensors.Write(Path.Combine(tmp, weights), shard.Weights, meta);
+                FaultInjection.KillIfRequested(s.Manifest.Step);
+                SafeTensors.Write(Path.Combine(tmp, optimizer), shard.OptimizerState, meta);
+                files[weights] = Describe(Path.Combine(tmp, weights));
+                files[optimizer] = Describe(Path.Combine(tmp, optimizer));
+            }
             var manifest = s.Manifest with { Files = files, CreatedUtc = DateTime.UtcNow };
             AtomicFile.WriteText(Path.Combine(tmp, ManifestFile), JsonSerializer.Serialize(manifest, Trainer.Json));
             if (System.IO.Directory.Exists(final)) System.IO.Directory.Delete(final, recursive: true);
@@ -160,7 +179,8 @@ public sealed class CheckpointStore
         {
             throw new InvalidDataException($"checkpoint '{dir}': {ManifestFile} is not valid JSON ({e.Message})");
         }
-        foreach (var name in new[] { WeightsFile, OptimizerFile })
+        var tags = ShardTags(manifest, dir);
+        foreach (var name in tags.SelectMany(t => new[] { FileFor(WeightsFile, t), FileFor(OptimizerFile, t) }))
         {
             string path = Path.Combine(dir, name);
             if (!manifest.Files.TryGetValue(name, out var expected))
@@ -170,7 +190,66 @@ public sealed class CheckpointStore
             if (actual.Bytes != expected.Bytes || actual.Sha256 != expected.Sha256)
                 throw new InvalidDataException($"checkpoint '{dir}': {name} fails its checksum (sha256 {actual.Sha256[..12]}…, {actual.Bytes} bytes; manifest says {expected.Sha256[..12]}…, {expected.Bytes} bytes); the file is corrupt");
         }
-        return new LoadedCheckpoint(dir, manifest, SafeTensors.Read(Path.Combine(dir, WeightsFile)), SafeTensors.Read(Path.Combine(dir, OptimizerFile)));
+        if (manifest.Layout is null)
+            return new LoadedCheckpoint(dir, manifest, SafeTensors.Read(Path.Combine(dir, WeightsFile)), SafeTensors.Read(Path.Combine(dir, OptimizerFile)));
+        var weights = tags.ToDictionary(t => t, t => SafeTensors.Read(Path.Combine(dir, FileFor(WeightsFile, t))));
+        var state = tags.ToDictionary(t => t, t => SafeTensors.Read(Path.Combine(dir, FileFor(OptimizerFile, t))));
+        return new LoadedCheckpoint(dir, manifest, Assemble(manifest, weights, dir), Assemble(manifest, state, dir));
+    }
+
+    /// <summary>weights.safetensors for a single device, weights.d0-m1.safetensors for a mesh shard.</summary>
+    public static string FileFor(string file, string tag) => tag.Length == 0 ? file : file.Replace(".safetensors", $".{tag}.safetensors");
+
+    public static string TagFor(int dataRank, int modelRank) => $"d{dataRank}-m{modelRank}";
+
+    /// <summary>The shard files a manifest implies: one pair for whole tensors, else model ranks × (data ranks when sharded).</summary>
+    static List<string> ShardTags(CheckpointManifest m, string dir)
+    {
+        if (m.Layout is null) return [""];
+        var (data, model) = ParseMesh(m.Mesh, dir);
+        int slices = m.ShardWeights ? data : 1;
+        return [.. from d in Enumerable.Range(0, slices) from r in Enumerable.Range(0, model) select TagFor(d, r)];
+    }
+
+    static (int Data, int Model) ParseMesh(string mesh, string dir)
+    {
+        var parts = mesh.Split('x');
+        if (parts.Length != 2 || !int.TryParse(parts[0], out int d) || !int.TryParse(parts[1], out int m) || d < 1 || m < 1)
+            throw new InvalidDataException($"checkpoint '{dir}': manifest mesh '{mesh}' is not DxM");
+        return (d, m);
+    }
+
+    /// <summary>Full tensors from shard pieces: data slices concatenated per model rank, then model pieces joined along the layout's axis.</summary>
+    static Dictionary<string, NamedTensor> Assemble(CheckpointManifest m, Dictionary<string, Dictionary<string, NamedTensor>> shards, string dir)
+    {
+        var (data, model) = ParseMesh(m.Mesh, dir);
+        int slices = m.ShardWeights ? data : 1;
+        var result = new Dictionary<string, NamedTensor>();
+        foreach (var name in shards[TagFor(0, 0)].Keys)
+        {
+            if (!m.Layout!.TryGetValue(name, out var layout))
+                throw new InvalidDataException($"checkpoint '{dir}': tensor '{name}' has no layout in the manifest");
+            long local = layout.Shape.Aggregate(1L, (a, b) => a * b);
+            var parts = new float[model][];
+            for (int r = 0; r < model; r++)
+            {
+                parts[r] = new float[local];
+                long at = 0;
+                for (int d = 0; d < slices; d++)
+                {
+                    if (!shards[TagFor(d, r)].TryGetValue(name, out var piece))
+                        throw new InvalidDataException($"checkpoint '{dir}': {FileFor(WeightsFile, TagFor(d, r))} or its optimizer file lacks '{name}'");
+                    if (at + piece.Data.LongLength > local)
+                        throw new InvalidDataException($"checkpoint '{dir}': the pieces of '{name}' hold more than its {local} values");
+                    Array.Copy(piece.Data, 0, parts[r], at, piece.Data.LongLength);
+                    at += piece.Data.LongLength;
+                }
+                if (at != local) throw new InvalidDataException($"checkpoint '{dir}': the pieces of '{name}' hold {at} of its {local} values");
+            }
+            var (full, shape) = Sharding.ShardMath.Join(parts, layout);
+            result[name] = new NamedTensor(name, shape, full);
+        }
+        return result;
     }
 
     /// <summary>The newest checkpoint that verifies, optionally at or before a step; refused ones are reported through warn.</summary>

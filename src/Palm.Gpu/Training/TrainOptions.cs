@@ -12,6 +12,8 @@ public sealed record TrainOptions
     public ulong Seed { get; init; } = 1;              // init and data order
     public string Backend { get; init; } = "cpu";      // cpu | opencl
     public int Device { get; init; }                   // device index within the backend
+    public string? Mesh { get; init; }                 // "DxM" data × model devices; null = one device
+    public bool ShardWeights { get; init; }            // mesh: weights, gradients and optimizer state sliced over the data axis
     public int Threads { get; init; }                  // CPU worker threads, 0 = all cores
     public string? OutDir { get; init; }               // run directory (metrics.jsonl, config.json, model.safetensors)
     public double HeldOutFraction { get; init; } = 0.05; // share of sequences kept for eval

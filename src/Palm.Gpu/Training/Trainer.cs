@@ -16,7 +16,7 @@ public sealed class SpikeGuardException(string message) : Exception(message);
 
 /// <summary>
 /// The training loop: deterministic batches → forward → backward → global norm → spike check →
-/// Adafactor, with checkpoints and rollbacks. Every input is validated before anything is allocated or
+/// Adafactor, with checkpoints and rollbacks, on one device or a mesh (<see cref="ITrainingEngine"/>). Every input is validated before anything is allocated or
 /// written, so bad input never leaves a half run directory. The state that defines the future of a run
 /// is exactly: weights, optimizer state, step, data cursor (with its skip ranges), the spike detector's
 /// window and the rollback history — all of it in every checkpoint, so resuming is bit-identical.
@@ -50,16 +50,24 @@ public sealed class Trainer : IDisposable
         (Tokenizer, Config) = RunInputs.ResolveModel(requested, options, vocabFromTokenizer);
         Dataset = RunInputs.LoadDataset(Config, Tokenizer, options, Schedule);
 
-        Backend = BackendFactory.Create(options.Backend, options.Device, options.Threads);
-        Model = new PalmModel(Backend, Config, Schedule.Max);
-        Model.Parameters.Initialize(Backend, options.Seed);
-        Optimizer = new AdafactorOptimizer(Backend, Model.Parameters, options.Optimizer);
+        if (options.ShardWeights && options.Mesh is null) throw new ConfigException("--shard-weights needs --mesh DxM (it shards over the data axis D)");
+        try
+        {
+            Engine = options.Mesh is null
+                ? new SingleDeviceEngine(BackendFactory.Create(options.Backend, options.Device, options.Threads), Config, Schedule.Max, options.Optimizer, options.Seed)
+                : Sharding.MeshTrainer.Create(Config, options, Schedule, options.Mesh, options.ShardWeights);
+        }
+        catch
+        {
+            Dataset.Dispose();
+            throw;
+        }
         _sampler = new BatchSampler(Dataset, options.Seed);
         _detector = new SpikeDetector(options.SpikeGuard);
         _inputs = new int[Schedule.Max * Config.SeqLen];
         _targets = new int[Schedule.Max * Config.SeqLen];
         FlopsPerToken = ModelMath.TrainingFlopsPerToken(Config);
-        PeakGflops = options.PeakGflops > 0 ? options.PeakGflops : Peak.Measure(Backend);
+        PeakGflops = options.PeakGflops > 0 ? options.PeakGflops * Engine.DeviceCount : Engine.MeasurePeakGflops();
         Checkpoints = options.OutDir is null ? null : new CheckpointStore(Path.Combine(options.OutDir, "checkpoints"));
     }
 
@@ -68,11 +76,11 @@ public sealed class Trainer : IDisposable
     public BatchSchedule Schedule { get; }
     public ITokenizer Tokenizer { get; }
     public PackedDataset Dataset { get; }
-    public IBackend Backend { get; }
-    public PalmModel Model { get; }
-    public AdafactorOptimizer Optimizer { get; }
+    /// <summary>The devices, model and optimizer: one device or a mesh.</summary>
+    public ITrainingEngine Engine { get; }
     public CheckpointStore? Checkpoints { get; }
     public double FlopsPerToken { get; }
+    /// <summary>fp32 peak of all the run's devices together (MFU's denominator).</summary>
     public double PeakGflops { get; }
     /// <summary>Optimizer steps taken so far.</summary>
     public long Step { get; private set; }
@@ -116,18 +124,15 @@ public sealed class Trainer : IDisposable
         long batchIndex = _sampler.NextBatch(_cursor, Schedule.At, _inputs, _targets);
         int batch = Schedule.At(batchIndex);
         int n = batch * Config.SeqLen;
-        Model.Parameters.ZeroGradients(Backend);
-        var loss = Model.Forward(_inputs.AsSpan(0, n), _targets.AsSpan(0, n), batch);
-        Model.Backward(batchIndex == _injectBatch ? _injectFactor : 1f);
-        double gradNorm = Optimizer.GradientNorm();
+        var (loss, gradNorm) = Engine.ComputeGradients(_inputs.AsSpan(0, n), _targets.AsSpan(0, n), batch, batchIndex == _injectBatch ? _injectFactor : 1f);
         var spike = guard && Options.SpikeGuard.Enabled ? _detector.Check(loss.CrossEntropy, gradNorm) : null;
         float lr = Options.Optimizer.LearningRate(Step + 1);
         if (spike is null)
         {
-            Optimizer.Step(Step + 1, gradNorm);
+            Engine.ApplyUpdate(Step + 1, gradNorm);
             _detector.Record(loss.CrossEntropy, gradNorm);
         }
-        Backend.Synchronize();
+        Engine.Synchronize();
         Step++;
         double seconds = sw.Elapsed.TotalSeconds;
         double tps = n / seconds;
@@ -176,27 +181,21 @@ public sealed class Trainer : IDisposable
     /// <summary>Host snapshot of the full training state (taken between steps; writing can happen in the background).</summary>
     public TrainingSnapshot Snapshot()
     {
-        var weights = Model.Parameters.All.Select(p => new NamedTensor(p.Name, p.Shape.Select(x => (long)x).ToArray(), Download(p.Value))).ToList();
-        var state = Optimizer.StateBuffers.Select(b => new NamedTensor(b.Name, [b.Length], Download(b))).ToList();
         var manifest = new CheckpointManifest
         {
             Step = Step,
             Model = JsonSerializer.SerializeToNode(Config, Json),
             Training = JsonSerializer.SerializeToNode(Options, Json),
             Cursor = JsonNode.Parse(_cursor.ToJson()),
-            Backend = Backend.Name,
+            Mesh = Engine.Mesh,
+            ShardWeights = Engine.ShardWeights,
+            Layout = Engine.Layout?.ToDictionary(),
+            Backend = Engine.BackendName,
             RecentLosses = [.. _detector.Losses],
             RecentGradNorms = [.. _detector.GradNorms],
             Rollbacks = [.. _rollbacks],
         };
-        return new TrainingSnapshot(manifest, weights, state);
-
-        float[] Download(Tensors.DeviceBuffer b)
-        {
-            var h = new float[b.Length];
-            Backend.Download(b, h);
-            return h;
-        }
+        return new TrainingSnapshot(manifest, Engine.SnapshotShards());
     }
 
     void SaveCheckpoint(Action<TrainingEvent>? onEvent)
@@ -214,10 +213,8 @@ public sealed class Trainer : IDisposable
         var saved = c.Manifest.Model.Deserialize<ModelConfig>(Json)!;
         if (saved != Config)
             throw new ConfigException($"checkpoint '{c.Directory}' was written for a different model ({Describe(saved)}) than this run's ({Describe(Config)}); resume with the checkpoint's settings");
-        foreach (var p in Model.Parameters.All)
-            Backend.Upload(p.Value, Tensor(c.Weights, p.Name, p.Count, c.Directory));
-        foreach (var b in Optimizer.StateBuffers)
-            Backend.Upload(b, Tensor(c.OptimizerState, b.Name, b.Length, c.Directory));
+        // Full tensors, whatever mesh wrote them: the engine cuts them for its own mesh (resharding).
+        Engine.Load(c.Weights, c.OptimizerState, c.Directory);
         Step = c.Manifest.Step;
         _cursor = c.Manifest.Cursor is null ? new DataCursor() : DataCursor.FromJson(c.Manifest.Cursor.ToJsonString());
         _detector.Restore(c.Manifest.RecentLosses, c.Manifest.RecentGradNorms);
@@ -228,18 +225,11 @@ public sealed class Trainer : IDisposable
         }
     }
 
-    static float[] Tensor(Dictionary<string, NamedTensor> tensors, string name, long count, string dir)
-    {
-        if (!tensors.TryGetValue(name, out var t) || t.Data.LongLength != count)
-            throw new InvalidDataException($"checkpoint '{dir}' lacks tensor '{name}' of {count} values; it was written by an incompatible configuration (e.g. factored vs unfactored Adafactor)");
-        return t.Data;
-    }
-
     static string Describe(ModelConfig c) =>
         $"vocab {c.Vocab}, d_model {c.DModel}, layers {c.Layers}, heads {c.Heads}, head_dim {c.HeadDim}, d_ff {c.DFf}, seq {c.SeqLen}, {c.Block}, {c.Attention}";
 
     /// <summary>Mean cross-entropy over (up to maxSequences of) the held-out split.</summary>
-    public double Evaluate(int maxSequences = 64) => Inference.Evaluator.MeanLoss(Model, Dataset, heldOut: true, maxSequences);
+    public double Evaluate(int maxSequences = 64) => Engine.Evaluate(Dataset, heldOut: true, maxSequences);
 
     /// <summary>The resolved configuration of this run, as written to config.json.</summary>
     public JsonObject DescribeRun() => new()
@@ -248,8 +238,10 @@ public sealed class Trainer : IDisposable
         ["training"] = JsonSerializer.SerializeToNode(Options, Json),
         ["tokenizer"] = new JsonObject { ["kind"] = Tokenizer.Kind, ["vocab_size"] = Tokenizer.VocabSize, ["vocabulary_hash"] = Tokenizer.VocabularyHash, ["path"] = Options.Tokenizer },
         ["data"] = new JsonObject { ["tokens"] = Dataset.TokenCount, ["train_sequences"] = Dataset.TrainSequences, ["eval_sequences"] = Dataset.EvalSequences },
-        ["backend"] = new JsonObject { ["name"] = Backend.Name, ["device"] = Backend.DeviceName, ["peak_gflops"] = PeakGflops },
-        ["parameters"] = Model.Parameters.Count,
+        ["backend"] = new JsonObject { ["name"] = Engine.BackendName, ["device"] = Engine.DeviceDescription, ["devices"] = Engine.DeviceCount, ["peak_gflops"] = PeakGflops },
+        ["mesh"] = Engine.Mesh,
+        ["shard_weights"] = Engine.ShardWeights,
+        ["parameters"] = Engine.ParameterCount,
         ["flops_per_token"] = FlopsPerToken,
     };
 
@@ -269,10 +261,8 @@ public sealed class Trainer : IDisposable
         try { Checkpoints?.Flush(); }
         finally
         {
-            Optimizer.Dispose();
-            Model.Dispose();
+            Engine.Dispose();
             Dataset.Dispose();
-            Backend.Dispose();
         }
     }
 }

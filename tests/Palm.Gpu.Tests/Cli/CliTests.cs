@@ -104,11 +104,21 @@ public class CliTests
     public void MeshTrainingWritesWeightsThatGenerateCanLoad()
     {
         string run = Path.Combine(CliRunner.TempDir(), "run");
-        var r = CliRunner.Run("train", "--preset", "tiny", "--steps", "3", "--batch", "4", "--mesh", "2x2", "--out", run, "--peak-gflops", "100");
+        var r = CliRunner.Run("train", "--preset", "tiny", "--steps", "4", "--batch", "4", "--mesh", "2x2", "--out", run, "--peak-gflops", "100", "--checkpoint-every", "2");
         Assert.True(r.ExitCode == 0, r.Stderr);
-        Assert.Equal(3, File.ReadAllLines(Path.Combine(run, "metrics.jsonl")).Length);
+        var lines = File.ReadAllLines(Path.Combine(run, "metrics.jsonl"));
+        Assert.Equal(4, lines.Count(l => !l.Contains("\"event\"")));
+        Assert.Contains(lines, l => l.Contains("\"event\":\"end\"") && l.Contains("eval_loss"));
+        Assert.Contains("\"mesh\": \"2x2\"", File.ReadAllText(Path.Combine(run, "config.json")));
+        Assert.True(File.Exists(Path.Combine(run, "checkpoints", "step-000000004", "weights.d0-m1.safetensors")));
         var g = CliRunner.Run("generate", "--model", run, "--tokens", "5");
         Assert.True(g.ExitCode == 0, g.Stderr);
+
+        // The mesh checkpoint continues on another mesh.
+        var resumed = CliRunner.Run("train", "--resume", "latest", "--out", run, "--steps", "6", "--mesh", "1x2", "--peak-gflops", "100");
+        Assert.True(resumed.ExitCode == 0, resumed.Stderr);
+        Assert.Contains("resharding: checkpoint written on mesh 2x2, continuing on 1x2", resumed.Stderr);
+        Assert.Contains("done: step 6", resumed.Stdout);
     }
 
     [Fact]

@@ -1,5 +1,6 @@
 using Palm.Gpu.Model;
 using Palm.Gpu.Training;
+using Palm.Gpu.Tests.Support;
 using Xunit;
 
 namespace Palm.Gpu.Tests.OpenCl;
@@ -18,12 +19,7 @@ public class OpenClTrainingTests
         using var t = new Trainer(config, options, vocabFromTokenizer: true);
         var losses = new List<double>();
         t.Run(steps, m => losses.Add(m.Loss));
-        var weights = t.Model.Parameters.All.SelectMany(p =>
-        {
-            var h = new float[p.Count];
-            t.Backend.Download(p.Value, h);
-            return h;
-        }).ToArray();
+        var weights = TrainerState.Weights(t);
         return (losses, weights);
     }
 

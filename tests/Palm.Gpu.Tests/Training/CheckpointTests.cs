@@ -19,13 +19,7 @@ public class CheckpointTests
         SpikeGuard = new SpikeGuardConfig { MinHistory = 5, Window = 20, RollbackSteps = 10, SkipMargin = 5, MinSkip = 20, MaxSkip = 50 },
     };
 
-    static float[] State(Trainer t) =>
-        t.Model.Parameters.All.Select(p => p.Value).Concat(t.Optimizer.StateBuffers).SelectMany(b =>
-        {
-            var h = new float[b.Length];
-            t.Backend.Download(b, h);
-            return h;
-        }).ToArray();
+    static float[] State(Trainer t) => TrainerState.WeightsAndOptimizer(t);
 
     [Fact]
     public void ResumeIsBitIdenticalToAnUninterruptedRun()

@@ -14,12 +14,7 @@ public class TrainerTests
         Steps = 0, BatchSchedule = "4", Seed = seed, Threads = threads, PeakGflops = 100,
     };
 
-    static float[] Weights(Trainer t) => t.Model.Parameters.All.SelectMany(p =>
-    {
-        var h = new float[p.Count];
-        t.Backend.Download(p.Value, h);
-        return h;
-    }).ToArray();
+    static float[] Weights(Trainer t) => TrainerState.Weights(t);
 
     [Fact]
     public void LossFallsOnTheSyntheticCorpus()
