@@ -36,7 +36,7 @@ internal static class Cli
         }).Validate();
     }
 
-    public static Option<double> PeakGflops() => new("--peak-gflops") { Description = "device fp32 peak for MFU (default: measured on CPU)" };
+    public static Option<double> PeakGflops() => new("--peak-gflops") { Description = "fp32 peak in GFLOP/s for MFU: the device's, or all mesh devices' together (default: measured)" };
 
     /// <summary>Applies the shape overrides a verb was given to a preset.</summary>
     public static ModelConfig Resolve(string preset, string? block, string? attention, bool remat, int? seq, int? vocab = null)

@@ -83,8 +83,16 @@ public sealed class MeshTrainer : ITrainingEngine
     public int DeviceCount => MeshDevices.Size;
     public long ParameterCount => ModelMath.Parameters(Model.Config);
 
-    /// <summary>The mesh's devices are alike: one device's measured peak times their number.</summary>
-    public double MeasurePeakGflops() => Peak.Measure(MeshDevices.Devices[0]) * MeshDevices.Size;
+    /// <summary>
+    /// CPU logical devices share the machine's cores, so the peak is the machine's; other devices are separate
+    /// hardware of one kind: one device's measured peak times their number.
+    /// </summary>
+    public double MeasurePeakGflops()
+    {
+        if (MeshDevices.Devices[0] is not Backends.Cpu.CpuBackend) return Peak.Measure(MeshDevices.Devices[0]) * MeshDevices.Size;
+        using var machine = new Backends.Cpu.CpuBackend();
+        return Peak.Measure(machine);
+    }
 
     public (LossResult Loss, double GradNorm) ComputeGradients(ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets, int batch, float lossScale)
     {

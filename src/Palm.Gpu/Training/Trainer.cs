@@ -67,7 +67,7 @@ public sealed class Trainer : IDisposable
         _inputs = new int[Schedule.Max * Config.SeqLen];
         _targets = new int[Schedule.Max * Config.SeqLen];
         FlopsPerToken = ModelMath.TrainingFlopsPerToken(Config);
-        PeakGflops = options.PeakGflops > 0 ? options.PeakGflops * Engine.DeviceCount : Engine.MeasurePeakGflops();
+        PeakGflops = options.PeakGflops > 0 ? options.PeakGflops : Engine.MeasurePeakGflops();
         Checkpoints = options.OutDir is null ? null : new CheckpointStore(Path.Combine(options.OutDir, "checkpoints"));
     }
 
