@@ -75,3 +75,55 @@ internal sealed class BackwardScratch : IDisposable
         foreach (var x in new[] { DResidual, DHidden, DQ, DK, DV, DAtt, DGate, DUp, DAct }) x.Dispose();
     }
 }
+
+/// <summary>
+/// Every buffer one forward/backward pass needs besides the parameters, sized for the largest batch:
+/// the residual stream x_0 .. x_L (N,D) each, the blocks' saved internals (one per layer, or one shared set
+/// when rematerialising), backward scratch, token ids and the head (ln_f, logits (N,V), per-row losses, logZ).
+/// </summary>
+internal sealed class ModelActivations : IDisposable
+{
+    public ModelActivations(IBackend be, ModelConfig config, Dims max)
+    {
+        long n = max.N;
+        Residual = new DeviceBuffer[config.Layers + 1];
+        for (int l = 0; l <= config.Layers; l++) Residual[l] = be.Allocate($"x{l}", n * max.D);
+        bool serial = config.Block == BlockKind.Serial;
+        // With rematerialisation one set of block internals is shared by every layer and refilled in backward.
+        Blocks = config.Rematerialize
+            ? [new BlockActivations(be, max, serial, "shared.")]
+            : Enumerable.Range(0, config.Layers).Select(l => new BlockActivations(be, max, serial, $"layers.{l}.")).ToArray();
+        Scratch = new BackwardScratch(be, max);
+        Tokens = be.Allocate("tokens", n, ElementType.I32);
+        Targets = be.Allocate("targets", n, ElementType.I32);
+        Hf = be.Allocate("ln_f_out", n * max.D);
+        HfMean = be.Allocate("ln_f_mean", n);
+        HfRstd = be.Allocate("ln_f_rstd", n);
+        Logits = be.Allocate("logits", n * max.V);
+        Losses = be.Allocate("losses", n);
+        LogZ = be.Allocate("log_z", n);
+        HostLosses = new float[n];
+        HostLogZ = new float[n];
+    }
+
+    public readonly DeviceBuffer[] Residual;
+    public readonly BlockActivations[] Blocks;
+    public readonly BackwardScratch Scratch;
+    public readonly DeviceBuffer Tokens, Targets, Hf, HfMean, HfRstd, Logits, Losses, LogZ;
+    public readonly float[] HostLosses, HostLogZ;
+
+    public BlockActivations For(int layer) => Blocks[Blocks.Length == 1 ? 0 : layer];
+
+    /// <summary>Bytes of the residual stream, block internals and head (the backward scratch is transient and not counted).</summary>
+    public long Bytes =>
+        Residual.Sum(b => b.Bytes) + Blocks.Sum(a => a.Buffers.Sum(b => b.Bytes)) +
+        new[] { Hf, HfMean, HfRstd, Logits, Losses, LogZ, Tokens, Targets }.Sum(b => b.Bytes);
+
+    public void Dispose()
+    {
+        foreach (var b in Residual) b.Dispose();
+        foreach (var a in Blocks) a.Dispose();
+        Scratch.Dispose();
+        foreach (var b in new[] { Tokens, Targets, Hf, HfMean, HfRstd, Logits, Losses, LogZ }) b.Dispose();
+    }
+}

@@ -22,11 +22,7 @@ public sealed class PalmModel : IDisposable
 {
     readonly IBackend _be;
     readonly Dims _max;
-    readonly DeviceBuffer[] _residual;        // x_0 .. x_L, each (N,D)
-    readonly BlockActivations[] _acts;        // one per layer, or a single shared one when rematerialising
-    readonly BackwardScratch _scratch;
-    readonly DeviceBuffer _tokens, _targets, _hf, _hfMean, _hfRstd, _logits, _losses, _logZ;
-    readonly float[] _hostLosses, _hostLogZ;
+    readonly ModelActivations _a;
     int _batch;                                // batch of the last forward (backward must match)
 
     public PalmModel(IBackend backend, ModelConfig config, int maxBatch)
@@ -38,24 +34,7 @@ public sealed class PalmModel : IDisposable
         MaxBatch = maxBatch;
         Parameters = new ParameterSet(backend, config);
         _max = Dims.Of(config, maxBatch);
-        long n = _max.N;
-        _residual = new DeviceBuffer[config.Layers + 1];
-        for (int l = 0; l <= config.Layers; l++) _residual[l] = backend.Allocate($"x{l}", n * _max.D);
-        bool serial = config.Block == BlockKind.Serial;
-        _acts = config.Rematerialize
-            ? [new BlockActivations(backend, _max, serial, "shared.")]
-            : Enumerable.Range(0, config.Layers).Select(l => new BlockActivations(backend, _max, serial, $"layers.{l}.")).ToArray();
-        _scratch = new BackwardScratch(backend, _max);
-        _tokens = backend.Allocate("tokens", n, ElementType.I32);
-        _targets = backend.Allocate("targets", n, ElementType.I32);
-        _hf = backend.Allocate("ln_f_out", n * _max.D);
-        _hfMean = backend.Allocate("ln_f_mean", n);
-        _hfRstd = backend.Allocate("ln_f_rstd", n);
-        _logits = backend.Allocate("logits", n * _max.V);
-        _losses = backend.Allocate("losses", n);
-        _logZ = backend.Allocate("log_z", n);
-        _hostLosses = new float[n];
-        _hostLogZ = new float[n];
+        _a = new ModelActivations(backend, config, _max);
     }
 
     public ModelConfig Config { get; }
@@ -64,9 +43,7 @@ public sealed class PalmModel : IDisposable
     public IBackend Backend => _be;
 
     /// <summary>Bytes held by activation and scratch buffers (weights and gradients excluded).</summary>
-    public long ActivationBytes =>
-        _residual.Sum(b => b.Bytes) + _acts.Sum(a => a.Buffers.Sum(b => b.Bytes)) +
-        new[] { _hf, _hfMean, _hfRstd, _logits, _losses, _logZ, _tokens, _targets }.Sum(b => b.Bytes);
+    public long ActivationBytes => _a.Bytes;
 
     /// <summary>
     /// Forward pass over batch·T tokens (inputs and targets row-major (B,T)); returns the mean losses.
@@ -82,24 +59,24 @@ public sealed class PalmModel : IDisposable
         CheckTokens(inputs, "input");
         CheckTokens(targets, "target");
         _batch = batch;
-        _be.Upload(_tokens, inputs);
-        _be.Upload(_targets, targets);
+        _be.Upload(_a.Tokens, inputs);
+        _be.Upload(_a.Targets, targets);
 
-        _be.EmbeddingForward(_residual[0], _tokens, Parameters.Embedding.Value, m.N, m.D);
+        _be.EmbeddingForward(_a.Residual[0], _a.Tokens, Parameters.Embedding.Value, m.N, m.D);
         for (int l = 0; l < Config.Layers; l++)
-            Block.Forward(_be, m, Parameters.Blocks[l], ActsFor(l), _residual[l], _residual[l + 1]);
+            Block.Forward(_be, m, Parameters.Blocks[l], ActsFor(l), _a.Residual[l], _a.Residual[l + 1]);
 
-        _be.LayerNormForward(_hf, _hfMean, _hfRstd, _residual[Config.Layers], Parameters.FinalNorm.Value, m.N, m.D);
-        _be.Matmul(_logits, _hf, Parameters.Embedding.Value, m.N, m.V, m.D, transB: true, alpha: LogitScale);
-        _be.CrossEntropyForward(_losses, _logZ, _logits, _targets, m.N, m.V);
+        _be.LayerNormForward(_a.Hf, _a.HfMean, _a.HfRstd, _a.Residual[Config.Layers], Parameters.FinalNorm.Value, m.N, m.D);
+        _be.Matmul(_a.Logits, _a.Hf, Parameters.Embedding.Value, m.N, m.V, m.D, transB: true, alpha: LogitScale);
+        _be.CrossEntropyForward(_a.Losses, _a.LogZ, _a.Logits, _a.Targets, m.N, m.V);
 
-        _be.Download(_losses, _hostLosses.AsSpan(0, m.N));
-        _be.Download(_logZ, _hostLogZ.AsSpan(0, m.N));
+        _be.Download(_a.Losses, _a.HostLosses.AsSpan(0, m.N));
+        _be.Download(_a.LogZ, _a.HostLogZ.AsSpan(0, m.N));
         double ce = 0, z2 = 0;
         for (int i = 0; i < m.N; i++)
         {
-            ce += _hostLosses[i];
-            z2 += (double)_hostLogZ[i] * _hostLogZ[i];
+            ce += _a.HostLosses[i];
+            z2 += (double)_a.HostLogZ[i] * _a.HostLogZ[i];
         }
         return new LossResult(ce / m.N, Config.ZLoss * z2 / m.N);
     }
@@ -112,39 +89,39 @@ public sealed class PalmModel : IDisposable
     {
         if (_batch == 0) throw new InvalidOperationException("Backward needs a Forward first");
         var m = Dims.Of(Config, _batch);
-        var s = _scratch;
+        var s = _a.Scratch;
         var emb = Parameters.Embedding;
 
         // Head: dlogits in place, then through the tied embedding and the final norm.
-        _be.CrossEntropyBackward(_logits, _logits, _logZ, _targets, lossScale / m.N, Config.ZLoss, m.N, m.V);
-        _be.Matmul(s.DHidden, _logits, emb.Value, m.N, m.D, m.V, alpha: LogitScale);
-        _be.Matmul(emb.Grad, _logits, _hf, m.V, m.D, m.N, transA: true, alpha: LogitScale, accumulate: true);
-        _be.LayerNormBackward(s.DResidual, Parameters.FinalNorm.Grad, s.DHidden, _residual[Config.Layers],
-                              Parameters.FinalNorm.Value, _hfMean, _hfRstd, m.N, m.D, accumulate: false);
+        _be.CrossEntropyBackward(_a.Logits, _a.Logits, _a.LogZ, _a.Targets, lossScale / m.N, Config.ZLoss, m.N, m.V);
+        _be.Matmul(s.DHidden, _a.Logits, emb.Value, m.N, m.D, m.V, alpha: LogitScale);
+        _be.Matmul(emb.Grad, _a.Logits, _a.Hf, m.V, m.D, m.N, transA: true, alpha: LogitScale, accumulate: true);
+        _be.LayerNormBackward(s.DResidual, Parameters.FinalNorm.Grad, s.DHidden, _a.Residual[Config.Layers],
+                              Parameters.FinalNorm.Value, _a.HfMean, _a.HfRstd, m.N, m.D, accumulate: false);
 
         for (int l = Config.Layers - 1; l >= 0; l--)
         {
             var a = ActsFor(l);
-            if (Config.Rematerialize) Block.Recompute(_be, m, Parameters.Blocks[l], a, _residual[l], s.DHidden);
-            Block.Backward(_be, m, Parameters.Blocks[l], a, s, _residual[l], s.DResidual);
+            if (Config.Rematerialize) Block.Recompute(_be, m, Parameters.Blocks[l], a, _a.Residual[l], s.DHidden);
+            Block.Backward(_be, m, Parameters.Blocks[l], a, s, _a.Residual[l], s.DResidual);
         }
-        _be.EmbeddingBackward(emb.Grad, _tokens, s.DResidual, m.N, m.D, m.V);
+        _be.EmbeddingBackward(emb.Grad, _a.Tokens, s.DResidual, m.N, m.D, m.V);
     }
 
     /// <summary>Logits of the last Forward for the first <paramref name="rows"/> rows, (rows, V) on the host.</summary>
     public float[] DownloadLogits(int rows)
     {
         var host = new float[(long)rows * Config.Vocab];
-        _be.Download(_logits, host);
+        _be.Download(_a.Logits, host);
         return host;
     }
 
     /// <summary>Per-token cross-entropy of the last Forward (N values).</summary>
-    public ReadOnlySpan<float> TokenLosses => _hostLosses.AsSpan(0, _batch * Config.SeqLen);
+    public ReadOnlySpan<float> TokenLosses => _a.HostLosses.AsSpan(0, _batch * Config.SeqLen);
 
     float LogitScale => 1f / MathF.Sqrt(Config.DModel);
 
-    BlockActivations ActsFor(int layer) => _acts[Config.Rematerialize ? 0 : layer];
+    BlockActivations ActsFor(int layer) => _a.For(layer);
 
     void CheckTokens(ReadOnlySpan<int> ids, string what)
     {
@@ -156,9 +133,6 @@ public sealed class PalmModel : IDisposable
     public void Dispose()
     {
         foreach (var p in Parameters.All) { p.Value.Dispose(); p.Grad.Dispose(); }
-        foreach (var b in _residual) b.Dispose();
-        foreach (var a in _acts) a.Dispose();
-        _scratch.Dispose();
-        foreach (var b in new[] { _tokens, _targets, _hf, _hfMean, _hfRstd, _logits, _losses, _logZ }) b.Dispose();
+        _a.Dispose();
     }
 }

@@ -315,7 +315,12 @@ public sealed class ShardedPalm : IDisposable
         return new LossResult(ce / n, Config.ZLoss * z2 / n);
     }
 
-    void BlockForward(int l, Dims m)
+    /// <summary>
+    /// Layer l's forward. With <paramref name="recompute"/> (rematerialisation in backward) it only refills the
+    /// shared block internals from the stored input: the block output is not needed, so a parallel block
+    /// recomputes without communication, and a serial block repeats only its first all-reduce (for x1).
+    /// </summary>
+    void BlockForward(int l, Dims m, bool recompute = false)
     {
         long nd = (long)m.N * m.D;
         bool serial = Config.Block == BlockKind.Serial;
@@ -328,6 +333,7 @@ public sealed class ShardedPalm : IDisposable
             AttentionSublayer.Forward(r.Be, m, w, a, a.Ln1Out, r.Partial);
             if (!serial) MlpSublayer.Forward(r.Be, m, w, a, a.Ln1Out, r.Partial);
         });
+        if (!serial && recompute) return;
         AllReduceModel(r => r.Partial, nd);
         if (!serial)
         {
@@ -343,39 +349,9 @@ public sealed class ShardedPalm : IDisposable
             r.Be.Fill(r.Partial, 0f, nd);
             MlpSublayer.Forward(r.Be, m, w, a, a.Ln2Out!, r.Partial);
         });
+        if (recompute) return;
         AllReduceModel(r => r.Partial, nd);
         ForRanks(r => r.Be.Add(r.Residual[l + 1], r.ActsFor(l).X1!, r.Partial, nd));
-    }
-
-    /// <summary>
-    /// Rematerialisation: refills the shared block internals of layer l from its stored input. The block
-    /// output is not needed, so a parallel block recomputes without communication; a serial block needs
-    /// x1 and so repeats its first all-reduce.
-    /// </summary>
-    void Recompute(int l, Dims m)
-    {
-        long nd = (long)m.N * m.D;
-        bool serial = Config.Block == BlockKind.Serial;
-        ForRanks(r =>
-        {
-            var w = r.Block(l);
-            var a = r.ActsFor(l);
-            r.Be.LayerNormForward(a.Ln1Out, a.Ln1Mean, a.Ln1Rstd, r.Residual[l], w.Ln1.Value, m.N, m.D);
-            r.Be.Fill(r.Partial, 0f, nd);
-            AttentionSublayer.Forward(r.Be, m, w, a, a.Ln1Out, r.Partial);
-            if (!serial) MlpSublayer.Forward(r.Be, m, w, a, a.Ln1Out, r.Partial);
-        });
-        if (!serial) return;
-        AllReduceModel(r => r.Partial, nd);
-        ForRanks(r =>
-        {
-            var w = r.Block(l);
-            var a = r.ActsFor(l);
-            r.Be.Add(a.X1!, r.Residual[l], r.Partial, nd);
-            r.Be.LayerNormForward(a.Ln2Out!, a.Ln2Mean!, a.Ln2Rstd!, a.X1!, w.Ln2!.Value, m.N, m.D);
-            r.Be.Fill(r.Partial, 0f, nd);
-            MlpSublayer.Forward(r.Be, m, w, a, a.Ln2Out!, r.Partial);
-        });
     }
 
     /// <summary>Backward of the last Forward: every rank's gradients += d(mean CE + z-loss)/dθ of its shard, then synchronised.</summary>
@@ -412,7 +388,7 @@ public sealed class ShardedPalm : IDisposable
         {
             int layer = l;
             Materialize(LayerUnit(l), grads: true);
-            if (Config.Rematerialize) Recompute(l, m);
+            if (Config.Rematerialize) BlockForward(l, m, recompute: true);
             if (!serial)
             {
                 ForRanks(r =>
@@ -625,23 +601,8 @@ public sealed class ShardedPalm : IDisposable
                                                   .OfType<Parameter>().Select(p => index[p]).ToArray()).ToArray();
 
             long n = max.N;
-            Residual = new DeviceBuffer[local.Layers + 1];
-            for (int l = 0; l <= local.Layers; l++) Residual[l] = be.Allocate($"x{l}", n * max.D);
-            bool serial = local.Block == BlockKind.Serial;
-            // With rematerialisation one set of block internals is shared by every layer and refilled in backward.
-            Acts = local.Rematerialize
-                ? [new BlockActivations(be, max, serial, "shared.")]
-                : Enumerable.Range(0, local.Layers).Select(l => new BlockActivations(be, max, serial, $"layers.{l}.")).ToArray();
-            S = new BackwardScratch(be, max);
+            A = new ModelActivations(be, local, max);
             Partial = be.Allocate("block_partial", n * max.D);
-            Tokens = be.Allocate("tokens", n, ElementType.I32);
-            Targets = be.Allocate("targets", n, ElementType.I32);
-            Hf = be.Allocate("ln_f_out", n * max.D);
-            HfMean = be.Allocate("ln_f_mean", n);
-            HfRstd = be.Allocate("ln_f_rstd", n);
-            Logits = be.Allocate("logits", n * max.V);
-            Losses = be.Allocate("losses", n);
-            LogZ = be.Allocate("log_z", n);
             RowStat = be.Allocate("row_stat", n);
             RowStat2 = be.Allocate("row_stat2", n);
             UnitRow = be.Allocate("unit_row", max.V);
@@ -649,8 +610,6 @@ public sealed class ShardedPalm : IDisposable
             unit[0] = 1f;
             be.Upload(UnitRow, unit);
             TargetHere = new bool[n];
-            HostLogZ = new float[n];
-            HostLosses = new float[n];
             HostMax = new float[n];
         }
 
@@ -665,15 +624,26 @@ public sealed class ShardedPalm : IDisposable
         public readonly ParameterPiece[] Pieces;
         public readonly int[][] LayerIndices;
         public readonly DeviceBuffer? Stage, StageSlice;
-        public readonly DeviceBuffer[] Residual;
-        public readonly BlockActivations[] Acts;
-        public readonly BackwardScratch S;
-        public readonly DeviceBuffer Partial, Tokens, Targets, Hf, HfMean, HfRstd, Logits, Losses, LogZ, RowStat, RowStat2, UnitRow;
+        /// <summary>The same per-pass buffers as a one-device model, at the rank's local shape.</summary>
+        public readonly ModelActivations A;
+        public readonly DeviceBuffer Partial, RowStat, RowStat2, UnitRow;   // (N,D) block output before the all-reduce; (N) ×2; (V) one-hot row
         public readonly bool[] TargetHere;
-        public float[] HostLogZ, HostLosses, HostMax;
+        public readonly float[] HostMax;
+        public DeviceBuffer[] Residual => A.Residual;
+        public BackwardScratch S => A.Scratch;
+        public DeviceBuffer Tokens => A.Tokens;
+        public DeviceBuffer Targets => A.Targets;
+        public DeviceBuffer Hf => A.Hf;
+        public DeviceBuffer HfMean => A.HfMean;
+        public DeviceBuffer HfRstd => A.HfRstd;
+        public DeviceBuffer Logits => A.Logits;
+        public DeviceBuffer Losses => A.Losses;
+        public DeviceBuffer LogZ => A.LogZ;
+        public float[] HostLogZ => A.HostLogZ;
+        public float[] HostLosses => A.HostLosses;
 
         public ParameterPiece Piece(int i) => Pieces[i];
-        public BlockActivations ActsFor(int layer) => Acts[Acts.Length == 1 ? 0 : layer];
+        public BlockActivations ActsFor(int layer) => A.For(layer);
         Parameter L(int i) => Live[i] ?? throw new InvalidOperationException($"parameter {Meta.All[i].Name} is not gathered");
         public Parameter Embedding => L(0);
         public Parameter FinalNorm => L(Live.Length - 1);
@@ -694,10 +664,8 @@ public sealed class ShardedPalm : IDisposable
             if (Params is null) foreach (var p in Live.OfType<Parameter>()) { p.Value.Dispose(); p.Grad.Dispose(); }
             Stage?.Dispose();
             StageSlice?.Dispose();
-            foreach (var b in Residual) b.Dispose();
-            foreach (var a in Acts) a.Dispose();
-            S.Dispose();
-            foreach (var b in new[] { Partial, Tokens, Targets, Hf, HfMean, HfRstd, Logits, Losses, LogZ, RowStat, RowStat2, UnitRow }) b.Dispose();
+            A.Dispose();
+            foreach (var b in new[] { Partial, RowStat, RowStat2, UnitRow }) b.Dispose();
         }
     }
 }
