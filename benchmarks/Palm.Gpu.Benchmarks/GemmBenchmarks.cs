@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using BenchmarkDotNet.Attributes;
-using BenchmarkDotNet.Columns;
 using BenchmarkDotNet.Configs;
 using BenchmarkDotNet.Jobs;
 using BenchmarkDotNet.Reports;
@@ -75,7 +74,16 @@ public class GemmBenchmarks
         public Config()
         {
             AddJob(Job.Default.WithWarmupCount(3).WithIterationCount(8).WithLaunchCount(1));
-            AddColumn(new GflopsColumn(), new PeakShareColumn());
+            var peaks = new Dictionary<int, double>();   // measured once per thread count when the table is printed
+            AddColumn(
+                new MetricColumn("GFLOP/s", "2·M·N·K / mean time", (s, bc) => double.IsNaN(Gflops(s, bc)) ? "n/a" : Gflops(s, bc).ToString("F1")),
+                new MetricColumn("% peak", "GFLOP/s ÷ CpuPeak.MeasureGflops(threads), measured once per thread count when the table is printed", (s, bc) =>
+                {
+                    int threads = ThreadsOf(bc);
+                    if (!peaks.TryGetValue(threads, out double peak)) peaks[threads] = peak = CpuPeak.MeasureGflops(threads);
+                    double g = Gflops(s, bc);
+                    return double.IsNaN(g) ? "n/a" : (100 * g / peak).ToString("F0");
+                }, priority: 1));
         }
     }
 
@@ -87,45 +95,6 @@ public class GemmBenchmarks
         if (bc.Descriptor.WorkloadMethod.Name == nameof(OpenBlasSgemm) && !OpenBlas.Available) return double.NaN;
         var stats = summary[bc]?.ResultStatistics;
         return stats is null ? double.NaN : ShapeOf(bc).Flops / stats.Mean; // FLOP per ns = GFLOP/s
-    }
-
-    private sealed class GflopsColumn : IColumn
-    {
-        public string Id => "GFLOP/s";
-        public string ColumnName => "GFLOP/s";
-        public bool AlwaysShow => true;
-        public ColumnCategory Category => ColumnCategory.Custom;
-        public int PriorityInCategory => 0;
-        public bool IsNumeric => true;
-        public UnitType UnitType => UnitType.Dimensionless;
-        public string Legend => "2·M·N·K / mean time";
-        public bool IsDefault(Summary summary, BenchmarkCase bc) => false;
-        public bool IsAvailable(Summary summary) => true;
-        public string GetValue(Summary summary, BenchmarkCase bc) => double.IsNaN(Gflops(summary, bc)) ? "n/a" : Gflops(summary, bc).ToString("F1");
-        public string GetValue(Summary summary, BenchmarkCase bc, SummaryStyle style) => GetValue(summary, bc);
-    }
-
-    private sealed class PeakShareColumn : IColumn
-    {
-        private readonly Dictionary<int, double> _peak = new();
-        public string Id => "PeakShare";
-        public string ColumnName => "% peak";
-        public bool AlwaysShow => true;
-        public ColumnCategory Category => ColumnCategory.Custom;
-        public int PriorityInCategory => 1;
-        public bool IsNumeric => true;
-        public UnitType UnitType => UnitType.Dimensionless;
-        public string Legend => "GFLOP/s ÷ CpuPeak.MeasureGflops(threads), measured once per thread count when the table is printed";
-        public bool IsDefault(Summary summary, BenchmarkCase bc) => false;
-        public bool IsAvailable(Summary summary) => true;
-        public string GetValue(Summary summary, BenchmarkCase bc)
-        {
-            int threads = ThreadsOf(bc);
-            if (!_peak.TryGetValue(threads, out double peak)) _peak[threads] = peak = CpuPeak.MeasureGflops(threads);
-            double g = Gflops(summary, bc);
-            return double.IsNaN(g) ? "n/a" : (100 * g / peak).ToString("F0");
-        }
-        public string GetValue(Summary summary, BenchmarkCase bc, SummaryStyle style) => GetValue(summary, bc);
     }
 
     /// <summary>Best seconds of a few timed calls (at least 3, up to 20 or ~1.5 s).</summary>

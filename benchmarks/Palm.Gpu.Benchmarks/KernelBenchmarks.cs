@@ -1,5 +1,4 @@
 using BenchmarkDotNet.Attributes;
-using BenchmarkDotNet.Columns;
 using BenchmarkDotNet.Configs;
 using BenchmarkDotNet.Jobs;
 using BenchmarkDotNet.Reports;
@@ -78,12 +77,15 @@ public sealed class KernelConfig : ManualConfig
                   .WithInvocationCount(1).WithUnrollFactor(1)); // one cold call per iteration (see IterationSetup)
         WithSummaryStyle(SummaryStyle.Default.WithMaxParameterColumnWidth(48));
         AddColumn(
-            new CaseColumn("GFLOP/s", "FLOPs (OpCosts) / mean time", (c, s) => c.Cost.Flops == 0 ? "–" : (c.Cost.Flops / s / 1e9).ToString("F1")),
-            new CaseColumn("GB/s", "minimum bytes moved (OpCosts) / mean time", (c, s) => (c.Cost.Bytes / s / 1e9).ToString("F1")),
-            new CaseColumn("% FLOP peak", "GFLOP/s ÷ the device's fp32 peak", (c, s) => Share(c.Cost.Flops / s / 1e9, Peak(c).Gflops)),
-            new CaseColumn("% BW peak", "GB/s ÷ the device's measured memory bandwidth", (c, s) => Share(c.Cost.Bytes / s / 1e9, Peak(c).GBps)),
-            new CaseColumn("% roofline", "time at the roofline (max of FLOPs/peak, bytes/bandwidth) ÷ mean time", (c, s) => Share(Peak(c).SecondsAtRoofline(c.Cost), s)));
+            Column("GFLOP/s", "FLOPs (OpCosts) / mean time", (c, s) => c.Cost.Flops == 0 ? "–" : (c.Cost.Flops / s / 1e9).ToString("F1")),
+            Column("GB/s", "minimum bytes moved (OpCosts) / mean time", (c, s) => (c.Cost.Bytes / s / 1e9).ToString("F1")),
+            Column("% FLOP peak", "GFLOP/s ÷ the device's fp32 peak", (c, s) => Share(c.Cost.Flops / s / 1e9, Peak(c).Gflops)),
+            Column("% BW peak", "GB/s ÷ the device's measured memory bandwidth", (c, s) => Share(c.Cost.Bytes / s / 1e9, Peak(c).GBps)),
+            Column("% roofline", "time at the roofline (max of FLOPs/peak, bytes/bandwidth) ÷ mean time", (c, s) => Share(Peak(c).SecondsAtRoofline(c.Cost), s)));
     }
+
+    static MetricColumn Column(string name, string legend, Func<KernelCase, double, string> value) =>
+        MetricColumn.FromSeconds(name, legend, (bc, seconds) => bc.Parameters["Case"] is KernelCase c ? value(c, seconds) : "–");
 
     static string Share(double x, double of) => double.IsFinite(x / of) ? (100 * x / of).ToString("F0") : "n/a";
 
@@ -95,27 +97,6 @@ public sealed class KernelConfig : ManualConfig
             if (Peaks.TryGetValue(c.Backend, out var p)) return p;
             using var be = BackendFactory.Create(c.Backend);
             return Peaks[c.Backend] = MachinePeaks.For(be);
-        }
-    }
-
-    sealed class CaseColumn(string name, string legend, Func<KernelCase, double, string> value) : IColumn
-    {
-        public string Id => "Kernel" + name;
-        public string ColumnName => name;
-        public bool AlwaysShow => true;
-        public ColumnCategory Category => ColumnCategory.Custom;
-        public int PriorityInCategory => 0;
-        public bool IsNumeric => true;
-        public UnitType UnitType => UnitType.Dimensionless;
-        public string Legend => legend;
-        public bool IsDefault(Summary summary, BenchmarkCase bc) => false;
-        public bool IsAvailable(Summary summary) => true;
-        public string GetValue(Summary summary, BenchmarkCase bc) => GetValue(summary, bc, SummaryStyle.Default);
-        public string GetValue(Summary summary, BenchmarkCase bc, SummaryStyle style)
-        {
-            var stats = summary[bc]?.ResultStatistics;
-            if (stats is null || stats.Mean <= 0 || bc.Parameters["Case"] is not KernelCase c) return "–";
-            return value(c, stats.Mean / 1e9);
         }
     }
 }

@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using BenchmarkDotNet.Attributes;
-using BenchmarkDotNet.Columns;
 using BenchmarkDotNet.Configs;
 using BenchmarkDotNet.Jobs;
 using BenchmarkDotNet.Reports;
@@ -95,7 +94,15 @@ public class OpenClGemmBenchmarks
             AddJob(Job.Default.WithWarmupCount(3).WithIterationCount(10).WithLaunchCount(1).WithId("all threads"));
             AddJob(Job.Default.WithWarmupCount(3).WithIterationCount(10).WithLaunchCount(1).WithId("1 thread")
                 .WithEnvironmentVariables(new EnvironmentVariable("POCL_MAX_PTHREAD_COUNT", "1")));
-            AddColumn(new GflopsColumn(), new PeakShareColumn());
+            AddColumn(
+                new MetricColumn("GFLOP/s", "2·M·N·K / mean time", (s, bc) => Gflops(s, bc).ToString("F1")),
+                new MetricColumn("% of FMA peak", "GFLOP/s ÷ the fp32 FMA peak the benchmark process measured with an OpenCL FMA-chain kernel", (s, bc) =>
+                {
+                    string file = PeakFile(bc.Job.Id == "1 thread", (Shape)bc.Parameters["Gemm"]);
+                    if (!File.Exists(file)) return "?";
+                    double peak = double.Parse(File.ReadAllText(file), System.Globalization.CultureInfo.InvariantCulture);
+                    return (100 * Gflops(s, bc) / peak).ToString("F0") + "%";
+                }, priority: 1));
         }
     }
 
@@ -103,45 +110,5 @@ public class OpenClGemmBenchmarks
     {
         var stats = summary[bc]?.ResultStatistics;
         return stats is null ? double.NaN : ((Shape)bc.Parameters["Gemm"]).Flops / stats.Mean;   // FLOP per ns = GFLOP/s
-    }
-
-    sealed class GflopsColumn : IColumn
-    {
-        public string Id => "GFLOPs";
-        public string ColumnName => "GFLOP/s";
-        public bool AlwaysShow => true;
-        public ColumnCategory Category => ColumnCategory.Custom;
-        public int PriorityInCategory => 0;
-        public bool IsNumeric => true;
-        public UnitType UnitType => UnitType.Dimensionless;
-        public string Legend => "2·M·N·K / mean time";
-        public bool IsDefault(Summary summary, BenchmarkCase bc) => false;
-        public bool IsAvailable(Summary summary) => true;
-        public string GetValue(Summary summary, BenchmarkCase bc) => Gflops(summary, bc).ToString("F1");
-        public string GetValue(Summary summary, BenchmarkCase bc, SummaryStyle style) => GetValue(summary, bc);
-    }
-
-    sealed class PeakShareColumn : IColumn
-    {
-        public string Id => "PeakShare";
-        public string ColumnName => "% of FMA peak";
-        public bool AlwaysShow => true;
-        public ColumnCategory Category => ColumnCategory.Custom;
-        public int PriorityInCategory => 1;
-        public bool IsNumeric => true;
-        public UnitType UnitType => UnitType.Dimensionless;
-        public string Legend => "GFLOP/s ÷ the fp32 FMA peak the benchmark process measured with an OpenCL FMA-chain kernel";
-        public bool IsDefault(Summary summary, BenchmarkCase bc) => false;
-        public bool IsAvailable(Summary summary) => true;
-
-        public string GetValue(Summary summary, BenchmarkCase bc)
-        {
-            string file = PeakFile(bc.Job.Id == "1 thread", (Shape)bc.Parameters["Gemm"]);
-            if (!File.Exists(file)) return "?";
-            double peak = double.Parse(File.ReadAllText(file), System.Globalization.CultureInfo.InvariantCulture);
-            return (100 * Gflops(summary, bc) / peak).ToString("F0") + "%";
-        }
-
-        public string GetValue(Summary summary, BenchmarkCase bc, SummaryStyle style) => GetValue(summary, bc);
     }
 }

@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using BenchmarkDotNet.Attributes;
-using BenchmarkDotNet.Columns;
 using BenchmarkDotNet.Configs;
 using BenchmarkDotNet.Reports;
 using BenchmarkDotNet.Running;
@@ -75,29 +74,7 @@ public class TokenizerBenchmarks
 
     sealed class ThroughputConfig : ManualConfig
     {
-        public ThroughputConfig() => AddColumn(new MegabytesPerSecondColumn());
-    }
-
-    sealed class MegabytesPerSecondColumn : IColumn
-    {
-        public string Id => "MBps";
-        public string ColumnName => "MB/s";
-        public bool AlwaysShow => true;
-        public ColumnCategory Category => ColumnCategory.Custom;
-        public int PriorityInCategory => 0;
-        public bool IsNumeric => true;
-        public UnitType UnitType => UnitType.Dimensionless;
-        public string Legend => "Megabytes of input text encoded per second (file bytes / mean)";
-        public bool IsAvailable(Summary summary) => true;
-        public bool IsDefault(Summary summary, BenchmarkCase benchmarkCase) => false;
-        public string GetValue(Summary summary, BenchmarkCase benchmarkCase) => GetValue(summary, benchmarkCase, SummaryStyle.Default);
-
-        public string GetValue(Summary summary, BenchmarkCase benchmarkCase, SummaryStyle style)
-        {
-            var stats = summary[benchmarkCase]?.ResultStatistics;
-            if (stats == null || stats.Mean <= 0) return "-";
-            long bytes = new FileInfo(Find(Path.Combine("shared", "data", "tinyshakespeare.txt"))).Length;
-            return (bytes / 1e6 / (stats.Mean / 1e9)).ToString("F1");
-        }
+        public ThroughputConfig() => AddColumn(MetricColumn.FromSeconds("MB/s", "Megabytes of input text encoded per second (file bytes / mean)",
+            (_, seconds) => (new FileInfo(Find(Path.Combine("shared", "data", "tinyshakespeare.txt"))).Length / 1e6 / seconds).ToString("F1")));
     }
 }

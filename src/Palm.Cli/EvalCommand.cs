@@ -4,6 +4,7 @@ using Palm.Gpu.Data;
 using Palm.Gpu.Inference;
 using Palm.Gpu.IO;
 using Palm.Gpu.Model;
+using Palm.Gpu.Sharding;
 
 namespace Palm.Cli;
 
@@ -21,6 +22,8 @@ internal static class EvalCommand
         var device = Cli.Device();
         var threads = Cli.Threads();
         var cmd = new Command("eval", "print the mean loss of saved weights on a text file") { model, data, batch, maxSeqs, tokenizer, backend, device, threads };
+        var mesh = new MeshOptions();
+        foreach (var o in mesh.All) cmd.Options.Add(o);
         cmd.SetAction(r => Cli.Run(() =>
         {
             string path = GenerateCommand.WeightsPath(r.GetValue(model)!);
@@ -30,10 +33,29 @@ internal static class EvalCommand
             int b = r.GetValue(batch);
             if (b < 1) throw new ConfigException($"--batch must be ≥ 1, got {b}");
             long count = r.GetValue(maxSeqs) > 0 ? Math.Min(r.GetValue(maxSeqs), ds.TrainSequences) : ds.TrainSequences;
-            using var be = BackendFactory.Create(r.GetValue(backend)!, r.GetValue(device), r.GetValue(threads));
-            using var m = new PalmModel(be, config, b);
-            ModelWeights.Load(m, path);
-            double loss = Evaluator.MeanLoss(m, ds, heldOut: false, count);
+            double loss;
+            if (mesh.Parse(r) is { } shape)
+            {
+                var (dataAxis, modelAxis) = shape;
+                DeviceMesh.Validate(config, dataAxis, modelAxis, b);
+                long whole = count - count % dataAxis;
+                if (whole == 0) throw new ConfigException($"the dataAxis axis {dataAxis} needs at least {dataAxis} sequences; the dataAxis has {count}");
+                if (whole < count)
+                    Console.Error.WriteLine($"palm: scoring {whole} of {count} sequences: each batch is split over {dataAxis} data ranks; use --mesh 1x{modelAxis} to score all");
+                count = whole;
+                int threadCount = r.GetValue(threads);
+                using var devices = DeviceMesh.Create(r.GetValue(backend)!, dataAxis, modelAxis, threadCount > 0 ? Math.Max(1, threadCount / (dataAxis * modelAxis)) : 0);
+                using var sharded = new ShardedPalm(devices, config, b, shardWeights: r.GetValue(mesh.ShardWeights));
+                sharded.LoadWeights(ModelWeights.Read(config, path));
+                loss = Evaluator.MeanLoss((i, t, n) => sharded.Forward(i, t, n).CrossEntropy, config.SeqLen, b, dataAxis, ds, heldOut: false, count);
+            }
+            else
+            {
+                using var be = BackendFactory.Create(r.GetValue(backend)!, r.GetValue(device), r.GetValue(threads));
+                using var m = new PalmModel(be, config, b);
+                ModelWeights.Load(m, path);
+                loss = Evaluator.MeanLoss(m, ds, heldOut: false, count);
+            }
             Console.WriteLine($"{{\"loss\": {loss:F6}, \"perplexity\": {Math.Exp(loss):F3}, \"sequences\": {count}, \"tokens\": {count * config.SeqLen}}}");
             return 0;
         }));

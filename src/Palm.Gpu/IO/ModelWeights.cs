@@ -57,14 +57,23 @@ public static class ModelWeights
     /// <summary>Uploads every parameter from the file; names and shapes must match the model exactly.</summary>
     public static void Load(PalmModel model, string path)
     {
+        var weights = Read(model.Config, path);
+        foreach (var p in model.Parameters.All) model.Backend.Upload(p.Value, weights[p.Name]);
+    }
+
+    /// <summary>Every parameter of <paramref name="config"/> from the file, checked by name and shape (e.g. to shard onto a mesh).</summary>
+    public static Dictionary<string, float[]> Read(ModelConfig config, string path)
+    {
         var tensors = SafeTensors.Read(path);
-        foreach (var p in model.Parameters.All)
+        var result = new Dictionary<string, float[]>();
+        foreach (var p in new ParameterSet(Sharding.ShapeOnlyBackend.Instance, config).All)
         {
             if (!tensors.TryGetValue(p.Name, out var t))
                 throw new InvalidDataException($"'{path}' has no tensor '{p.Name}'; it was written for a different model shape");
             if (!t.Shape.SequenceEqual(p.Shape.Select(x => (long)x)))
                 throw new InvalidDataException($"'{path}': tensor '{p.Name}' has shape [{string.Join(",", t.Shape)}], the model expects [{string.Join(",", p.Shape)}]");
-            model.Backend.Upload(p.Value, t.Data);
+            result[p.Name] = t.Data;
         }
+        return result;
     }
 }

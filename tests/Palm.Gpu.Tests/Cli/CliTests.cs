@@ -114,6 +114,17 @@ public class CliTests
         var g = CliRunner.Run("generate", "--model", run, "--tokens", "5");
         Assert.True(g.ExitCode == 0, g.Stderr);
 
+        // eval on a mesh scores like one device; a count the data axis does not divide is said, not hidden.
+        string text = Path.Combine(CliRunner.TempDir(), "eval.txt");
+        File.WriteAllText(text, string.Concat(Enumerable.Repeat("To be, or not to be, that is the question. ", 40)));
+        double Loss(CliRunner.Result e) { Assert.True(e.ExitCode == 0, e.Stderr); return JsonDocument.Parse(e.Stdout).RootElement.GetProperty("loss").GetDouble(); }
+        double one = Loss(CliRunner.Run("eval", "--model", run, "--data", text, "--max-sequences", "8"));
+        double meshLoss = Loss(CliRunner.Run("eval", "--model", run, "--data", text, "--max-sequences", "8", "--mesh", "2x2"));
+        Assert.True(Math.Abs(one - meshLoss) <= 1e-5 * one, $"eval on 2x2 {meshLoss:R} vs one device {one:R}");
+        var odd = CliRunner.Run("eval", "--model", run, "--data", text, "--max-sequences", "7", "--mesh", "2x1");
+        Assert.True(odd.ExitCode == 0, odd.Stderr);
+        Assert.Contains("scoring 6 of 7 sequences", odd.Stderr);
+
         // The mesh checkpoint continues on another mesh.
         var resumed = CliRunner.Run("train", "--resume", "latest", "--out", run, "--steps", "6", "--mesh", "1x2", "--peak-gflops", "100");
         Assert.True(resumed.ExitCode == 0, resumed.Stderr);
