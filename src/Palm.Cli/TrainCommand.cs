@@ -81,6 +81,7 @@ internal static class TrainCommand
             {
                 if (options.CheckpointEvery > 0 || options.InjectSpike is not null)
                     throw new ConfigException("checkpoints and the spike guard run on one device for now; drop --checkpoint-every/--inject-spike, or --mesh");
+                using var transport = mesh.UseTransport(r);
                 return RunMesh(config, options, r.GetValue(vocab) is null, r.GetValue(mesh.Mesh)!, r.GetValue(mesh.ShardWeights));
             }
             string dir = options.OutDir!;
