@@ -45,7 +45,8 @@ internal static class BenchCommand
             int b = r.GetValue(batch), timed = r.GetValue(steps), warm = r.GetValue(warmup), profiled = r.GetValue(profileSteps);
             if (b < 1 || timed < 1 || warm < 0 || profiled < 0) throw new ConfigException("--batch and --steps must be ≥ 1, --warmup and --profile-steps ≥ 0");
             if (mesh.Parse(r) is { } m)
-                return BenchMesh(c, b, warm, timed, r.GetValue(backend)!, r.GetValue(threads), r.GetValue(peak), m.Data, m.Model, r.GetValue(mesh.ShardWeights), r.GetValue(preset)!);
+                return BenchMesh(c, b, warm, timed, r.GetValue(backend)!, r.GetValue(threads), r.GetValue(peak), m.Data, m.Model, r.GetValue(mesh.ShardWeights), r.GetValue(preset)!,
+                                 mesh.Transport(r));
             using var be = BackendFactory.Create(r.GetValue(backend)!, r.GetValue(device), r.GetValue(threads));
             double peakGflops = r.GetValue(peak) > 0 ? r.GetValue(peak) : Peak.Measure(be);
             var res = StepBenchmark.Run(be, c, b, warm, timed, profiled, peakGflops);
@@ -60,11 +61,12 @@ internal static class BenchCommand
     /// Training-step throughput on a device mesh, with the wall time spent inside collectives. On CPU the
     /// logical devices share the machine's cores, so MFU is against the one machine peak.
     /// </summary>
-    static int BenchMesh(ModelConfig c, int batch, int warm, int timed, string backend, int threads, double peak, int data, int model, bool shard, string preset)
+    static int BenchMesh(ModelConfig c, int batch, int warm, int timed, string backend, int threads, double peak, int data, int model, bool shard, string preset,
+                         Palm.Gpu.Sharding.CollectiveTransport transport)
     {
         Palm.Gpu.Sharding.DeviceMesh.Validate(c, data, model, batch);
         if (batch % data != 0) throw new ConfigException($"data axis {data} does not divide --batch {batch}");
-        using var devices = Palm.Gpu.Sharding.DeviceMesh.Create(backend, data, model, threads > 0 ? Math.Max(1, threads / (data * model)) : 0);
+        using var devices = Palm.Gpu.Sharding.DeviceMesh.Create(backend, data, model, threads > 0 ? Math.Max(1, threads / (data * model)) : 0, transport);
         // CPU logical devices share the machine's cores: the peak is the machine's. Other devices are separate hardware.
         double peakGflops = peak > 0 ? peak
             : backend == "cpu" ? Peak.Measure(new Palm.Gpu.Backends.Cpu.CpuBackend())
@@ -91,12 +93,13 @@ internal static class BenchCommand
             mfu = R(gflops / peakGflops, 4),
             collectives = new
             {
+                transport = devices.Transport.ToString().ToLowerInvariant(),
                 seconds_per_step = R(collectiveSeconds / timed, 4), share = R(collectiveSeconds / timed / seconds, 4),
                 all_reduce = counters.AllReduce, all_gather = counters.AllGather, reduce_scatter = counters.ReduceScatter,
                 broadcast = counters.Broadcast, bytes_per_rank = counters.BytesPerRank,
             },
         }));
-        Console.Error.WriteLine($"collectives: {collectiveSeconds / timed * 1000:F1} ms per step ({100 * collectiveSeconds / timed / seconds:F1}% of the step, summed over groups; last step: {counters.AllReduce} all-reduce, {counters.AllGather} all-gather, {counters.ReduceScatter} reduce-scatter, {counters.BytesPerRank:N0} bytes per rank)");
+        Console.Error.WriteLine($"collectives: {collectiveSeconds / timed * 1000:F1} ms per step via {devices.TransportDescription} ({100 * collectiveSeconds / timed / seconds:F1}% of the step, summed over groups; last step: {counters.AllReduce} all-reduce, {counters.AllGather} all-gather, {counters.ReduceScatter} reduce-scatter, {counters.BytesPerRank:N0} bytes per rank)");
         return 0;
     }
 

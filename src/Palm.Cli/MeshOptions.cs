@@ -4,13 +4,28 @@ using Palm.Gpu.Sharding;
 
 namespace Palm.Cli;
 
-/// <summary>--mesh DxM and --shard-weights, and the per-device report `palm plan --mesh` prints.</summary>
+/// <summary>--mesh DxM, --shard-weights and --collectives, and the per-device report `palm plan --mesh` prints.</summary>
 internal sealed class MeshOptions
 {
     public readonly Option<string?> Mesh = new("--mesh") { Description = "DxM devices: D data-parallel × M model-parallel (tensor-parallel heads, MLP width and vocabulary)" };
     public readonly Option<bool> ShardWeights = new("--shard-weights") { Description = "fully shard weights, gradients and optimizer state over the data axis (gathered just before use)" };
 
-    public IEnumerable<Option> All => [Mesh, ShardWeights];
+    public readonly Option<string?> Collectives = new("--collectives")
+    {
+        Description = "how collectives move data: auto (device-side copies when the mesh's OpenCL devices share one context, else host), " +
+                      "host (download, combine on the host, upload) or device",
+    };
+
+    public IEnumerable<Option> All => [Mesh, ShardWeights, Collectives];
+
+    /// <summary>--collectives as a transport (Auto when not given).</summary>
+    public CollectiveTransport Transport(ParseResult r) => r.GetValue(Collectives)?.ToLowerInvariant() switch
+    {
+        null or "auto" => CollectiveTransport.Auto,
+        "host" => CollectiveTransport.Host,
+        "device" => CollectiveTransport.Device,
+        var other => throw new ConfigException($"--collectives takes auto, host or device; got '{other}'"),
+    };
 
     /// <summary>(data, model) from --mesh, or null when not given; --shard-weights without --mesh is an error.</summary>
     public (int Data, int Model)? Parse(ParseResult r)
@@ -19,8 +34,10 @@ internal sealed class MeshOptions
         if (spec is null)
         {
             if (r.GetValue(ShardWeights)) throw new ConfigException("--shard-weights needs --mesh DxM (it shards over the data axis D)");
+            if (r.GetValue(Collectives) is not null) throw new ConfigException("--collectives needs --mesh DxM (collectives run between the mesh's devices)");
             return null;
         }
+        Transport(r);   // a bad --collectives fails here, before anything is built
         return DeviceMesh.Parse(spec);
     }
 

@@ -60,7 +60,8 @@ internal static class TrainCommand
             if (r.GetValue(resume) is { } from)
                 return Resume(from, r.GetValue(outDir)!, r.GetValue(steps), r.GetValue(threads), r.GetValue(peak),
                               explicitShape: new Option[] { preset, seq, vocab, block, attention, remat }.Concat(shape.All).Where(o => r.GetResult(o) is { Implicit: false }).Select(o => o.Name).ToList(),
-                              meshSpec: meshShape is null ? null : r.GetValue(mesh.Mesh), shardWeights: r.GetValue(mesh.ShardWeights));
+                              meshSpec: meshShape is null ? null : r.GetValue(mesh.Mesh), shardWeights: r.GetValue(mesh.ShardWeights),
+                              collectives: r.GetValue(mesh.Collectives) is null ? null : mesh.Transport(r));
             var config = shape.Apply(Cli.Resolve(r.GetValue(preset)!, r.GetValue(block), r.GetValue(attention), r.GetValue(remat), r.GetValue(seq), r.GetValue(vocab)), r);
             var options = new TrainOptions
             {
@@ -73,6 +74,7 @@ internal static class TrainCommand
                 Device = r.GetValue(device),
                 Mesh = meshShape is null ? null : r.GetValue(mesh.Mesh),
                 ShardWeights = r.GetValue(mesh.ShardWeights),
+                Collectives = mesh.Transport(r),
                 Threads = r.GetValue(threads),
                 OutDir = r.GetValue(outDir),
                 PeakGflops = r.GetValue(peak),
@@ -94,7 +96,8 @@ internal static class TrainCommand
     /// Continues a run from a checkpoint with its saved settings. On the same mesh and backend the result is
     /// bit-identical to an uninterrupted run; --mesh/--shard-weights load it onto another mesh (resharding).
     /// </summary>
-    static int Resume(string from, string outDir, long? steps, int threads, double peak, List<string> explicitShape, string? meshSpec, bool shardWeights)
+    static int Resume(string from, string outDir, long? steps, int threads, double peak, List<string> explicitShape, string? meshSpec, bool shardWeights,
+                      Palm.Gpu.Sharding.CollectiveTransport? collectives)
     {
         var store = new CheckpointStore(Path.Combine(outDir, "checkpoints"));
         LoadedCheckpoint ckpt;
@@ -123,6 +126,7 @@ internal static class TrainCommand
             PeakGflops = peak > 0 ? peak : saved.PeakGflops,
             Mesh = meshSpec ?? saved.Mesh,
             ShardWeights = meshSpec is null ? saved.ShardWeights : shardWeights,
+            Collectives = collectives ?? saved.Collectives,
         };
         if (meshSpec is not null && (meshSpec != (saved.Mesh ?? "1x1") || shardWeights != saved.ShardWeights))
             Console.Error.WriteLine($"palm: resharding: checkpoint written on mesh {ckpt.Manifest.Mesh}{(saved.ShardWeights ? " (fully sharded)" : "")}, continuing on {meshSpec}{(shardWeights ? " (fully sharded)" : "")}");

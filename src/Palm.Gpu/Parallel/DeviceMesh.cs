@@ -6,6 +6,14 @@ using Palm.Gpu.Model;
 namespace Palm.Gpu.Sharding;
 
 /// <summary>
+/// How a mesh's collectives move data. Host: every rank's buffer is downloaded, combined on the host and uploaded
+/// (<see cref="InProcessCollectives"/>, any backend). Device: OpenCL devices of one shared context copy between
+/// their buffers on the device (<see cref="OpenClCollectives"/>). Auto: Device where the devices allow it, else Host.
+/// Both give the same bits where the devices have fp64.
+/// </summary>
+public enum CollectiveTransport { Auto, Host, Device }
+
+/// <summary>
 /// A data × model grid of devices of one backend. Rank r = d·Model + m sits at data index d and model
 /// index m. Each row (fixed d) is a model group: tensor-parallel shards of one replica. Each column
 /// (fixed m) is a data group: replicas (or, fully sharded, slices) of the same shard.
@@ -14,7 +22,13 @@ public sealed class DeviceMesh : IDisposable
 {
     readonly bool _ownsDevices;
 
-    public DeviceMesh(int data, int model, IReadOnlyList<IBackend> devices, bool ownsDevices = false)
+    /// <summary>
+    /// A mesh over <paramref name="devices"/> (rank order). <paramref name="transport"/> picks the collectives: Auto
+    /// uses device-side copies when every device is an OpenCL backend of one shared context, host round trips otherwise;
+    /// Device on devices that cannot share a context is a <see cref="ConfigException"/> saying why.
+    /// </summary>
+    public DeviceMesh(int data, int model, IReadOnlyList<IBackend> devices, bool ownsDevices = false,
+                      CollectiveTransport transport = CollectiveTransport.Auto)
     {
         if (data < 1 || model < 1) throw new ConfigException($"--mesh needs positive sizes, got {data}x{model}");
         if (devices.Count != data * model)
@@ -24,17 +38,30 @@ public sealed class DeviceMesh : IDisposable
         Devices = devices;
         _ownsDevices = ownsDevices;
         Counters = new CollectiveCounters();
-        ModelGroups = Enumerable.Range(0, data)
-            .Select(d => (ICollectives)new InProcessCollectives(Enumerable.Range(0, model).Select(m => devices[d * model + m]).ToArray(), Counters)).ToArray();
-        DataGroups = Enumerable.Range(0, model)
-            .Select(m => (ICollectives)new InProcessCollectives(Enumerable.Range(0, data).Select(d => devices[d * model + m]).ToArray(), Counters)).ToArray();
+        string? problem = transport == CollectiveTransport.Host ? null : OpenClCollectives.WhyNotShared(devices);
+        if (transport == CollectiveTransport.Device && problem is not null)
+            throw new ConfigException($"--collectives device needs the mesh's devices in one OpenCL context, but {problem}. " +
+                                      "Use --collectives host (or auto, which falls back to host round trips)");
+        Transport = transport != CollectiveTransport.Host && problem is null ? CollectiveTransport.Device : CollectiveTransport.Host;
+        ModelGroups = Enumerable.Range(0, data).Select(d => Group(Enumerable.Range(0, model).Select(m => devices[d * model + m]).ToArray())).ToArray();
+        DataGroups = Enumerable.Range(0, model).Select(m => Group(Enumerable.Range(0, data).Select(d => devices[d * model + m]).ToArray())).ToArray();
     }
+
+    ICollectives Group(IBackend[] ranks) => Transport == CollectiveTransport.Device
+        ? new OpenClCollectives(ranks.Cast<OpenClBackend>().ToArray(), Counters)
+        : new InProcessCollectives(ranks, Counters);
 
     public int Data { get; }
     public int Model { get; }
     public int Size => Data * Model;
     public IReadOnlyList<IBackend> Devices { get; }
     public CollectiveCounters Counters { get; }
+    /// <summary>The transport the groups use: <see cref="CollectiveTransport.Host"/> or <see cref="CollectiveTransport.Device"/> (never Auto).</summary>
+    public CollectiveTransport Transport { get; }
+    /// <summary>One line for reports, e.g. "device (copies within one OpenCL context)".</summary>
+    public string TransportDescription => Transport == CollectiveTransport.Device
+        ? "device (copies within one OpenCL context)"
+        : "host (download, combine on the host, upload)";
     /// <summary>ModelGroups[d]: the model ranks of data index d.</summary>
     public IReadOnlyList<ICollectives> ModelGroups { get; }
     /// <summary>DataGroups[m]: the data ranks of model index m.</summary>
@@ -53,11 +80,13 @@ public sealed class DeviceMesh : IDisposable
     /// <summary>
     /// Creates data·model devices of one backend. CPU: logical devices, each a CpuBackend with its own
     /// worker threads (threadsPerDevice, 0 = cores / devices, at least 1). OpenCL: devices 0 .. D·M−1
-    /// (PoCL exposes several with POCL_DEVICES="pthread pthread").
+    /// (PoCL exposes several with POCL_DEVICES="pthread pthread"), opened in one shared context when they are
+    /// all on one platform of OpenCL ≥ 1.2 and the transport is not Host, so the collectives copy on the device.
     /// </summary>
-    public static DeviceMesh Create(string backend, int data, int model, int threadsPerDevice = 0)
+    public static DeviceMesh Create(string backend, int data, int model, int threadsPerDevice = 0, CollectiveTransport transport = CollectiveTransport.Auto)
     {
         if (data < 1 || model < 1) throw new ConfigException($"--mesh needs positive sizes, got {data}x{model}");
+        var want = transport;
         int n = data * model;
         var devices = new List<IBackend>();
         switch (backend.ToLowerInvariant())
@@ -65,20 +94,58 @@ public sealed class DeviceMesh : IDisposable
             case "cpu":
                 if (n > MaxCpuDevices)
                     throw new ConfigException($"mesh {data}x{model} asks for {n} logical CPU devices; at most {MaxCpuDevices} are supported");
+                if (want == CollectiveTransport.Device)
+                    throw new ConfigException("--collectives device copies between OpenCL devices of one context; the CPU backend's logical devices " +
+                                              "always combine on the host. Use --backend opencl, or --collectives host (or auto)");
                 int threads = threadsPerDevice > 0 ? threadsPerDevice : Math.Max(1, Environment.ProcessorCount / n);
                 for (int i = 0; i < n; i++) devices.Add(new CpuBackend(threads));
                 break;
             case "opencl":
-                int available = OpenClDevice.All().Count;
-                if (n > available)
-                    throw new ConfigException($"mesh {data}x{model} needs {n} OpenCL devices but {available} exist; use a smaller mesh or expose more devices (PoCL: POCL_DEVICES=\"{string.Join(' ', Enumerable.Repeat("pthread", n))}\")");
-                try { for (int i = 0; i < n; i++) devices.Add(new OpenClBackend(i)); }
+                var all = OpenClDevice.All();
+                if (n > all.Count)
+                    throw new ConfigException($"mesh {data}x{model} needs {n} OpenCL devices but {all.Count} exist; use a smaller mesh or expose more devices (PoCL: POCL_DEVICES=\"{string.Join(' ', Enumerable.Repeat("pthread", n))}\")");
+                var chosen = all.Take(n).ToArray();
+                string? problem = want == CollectiveTransport.Host ? null : OpenClCollectives.WhyNotShareable(chosen);
+                if (want == CollectiveTransport.Device && problem is not null)
+                    throw new ConfigException($"--collectives device needs the mesh's {n} OpenCL devices in one context, but {problem}. " +
+                                              "Use --collectives host (or auto, which falls back to host round trips)");
+                try
+                {
+                    if (want != CollectiveTransport.Host && problem is null) OpenShared(chosen, devices, want);
+                    if (devices.Count == 0)
+                    {
+                        want = CollectiveTransport.Host;
+                        foreach (var d in chosen) devices.Add(new OpenClBackend(d));
+                    }
+                }
                 catch { foreach (var d in devices) d.Dispose(); throw; }
                 break;
             default:
                 throw new ConfigException($"unknown backend '{backend}'; choose one of: {string.Join(", ", BackendFactory.Names)}");
         }
-        return new DeviceMesh(data, model, devices, ownsDevices: true);
+        try { return new DeviceMesh(data, model, devices, ownsDevices: true, want); }
+        catch { foreach (var d in devices) d.Dispose(); throw; }
+    }
+
+    /// <summary>
+    /// One backend per device over a shared context. Under Auto a driver that refuses the shared context leaves
+    /// <paramref name="devices"/> empty (separate contexts follow); under Device its error propagates.
+    /// </summary>
+    static void OpenShared(OpenClDevice[] chosen, List<IBackend> devices, CollectiveTransport want)
+    {
+        IReadOnlyList<OpenClContext> views;
+        try { views = OpenClContext.CreateShared(chosen); }
+        catch (OpenClException) when (want == CollectiveTransport.Auto) { return; }
+        int taken = 0;
+        try
+        {
+            for (; taken < views.Count; taken++) devices.Add(new OpenClBackend(views[taken]));   // a failing backend disposes its view
+        }
+        catch
+        {
+            for (int i = taken + 1; i < views.Count; i++) views[i].Dispose();
+            throw;
+        }
     }
 
     public const int MaxCpuDevices = 64;
@@ -101,6 +168,7 @@ public sealed class DeviceMesh : IDisposable
 
     public void Dispose()
     {
+        foreach (var g in ModelGroups.Concat(DataGroups)) (g as IDisposable)?.Dispose();   // staging buffers before their devices
         if (_ownsDevices) foreach (var d in Devices) d.Dispose();
     }
 }

@@ -48,7 +48,7 @@ public sealed class MeshTrainer : ITrainingEngine
                 throw new ConfigException($"data axis {data} of mesh {data}x{model} does not divide the batch of {b} sequences in the schedule '{options.BatchSchedule}'; use batches that are multiples of {data}");
         if (options.Optimizer.Factored && (model > 1 || shardWeights))
             throw new ConfigException("factored Adafactor needs whole tensors; on a model axis > 1 or with --shard-weights train unfactored (PaLM's setting)");
-        var devices = DeviceMesh.Create(options.Backend, data, model, options.Threads > 0 ? Math.Max(1, options.Threads / (data * model)) : 0);
+        var devices = DeviceMesh.Create(options.Backend, data, model, options.Threads > 0 ? Math.Max(1, options.Threads / (data * model)) : 0, options.Collectives);
         try { return new MeshTrainer(devices, config, schedule.Max, options.Optimizer, options.Seed, shardWeights, ownsMesh: true); }
         catch
         {
@@ -77,7 +77,7 @@ public sealed class MeshTrainer : ITrainingEngine
     // ---- ITrainingEngine ------------------------------------------------------------------------
 
     public string BackendName => MeshDevices.Devices[0].Name;
-    public string DeviceDescription => $"mesh {Mesh}{(ShardWeights ? " (fully sharded)" : "")} of {MeshDevices.Devices[0].DeviceName}";
+    public string DeviceDescription => $"mesh {Mesh}{(ShardWeights ? " (fully sharded)" : "")} of {MeshDevices.Devices[0].DeviceName}, collectives via {MeshDevices.TransportDescription}";
     public string Mesh => $"{MeshDevices.Data}x{MeshDevices.Model}";
     public bool ShardWeights => Model.ShardWeights;
     public int DeviceCount => MeshDevices.Size;

@@ -14,6 +14,7 @@ public sealed record TrainOptions
     public int Device { get; init; }                   // device index within the backend
     public string? Mesh { get; init; }                 // "DxM" data × model devices; null = one device
     public bool ShardWeights { get; init; }            // mesh: weights, gradients and optimizer state sliced over the data axis
+    public Sharding.CollectiveTransport Collectives { get; init; } // mesh: auto | host | device (copies within one OpenCL context)
     public int Threads { get; init; }                  // CPU worker threads, 0 = all cores
     public string? OutDir { get; init; }               // run directory (metrics.jsonl, config.json, model.safetensors)
     public double HeldOutFraction { get; init; } = 0.05; // share of sequences kept for eval

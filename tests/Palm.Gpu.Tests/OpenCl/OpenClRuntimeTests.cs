@@ -29,7 +29,7 @@ public class OpenClRuntimeTests(OpenClFixture fx)
     [Fact]
     public void EveryKernelFile_CompilesAndOpensWithItsContract()
     {
-        string[] expected = ["adafactor.cl", "attention.cl", "crossentropy.cl", "embedding.cl", "layernorm.cl",
+        string[] expected = ["adafactor.cl", "attention.cl", "collectives.cl", "crossentropy.cl", "embedding.cl", "layernorm.cl",
                              "matmul.cl", "reduce.cl", "residual.cl", "rope.cl", "swiglu.cl"];
         Assert.Equal(expected, OpenClKernelSources.Files);
         foreach (var file in expected)

@@ -21,6 +21,7 @@ public sealed class OpenClBackend : IBackend
     const int SumSquaresRun = 1024, SumSquaresGroup = 64;   // SUMSQ_RUN, SUMSQ_WG in reduce.cl
     const int LayerNormRowsPerChunk = 64;                    // LN_ROWS_PER_CHUNK in layernorm.cl
     const int AdafactorChunk = 16384;                        // ADA_CHUNK in adafactor.cl (= CpuAdafactor)
+    const int ReduceRanksPerItem = 4;                        // RR_PER_ITEM in collectives.cl
 
     readonly OpenClContext context;
     readonly string baseOptions;
@@ -35,18 +36,34 @@ public sealed class OpenClBackend : IBackend
     /// <summary>Opens device <paramref name="device"/> of <see cref="OpenClDevice.All"/> (platform order, then device order).</summary>
     public OpenClBackend(int device = 0, OpenClTuning? tuning = null) : this(SelectDevice(device), tuning) { }
 
-    public OpenClBackend(OpenClDevice device, OpenClTuning? tuning = null)
+    public OpenClBackend(OpenClDevice device, OpenClTuning? tuning = null) : this(new OpenClContext(device), tuning) { }
+
+    /// <summary>
+    /// Runs on <paramref name="context"/>'s device and queue; the backend owns the view and disposes it. Views of one
+    /// shared context (<see cref="OpenClContext.CreateShared"/>) give backends whose buffers the device-side
+    /// collectives can copy between.
+    /// </summary>
+    public OpenClBackend(OpenClContext context, OpenClTuning? tuning = null)
     {
-        Tuning = tuning ?? OpenClTuning.For(device);
-        Tuning.Validate();
-        Device = device;
-        context = new OpenClContext(device);
-        var options = new List<string>();
-        if (!device.OpenClCVersion.Contains("C 1.0") && !device.OpenClCVersion.Contains("C 1.1")) options.Add("-cl-std=CL1.2");
-        if (device.CorrectlyRoundedDivideSqrt) options.Add("-cl-fp32-correctly-rounded-divide-sqrt");
-        if (device.HasFp64) options.Add("-D PALM_FP64=1");
-        baseOptions = string.Join(' ', options);
-        deviceErrors = context.CreateBuffer("device errors", 6, ElementType.I32);
+        this.context = context;
+        var device = context.Device;
+        try
+        {
+            Tuning = tuning ?? OpenClTuning.For(device);
+            Tuning.Validate();
+            Device = device;
+            var options = new List<string>();
+            if (!device.OpenClCVersion.Contains("C 1.0") && !device.OpenClCVersion.Contains("C 1.1")) options.Add("-cl-std=CL1.2");
+            if (device.CorrectlyRoundedDivideSqrt) options.Add("-cl-fp32-correctly-rounded-divide-sqrt");
+            if (device.HasFp64) options.Add("-D PALM_FP64=1");
+            baseOptions = string.Join(' ', options);
+            deviceErrors = context.CreateBuffer("device errors", 6, ElementType.I32);
+        }
+        catch
+        {
+            context.Dispose();
+            throw;
+        }
     }
 
     static OpenClDevice SelectDevice(int index)
@@ -69,6 +86,9 @@ public sealed class OpenClBackend : IBackend
 
     /// <summary>When set, every launch waits for its kernel and records its device time here (slows the queue).</summary>
     public OpenClProfiler? Profiler { get; set; }
+
+    /// <summary>Bytes this backend's queue has moved between host and device (both directions), since it was opened.</summary>
+    public long HostTransferBytes => context.Queue.HostToDeviceBytes + context.Queue.DeviceToHostBytes;
 
     /// <summary>Options every program is built with (before the per-program knobs).</summary>
     public string BaseOptions => baseOptions;
@@ -515,6 +535,22 @@ public sealed class OpenClBackend : IBackend
             .Arg(step.GradScale).Arg(step.Beta1).Arg(step.WeightDecay).Arg(cols).Arg(count)
             .Arg(factored ? 1 : 0).Arg(state.Momentum is null ? 0 : 1)
             .Launch(count, Group, Profiler);
+    }
+
+    // ---- collectives ---------------------------------------------------------------------------
+
+    /// <summary>
+    /// stage (P, stride) -> dst[dstOffset, +count) = Σ (or max) over ranks p = 0..P−1 of stage[p·stride + i], ranks in
+    /// order, accumulated in double where the device has fp64 (collectives.cl). Enqueued on this backend's queue;
+    /// <paramref name="dst"/> and <paramref name="stage"/> may be buffers of any view of its context (the caller,
+    /// <see cref="Palm.Gpu.Sharding.OpenClCollectives"/>, orders the queues).
+    /// </summary>
+    internal void ReduceRanks(OpenClBuffer dst, long dstOffset, OpenClBuffer stage, int ranks, long count, long stride, bool max)
+    {
+        if (count == 0) return;
+        Kernel("collectives.cl", "reduce_ranks", $"-D RR_PER_ITEM={ReduceRanksPerItem}").Call()
+            .Arg(dst).Arg(dstOffset).Arg(stage).Arg(ranks).Arg(count).Arg(stride).Arg(max ? 1 : 0)
+            .Launch(DivUp(count, ReduceRanksPerItem), Group, Profiler);
     }
 
     public void Dispose()

@@ -6,29 +6,87 @@ using static Palm.Gpu.Backends.OpenCl.OpenClNative;
 namespace Palm.Gpu.Backends.OpenCl;
 
 /// <summary>
-/// An OpenCL context on one device with its single in-order command queue (profiling enabled) and a
-/// cache of built programs keyed by device + build options + source hash. Not thread-safe: one
-/// context belongs to one backend instance, which is driven by one thread.
+/// One device's view of an OpenCL context: the device, its single in-order command queue (profiling enabled)
+/// and a cache of built programs keyed by device + build options + source hash. Usually the context is the
+/// device's own; <see cref="CreateShared"/> makes one native context span several devices of a platform, each
+/// device keeping its own view (queue, programs), so a buffer of any view can be read and written by every
+/// queue of the context — what the device-side collectives copy between. Not thread-safe: one view belongs to
+/// one backend instance, which is driven by one thread.
 /// </summary>
 public sealed unsafe class OpenClContext : IDisposable
 {
     readonly Dictionary<string, OpenClProgram> programs = new();
     nint handle;
 
-    public OpenClContext(OpenClDevice device)
+    /// <summary>A context of its own on <paramref name="device"/>.</summary>
+    public OpenClContext(OpenClDevice device) : this(device, CreateNative([device]), [device]) { }
+
+    /// <summary>Takes over one reference to the native context <paramref name="native"/> (released on failure or Dispose).</summary>
+    OpenClContext(OpenClDevice device, nint native, IReadOnlyList<OpenClDevice> contextDevices)
     {
         Device = device;
-        nint dev = device.Handle;
-        int status;
-        handle = clCreateContext(null, 1, &dev, 0, 0, &status);
-        OpenClException.Check(status, "clCreateContext", device.Name);
+        Devices = contextDevices;
+        handle = native;
         try { Queue = new OpenClQueue(this); }
         catch { clReleaseContext(handle); handle = 0; throw; }
     }
 
+    /// <summary>
+    /// One native context over <paramref name="devices"/> (distinct, all of one platform) and one view per device,
+    /// in the same order. Each view holds its own reference to the context; disposing every view frees it.
+    /// </summary>
+    public static IReadOnlyList<OpenClContext> CreateShared(IReadOnlyList<OpenClDevice> devices)
+    {
+        if (devices.Count == 0) throw new ArgumentException("a shared OpenCL context needs at least one device", nameof(devices));
+        for (int i = 1; i < devices.Count; i++)
+        {
+            if (devices[i].Platform.Handle != devices[0].Platform.Handle)
+                throw new ArgumentException(
+                    $"one OpenCL context spans devices of one platform: device {i} ({devices[i].Name}) is on platform '{devices[i].Platform.Name}', " +
+                    $"device 0 ({devices[0].Name}) on '{devices[0].Platform.Name}'. Give each platform its own context (host collectives between them).",
+                    nameof(devices));
+            for (int j = 0; j < i; j++)
+                if (devices[i].Handle == devices[j].Handle)
+                    throw new ArgumentException($"device {devices[j].Name} is listed twice (positions {j} and {i}); a shared context takes each device once", nameof(devices));
+        }
+        var list = devices.ToArray();
+        nint native = CreateNative(list);
+        var views = new List<OpenClContext>();
+        try
+        {
+            foreach (var device in list)
+            {
+                OpenClException.Check(clRetainContext(native), "clRetainContext", device.Name);
+                views.Add(new OpenClContext(device, native, list));
+            }
+        }
+        catch
+        {
+            foreach (var v in views) v.Dispose();
+            throw;
+        }
+        finally { clReleaseContext(native); }   // the creation reference; each view holds its own
+        return views;
+    }
+
+    static nint CreateNative(OpenClDevice[] devices)
+    {
+        var handles = devices.Select(d => d.Handle).ToArray();
+        int status;
+        nint native;
+        fixed (nint* p = handles) native = clCreateContext(null, (uint)handles.Length, p, 0, 0, &status);
+        OpenClException.Check(status, "clCreateContext", string.Join(", ", devices.Select(d => d.Name)));
+        return native;
+    }
+
     public OpenClDevice Device { get; }
+    /// <summary>Every device of the native context, this view's <see cref="Device"/> among them (just it, unless shared).</summary>
+    public IReadOnlyList<OpenClDevice> Devices { get; }
     public OpenClQueue Queue { get; }
     internal nint Handle => handle != 0 ? handle : throw new ObjectDisposedException(nameof(OpenClContext));
+
+    /// <summary>True when both views are of one native context, so buffers and events of one are valid on the other's queue.</summary>
+    public bool SharesContextWith(OpenClContext other) => handle != 0 && handle == other.handle;
 
     /// <summary>Number of programs compiled by this context (cache misses), for tests and diagnostics.</summary>
     public int ProgramsBuilt { get; private set; }
@@ -141,7 +199,10 @@ public sealed class OpenClAllocationException : OpenClException
     public long Bytes { get; }
 }
 
-/// <summary>The context's in-order command queue: transfers, fills, kernel launches and waiting.</summary>
+/// <summary>
+/// The view's in-order command queue: transfers, fills, kernel launches and waiting; markers and barriers order
+/// it against the other queues of a shared context. Counts the bytes it moves between host and device.
+/// </summary>
 public sealed unsafe class OpenClQueue
 {
     readonly OpenClContext context;
@@ -157,6 +218,11 @@ public sealed unsafe class OpenClQueue
 
     internal nint Handle => handle != 0 ? handle : throw new ObjectDisposedException(nameof(OpenClQueue));
 
+    /// <summary>Bytes written from host memory into buffers by this queue (uploads), since it was created.</summary>
+    public long HostToDeviceBytes { get; private set; }
+    /// <summary>Bytes read from buffers into host memory by this queue (downloads, scalar results, error flags).</summary>
+    public long DeviceToHostBytes { get; private set; }
+
     /// <summary>Blocks until every command queued so far has completed.</summary>
     public void Finish() => OpenClException.Check(clFinish(Handle), "clFinish");
 
@@ -169,6 +235,7 @@ public sealed unsafe class OpenClQueue
         fixed (byte* p = src)
             OpenClException.Check(clEnqueueWriteBuffer(Handle, dst.Handle, True, (nuint)byteOffset, (nuint)src.Length, p, 0, null, null),
                                    "clEnqueueWriteBuffer", dst.Name);
+        HostToDeviceBytes += src.Length;
     }
 
     /// <summary>Blocking read of <paramref name="dst"/>.Length bytes from <paramref name="src"/> at a byte offset.</summary>
@@ -178,6 +245,7 @@ public sealed unsafe class OpenClQueue
         fixed (byte* p = dst)
             OpenClException.Check(clEnqueueReadBuffer(Handle, src.Handle, True, (nuint)byteOffset, (nuint)dst.Length, p, 0, null, null),
                                    "clEnqueueReadBuffer", src.Name);
+        DeviceToHostBytes += dst.Length;
     }
 
     public void Copy(OpenClBuffer dst, OpenClBuffer src, long dstByteOffset, long srcByteOffset, long bytes)
@@ -196,6 +264,37 @@ public sealed unsafe class OpenClQueue
     }
 
     internal void FillZero(OpenClBuffer dst, long bytes) => Fill(dst, 0, 0, bytes);
+
+    /// <summary>
+    /// Enqueues a marker and returns its event (the caller releases it): it completes once every command queued
+    /// before it has. Other queues of the same context wait for it through <see cref="Barrier"/>.
+    /// </summary>
+    internal nint Marker()
+    {
+        nint evt = 0;
+        OpenClException.Check(clEnqueueMarkerWithWaitList(Handle, 0, null, &evt), "clEnqueueMarkerWithWaitList", context.Device.Name);
+        return evt;
+    }
+
+    /// <summary>Holds every command queued after this call until all <paramref name="events"/> (of any queue of the context) complete.</summary>
+    internal void Barrier(ReadOnlySpan<nint> events)
+    {
+        if (events.Length == 0) return;
+        fixed (nint* e = events)
+            OpenClException.Check(clEnqueueBarrierWithWaitList(Handle, (uint)events.Length, e, null), "clEnqueueBarrierWithWaitList", context.Device.Name);
+    }
+
+    /// <summary>Blocks the host until every event has completed.</summary>
+    internal static void WaitFor(ReadOnlySpan<nint> events, string what)
+    {
+        if (events.Length == 0) return;
+        fixed (nint* e = events) OpenClException.Check(clWaitForEvents((uint)events.Length, e), "clWaitForEvents", what);
+    }
+
+    internal static void Release(nint evt)
+    {
+        if (evt != 0) clReleaseEvent(evt);
+    }
 
     /// <summary>
     /// Enqueues an ND-range launch. When <paramref name="profile"/> is set the returned event must be released by

@@ -12,12 +12,22 @@ public sealed class OpenClPlatform
         Name = PlatformString(handle, PlatformName);
         Vendor = PlatformString(handle, PlatformVendor);
         Version = PlatformString(handle, PlatformVersion);
+        ApiVersion = ParseVersion(Version);
     }
 
     internal nint Handle { get; }
     public string Name { get; }
     public string Vendor { get; }
     public string Version { get; }
+    /// <summary>The OpenCL version the platform implements, from <see cref="Version"/> ("OpenCL 3.0 PoCL …" → 3.0); 0.0 if unreadable.</summary>
+    public System.Version ApiVersion { get; }
+
+    /// <summary>"OpenCL &lt;major&gt;.&lt;minor&gt; &lt;vendor-specific&gt;", as the specification fixes the platform version string.</summary>
+    internal static System.Version ParseVersion(string version)
+    {
+        var m = System.Text.RegularExpressions.Regex.Match(version, @"^OpenCL (\d+)\.(\d+)");
+        return m.Success ? new System.Version(int.Parse(m.Groups[1].Value), int.Parse(m.Groups[2].Value)) : new System.Version(0, 0);
+    }
 
     /// <summary>Every platform the ICD loader knows. Throws <see cref="OpenClUnavailableException"/> when there is none.</summary>
     public static unsafe IReadOnlyList<OpenClPlatform> All()

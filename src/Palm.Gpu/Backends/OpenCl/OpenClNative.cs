@@ -43,6 +43,7 @@ internal static unsafe partial class OpenClNative
 
     // ---- contexts and queues ------------------------------------------------------------------
     [LibraryImport(Library)] public static partial nint clCreateContext(nint* properties, uint numDevices, nint* devices, nint notify, nint userData, int* status);
+    [LibraryImport(Library)] public static partial int clRetainContext(nint context);
     [LibraryImport(Library)] public static partial int clReleaseContext(nint context);
     [LibraryImport(Library)] public static partial nint clCreateCommandQueue(nint context, nint device, ulong properties, int* status);
     [LibraryImport(Library)] public static partial int clReleaseCommandQueue(nint queue);
@@ -77,6 +78,11 @@ internal static unsafe partial class OpenClNative
     [LibraryImport(Library)] public static partial int clWaitForEvents(uint numEvents, nint* events);
     [LibraryImport(Library)] public static partial int clGetEventProfilingInfo(nint evt, uint param, nuint size, void* value, nuint* sizeRet);
     [LibraryImport(Library)] public static partial int clReleaseEvent(nint evt);
+    // OpenCL 1.2: a marker completes when every earlier command of its queue (or its wait list) has; a barrier
+    // holds every later command of its queue until its wait list completes. Events may come from any queue of
+    // the same context, which is how the device-side collectives order work across devices.
+    [LibraryImport(Library)] public static partial int clEnqueueMarkerWithWaitList(nint queue, uint numEvents, nint* waitList, nint* evt);
+    [LibraryImport(Library)] public static partial int clEnqueueBarrierWithWaitList(nint queue, uint numEvents, nint* waitList, nint* evt);
 
     /// <summary>Symbolic name of an OpenCL status code, e.g. -5 → "CL_OUT_OF_RESOURCES".</summary>
     public static string StatusName(int status) => StatusNames.TryGetValue(status, out var name) ? name : $"CL status {status}";
