@@ -31,6 +31,11 @@ internal static class TrainCommand
         var device = Cli.Device();
         var factored = new Option<bool>("--factored") { Description = "factored Adafactor second moments (less optimizer memory)" };
         var lr = new Option<float>("--lr") { Description = "peak learning rate (PaLM: 0.01)", DefaultValueFactory = _ => 1e-2f };
+        var warmup = new Option<int>("--warmup-steps") { Description = "steps at the peak rate before it falls as 1/√step (PaLM: 10000)", DefaultValueFactory = _ => 10_000 };
+        var updateClip = new Option<float>("--update-clip") { Description = "Adafactor update clipping: cap the RMS of each tensor's update at D (PaLM: 1; 0 = off)", DefaultValueFactory = _ => 1f };
+        var gradClip = new Option<float>("--grad-clip") { Description = "clip the global gradient norm to NORM (PaLM: 1; 0 = off)", DefaultValueFactory = _ => 1f };
+        var decayExponent = new Option<float>("--weight-decay-exponent") { Description = "dynamic weight decay lr^E per step (PaLM: 2; 0 = no weight decay)", DefaultValueFactory = _ => 2f };
+        var beta2Decay = new Option<float>("--beta2-decay") { Description = "second-moment decay β2 = 1 − step^−C (PaLM: 0.8; larger C = longer memory)", DefaultValueFactory = _ => 0.8f };
         var peak = Cli.PeakGflops();
         var checkpointEvery = new Option<long>("--checkpoint-every") { Description = "write a checkpoint every N steps under RUN/checkpoints (0 = none)" };
         var resume = new Option<string?>("--resume") { Description = "continue from a checkpoint directory, or 'latest' (newest valid one under RUN/checkpoints)" };
@@ -42,8 +47,8 @@ internal static class TrainCommand
         var maxRollbacks = new Option<int>("--max-rollbacks") { Description = "stop after this many rollbacks", DefaultValueFactory = _ => 5 };
         var cmd = new Command("train", "train a model and write RUN/{config.json, metrics.jsonl, model.safetensors, checkpoints/}")
         {
-            data, tokenizer, preset, steps, batch, seq, vocab, seed, outDir, block, attention, remat, threads, backend, device, factored, lr, peak,
-            checkpointEvery, resume, inject, noGuard, rollbackSteps, skipMin, skipMax, maxRollbacks,
+            data, tokenizer, preset, steps, batch, seq, vocab, seed, outDir, block, attention, remat, threads, backend, device, factored, lr,
+            warmup, updateClip, gradClip, decayExponent, beta2Decay, peak, checkpointEvery, resume, inject, noGuard, rollbackSteps, skipMin, skipMax, maxRollbacks,
         };
         var shape = new Cli.ShapeOptions();
         foreach (var o in shape.All) cmd.Options.Add(o);
@@ -59,10 +64,16 @@ internal static class TrainCommand
             var meshShape = mesh.Parse(r);
             if (r.GetValue(resume) is { } from)
                 return Resume(from, r.GetValue(outDir)!, r.GetValue(steps), r.GetValue(threads), r.GetValue(peak),
-                              explicitShape: new Option[] { preset, seq, vocab, block, attention, remat }.Concat(shape.All).Where(o => r.GetResult(o) is { Implicit: false }).Select(o => o.Name).ToList(),
+                              explicitShape: new Option[] { preset, seq, vocab, block, attention, remat, factored, lr, warmup, updateClip, gradClip, decayExponent, beta2Decay }.Concat(shape.All).Where(o => r.GetResult(o) is { Implicit: false }).Select(o => o.Name).ToList(),
                               meshSpec: meshShape is null ? null : r.GetValue(mesh.Mesh), shardWeights: r.GetValue(mesh.ShardWeights),
                               collectives: r.GetValue(mesh.Collectives) is null ? null : mesh.Transport(r));
             var config = shape.Apply(Cli.Resolve(r.GetValue(preset)!, r.GetValue(block), r.GetValue(attention), r.GetValue(remat), r.GetValue(seq), r.GetValue(vocab)), r);
+            var optimizer = new AdafactorConfig
+            {
+                Factored = r.GetValue(factored), PeakLearningRate = r.GetValue(lr), WarmSteps = r.GetValue(warmup),
+                UpdateClip = r.GetValue(updateClip), GradClipNorm = r.GetValue(gradClip),
+                WeightDecayExponent = r.GetValue(decayExponent), Beta2DecayExponent = r.GetValue(beta2Decay),
+            }.Validate();
             var options = new TrainOptions
             {
                 Data = r.GetValue(data),
@@ -78,7 +89,7 @@ internal static class TrainCommand
                 Threads = r.GetValue(threads),
                 OutDir = r.GetValue(outDir),
                 PeakGflops = r.GetValue(peak),
-                Optimizer = new AdafactorConfig { Factored = r.GetValue(factored), PeakLearningRate = r.GetValue(lr) },
+                Optimizer = optimizer,
                 CheckpointEvery = r.GetValue(checkpointEvery),
                 SpikeGuard = guard,
                 InjectSpike = r.GetValue(inject),
@@ -115,7 +126,7 @@ internal static class TrainCommand
             outDir = Path.GetDirectoryName(Path.GetDirectoryName(Path.GetFullPath(from))!)!;
         }
         if (explicitShape.Count > 0)
-            throw new ConfigException($"--resume takes the model and data settings from the checkpoint; drop {string.Join(", ", explicitShape)} (a checkpoint from an incompatible config cannot be continued)");
+            throw new ConfigException($"--resume takes the model, data and optimizer settings from the checkpoint; drop {string.Join(", ", explicitShape)} (a checkpoint from an incompatible config cannot be continued)");
         var config = ckpt.Manifest.Model.Deserialize<ModelConfig>(Trainer.Json)!.Validate();
         var saved = ckpt.Manifest.Training.Deserialize<TrainOptions>(Trainer.Json)!;
         var options = saved with

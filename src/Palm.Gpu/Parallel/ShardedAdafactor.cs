@@ -23,7 +23,7 @@ public sealed class ShardedAdafactor : IDisposable
     public ShardedAdafactor(ShardedPalm model, AdafactorConfig config)
     {
         _model = model;
-        Config = config;
+        Config = config.Validate();
         var ranks = model.Ranks;
         var meta = model.ShardLayout.All;
         int M = model.Mesh.Model, P = model.Mesh.Data;
@@ -81,10 +81,8 @@ public sealed class ShardedAdafactor : IDisposable
     public float Step(long k, double gradNorm)
     {
         if (k < 1) throw new ArgumentOutOfRangeException(nameof(k), "Adafactor steps are counted from 1");
-        float lr = Config.LearningRate(k);
-        float gradScale = double.IsFinite(gradNorm) && gradNorm > Config.GradClipNorm ? (float)(Config.GradClipNorm / gradNorm) : 1f;
-        var step = new AdafactorStep(lr, Config.Beta1, Config.Beta2(k), Config.Epsilon1, Config.Epsilon2,
-                                     Config.UpdateClip, gradScale, MathF.Pow(lr, Config.WeightDecayExponent));
+        var step = Config.StepFor(k, gradNorm);
+        float lr = step.LearningRate;
         var ranks = _model.Ranks;
         var meta = _model.ShardLayout.All;
         for (int i = 0; i < _copies.Length; i++)

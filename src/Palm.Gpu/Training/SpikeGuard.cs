@@ -8,7 +8,11 @@ public sealed record SpikeGuardConfig
     public int MinHistory { get; init; } = 20;          // steps needed before a finite loss can be called a spike
     public double MadThreshold { get; init; } = 8;      // loss > median + k·1.4826·MAD …
     public double MinRelativeRise { get; init; } = 0.2; // … and > median·(1 + r): ignore noise on a flat curve
-    public double GradNormFactor { get; init; } = 20;   // or grad norm > f·median grad norm
+    // or grad norm > f·median grad norm. 50, not 20: on the small preset at lr 0.6 with clipping off, a
+    // single harmless step at 25× the median grad norm (loss within noise, the next step normal) occurred,
+    // while the real divergence (docs/runs/README.md) was caught by the loss rule; injected or bad-batch
+    // gradients are hundreds of times the median and non-finite ones are always caught.
+    public double GradNormFactor { get; init; } = 50;
     public long RollbackSteps { get; init; } = 100;     // restore the newest checkpoint at or before spike − this
     public long SkipMargin { get; init; } = 100;        // batches skipped beyond the spike step
     public long MinSkip { get; init; } = 200;           // PaLM: 200–500 batches

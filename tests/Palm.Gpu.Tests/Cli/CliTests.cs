@@ -54,6 +54,12 @@ public class CliTests
         { "bad batch schedule", ["--batch", "0:4,x"], "batch schedule" },
         { "mesh not dividing the heads", ["--mesh", "1x3"], "heads" },
         { "mesh larger than the machine", ["--backend", "opencl", "--mesh", "4x4"], "devices" },
+        { "negative learning rate", ["--lr", "-0.01"], "--lr" },
+        { "negative update clip", ["--update-clip", "-1"], "--update-clip" },
+        { "non-finite gradient clip", ["--grad-clip", "NaN"], "--grad-clip" },
+        { "negative weight-decay exponent", ["--weight-decay-exponent", "-2"], "--weight-decay-exponent" },
+        { "negative warmup", ["--warmup-steps", "-5"], "--warmup-steps" },
+        { "negative beta2 decay", ["--beta2-decay", "-0.8"], "--beta2-decay" },
     };
 
     [Theory]
@@ -75,6 +81,35 @@ public class CliTests
         Assert.True(errLines.Length == 1, $"{what}: expected one error line, got:\n{r.Stderr}");
         Assert.Contains(expected, errLines[0]);
         Assert.False(Directory.Exists(Path.Combine(dir, "run")), $"{what}: a run directory was written");
+    }
+
+    [Fact]
+    public void OptimizerFlagsReachConfigAndCheckpointsAndResumeKeepsThem()
+    {
+        string run = Path.Combine(CliRunner.TempDir(), "run");
+        var r = CliRunner.Run("train", "--preset", "tiny", "--seq", "16", "--batch", "2", "--steps", "2", "--checkpoint-every", "1", "--out", run, "--peak-gflops", "100",
+                              "--lr", "0.05", "--warmup-steps", "7", "--update-clip", "0", "--grad-clip", "0.5", "--weight-decay-exponent", "0", "--beta2-decay", "0.9");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        void Check(string file)
+        {
+            using var j = JsonDocument.Parse(File.ReadAllText(file));
+            var o = j.RootElement.GetProperty("training").GetProperty("optimizer");
+            Assert.Equal(0.05f, o.GetProperty("peak_learning_rate").GetSingle());
+            Assert.Equal(7, o.GetProperty("warm_steps").GetInt32());
+            Assert.Equal(0f, o.GetProperty("update_clip").GetSingle());
+            Assert.Equal(0.5f, o.GetProperty("grad_clip_norm").GetSingle());
+            Assert.Equal(0f, o.GetProperty("weight_decay_exponent").GetSingle());
+            Assert.Equal(0.9f, o.GetProperty("beta2_decay_exponent").GetSingle());
+        }
+        Check(Path.Combine(run, "config.json"));
+        Check(Directory.GetFiles(Path.Combine(run, "checkpoints"), "manifest.json", SearchOption.AllDirectories).Max()!);
+
+        var overridden = CliRunner.Run("train", "--resume", "latest", "--out", run, "--steps", "3", "--update-clip", "1");
+        Assert.Equal(2, overridden.ExitCode);
+        Assert.Contains("drop --update-clip", overridden.Stderr);
+        var resumed = CliRunner.Run("train", "--resume", "latest", "--out", run, "--steps", "3", "--peak-gflops", "100");
+        Assert.True(resumed.ExitCode == 0, resumed.Stderr);
+        Check(Path.Combine(run, "config.json")); // rewritten from the checkpoint's options, not the defaults
     }
 
     [Fact]

@@ -25,12 +25,17 @@ public class MeshTrainingTests
     };
 
     [Theory]
-    [InlineData("2x2", false)]
-    [InlineData("2x1", true)]
-    public void MeshRunMatchesTheSingleDeviceRun(string mesh, bool shard)
+    [InlineData("2x2", false, false)]
+    [InlineData("2x1", true, false)]
+    [InlineData("1x2", false, true)]    // split tensors take the host update path: "0 = off" must reach it as off
+    [InlineData("2x1", true, true)]
+    public void MeshRunMatchesTheSingleDeviceRun(string mesh, bool shard, bool clipsAndDecayOff)
     {
-        using var single = new Trainer(Tiny, Options, vocabFromTokenizer: true);
-        using var run = new Trainer(Tiny, Options with { Mesh = mesh, ShardWeights = shard }, vocabFromTokenizer: true);
+        var options = clipsAndDecayOff
+            ? Options with { Optimizer = new AdafactorConfig { PeakLearningRate = 0.05f, UpdateClip = 0, GradClipNorm = 0, WeightDecayExponent = 0 } }
+            : Options;
+        using var single = new Trainer(Tiny, options, vocabFromTokenizer: true);
+        using var run = new Trainer(Tiny, options with { Mesh = mesh, ShardWeights = shard }, vocabFromTokenizer: true);
         Assert.Equal(single.Config, run.Config);
         Assert.Equal(mesh, run.Engine.Mesh);
         for (int s = 0; s < 4; s++)
