@@ -17,8 +17,9 @@ internal static class PlotCommand
             string dir = r.GetValue(run)!;
             string metrics = Path.Combine(dir, "metrics.jsonl");
             if (!File.Exists(metrics)) throw new FileNotFoundException($"'{metrics}' does not exist; give a run directory written by palm train");
-            // A rollback sends the step back: each trajectory segment gets its own pair of lines.
-            var segments = new List<(List<(double, double)> Loss, List<(double, double)> Grad)> { ([], []) };
+            // A rollback sends the step back: each trajectory segment gets its own pair of lines, and the steps a
+            // rollback threw away (after the restored checkpoint) are drawn faded as an abandoned segment.
+            var segments = new List<(List<(double, double)> Loss, List<(double, double)> Grad, bool Abandoned)> { ([], [], false) };
             var markers = new List<PlotMarker>();
             int lineNo = 0;
             foreach (var line in File.ReadLines(metrics))
@@ -34,14 +35,17 @@ internal static class PlotCommand
                     {
                         long at = j.GetProperty("step").GetInt64();
                         markers.Add(new PlotMarker(at, $"resume at {at}", "#7f7f7f"));
-                        segments.Add(([], []));
+                        segments.Add(([], [], false));
                     }
                     if (ev.GetString() == "rollback")
                     {
                         long spike = j.GetProperty("spike_step").GetInt64(), restored = j.GetProperty("restored_step").GetInt64();
                         markers.Add(new PlotMarker(spike, $"spike {spike}"));
                         markers.Add(new PlotMarker(restored, $"rollback to {restored}", "#1f77b4"));
-                        segments.Add(([], []));
+                        var last = segments[^1];
+                        segments[^1] = (last.Loss.Where(p => p.Item1 <= restored).ToList(), last.Grad.Where(p => p.Item1 <= restored).ToList(), false);
+                        segments.Add((last.Loss.Where(p => p.Item1 > restored).ToList(), last.Grad.Where(p => p.Item1 > restored).ToList(), true));
+                        segments.Add(([], [], false));
                     }
                     continue;
                 }
@@ -52,11 +56,15 @@ internal static class PlotCommand
             int steps = segments.Sum(x => x.Loss.Count);
             if (steps == 0) throw new InvalidDataException($"'{metrics}' holds no step lines yet");
             var series = new List<PlotSeries>();
-            // Every segment in the same two colours; restarts are told apart by the markers.
+            // Every kept segment in the same two colours (restarts are told apart by the markers); abandoned ones faded.
+            bool namedAbandoned = false;
             for (int i = 0; i < segments.Count; i++)
             {
-                series.Add(new PlotSeries(i == 0 ? "loss" : null, segments[i].Loss, Colour: "#2ca02c"));
-                series.Add(new PlotSeries(i == 0 ? "grad norm" : null, segments[i].Grad, RightAxis: true, Dashed: true, Colour: "#ff7f0e"));
+                var (loss, grad, abandoned) = segments[i];
+                string? name = i == 0 ? "loss" : abandoned && !namedAbandoned ? "rolled back" : null;
+                namedAbandoned |= abandoned;
+                series.Add(new PlotSeries(name, loss, Colour: abandoned ? "#b5dcb5" : "#2ca02c"));
+                series.Add(new PlotSeries(i == 0 ? "grad norm" : null, grad, RightAxis: true, Dashed: true, Colour: abandoned ? "#ffd0a6" : "#ff7f0e"));
             }
             string outPath = r.GetValue(output) ?? Path.Combine(dir, "loss.svg");
             Plots.SaveSvg(outPath, $"{Path.GetFileName(Path.GetFullPath(dir))}: loss and gradient norm", "step", "loss",
