@@ -116,6 +116,20 @@ public interface IBackend : IDisposable
     /// otherwise state.RowMoment (rows) and state.ColMoment (cols).
     /// </summary>
     void AdafactorUpdate(DeviceBuffer param, DeviceBuffer grad, AdafactorBuffers state, int rows, int cols, in AdafactorStep step);
+
+    /// <summary>
+    /// Adafactor on one piece of a tensor split over devices (unfactored), pass 1: param, grad, secondMoment (n) ->
+    /// secondMoment updated; returns Σu² and Σp² over the piece (double, fixed order). The caller adds the pieces'
+    /// sums in rank order, so the whole tensor's RMS(u) and RMS(p) never need its values on one device.
+    /// </summary>
+    (double SumU2, double SumP2) AdafactorPieceSums(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer secondMoment, long n, in AdafactorStep step);
+
+    /// <summary>
+    /// Pass 2 on a piece: grad, secondMoment (n), the whole tensor's Σu², Σp² and element count -> momentum (n, when
+    /// β1 > 0) and param (n) updated, with the clip factor and step size of <see cref="AdafactorStep.Scalars"/>.
+    /// </summary>
+    void AdafactorPieceApply(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer? momentum, DeviceBuffer secondMoment, long n,
+                             double sumU2, double sumP2, long tensorCount, in AdafactorStep step);
 }
 
 /// <summary>Optimizer state buffers of one parameter tensor. Unused ones are null.</summary>
@@ -130,4 +144,16 @@ public readonly record struct AdafactorStep(
     float Epsilon2,         // floor of the parameter RMS used for parameter scaling (1e-3)
     float ClipThreshold,    // update clipping d: u /= max(1, RMS(u)/d)
     float GradScale,        // global-norm clip factor min(1, maxNorm/‖g‖) applied to g first
-    float WeightDecay);     // decoupled decay: p -= WeightDecay·p (PaLM: lr²)
+    float WeightDecay)      // decoupled decay: p -= WeightDecay·p (PaLM: lr²)
+{
+    /// <summary>
+    /// The per-tensor factors of the update from Σu² and Σp² over its count elements: clip = 1/max(1, RMS(u)/d),
+    /// step size = max(ε2, RMS(p))·ρ. One definition for every backend and for tensors split over devices.
+    /// </summary>
+    public (float Clip, float StepSize) Scalars(double sumU2, double sumP2, long count)
+    {
+        float rmsU = (float)Math.Sqrt(sumU2 / count);
+        float rmsP = (float)Math.Sqrt(sumP2 / count);
+        return (1f / Math.Max(1f, rmsU / ClipThreshold), Math.Max(Epsilon2, rmsP) * LearningRate);
+    }
+}

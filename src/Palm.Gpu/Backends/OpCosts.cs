@@ -141,12 +141,19 @@ public static class OpCosts
         return new(AdafactorOp.Kernel, (factored ? 24 : 20) * rc, bytes);
     }
 
+    // A piece of a split tensor: pass 1 (clip-scale, second moment, u, Σu², Σp²: 10 per element; reads p, g, v,
+    // writes v) and pass 2 (u again, clip, momentum, update: 10; reads g, v, p and m, writes p and m).
+    public static readonly OpDescription AdafactorPieceSumsOp = new("adafactor.piece_sums", "param, grad, v (n) -> v, Σu², Σp² (host)", "10·n", "16·n");
+    public static OpCost AdafactorPieceSums(long n) => new(AdafactorPieceSumsOp.Kernel, 10.0 * n, F32 * 4.0 * n);
+    public static readonly OpDescription AdafactorPieceApplyOp = new("adafactor.piece_apply", "grad, v (n), sums -> param, momentum (n)", "10·n", "16·n + 8·n with momentum");
+    public static OpCost AdafactorPieceApply(long n, bool momentum) => new(AdafactorPieceApplyOp.Kernel, 10.0 * n, F32 * (4.0 * n + (momentum ? 2.0 * n : 0)));
+
     /// <summary>Every description, in the contract's order.</summary>
     public static readonly IReadOnlyList<OpDescription> Catalog =
     [
         MatmulOp, EmbeddingForwardOp, EmbeddingBackwardOp, LayerNormForwardOp, LayerNormBackwardOp,
         RopeForwardOp, RopeBackwardOp, AttentionForwardOp, AttentionBackwardOp, SwiGluForwardOp, SwiGluBackwardOp,
         AddOp, AddInPlaceOp, ScaleOp, CrossEntropyForwardOp, CrossEntropyBackwardOp, SumOfSquaresOp, AdafactorOp,
-        FillOp, CopyOp, UploadOp, DownloadOp,
+        AdafactorPieceSumsOp, AdafactorPieceApplyOp, FillOp, CopyOp, UploadOp, DownloadOp,
     ];
 }

@@ -209,6 +209,22 @@ public sealed class ProfilingBackend : IBackend
               () => _inner.AdafactorUpdate(U(param), U(grad), inner, rows, cols, s));
     }
 
+    public (double SumU2, double SumP2) AdafactorPieceSums(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer secondMoment, long n, in AdafactorStep step)
+    {
+        (double, double) result = default;
+        var s = step;
+        Timed(OpCosts.AdafactorPieceSums(n), () => result = _inner.AdafactorPieceSums(U(param), U(grad), U(secondMoment), n, s));
+        return result;
+    }
+
+    public void AdafactorPieceApply(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer? momentum, DeviceBuffer secondMoment, long n,
+                                    double sumU2, double sumP2, long tensorCount, in AdafactorStep step)
+    {
+        var s = step;
+        Timed(OpCosts.AdafactorPieceApply(n, momentum is not null),
+              () => _inner.AdafactorPieceApply(U(param), U(grad), U0(momentum), U(secondMoment), n, sumU2, sumP2, tensorCount, s));
+    }
+
     public void Dispose()
     {
         if (_ownsInner) _inner.Dispose();

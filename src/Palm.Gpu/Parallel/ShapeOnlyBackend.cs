@@ -46,4 +46,7 @@ internal sealed class ShapeOnlyBackend : IBackend
     public void CrossEntropyBackward(DeviceBuffer dlogits, DeviceBuffer logits, DeviceBuffer logZ, DeviceBuffer targets, float scale, float zLoss, int n, int v) => throw No();
     public double SumOfSquares(DeviceBuffer x, long count) => throw No();
     public void AdafactorUpdate(DeviceBuffer param, DeviceBuffer grad, AdafactorBuffers state, int rows, int cols, in AdafactorStep step) => throw No();
+    public (double SumU2, double SumP2) AdafactorPieceSums(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer secondMoment, long n, in AdafactorStep step) => throw No();
+    public void AdafactorPieceApply(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer? momentum, DeviceBuffer secondMoment, long n,
+                                    double sumU2, double sumP2, long tensorCount, in AdafactorStep step) => throw No();
 }

@@ -10,8 +10,9 @@ namespace Palm.Gpu.Sharding;
 /// Adafactor over a <see cref="ShardedPalm"/>. Each parameter tensor exists as one or more identical copies;
 /// a copy is made of pieces on several ranks (model shards, data slices when fully sharded, or both).
 /// A copy held whole by one rank uses the backend's fused kernel. A copy in pieces needs the per-tensor
-/// RMS(u) and RMS(p) of the whole tensor, so its update runs the kernel's maths (CpuAdafactor.cs,
-/// unfactored) on the host with Σu² and Σp² summed over the pieces in rank order. Every copy sees the same
+/// RMS(u) and RMS(p) of the whole tensor: each piece runs pass 1 on its own device (second moment, Σu², Σp²),
+/// the two sums of the pieces are added in rank order on the host, and each piece runs pass 2 with them —
+/// two numbers per piece cross to the host, never the tensor. Every copy sees the same
 /// inputs, so replicas stay bit-identical. The gradient norm counts one copy of every tensor.
 /// </summary>
 public sealed class ShardedAdafactor : IDisposable
@@ -82,75 +83,52 @@ public sealed class ShardedAdafactor : IDisposable
     {
         if (k < 1) throw new ArgumentOutOfRangeException(nameof(k), "Adafactor steps are counted from 1");
         var step = Config.StepFor(k, gradNorm);
-        float lr = step.LearningRate;
-        var ranks = _model.Ranks;
         var meta = _model.ShardLayout.All;
+        int ranks = _model.Ranks.Count;
+        // Pass 1 on every piece of every split tensor, all ranks at once; whole copies run the fused kernel.
+        var sums = new (double U2, double P2)[_copies.Length][];
+        for (int i = 0; i < _copies.Length; i++) if (_copies[i][0].Length > 1) sums[i] = new (double, double)[ranks];
+        _model.ForRanks(r =>
+        {
+            int rank = RankIndex(r);
+            for (int i = 0; i < _copies.Length; i++)
+            {
+                var piece = r.Piece(i);
+                var st = _state[i][rank];
+                if (sums[i] is null) r.Be.AdafactorUpdate(piece.Value, piece.Grad, st, meta[i].Rows, meta[i].Cols, step);
+                else sums[i][rank] = r.Be.AdafactorPieceSums(piece.Value, piece.Grad, st.SecondMoment!, piece.Valid, step);
+            }
+        });
+        // Each copy's sums over its pieces in rank order: the same total, hence the same update, on every piece.
+        var totals = new (double U2, double P2, long Count)[_copies.Length][];
         for (int i = 0; i < _copies.Length; i++)
         {
-            int idx = i;
-            if (_copies[i][0].Length == 1)
-                _model.ForRanks(r =>
-                {
-                    var piece = r.Piece(idx);
-                    r.Be.AdafactorUpdate(piece.Value, piece.Grad, _state[idx][r.DataRank * _model.Mesh.Model + r.ModelRank], meta[idx].Rows, meta[idx].Cols, step);
-                });
-            else
-                foreach (var copy in _copies[i]) HostUpdate(i, copy, step);
+            if (sums[i] is null) continue;
+            totals[i] = new (double, double, long)[ranks];
+            foreach (var copy in _copies[i])
+            {
+                double u2 = 0, p2 = 0;
+                long count = 0;
+                foreach (int rank in copy) { u2 += sums[i][rank].U2; p2 += sums[i][rank].P2; count += _model.Ranks[rank].Piece(i).Valid; }
+                foreach (int rank in copy) totals[i][rank] = (u2, p2, count);
+            }
         }
-        return lr;
+        _model.ForRanks(r =>
+        {
+            int rank = RankIndex(r);
+            for (int i = 0; i < _copies.Length; i++)
+            {
+                if (totals[i] is null) continue;
+                var piece = r.Piece(i);
+                var st = _state[i][rank];
+                var (u2, p2, count) = totals[i][rank];
+                r.Be.AdafactorPieceApply(piece.Value, piece.Grad, st.Momentum, st.SecondMoment!, piece.Valid, u2, p2, count, step);
+            }
+        });
+        return step.LearningRate;
     }
 
-    // The fused kernel's maths (unfactored second moment), with the two per-tensor sums taken over all pieces.
-    void HostUpdate(int i, int[] copy, in AdafactorStep s)
-    {
-        var ranks = _model.Ranks;
-        int count = copy.Length;
-        var p = new float[count][]; var g = new float[count][]; var v = new float[count][]; var mo = new float[count][];
-        double sumU2 = 0, sumP2 = 0;
-        long total = 0;
-        float gs = s.GradScale, b2 = s.Beta2, e1 = s.Epsilon1;
-        for (int j = 0; j < count; j++)
-        {
-            var r = ranks[copy[j]];
-            var piece = r.Piece(i);
-            var st = _state[i][copy[j]];
-            p[j] = Get(r.Be, piece.Value); g[j] = Get(r.Be, piece.Grad); v[j] = Get(r.Be, st.SecondMoment!);
-            mo[j] = st.Momentum is null ? [] : Get(r.Be, st.Momentum);
-            for (long e = 0; e < piece.Valid; e++)
-            {
-                float gg = g[j][e] * gs;
-                float vv = b2 * v[j][e] + (1 - b2) * (gg * gg + e1);
-                v[j][e] = vv;
-                float u = gg / MathF.Sqrt(vv);
-                sumU2 += (double)u * u;
-                sumP2 += (double)p[j][e] * p[j][e];
-            }
-            total += piece.Valid;
-        }
-        float rmsU = (float)Math.Sqrt(sumU2 / total);
-        float rmsP = (float)Math.Sqrt(sumP2 / total);
-        float clip = 1f / Math.Max(1f, rmsU / s.ClipThreshold);
-        float stepSize = Math.Max(s.Epsilon2, rmsP) * s.LearningRate;
-        float b1 = s.Beta1, wd = s.WeightDecay;
-        for (int j = 0; j < count; j++)
-        {
-            var r = ranks[copy[j]];
-            var piece = r.Piece(i);
-            var st = _state[i][copy[j]];
-            bool momentum = st.Momentum is not null;
-            for (long e = 0; e < piece.Valid; e++)
-            {
-                float u = g[j][e] * gs / MathF.Sqrt(v[j][e]) * clip;
-                float mm = u;
-                if (momentum) { mm = b1 * mo[j][e] + (1 - b1) * u; mo[j][e] = mm; }
-                float pp = p[j][e];
-                p[j][e] = pp - stepSize * mm - wd * pp;
-            }
-            r.Be.Upload(piece.Value, p[j]);
-            r.Be.Upload(st.SecondMoment!, v[j]);
-            if (momentum) r.Be.Upload(st.Momentum!, mo[j]);
-        }
-    }
+    int RankIndex(ShardedPalm.Rank r) => r.DataRank * _model.Mesh.Model + r.ModelRank;
 
     // ---- checkpoints: state pieces named as the single-device optimizer names them ------------------
 
@@ -210,13 +188,6 @@ public sealed class ShardedAdafactor : IDisposable
                     r.Be.Upload(buffer, elementwise ? _model.PieceOf(values, i, r) : values);
                 }
         });
-    }
-
-    static float[] Get(IBackend be, DeviceBuffer b)
-    {
-        var h = new float[b.Length];
-        be.Download(b, h);
-        return h;
     }
 
     static DeviceBuffer Zeroed(IBackend be, string name, long n)

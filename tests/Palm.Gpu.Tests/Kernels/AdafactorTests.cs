@@ -183,4 +183,66 @@ public class AdafactorTests
             else Assert.Equal(referenceBits, bits);
         }
     }
+
+    // ---- a tensor split over devices: pass 1 per piece, sums added in piece order, pass 2 per piece ---------
+
+    /// <summary>Runs one step on pieces of the flattened tensor (each piece padded past its end with sentinels).</summary>
+    static void PieceStep(float[][] param, float[][] momentum, float[][] v, float[][] grad, int[] sizes, in AdafactorStep s)
+    {
+        double u2 = 0, p2 = 0;
+        for (int j = 0; j < sizes.Length; j++)
+        {
+            var (a, b) = CpuAdafactor.PieceSums(2, param[j], grad[j], v[j], sizes[j], s);
+            u2 += a; p2 += b;
+        }
+        long count = sizes.Sum();
+        for (int j = 0; j < sizes.Length; j++) CpuAdafactor.PieceApply(2, param[j], grad[j], momentum[j], v[j], sizes[j], u2, p2, count, s);
+    }
+
+    static float[][] Split(float[] x, int[] sizes, float pad) =>
+        sizes.Select((n, j) => x.Skip(sizes.Take(j).Sum()).Take(n).Concat(Enumerable.Repeat(pad, 3)).ToArray()).ToArray();
+
+    [Theory]
+    [InlineData(1f)]
+    [InlineData(0.5f)]   // update clipping bites: the clip factor must come from the whole tensor's RMS(u)
+    public void PiecesOfASplitTensor_MatchTheReference(float clipThreshold)
+    {
+        const int rows = 7, cols = 13;
+        int[] sizes = [30, 40, 21];
+        var full = TestData.Uniform(71, rows * cols, 0.05f);
+        var reference = new Reference(full, rows, cols);
+        var param = Split(full, sizes, 9f);
+        var momentum = Split(new float[rows * cols], sizes, 9f);
+        var v = Split(new float[rows * cols], sizes, 9f);
+        for (int k = 1; k <= 3; k++)
+        {
+            var grad = Gradient(71 + k, rows, cols);
+            var s = StepAt(k, momentum: true, clipThreshold);
+            PieceStep(param, momentum, v, Split(grad, sizes, 5f), sizes, s);
+            reference.Step(grad, factored: false, momentum: true, s);
+            var joined = param.Select((p, j) => p[..sizes[j]]).SelectMany(p => p).ToArray();
+            Tolerance.AssertClose(reference.Param, joined, 1e-6 * 0.05, 1e-5, $"step {k}: param from pieces");
+            Tolerance.AssertClose(reference.Momentum, momentum.Select((m, j) => m[..sizes[j]]).SelectMany(m => m).ToArray(), 1e-6, 1e-4, $"step {k}: momentum");
+        }
+        // Nothing past a piece's length is read as data or written.
+        Assert.All(param.Concat(momentum).Concat(v), piece => Assert.Equal([9f, 9f, 9f], piece[^3..]));
+    }
+
+    [Fact]
+    public void OnePieceIsTheFusedUpdateBitForBit()
+    {
+        const int rows = 130, cols = 401;   // four reduction chunks
+        var param = TestData.Uniform(97, rows * cols, 0.05f);
+        var fused = new KernelState(param, rows, cols, factored: false, momentum: true);
+        float[] p = (float[])param.Clone(), m = new float[rows * cols], v = new float[rows * cols];
+        for (int k = 1; k <= 2; k++)
+        {
+            var grad = Gradient(97 + k, rows, cols);
+            var s = StepAt(k, true, 0.5f);
+            fused.Step(2, grad, rows, cols, s);
+            PieceStep([p], [m], [v], [grad], [rows * cols], s);
+        }
+        Assert.Equal(Array.ConvertAll(fused.Param, BitConverter.SingleToInt32Bits), Array.ConvertAll(p, BitConverter.SingleToInt32Bits));
+        Assert.Equal(Array.ConvertAll(fused.V!, BitConverter.SingleToInt32Bits), Array.ConvertAll(v, BitConverter.SingleToInt32Bits));
+    }
 }

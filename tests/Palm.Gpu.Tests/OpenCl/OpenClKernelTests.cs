@@ -215,6 +215,35 @@ public class OpenClKernelTests(OpenClFixture fx)
         Close(cpu, ocl, 0, exact ? 0 : 1e-6, "adafactor");
     }
 
+    [Fact]
+    public void AdafactorPieces_MatchCpu()
+    {
+        // Two pieces of one split tensor (the second spans two 16384-element chunks), three steps.
+        int[] sizes = [7001, 20003];
+        var op = new OpCase();
+        for (int j = 0; j < 2; j++)
+            op.F("p" + j, TestData.Uniform(61 + j, sizes[j], 0.5f)).Zeros("m" + j, sizes[j]).Zeros("v" + j, sizes[j])
+              .F("g" + j, TestData.Uniform(71 + j, sizes[j], 0.1f));
+        var (cpu, ocl) = Both(op, (be, t) =>
+        {
+            for (int k = 1; k <= 3; k++)
+            {
+                var step = new AdafactorStep(LearningRate: 1e-2f, Beta1: 0.9f, Beta2: 1f - MathF.Pow(k, -0.8f), Epsilon1: 1e-30f,
+                                             Epsilon2: 1e-3f, ClipThreshold: 0.5f, GradScale: 0.8f, WeightDecay: 1e-4f);
+                double u2 = 0, p2 = 0;
+                for (int j = 0; j < 2; j++)
+                {
+                    var (a, b) = be.AdafactorPieceSums(t("p" + j), t("g" + j), t("v" + j), sizes[j], step);
+                    u2 += a; p2 += b;
+                }
+                for (int j = 0; j < 2; j++)
+                    be.AdafactorPieceApply(t("p" + j), t("g" + j), t("m" + j), t("v" + j), sizes[j], u2, p2, sizes.Sum(), step);
+            }
+        }, "p0", "p1", "m0", "m1", "v0", "v1");
+        bool exact = fx.Ocl.Device.HasFp64 && fx.Ocl.Device.CorrectlyRoundedDivideSqrt;
+        Close(cpu, ocl, 0, exact ? 0 : 1e-6, "adafactor pieces");
+    }
+
     // ---- determinism --------------------------------------------------------------------------
 
     [Fact]

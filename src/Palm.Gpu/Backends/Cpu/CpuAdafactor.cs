@@ -12,7 +12,8 @@ namespace Palm.Gpu.Backends.Cpu;
 //   p  -= max(ε2, RMS(p)) · ρ · m  +  wd · p                 parameter scaling; decoupled weight decay
 //
 // Reductions (RMS(u), RMS(p), row/column means) use fixed-size chunks summed in order in double, so the
-// result is the same for any thread count.
+// result is the same for any thread count. A tensor split over devices runs the two passes per piece
+// (PieceSums, then PieceApply with the sums of all pieces added in rank order).
 internal static class CpuAdafactor
 {
     const int Chunk = 16384;
@@ -21,9 +22,6 @@ internal static class CpuAdafactor
                               int rows, int cols, in AdafactorStep s)
     {
         long count = (long)rows * cols;
-        int chunks = (int)((count + Chunk - 1) / Chunk);
-        var sumU2 = new double[chunks];
-        var sumP2 = new double[chunks];
         float gs = s.GradScale, b2 = s.Beta2, e1 = s.Epsilon1;
         bool factored = v is null;
         if (s.Beta1 > 0 && momentum is null) throw new ArgumentException("Adafactor: β1 > 0 needs a momentum buffer");
@@ -65,7 +63,34 @@ internal static class CpuAdafactor
             for (int j = 0; j < cols; j++) colScale[j] = 1f / MathF.Sqrt(vCol[j]);
         }
 
-        // Pass 1: unfactored second moment, Σu², Σp² per chunk.
+        var (totalU2, totalP2) = Sums(threads, param, grad, v, rowScale, colScale, cols, count, s);
+        var (clip, stepSize) = s.Scalars(totalU2, totalP2, count);
+        Apply(threads, param, grad, momentum, v, rowScale, colScale, cols, count, clip, stepSize, s);
+    }
+
+    /// <summary>Pass 1 on a piece of a split tensor (unfactored): v updated; Σu², Σp² over the piece.</summary>
+    public static (double SumU2, double SumP2) PieceSums(int threads, float[] param, float[] grad, float[] v, long n, in AdafactorStep s) =>
+        Sums(threads, param, grad, v, null, null, 1, n, s);
+
+    /// <summary>Pass 2 on a piece with the whole tensor's sums.</summary>
+    public static void PieceApply(int threads, float[] param, float[] grad, float[]? momentum, float[] v, long n,
+                                  double sumU2, double sumP2, long tensorCount, in AdafactorStep s)
+    {
+        if (s.Beta1 > 0 && momentum is null) throw new ArgumentException("Adafactor: β1 > 0 needs a momentum buffer");
+        var (clip, stepSize) = s.Scalars(sumU2, sumP2, tensorCount);
+        Apply(threads, param, grad, momentum, v, null, null, 1, n, clip, stepSize, s);
+    }
+
+    // Pass 1: unfactored second moment (v null: factored, u from rowScale/colScale), Σu² and Σp² per fixed chunk,
+    // then the chunks in order.
+    static (double SumU2, double SumP2) Sums(int threads, float[] param, float[] grad, float[]? v, float[]? rowScale, float[]? colScale,
+                                             int cols, long count, AdafactorStep s)
+    {
+        int chunks = (int)((count + Chunk - 1) / Chunk);
+        var sumU2 = new double[chunks];
+        var sumP2 = new double[chunks];
+        float gs = s.GradScale, b2 = s.Beta2, e1 = s.Epsilon1;
+        bool factored = v is null;
         CpuParallel.For(threads, chunks, c =>
         {
             long start = (long)c * Chunk, end = Math.Min(count, start + Chunk);
@@ -90,13 +115,16 @@ internal static class CpuAdafactor
         });
         double totalU2 = 0, totalP2 = 0;
         for (int c = 0; c < chunks; c++) { totalU2 += sumU2[c]; totalP2 += sumP2[c]; }
-        float rmsU = (float)Math.Sqrt(totalU2 / count);
-        float rmsP = (float)Math.Sqrt(totalP2 / count);
-        float clip = 1f / Math.Max(1f, rmsU / s.ClipThreshold);
-        float stepSize = Math.Max(s.Epsilon2, rmsP) * s.LearningRate;
-        float b1 = s.Beta1, wd = s.WeightDecay;
+        return (totalU2, totalP2);
+    }
 
-        // Pass 2: recompute u (cheaper than storing it), momentum, parameter update.
+    // Pass 2: recompute u (cheaper than storing it), momentum, parameter update.
+    static void Apply(int threads, float[] param, float[] grad, float[]? momentum, float[]? v, float[]? rowScale, float[]? colScale,
+                      int cols, long count, float clip, float stepSize, AdafactorStep s)
+    {
+        int chunks = (int)((count + Chunk - 1) / Chunk);
+        float gs = s.GradScale, b1 = s.Beta1, wd = s.WeightDecay;
+        bool factored = v is null;
         CpuParallel.For(threads, chunks, c =>
         {
             long start = (long)c * Chunk, end = Math.Min(count, start + Chunk);

@@ -92,5 +92,12 @@ public sealed class CpuBackend : IBackend
                                state.ColMoment is null ? null : F(state.ColMoment),
                                rows, cols, step);
 
+    public (double SumU2, double SumP2) AdafactorPieceSums(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer secondMoment, long n, in AdafactorStep step)
+        => CpuAdafactor.PieceSums(Threads, F(param), F(grad), F(secondMoment), n, step);
+
+    public void AdafactorPieceApply(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer? momentum, DeviceBuffer secondMoment, long n,
+                                    double sumU2, double sumP2, long tensorCount, in AdafactorStep step)
+        => CpuAdafactor.PieceApply(Threads, F(param), F(grad), momentum is null ? null : F(momentum), F(secondMoment), n, sumU2, sumP2, tensorCount, step);
+
     public void Dispose() { }
 }

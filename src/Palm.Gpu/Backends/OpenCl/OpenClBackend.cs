@@ -537,6 +537,45 @@ public sealed class OpenClBackend : IBackend
             .Launch(count, Group, Profiler);
     }
 
+    public (double SumU2, double SumP2) AdafactorPieceSums(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer secondMoment, long n, in AdafactorStep step)
+    {
+        if (n == 0) return (0, 0);
+        var unused = Scratch("adafactor.unused", 1);
+        int chunks = (int)DivUp(n, AdafactorChunk);
+        var partial = Scratch("adafactor.partial", 2L * chunks * RealBytes / 4);
+        Kernel("adafactor.cl", "adafactor_pass1", $"-D ADA_CHUNK={AdafactorChunk}").Call()
+            .Arg(partial).Arg(Buf(secondMoment, "second moment")).Arg(Buf(param, nameof(param))).Arg(Buf(grad, nameof(grad)))
+            .Arg(unused).Arg(unused).Arg(unused)
+            .Arg(step.GradScale).Arg(step.Beta2).Arg(step.Epsilon1).Arg(1).Arg(n).Arg(0)
+            .Launch(chunks, 1, Profiler);
+        // The chunk sums in order on the host (the caller needs them there anyway): what adafactor_finish adds on the device.
+        var bytes = new byte[2 * chunks * RealBytes];
+        context.Queue.Read(partial, 0, bytes);
+        ThrowDeviceErrors();
+        double u2 = 0, p2 = 0;
+        for (int c = 0; c < chunks; c++)
+        {
+            u2 += RealBytes == 8 ? BitConverter.ToDouble(bytes, 16 * c) : BitConverter.ToSingle(bytes, 8 * c);
+            p2 += RealBytes == 8 ? BitConverter.ToDouble(bytes, 16 * c + 8) : BitConverter.ToSingle(bytes, 8 * c + 4);
+        }
+        return (u2, p2);
+    }
+
+    public void AdafactorPieceApply(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer? momentum, DeviceBuffer secondMoment, long n,
+                                    double sumU2, double sumP2, long tensorCount, in AdafactorStep step)
+    {
+        if (n == 0) return;
+        var unused = Scratch("adafactor.unused", 1);
+        var scalars = Scratch("adafactor.piece_scalars", 4);
+        var (clip, stepSize) = step.Scalars(sumU2, sumP2, tensorCount);
+        context.Queue.Write(scalars, 0, MemoryMarshal.AsBytes<float>([0f, clip, stepSize, 0f]));
+        Kernel("adafactor.cl", "adafactor_pass2", $"-D ADA_CHUNK={AdafactorChunk}").Call()
+            .Arg(Buf(param, nameof(param))).Arg(momentum is null ? unused : Buf(momentum, "momentum")).Arg(Buf(grad, nameof(grad)))
+            .Arg(Buf(secondMoment, "second moment")).Arg(unused).Arg(unused).Arg(scalars)
+            .Arg(step.GradScale).Arg(step.Beta1).Arg(step.WeightDecay).Arg(1).Arg(n).Arg(0).Arg(momentum is null ? 0 : 1)
+            .Launch(n, Group, Profiler);
+    }
+
     // ---- collectives ---------------------------------------------------------------------------
 
     /// <summary>
