@@ -121,4 +121,30 @@ public class OpenClMeshTests(ITestOutputHelper output)
         var e = Assert.Throws<ConfigException>(() => DeviceMesh.Create("opencl", devices, 2));
         Assert.Contains($"needs {2 * devices} OpenCL devices but {devices} exist", e.Message);
     }
+
+    [Fact]
+    public void CheckpointsOnAnOpenClMeshResumeBitForBit()
+    {
+        OpenClTestDevices.OnOnePlatform(2);
+        TrainOptions Options(string dir, long steps) => new()
+        {
+            Steps = steps, BatchSchedule = "2", Seed = 3, Backend = "opencl", Mesh = "2x1", ShardWeights = true, PeakGflops = 100,
+            OutDir = dir, CheckpointEvery = 3,
+        };
+        var c = ModelConfig.Preset("tiny") with { SeqLen = 16 };
+        string a = Support.CliRunner.TempDir(), b = Support.CliRunner.TempDir();
+        var straight = new List<double>();
+        float[] expected;
+        using (var t = new Trainer(c, Options(a, 6), true)) { t.Run(6, m => straight.Add(m.Loss)); expected = Support.TrainerState.WeightsAndOptimizer(t); }
+        var resumed = new List<double>();
+        using (var t = new Trainer(c, Options(b, 3), true)) t.Run(3, m => resumed.Add(m.Loss));
+        using (var t = new Trainer(c, Options(b, 6), true))
+        {
+            Assert.Equal(CollectiveTransport.Device, ((MeshTrainer)t.Engine).MeshDevices.Transport);
+            t.Restore(t.Checkpoints!.LoadLatestValid()!);
+            t.Run(6, m => resumed.Add(m.Loss));
+            Assert.True(expected.AsSpan().SequenceEqual(Support.TrainerState.WeightsAndOptimizer(t)), "weights or optimizer state differ after resuming on the OpenCL mesh");
+        }
+        Assert.Equal(straight, resumed);
+    }
 }
