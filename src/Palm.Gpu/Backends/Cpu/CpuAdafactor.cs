@@ -95,6 +95,13 @@ internal static class CpuAdafactor
         {
             long start = (long)c * Chunk, end = Math.Min(count, start + Chunk);
             double u2 = 0, p2 = 0;
+            if (!factored && Vector256.IsHardwareAccelerated)
+            {
+                (u2, p2) = SumsUnfactored256(param, grad, v!, start, end, s);
+                sumU2[c] = u2;
+                sumP2[c] = p2;
+                return;
+            }
             long row = start / cols, col = start % cols; // walked alongside idx: no division per element
             for (long idx = start; idx < end; idx++, col = col + 1 == cols ? 0 : col + 1, row += col == 0 ? 1 : 0)
             {
@@ -128,6 +135,11 @@ internal static class CpuAdafactor
         CpuParallel.For(threads, chunks, c =>
         {
             long start = (long)c * Chunk, end = Math.Min(count, start + Chunk);
+            if (!factored && Vector256.IsHardwareAccelerated)
+            {
+                ApplyUnfactored256(param, grad, momentum, v!, start, end, clip, stepSize, s);
+                return;
+            }
             long row = start / cols, col = start % cols;
             for (long idx = start; idx < end; idx++, col = col + 1 == cols ? 0 : col + 1, row += col == 0 ? 1 : 0)
             {
@@ -144,5 +156,91 @@ internal static class CpuAdafactor
                 param[idx] = p - stepSize * m - wd * p;
             }
         });
+    }
+
+    // The unfactored passes eight lanes at a time. Every lane does the scalar loop's float operations in the
+    // same order (no fused multiply-adds), and Σu², Σp² still add the lanes one by one in index order, so the
+    // results are the scalar loop's (and the OpenCL kernel's) to the last bit; only the divide and square root
+    // run eight-wide.
+    static unsafe (double SumU2, double SumP2) SumsUnfactored256(float[] param, float[] grad, float[] v, long start, long end, AdafactorStep s)
+    {
+        float gs = s.GradScale, b2 = s.Beta2, e1 = s.Epsilon1, oneMinusB2 = 1 - b2;
+        var vgs = Vector256.Create(gs);
+        var vb2 = Vector256.Create(b2);
+        var v1mb2 = Vector256.Create(oneMinusB2);
+        var ve1 = Vector256.Create(e1);
+        double u2 = 0, p2 = 0;
+        long idx = start;
+        fixed (float* pp = param, pg = grad, pv = v)
+        {
+            for (; idx + 8 <= end; idx += 8)
+            {
+                var g = Vector256.Load(pg + idx) * vgs;
+                var vv = vb2 * Vector256.Load(pv + idx) + v1mb2 * (g * g + ve1);
+                vv.Store(pv + idx);
+                var u = g / Vector256.Sqrt(vv);
+                var p = Vector256.Load(pp + idx);
+                var (ulo, uhi) = Vector256.Widen(u);
+                var (plo, phi) = Vector256.Widen(p);
+                var su = ulo * ulo;
+                var sp = plo * plo;
+                u2 += su[0]; p2 += sp[0]; u2 += su[1]; p2 += sp[1]; u2 += su[2]; p2 += sp[2]; u2 += su[3]; p2 += sp[3];
+                su = uhi * uhi;
+                sp = phi * phi;
+                u2 += su[0]; p2 += sp[0]; u2 += su[1]; p2 += sp[1]; u2 += su[2]; p2 += sp[2]; u2 += su[3]; p2 += sp[3];
+            }
+            for (; idx < end; idx++)
+            {
+                float g = pg[idx] * gs;
+                float vv = b2 * pv[idx] + (1 - b2) * (g * g + e1);
+                pv[idx] = vv;
+                float u = g / MathF.Sqrt(vv);
+                u2 += (double)u * u;
+                p2 += (double)pp[idx] * pp[idx];
+            }
+        }
+        return (u2, p2);
+    }
+
+    static unsafe void ApplyUnfactored256(float[] param, float[] grad, float[]? momentum, float[] v, long start, long end,
+                                          float clip, float stepSize, AdafactorStep s)
+    {
+        float gs = s.GradScale, b1 = s.Beta1, wd = s.WeightDecay;
+        var vgs = Vector256.Create(gs);
+        var vclip = Vector256.Create(clip);
+        var vb1 = Vector256.Create(b1);
+        var v1mb1 = Vector256.Create(1 - b1);
+        var vstep = Vector256.Create(stepSize);
+        var vwd = Vector256.Create(wd);
+        long idx = start;
+        fixed (float* pp = param, pg = grad, pv = v, pm = momentum)
+        {
+            for (; idx + 8 <= end; idx += 8)
+            {
+                var u = Vector256.Load(pg + idx) * vgs / Vector256.Sqrt(Vector256.Load(pv + idx)) * vclip;
+                var m = u;
+                if (pm != null)
+                {
+                    m = vb1 * Vector256.Load(pm + idx) + v1mb1 * u;
+                    m.Store(pm + idx);
+                }
+                var p = Vector256.Load(pp + idx);
+                (p - vstep * m - vwd * p).Store(pp + idx);
+            }
+            for (; idx < end; idx++)
+            {
+                float g = pg[idx] * gs;
+                float u = g / MathF.Sqrt(pv[idx]);
+                u *= clip;
+                float m = u;
+                if (pm != null)
+                {
+                    m = b1 * pm[idx] + (1 - b1) * u;
+                    pm[idx] = m;
+                }
+                float p = pp[idx];
+                pp[idx] = p - stepSize * m - wd * p;
+            }
+        }
     }
 }
