@@ -1,3 +1,4 @@
+using System.Runtime.Intrinsics;
 using Palm.Gpu.Backends;
 using Palm.Gpu.Tensors;
 
@@ -88,16 +89,16 @@ public sealed class InProcessCollectives : ICollectives
         Check(buffers, count);
         _counters.CountAllReduce(RingBytes(2, count));
         if (Size == 1) return;
-        var host = new float[count];
-        var acc = new double[count];
+        var host = HostFloats(count);
+        var acc = HostDoubles(count);
         for (int r = 0; r < Size; r++)
         {
             _ranks[r].Download(buffers[r], host);
-            if (r == 0) for (long i = 0; i < count; i++) acc[i] = host[i];
-            else if (op == ReduceOp.Sum) for (long i = 0; i < count; i++) acc[i] += host[i];
-            else for (long i = 0; i < count; i++) acc[i] = Math.Max(acc[i], host[i]);
+            if (r == 0) HostMath.Widen(host, acc);
+            else if (op == ReduceOp.Sum) HostMath.AddWidened(acc, host);
+            else for (int i = 0; i < host.Length; i++) acc[i] = Math.Max(acc[i], host[i]);
         }
-        for (long i = 0; i < count; i++) host[i] = (float)acc[i];
+        HostMath.Narrow(acc, host);
         for (int r = 0; r < Size; r++) _ranks[r].Upload(buffers[r], host);
     }
 
@@ -107,8 +108,8 @@ public sealed class InProcessCollectives : ICollectives
         Check(inputs, countPerRank);
         Check(outputs, countPerRank * Size);
         _counters.CountAllGather(RingBytes(1, countPerRank * Size));
-        var all = new float[countPerRank * Size];
-        for (int r = 0; r < Size; r++) _ranks[r].Download(inputs[r], all.AsSpan((int)(r * countPerRank), (int)countPerRank));
+        var all = HostFloats(countPerRank * Size);
+        for (int r = 0; r < Size; r++) _ranks[r].Download(inputs[r], all.Slice((int)(r * countPerRank), (int)countPerRank));
         for (int r = 0; r < Size; r++) _ranks[r].Upload(outputs[r], all);
     }
 
@@ -119,15 +120,16 @@ public sealed class InProcessCollectives : ICollectives
         Check(outputs, countPerRank);
         _counters.CountReduceScatter(RingBytes(1, countPerRank * Size));
         long total = countPerRank * Size;
-        var host = new float[total];
-        var acc = new double[total];
+        var host = HostFloats(total);
+        var acc = HostDoubles(total);
         for (int r = 0; r < Size; r++)
         {
             _ranks[r].Download(inputs[r], host);
-            for (long i = 0; i < total; i++) acc[i] = r == 0 ? host[i] : acc[i] + host[i];
+            if (r == 0) HostMath.Widen(host, acc);
+            else HostMath.AddWidened(acc, host);
         }
-        for (long i = 0; i < total; i++) host[i] = (float)acc[i];
-        for (int r = 0; r < Size; r++) _ranks[r].Upload(outputs[r], host.AsSpan((int)(r * countPerRank), (int)countPerRank));
+        HostMath.Narrow(acc, host);
+        for (int r = 0; r < Size; r++) _ranks[r].Upload(outputs[r], host.Slice((int)(r * countPerRank), (int)countPerRank));
     }
 
     public void Broadcast(IReadOnlyList<DeviceBuffer> buffers, long count, int root)
@@ -137,10 +139,17 @@ public sealed class InProcessCollectives : ICollectives
         if ((uint)root >= (uint)Size) throw new ArgumentOutOfRangeException(nameof(root), $"root {root} is outside the group of {Size}");
         _counters.CountBroadcast(RingBytes(1, count));
         if (Size == 1) return;
-        var host = new float[count];
+        var host = HostFloats(count);
         _ranks[root].Download(buffers[root], host);
         for (int r = 0; r < Size; r++) if (r != root) _ranks[r].Upload(buffers[r], host);
     }
+
+    // Host staging reused across calls (a step makes hundreds; fresh arrays of a gradient's size each time
+    // cost more than the copies). One controller thread drives a group, so one set per group suffices.
+    float[] _floats = [];
+    double[] _doubles = [];
+    Span<float> HostFloats(long n) => (_floats.LongLength >= n ? _floats : _floats = new float[n]).AsSpan(0, (int)n);
+    Span<double> HostDoubles(long n) => (_doubles.LongLength >= n ? _doubles : _doubles = new double[n]).AsSpan(0, (int)n);
 
     // A ring all-reduce sends 2·(P−1)/P of the data per rank; all-gather and reduce-scatter (P−1)/P.
     long RingBytes(int passes, long count) => passes * 4 * count * (Size - 1) / Size;
@@ -150,5 +159,48 @@ public sealed class InProcessCollectives : ICollectives
         if (buffers.Count != Size) throw new ArgumentException($"expected one buffer per rank ({Size}), got {buffers.Count}");
         foreach (var b in buffers)
             if (b.Length < count) throw new ArgumentException($"buffer {b.Name} holds {b.Length} values, fewer than {count}");
+    }
+}
+
+/// <summary>
+/// Element-wise float ↔ double staging for host reductions, eight lanes at a time. Each element is widened
+/// exactly, added in the caller's rank order and rounded once, so the result is the scalar loop's bit for bit.
+/// </summary>
+internal static class HostMath
+{
+    public static void Widen(ReadOnlySpan<float> x, Span<double> dst)
+    {
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+            for (; i + 8 <= x.Length; i += 8)
+            {
+                var (lo, hi) = Vector256.Widen(Vector256.Create(x.Slice(i, 8)));
+                lo.CopyTo(dst.Slice(i, 4));
+                hi.CopyTo(dst.Slice(i + 4, 4));
+            }
+        for (; i < x.Length; i++) dst[i] = x[i];
+    }
+
+    public static void AddWidened(Span<double> acc, ReadOnlySpan<float> x)
+    {
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+            for (; i + 8 <= x.Length; i += 8)
+            {
+                var (lo, hi) = Vector256.Widen(Vector256.Create(x.Slice(i, 8)));
+                (Vector256.Create((ReadOnlySpan<double>)acc.Slice(i, 4)) + lo).CopyTo(acc.Slice(i, 4));
+                (Vector256.Create((ReadOnlySpan<double>)acc.Slice(i + 4, 4)) + hi).CopyTo(acc.Slice(i + 4, 4));
+            }
+        for (; i < x.Length; i++) acc[i] += x[i];
+    }
+
+    public static void Narrow(ReadOnlySpan<double> x, Span<float> dst)
+    {
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+            for (; i + 8 <= x.Length; i += 8)
+                Vector256.Narrow(Vector256.Create(x.Slice(i, 4)),
+                                                           Vector256.Create(x.Slice(i + 4, 4))).CopyTo(dst.Slice(i, 8));
+        for (; i < x.Length; i++) dst[i] = (float)x[i];
     }
 }
