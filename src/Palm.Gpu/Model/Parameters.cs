@@ -21,6 +21,18 @@ public sealed class Parameter
         Grad = backend.Allocate("grad." + name, (long)rows * cols);
     }
 
+    /// <summary>A parameter over existing buffers of rows·cols values (a mesh rank's reused gather workspace).</summary>
+    internal Parameter(Parameter shape, DeviceBuffer value, DeviceBuffer grad)
+    {
+        Name = shape.Name;
+        Rows = shape.Rows;
+        Cols = shape.Cols;
+        InitStd = shape.InitStd;
+        IsVector = shape.IsVector;
+        Value = value;
+        Grad = grad;
+    }
+
     public string Name { get; }
     public int Rows { get; }
     public int Cols { get; }

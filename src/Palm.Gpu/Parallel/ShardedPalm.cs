@@ -482,8 +482,7 @@ public sealed class ShardedPalm : IDisposable
         {
             ForRanks(r =>
             {
-                var meta = r.Meta.All[i];
-                var live = new Parameter(r.Be, meta.Name, meta.Rows, meta.Cols, meta.InitStd, meta.IsVector);
+                var live = r.Gathered(r.Meta.All[i]);
                 if (grads) r.Be.Fill(live.Grad, 0f, live.Count);
                 r.Live[i] = live;
             });
@@ -517,8 +516,7 @@ public sealed class ShardedPalm : IDisposable
             }
             ForRanks(r =>
             {
-                r.Live[i]!.Value.Dispose();
-                r.Live[i]!.Grad.Dispose();
+                r.Return(r.Live[i]!);
                 r.Live[i] = null;
             });
         }
@@ -645,6 +643,28 @@ public sealed class ShardedPalm : IDisposable
         public ParameterPiece Piece(int i) => Pieces[i];
         public BlockActivations ActsFor(int layer) => A.For(layer);
         Parameter L(int i) => Live[i] ?? throw new InvalidOperationException($"parameter {Meta.All[i].Name} is not gathered");
+
+        // Fully sharded: gathered tensors come from a workspace of buffer pairs kept by size and handed back
+        // on release. Layers share shapes, so it stays at one layer plus the embedding and final norm, without
+        // an allocation (and, on OpenCL, a queue drain) per tensor per step.
+        readonly Dictionary<long, Stack<(DeviceBuffer Value, DeviceBuffer Grad)>> _workspace = [];
+
+        public Parameter Gathered(Parameter shape)
+        {
+            if (_workspace.TryGetValue(shape.Count, out var free) && free.Count > 0)
+            {
+                var (v, g) = free.Pop();
+                return new Parameter(shape, v, g);
+            }
+            var fresh = new Parameter(Be, "gathered." + shape.Name, shape.Rows, shape.Cols, shape.InitStd, shape.IsVector);
+            return new Parameter(shape, fresh.Value, fresh.Grad);
+        }
+
+        public void Return(Parameter p)
+        {
+            if (!_workspace.TryGetValue(p.Count, out var free)) _workspace[p.Count] = free = new();
+            free.Push((p.Value, p.Grad));
+        }
         public Parameter Embedding => L(0);
         public Parameter FinalNorm => L(Live.Length - 1);
 
@@ -662,6 +682,7 @@ public sealed class ShardedPalm : IDisposable
         {
             foreach (var p in Pieces) { p.Value.Dispose(); p.Grad.Dispose(); }
             if (Params is null) foreach (var p in Live.OfType<Parameter>()) { p.Value.Dispose(); p.Grad.Dispose(); }
+            foreach (var (v, g) in _workspace.Values.SelectMany(x => x)) { v.Dispose(); g.Dispose(); }
             Stage?.Dispose();
             StageSlice?.Dispose();
             A.Dispose();
