@@ -52,8 +52,19 @@ public sealed class CollectiveCounters
     /// <summary>Wall time spent inside collectives (all groups, all calls), for `palm bench --mesh`.</summary>
     public TimeSpan Elapsed => System.Diagnostics.Stopwatch.GetElapsedTime(0, Interlocked.Read(ref _ticks));
 
-    /// <summary>Times one collective call: `using var _ = counters.Time();`.</summary>
-    internal Timer Time() => new(this);
+    /// <summary>
+    /// When set, every collective first waits (untimed) for its group's queued work, so <see cref="Elapsed"/> is the
+    /// collectives' own time. Otherwise it also holds the wait for kernels still running on asynchronous devices,
+    /// which is what a step pays at that point. `palm bench --mesh` measures both ways.
+    /// </summary>
+    public bool DrainBeforeTiming { get; set; }
+
+    /// <summary>Times one collective call over <paramref name="ranks"/>: `using var _ = counters.Time(ranks);`.</summary>
+    internal Timer Time(IEnumerable<IBackend> ranks)
+    {
+        if (DrainBeforeTiming) foreach (var r in ranks) r.Synchronize();
+        return new(this);
+    }
 
     internal readonly struct Timer(CollectiveCounters owner) : IDisposable
     {
@@ -85,7 +96,7 @@ public sealed class InProcessCollectives : ICollectives
 
     public void AllReduce(IReadOnlyList<DeviceBuffer> buffers, long count, ReduceOp op = ReduceOp.Sum)
     {
-        using var timer = _counters.Time();
+        using var timer = _counters.Time(_ranks);
         Check(buffers, count);
         _counters.CountAllReduce(RingBytes(2, count));
         if (Size == 1) return;
@@ -104,7 +115,7 @@ public sealed class InProcessCollectives : ICollectives
 
     public void AllGather(IReadOnlyList<DeviceBuffer> outputs, IReadOnlyList<DeviceBuffer> inputs, long countPerRank)
     {
-        using var timer = _counters.Time();
+        using var timer = _counters.Time(_ranks);
         Check(inputs, countPerRank);
         Check(outputs, countPerRank * Size);
         _counters.CountAllGather(RingBytes(1, countPerRank * Size));
@@ -115,7 +126,7 @@ public sealed class InProcessCollectives : ICollectives
 
     public void ReduceScatter(IReadOnlyList<DeviceBuffer> outputs, IReadOnlyList<DeviceBuffer> inputs, long countPerRank)
     {
-        using var timer = _counters.Time();
+        using var timer = _counters.Time(_ranks);
         Check(inputs, countPerRank * Size);
         Check(outputs, countPerRank);
         _counters.CountReduceScatter(RingBytes(1, countPerRank * Size));
@@ -134,7 +145,7 @@ public sealed class InProcessCollectives : ICollectives
 
     public void Broadcast(IReadOnlyList<DeviceBuffer> buffers, long count, int root)
     {
-        using var timer = _counters.Time();
+        using var timer = _counters.Time(_ranks);
         Check(buffers, count);
         if ((uint)root >= (uint)Size) throw new ArgumentOutOfRangeException(nameof(root), $"root {root} is outside the group of {Size}");
         _counters.CountBroadcast(RingBytes(1, count));

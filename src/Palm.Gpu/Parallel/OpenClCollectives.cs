@@ -82,7 +82,7 @@ public sealed class OpenClCollectives : ICollectives, IDisposable
 
     public void AllReduce(IReadOnlyList<DeviceBuffer> buffers, long count, ReduceOp op = ReduceOp.Sum)
     {
-        using var timer = _counters.Time();
+        using var timer = _counters.Time(_ranks);
         var bufs = Resolve(buffers, count, "buffer");
         Distinct(bufs, "buffers");
         _counters.CountAllReduce(RingBytes(2, count));
@@ -118,7 +118,7 @@ public sealed class OpenClCollectives : ICollectives, IDisposable
 
     public void AllGather(IReadOnlyList<DeviceBuffer> outputs, IReadOnlyList<DeviceBuffer> inputs, long countPerRank)
     {
-        using var timer = _counters.Time();
+        using var timer = _counters.Time(_ranks);
         var ins = Resolve(inputs, countPerRank, "input");
         var outs = Resolve(outputs, countPerRank * Size, "output");
         Distinct(outs, "outputs");
@@ -154,7 +154,7 @@ public sealed class OpenClCollectives : ICollectives, IDisposable
 
     public void ReduceScatter(IReadOnlyList<DeviceBuffer> outputs, IReadOnlyList<DeviceBuffer> inputs, long countPerRank)
     {
-        using var timer = _counters.Time();
+        using var timer = _counters.Time(_ranks);
         var ins = Resolve(inputs, countPerRank * Size, "input");
         var outs = Resolve(outputs, countPerRank, "output");
         Distinct(outs, "outputs");
@@ -185,7 +185,7 @@ public sealed class OpenClCollectives : ICollectives, IDisposable
 
     public void Broadcast(IReadOnlyList<DeviceBuffer> buffers, long count, int root)
     {
-        using var timer = _counters.Time();
+        using var timer = _counters.Time(_ranks);
         var bufs = Resolve(buffers, count, "buffer");
         if ((uint)root >= (uint)Size) throw new ArgumentOutOfRangeException(nameof(root), $"root {root} is outside the group of {Size}");
         Distinct(bufs, "buffers");

@@ -175,6 +175,7 @@ public class CliTests
         using var j = JsonDocument.Parse(r.Stdout.Split('\n')[0]);
         var col = j.RootElement.GetProperty("collectives");
         Assert.True(col.GetProperty("seconds_per_step").GetDouble() > 0);
+        Assert.True(col.GetProperty("own_seconds_per_step").GetDouble() > 0);
         Assert.True(col.GetProperty("all_reduce").GetInt64() > 0);
         Assert.Equal("2x2", j.RootElement.GetProperty("mesh").GetString());
         Assert.Contains("collectives:", r.Stderr);
