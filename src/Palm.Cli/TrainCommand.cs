@@ -63,10 +63,32 @@ internal static class TrainCommand
             };
             var meshShape = mesh.Parse(r);
             if (r.GetValue(resume) is { } from)
-                return Resume(from, r.GetValue(outDir)!, r.GetValue(steps), r.GetValue(threads), r.GetValue(peak),
-                              explicitShape: new Option[] { preset, seq, vocab, block, attention, remat, factored, lr, warmup, updateClip, gradClip, decayExponent, beta2Decay }.Concat(shape.All).Where(o => r.GetResult(o) is { Implicit: false }).Select(o => o.Name).ToList(),
-                              meshSpec: meshShape is null ? null : r.GetValue(mesh.Mesh), shardWeights: r.GetValue(mesh.ShardWeights),
-                              collectives: r.GetValue(mesh.Collectives) is null ? null : mesh.Transport(r));
+            {
+                bool Given(Option o) => r.GetResult(o) is { Implicit: false };
+                // What defines the model, the data order and the optimizer comes from the checkpoint; where and how
+                // the run goes on (steps, devices, checkpoint cadence, the guard) may change.
+                var fixedByCheckpoint = new Option[] { preset, seq, vocab, block, attention, remat, factored, lr, warmup, updateClip, gradClip, decayExponent, beta2Decay,
+                                                       data, tokenizer, batch, seed }.Concat(shape.All).Where(Given).Select(o => o.Name).ToList();
+                TrainOptions Overrides(TrainOptions saved) => saved with
+                {
+                    Backend = Given(backend) ? r.GetValue(backend)! : saved.Backend,
+                    Device = Given(device) ? r.GetValue(device) : saved.Device,
+                    CheckpointEvery = Given(checkpointEvery) ? r.GetValue(checkpointEvery) : saved.CheckpointEvery,
+                    InjectSpike = Given(inject) ? r.GetValue(inject) : saved.InjectSpike,
+                    SpikeGuard = saved.SpikeGuard with
+                    {
+                        Enabled = Given(noGuard) ? guard.Enabled : saved.SpikeGuard.Enabled,
+                        RollbackSteps = Given(rollbackSteps) ? guard.RollbackSteps : saved.SpikeGuard.RollbackSteps,
+                        MinSkip = Given(skipMin) ? guard.MinSkip : saved.SpikeGuard.MinSkip,
+                        MaxSkip = Given(skipMax) ? guard.MaxSkip : saved.SpikeGuard.MaxSkip,
+                        MaxRollbacks = Given(maxRollbacks) ? guard.MaxRollbacks : saved.SpikeGuard.MaxRollbacks,
+                    },
+                    Mesh = meshShape is null ? saved.Mesh : r.GetValue(mesh.Mesh),
+                    ShardWeights = meshShape is null ? saved.ShardWeights : r.GetValue(mesh.ShardWeights),
+                    Collectives = Given(mesh.Collectives) ? mesh.Transport(r) : saved.Collectives,
+                };
+                return Resume(from, r.GetValue(outDir)!, r.GetValue(steps), r.GetValue(threads), r.GetValue(peak), fixedByCheckpoint, Overrides);
+            }
             var config = shape.Apply(Cli.Resolve(r.GetValue(preset)!, r.GetValue(block), r.GetValue(attention), r.GetValue(remat), r.GetValue(seq), r.GetValue(vocab)), r);
             var optimizer = new AdafactorConfig
             {
@@ -107,8 +129,7 @@ internal static class TrainCommand
     /// Continues a run from a checkpoint with its saved settings. On the same mesh and backend the result is
     /// bit-identical to an uninterrupted run; --mesh/--shard-weights load it onto another mesh (resharding).
     /// </summary>
-    static int Resume(string from, string outDir, long? steps, int threads, double peak, List<string> explicitShape, string? meshSpec, bool shardWeights,
-                      Palm.Gpu.Sharding.CollectiveTransport? collectives)
+    static int Resume(string from, string outDir, long? steps, int threads, double peak, List<string> fixedByCheckpoint, Func<TrainOptions, TrainOptions> overrides)
     {
         var store = new CheckpointStore(Path.Combine(outDir, "checkpoints"));
         LoadedCheckpoint ckpt;
@@ -125,22 +146,22 @@ internal static class TrainCommand
             // A checkpoint directory RUN/checkpoints/step-N belongs to the run RUN.
             outDir = Path.GetDirectoryName(Path.GetDirectoryName(Path.GetFullPath(from))!)!;
         }
-        if (explicitShape.Count > 0)
-            throw new ConfigException($"--resume takes the model, data and optimizer settings from the checkpoint; drop {string.Join(", ", explicitShape)} (a checkpoint from an incompatible config cannot be continued)");
+        if (fixedByCheckpoint.Count > 0)
+            throw new ConfigException($"--resume takes the model, data and optimizer settings from the checkpoint; drop {string.Join(", ", fixedByCheckpoint)} (a checkpoint from an incompatible config cannot be continued)");
         var config = ckpt.Manifest.Model.Deserialize<ModelConfig>(Trainer.Json)!.Validate();
         var saved = ckpt.Manifest.Training.Deserialize<TrainOptions>(Trainer.Json)!;
-        var options = saved with
+        var options = overrides(saved) with
         {
             Steps = steps ?? saved.Steps,
             OutDir = outDir,
             Threads = threads,
             PeakGflops = peak > 0 ? peak : saved.PeakGflops,
-            Mesh = meshSpec ?? saved.Mesh,
-            ShardWeights = meshSpec is null ? saved.ShardWeights : shardWeights,
-            Collectives = collectives ?? saved.Collectives,
         };
-        if (meshSpec is not null && (meshSpec != (saved.Mesh ?? "1x1") || shardWeights != saved.ShardWeights))
-            Console.Error.WriteLine($"palm: resharding: checkpoint written on mesh {ckpt.Manifest.Mesh}{(saved.ShardWeights ? " (fully sharded)" : "")}, continuing on {meshSpec}{(shardWeights ? " (fully sharded)" : "")}");
+        string meshNow = options.Mesh ?? "1x1";
+        if (meshNow != (saved.Mesh ?? "1x1") || options.ShardWeights != saved.ShardWeights)
+            Console.Error.WriteLine($"palm: resharding: checkpoint written on mesh {ckpt.Manifest.Mesh}{(saved.ShardWeights ? " (fully sharded)" : "")}, continuing on {meshNow}{(options.ShardWeights ? " (fully sharded)" : "")}");
+        if (options.Backend != saved.Backend || options.Device != saved.Device)
+            Console.Error.WriteLine($"palm: continuing on {options.Backend} device {options.Device} (the checkpoint trained on {saved.Backend} device {saved.Device}); a run is bit-identical only on the backend it started on");
         using var trainer = new Trainer(config, options, vocabFromTokenizer: false);
         trainer.Restore(ckpt);
         Console.Error.WriteLine($"palm: resuming from {ckpt.Directory} at step {trainer.Step} (data batch {trainer.Cursor.Batch}, {trainer.Rollbacks.Count} earlier rollbacks)");

@@ -107,9 +107,21 @@ public class CliTests
         var overridden = CliRunner.Run("train", "--resume", "latest", "--out", run, "--steps", "3", "--update-clip", "1");
         Assert.Equal(2, overridden.ExitCode);
         Assert.Contains("drop --update-clip", overridden.Stderr);
-        var resumed = CliRunner.Run("train", "--resume", "latest", "--out", run, "--steps", "3", "--peak-gflops", "100");
+        var dataChanged = CliRunner.Run("train", "--resume", "latest", "--out", run, "--steps", "3", "--seed", "9", "--batch", "4");
+        Assert.Equal(2, dataChanged.ExitCode);
+        Assert.Contains("drop --batch, --seed", dataChanged.Stderr);   // the data order is the checkpoint's, never silently another
+        var resumed = CliRunner.Run("train", "--resume", "latest", "--out", run, "--steps", "3", "--peak-gflops", "100",
+                                    "--backend", "opencl", "--checkpoint-every", "1", "--max-rollbacks", "2");
         Assert.True(resumed.ExitCode == 0, resumed.Stderr);
+        Assert.Contains("continuing on opencl device 0 (the checkpoint trained on cpu device 0)", resumed.Stderr);
         Check(Path.Combine(run, "config.json")); // rewritten from the checkpoint's options, not the defaults
+        using (var j = JsonDocument.Parse(File.ReadAllText(Path.Combine(run, "config.json"))))
+        {
+            var t = j.RootElement.GetProperty("training");
+            Assert.Equal("opencl", t.GetProperty("backend").GetString());   // where and how a run goes on may change
+            Assert.Equal(1, t.GetProperty("checkpoint_every").GetInt64());
+            Assert.Equal(2, t.GetProperty("spike_guard").GetProperty("max_rollbacks").GetInt32());
+        }
     }
 
     [Fact]
