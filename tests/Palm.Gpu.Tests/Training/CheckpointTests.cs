@@ -165,13 +165,15 @@ public class CheckpointTests
         Assert.Contains("stopping instead of looping", e.Message);
     }
 
-    [Fact]
-    public void SigkillWhileWritingACheckpointLeavesThePreviousOneAndResumeLatestPicksIt()
+    [Theory]
+    [InlineData("")]
+    [InlineData("--mesh 2x2 --shard-weights")]   // killed after the first of eight shard files
+    public void SigkillWhileWritingACheckpointLeavesThePreviousOneAndResumeLatestPicksIt(string meshFlags)
     {
         string dir = CliRunner.TempDir();
         string run = Path.Combine(dir, "run");
         var env = new Dictionary<string, string> { ["PALM_FAULT_KILL_DURING_CHECKPOINT"] = "8" };
-        var r = CliRunner.RunWithEnv(env, "train", "--preset", "tiny", "--seq", "16", "--batch", "2", "--steps", "12", "--checkpoint-every", "4", "--out", run, "--peak-gflops", "100");
+        var r = CliRunner.RunWithEnv(env, ["train", "--preset", "tiny", "--seq", "16", "--batch", "2", "--steps", "12", "--checkpoint-every", "4", "--out", run, "--peak-gflops", "100", .. meshFlags.Split(' ', StringSplitOptions.RemoveEmptyEntries)]);
         Assert.Equal(137, r.ExitCode); // killed by SIGKILL
         var store = new CheckpointStore(Path.Combine(run, "checkpoints"));
         Assert.Equal([4L, 0], store.List().Select(x => x.Step)); // step 8 never appeared under its name
