@@ -157,3 +157,15 @@ public readonly record struct AdafactorStep(
         return (1f / Math.Max(1f, rmsU / ClipThreshold), Math.Max(Epsilon2, rmsP) * LearningRate);
     }
 }
+
+/// <summary>Host copies of device buffers.</summary>
+public static class BackendHostCopies
+{
+    /// <summary>A new host array holding the first <paramref name="count"/> values of <paramref name="src"/> (all of it by default).</summary>
+    public static float[] ToHost(this IBackend backend, DeviceBuffer src, long count = -1)
+    {
+        var host = new float[count < 0 ? src.Length : count];
+        backend.Download(src, host);
+        return host;
+    }
+}

@@ -1,3 +1,4 @@
+using Palm.Gpu.Backends;
 using System.Text.Json;
 using Palm.Gpu.Model;
 using Palm.Gpu.Training;
@@ -15,13 +16,7 @@ public static class ModelWeights
 
     public static void Save(PalmModel model, string path, IReadOnlyDictionary<string, string>? extraMetadata = null)
     {
-        var weights = model.Parameters.All.ToDictionary(p => p.Name, p =>
-        {
-            var host = new float[p.Count];
-            model.Backend.Download(p.Value, host);
-            return host;
-        });
-        Save(model.Config, weights, path, extraMetadata);
+        Save(model.Config, model.Parameters.All.ToDictionary(p => p.Name, p => model.Backend.ToHost(p.Value)), path, extraMetadata);
     }
 
     /// <summary>Writes full host tensors by name (e.g. gathered from a mesh) in the model's parameter order and shapes.</summary>

@@ -138,11 +138,7 @@ public sealed class MeshTrainer : ITrainingEngine
     {
         var full = new Dictionary<string, float[]>();
         var all = Model.ShardLayout.All;
-        for (int i = 0; i < all.Count; i++)
-        {
-            long count = (long)all[i].Count * (Model.AxisOf(i) == ShardAxis.Replicated ? 1 : MeshDevices.Model);
-            full[all[i].Name] = CheckpointTensors.Get(weights, all[i].Name, count, source);
-        }
+        for (int i = 0; i < all.Count; i++) full[all[i].Name] = CheckpointTensors.Get(weights, all[i].Name, Model.FullCount(i), source);
         Model.LoadWeights(full);
         Optimizer.LoadState(optimizerState, source);
     }

@@ -1,3 +1,4 @@
+using Palm.Gpu.IO;
 using Palm.Gpu.Training;
 
 namespace Palm.Gpu.Sharding;
@@ -50,5 +51,41 @@ public static class ShardMath
             else throw new InvalidDataException($"unknown shard axis '{layout.Axis}' (expected replicated, rows or cols)");
         }
         return (full, layout.Axis == "rows" ? [rows * ranks, cols] : [rows, cols * ranks]);
+    }
+
+    /// <summary>
+    /// Full tensors from pieces: for every tensor of <paramref name="layout"/> present in piece (0, 0), the data slices
+    /// (d = 0 .. slices−1) of each model rank concatenated, then the model pieces joined along the tensor's axis.
+    /// <paramref name="piecesOf"/>(d, m) gives rank (d, m)'s pieces by name; <paramref name="source"/> names them in errors.
+    /// </summary>
+    public static Dictionary<string, NamedTensor> Assemble(IReadOnlyDictionary<string, TensorLayout> layout, int modelRanks, int slices,
+                                                           Func<int, int, IReadOnlyDictionary<string, NamedTensor>> piecesOf, string source)
+    {
+        var result = new Dictionary<string, NamedTensor>();
+        foreach (var name in piecesOf(0, 0).Keys)
+        {
+            if (!layout.TryGetValue(name, out var tensorLayout))
+                throw new InvalidDataException($"{source}: tensor '{name}' has no layout");
+            long local = tensorLayout.Shape.Aggregate(1L, (a, b) => a * b);
+            var parts = new float[modelRanks][];
+            for (int m = 0; m < modelRanks; m++)
+            {
+                parts[m] = new float[local];
+                long at = 0;
+                for (int d = 0; d < slices; d++)
+                {
+                    if (!piecesOf(d, m).TryGetValue(name, out var piece))
+                        throw new InvalidDataException($"{source}: shard d{d}-m{m} lacks '{name}'");
+                    if (at + piece.Data.LongLength > local)
+                        throw new InvalidDataException($"{source}: the pieces of '{name}' hold more than its {local} values");
+                    Array.Copy(piece.Data, 0, parts[m], at, piece.Data.LongLength);
+                    at += piece.Data.LongLength;
+                }
+                if (at != local) throw new InvalidDataException($"{source}: the pieces of '{name}' hold {at} of its {local} values");
+            }
+            var (full, shape) = Join(parts, tensorLayout);
+            result[name] = new NamedTensor(name, shape, full);
+        }
+        return result;
     }
 }

@@ -164,7 +164,7 @@ public sealed class ShardedAdafactor : IDisposable
                 if (buffer is null) continue;
                 long valid = elementwise ? piece.Valid : buffer.Length;
                 long[] shape = !elementwise ? [buffer.Length] : _model.ShardWeights ? [valid] : meta[i].Shape.Select(x => (long)x).ToArray();
-                list.Add(new NamedTensor(prefix + meta[i].Name, shape, ShardedPalm.DownloadValid(rank.Be, buffer, valid)));
+                list.Add(new NamedTensor(prefix + meta[i].Name, shape, rank.Be.ToHost(buffer, valid)));
             }
         }
         return list;
@@ -174,7 +174,6 @@ public sealed class ShardedAdafactor : IDisposable
     public void LoadState(IReadOnlyDictionary<string, NamedTensor> full, string source)
     {
         var meta = _model.ShardLayout.All;
-        var layouts = Layouts();
         _model.ForRanks(r =>
         {
             int k = r.DataRank * _model.Mesh.Model + r.ModelRank;
@@ -183,8 +182,7 @@ public sealed class ShardedAdafactor : IDisposable
                 {
                     if (buffer is null) continue;
                     string name = prefix + meta[i].Name;
-                    long count = layouts[name].Shape.Aggregate(1L, (a, b) => a * b) * (elementwise && _model.AxisOf(i) != ShardAxis.Replicated ? _model.Mesh.Model : 1);
-                    var values = CheckpointTensors.Get(full, name, count, source);
+                    var values = CheckpointTensors.Get(full, name, elementwise ? _model.FullCount(i) : buffer.Length, source);
                     r.Be.Upload(buffer, elementwise ? _model.PieceOf(values, i, r) : values);
                 }
         });

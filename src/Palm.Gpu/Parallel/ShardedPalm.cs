@@ -112,9 +112,7 @@ public sealed class ShardedPalm : IDisposable
         var tensors = new Dictionary<string, float[]>();
         foreach (var p in full.All)
         {
-            var h = new float[p.Count];
-            host.Download(p.Value, h);
-            tensors[p.Name] = h;
+            tensors[p.Name] = host.ToHost(p.Value);
             p.Value.Dispose(); p.Grad.Dispose();
         }
         LoadWeights(tensors);
@@ -144,31 +142,14 @@ public sealed class ShardedPalm : IDisposable
         return slice;
     }
 
-    /// <summary>Full tensors by name, gathered from the shards of data index 0.</summary>
+    /// <summary>Full tensors by name, joined on the host from one copy of every piece (as a checkpoint is).</summary>
     public Dictionary<string, float[]> GatherWeights()
     {
-        var result = new Dictionary<string, float[]>();
-        var all = _ranks[0].Meta.All;
-        int M = _mesh.Model, P = ShardWeights ? _mesh.Data : 1;
-        for (int i = 0; i < all.Count; i++)
-        {
-            var p = all[i];
-            var parts = new float[M][];
-            for (int m = 0; m < M; m++)
-            {
-                parts[m] = new float[p.Count];
-                for (int d = 0; d < P; d++)
-                {
-                    var r = _ranks[d * M + m];
-                    var piece = r.Piece(i);
-                    var h = new float[piece.Length];
-                    r.Be.Download(piece.Value, h);
-                    Array.Copy(h, 0, parts[m], piece.Offset, piece.Valid);
-                }
-            }
-            result[p.Name] = ShardMath.Join(parts, LayoutOf(i)).Full;
-        }
-        return result;
+        var pieces = DistinctShardRanks.ToDictionary(k => (_ranks[k].DataRank, _ranks[k].ModelRank),
+                                                     k => ExportWeights(k).ToDictionary(t => t.Name));
+        var layout = Enumerable.Range(0, _axes.Length).ToDictionary(i => _ranks[0].Meta.All[i].Name, LayoutOf);
+        return ShardMath.Assemble(layout, _mesh.Model, ShardWeights ? _mesh.Data : 1, (d, m) => pieces[(d, m)], "the mesh")
+                        .ToDictionary(kv => kv.Key, kv => kv.Value.Data);
     }
 
     /// <summary>Parameter i's axis over the model ranks and one model rank's shape.</summary>
@@ -193,17 +174,13 @@ public sealed class ShardedPalm : IDisposable
         {
             var p = r.Meta.All[i];
             var piece = r.Piece(i);
-            list.Add(new NamedTensor(p.Name, ShardWeights ? [piece.Valid] : p.Shape.Select(x => (long)x).ToArray(), DownloadValid(r.Be, piece.Value, piece.Valid)));
+            list.Add(new NamedTensor(p.Name, ShardWeights ? [piece.Valid] : p.Shape.Select(x => (long)x).ToArray(), r.Be.ToHost(piece.Value, piece.Valid)));
         }
         return list;
     }
 
-    internal static float[] DownloadValid(IBackend be, DeviceBuffer b, long valid)
-    {
-        var h = new float[b.Length];
-        be.Download(b, h);
-        return valid == h.LongLength ? h : h[..(int)valid];
-    }
+    /// <summary>Values in the full tensor laid out like parameter i: its model-rank piece's, times the model ranks when split.</summary>
+    internal long FullCount(int i) => (long)_ranks[0].Meta.All[i].Count * (_axes[i] == ShardAxis.Replicated ? 1 : _mesh.Model);
 
     // ---- forward / backward -----------------------------------------------------------------
 

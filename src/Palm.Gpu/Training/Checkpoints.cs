@@ -192,9 +192,13 @@ public sealed class CheckpointStore
         }
         if (manifest.Layout is null)
             return new LoadedCheckpoint(dir, manifest, SafeTensors.Read(Path.Combine(dir, WeightsFile)), SafeTensors.Read(Path.Combine(dir, OptimizerFile)));
-        var weights = tags.ToDictionary(t => t, t => SafeTensors.Read(Path.Combine(dir, FileFor(WeightsFile, t))));
-        var state = tags.ToDictionary(t => t, t => SafeTensors.Read(Path.Combine(dir, FileFor(OptimizerFile, t))));
-        return new LoadedCheckpoint(dir, manifest, Assemble(manifest, weights, dir), Assemble(manifest, state, dir));
+        var (model, slices) = Ranks(manifest, dir);
+        Dictionary<string, NamedTensor> Join(string file)
+        {
+            var pieces = tags.ToDictionary(t => t, t => SafeTensors.Read(Path.Combine(dir, FileFor(file, t))));
+            return Sharding.ShardMath.Assemble(manifest.Layout, model, slices, (d, m) => pieces[TagFor(d, m)], $"checkpoint '{dir}', {file.Replace(".safetensors", ".*")}");
+        }
+        return new LoadedCheckpoint(dir, manifest, Join(WeightsFile), Join(OptimizerFile));
     }
 
     /// <summary>weights.safetensors for a single device, weights.d0-m1.safetensors for a mesh shard.</summary>
@@ -206,50 +210,19 @@ public sealed class CheckpointStore
     static List<string> ShardTags(CheckpointManifest m, string dir)
     {
         if (m.Layout is null) return [""];
-        var (data, model) = ParseMesh(m.Mesh, dir);
-        int slices = m.ShardWeights ? data : 1;
+        var (model, slices) = Ranks(m, dir);
         return [.. from d in Enumerable.Range(0, slices) from r in Enumerable.Range(0, model) select TagFor(d, r)];
     }
 
-    static (int Data, int Model) ParseMesh(string mesh, string dir)
+    /// <summary>Model ranks, and data slices per model rank (the data ranks when sharded, else one), of the manifest's mesh.</summary>
+    static (int Model, int Slices) Ranks(CheckpointManifest m, string dir)
     {
-        var parts = mesh.Split('x');
-        if (parts.Length != 2 || !int.TryParse(parts[0], out int d) || !int.TryParse(parts[1], out int m) || d < 1 || m < 1)
-            throw new InvalidDataException($"checkpoint '{dir}': manifest mesh '{mesh}' is not DxM");
-        return (d, m);
-    }
-
-    /// <summary>Full tensors from shard pieces: data slices concatenated per model rank, then model pieces joined along the layout's axis.</summary>
-    static Dictionary<string, NamedTensor> Assemble(CheckpointManifest m, Dictionary<string, Dictionary<string, NamedTensor>> shards, string dir)
-    {
-        var (data, model) = ParseMesh(m.Mesh, dir);
-        int slices = m.ShardWeights ? data : 1;
-        var result = new Dictionary<string, NamedTensor>();
-        foreach (var name in shards[TagFor(0, 0)].Keys)
+        try
         {
-            if (!m.Layout!.TryGetValue(name, out var layout))
-                throw new InvalidDataException($"checkpoint '{dir}': tensor '{name}' has no layout in the manifest");
-            long local = layout.Shape.Aggregate(1L, (a, b) => a * b);
-            var parts = new float[model][];
-            for (int r = 0; r < model; r++)
-            {
-                parts[r] = new float[local];
-                long at = 0;
-                for (int d = 0; d < slices; d++)
-                {
-                    if (!shards[TagFor(d, r)].TryGetValue(name, out var piece))
-                        throw new InvalidDataException($"checkpoint '{dir}': {FileFor(WeightsFile, TagFor(d, r))} or its optimizer file lacks '{name}'");
-                    if (at + piece.Data.LongLength > local)
-                        throw new InvalidDataException($"checkpoint '{dir}': the pieces of '{name}' hold more than its {local} values");
-                    Array.Copy(piece.Data, 0, parts[r], at, piece.Data.LongLength);
-                    at += piece.Data.LongLength;
-                }
-                if (at != local) throw new InvalidDataException($"checkpoint '{dir}': the pieces of '{name}' hold {at} of its {local} values");
-            }
-            var (full, shape) = Sharding.ShardMath.Join(parts, layout);
-            result[name] = new NamedTensor(name, shape, full);
+            var (data, model) = Sharding.DeviceMesh.Parse(m.Mesh);
+            return (model, m.ShardWeights ? data : 1);
         }
-        return result;
+        catch (Model.ConfigException e) { throw new InvalidDataException($"checkpoint '{dir}': manifest mesh: {e.Message}"); }
     }
 
     /// <summary>The newest checkpoint that verifies, optionally at or before a step; refused ones are reported through warn.</summary>

@@ -104,8 +104,8 @@ public sealed class SingleDeviceEngine : ITrainingEngine
     public IReadOnlyList<CheckpointShard> SnapshotShards() =>
     [
         new CheckpointShard("",
-            Model.Parameters.All.Select(p => new NamedTensor(p.Name, p.Shape.Select(x => (long)x).ToArray(), Download(p.Value))).ToList(),
-            Optimizer.StateBuffers.Select(b => new NamedTensor(b.Name, [b.Length], Download(b))).ToList()),
+            Model.Parameters.All.Select(p => new NamedTensor(p.Name, p.Shape.Select(x => (long)x).ToArray(), Backend.ToHost(p.Value))).ToList(),
+            Optimizer.StateBuffers.Select(b => new NamedTensor(b.Name, [b.Length], Backend.ToHost(b))).ToList()),
     ];
 
     public void Load(IReadOnlyDictionary<string, NamedTensor> weights, IReadOnlyDictionary<string, NamedTensor> optimizerState, string source)
@@ -114,14 +114,7 @@ public sealed class SingleDeviceEngine : ITrainingEngine
         foreach (var b in Optimizer.StateBuffers) Backend.Upload(b, CheckpointTensors.Get(optimizerState, b.Name, b.Length, source));
     }
 
-    public Dictionary<string, float[]> GatherWeights() => Model.Parameters.All.ToDictionary(p => p.Name, p => Download(p.Value));
-
-    float[] Download(Tensors.DeviceBuffer b)
-    {
-        var h = new float[b.Length];
-        Backend.Download(b, h);
-        return h;
-    }
+    public Dictionary<string, float[]> GatherWeights() => Model.Parameters.All.ToDictionary(p => p.Name, p => Backend.ToHost(p.Value));
 
     public void Dispose()
     {
