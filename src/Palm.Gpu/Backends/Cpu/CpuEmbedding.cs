@@ -38,7 +38,10 @@ internal static unsafe class CpuEmbedding
             fixed (int* ptok = tokens)
             {
                 for (long row = 0; row < n; row++)
-                    AddRow(pdt + ptok[row] * (long)d + j0, pdo + row * d + j0, width);
+                {
+                    float* target = pdt + ptok[row] * (long)d + j0;   // dtable[token] += dout[row], this block's columns
+                    CpuResidual.AddRange(target, target, pdo + row * d + j0, width);
+                }
             }
         });
     }
@@ -49,17 +52,5 @@ internal static unsafe class CpuEmbedding
             if ((uint)tokens[i] >= (uint)vocab)
                 throw new IndexOutOfRangeException(
                     $"embedding: token {tokens[i]} at position {i} is outside the vocabulary [0, {vocab}) of '{tableName}'; check the tokenizer's vocabulary size against the model config.");
-    }
-
-    static void AddRow(float* acc, float* x, int n)
-    {
-        int i = 0;
-        if (Vector512.IsHardwareAccelerated)
-            for (; i <= n - Vector512<float>.Count; i += Vector512<float>.Count)
-                Vector512.Store(Vector512.Load(acc + i) + Vector512.Load(x + i), acc + i);
-        else if (Vector256.IsHardwareAccelerated)
-            for (; i <= n - Vector256<float>.Count; i += Vector256<float>.Count)
-                Vector256.Store(Vector256.Load(acc + i) + Vector256.Load(x + i), acc + i);
-        for (; i < n; i++) acc[i] += x[i];
     }
 }

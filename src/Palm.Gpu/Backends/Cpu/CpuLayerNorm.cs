@@ -72,8 +72,8 @@ internal static unsafe class CpuLayerNorm
                 {
                     float* acc = stackalloc float[ColumnBlock];
                     new Span<float>(acc, width).Clear();
-                    for (int c = 0; c < chunks; c++) AddTo(acc, pp + (long)c * d + j0, width);
-                    AddTo(pdw + j0, acc, width);
+                    for (int c = 0; c < chunks; c++) CpuResidual.AddRange(acc, acc, pp + (long)c * d + j0, width);
+                    CpuResidual.AddRange(pdw + j0, pdw + j0, acc, width);
                 }
             });
         }
@@ -220,17 +220,5 @@ internal static unsafe class CpuLayerNorm
                 Vector256.Store((Vector256.Load(x + j) - vmu) * vr * Vector256.Load(w + j), o + j);
         }
         for (; j < d; j++) o[j] = (x[j] - mu) * r * w[j];
-    }
-
-    static void AddTo(float* acc, float* x, int n)
-    {
-        int i = 0;
-        if (Vector512.IsHardwareAccelerated)
-            for (; i <= n - Vector512<float>.Count; i += Vector512<float>.Count)
-                Vector512.Store(Vector512.Load(acc + i) + Vector512.Load(x + i), acc + i);
-        else if (Vector256.IsHardwareAccelerated)
-            for (; i <= n - Vector256<float>.Count; i += Vector256<float>.Count)
-                Vector256.Store(Vector256.Load(acc + i) + Vector256.Load(x + i), acc + i);
-        for (; i < n; i++) acc[i] += x[i];
     }
 }

@@ -33,8 +33,9 @@ internal static unsafe class CpuResidual
             fixed (float* px = x) ScaleRange(px + start, s, end - start);
         });
 
-    // o[i] = a[i] + b[i]; each vector is loaded before it is stored, so o may alias a or b.
-    static void AddRange(float* o, float* a, float* b, long n)
+    // o[i] = a[i] + b[i]; each vector is loaded before it is stored, so o may alias a or b. Also the
+    // row accumulation of the embedding and layer-norm backward kernels.
+    internal static void AddRange(float* o, float* a, float* b, long n)
     {
         long i = 0;
         if (Vector512.IsHardwareAccelerated)
