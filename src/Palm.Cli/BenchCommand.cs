@@ -65,9 +65,7 @@ internal static class BenchCommand
                          Palm.Gpu.Sharding.CollectiveTransport transport)
     {
         Palm.Gpu.Sharding.DeviceMesh.Validate(c, data, model, batch);
-        if (batch % data != 0) throw new ConfigException($"data axis {data} does not divide --batch {batch}");
         using var devices = Palm.Gpu.Sharding.DeviceMesh.Create(backend, data, model, threads > 0 ? Math.Max(1, threads / (data * model)) : 0, transport);
-        // CPU logical devices share the machine's cores: the peak is the machine's. Other devices are separate hardware.
         using var trainer = new Palm.Gpu.Sharding.MeshTrainer(devices, c, batch, new Palm.Gpu.Training.AdafactorConfig(), 1, shard);
         double peakGflops = peak > 0 ? peak : trainer.MeasurePeakGflops();
         var times = new List<double>();

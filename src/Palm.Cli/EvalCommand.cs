@@ -39,12 +39,13 @@ internal static class EvalCommand
                 var (dataAxis, modelAxis) = shape;
                 DeviceMesh.Validate(config, dataAxis, modelAxis, b);
                 long whole = count - count % dataAxis;
-                if (whole == 0) throw new ConfigException($"the dataAxis axis {dataAxis} needs at least {dataAxis} sequences; the dataAxis has {count}");
+                if (whole == 0) throw new ConfigException($"the data axis {dataAxis} needs at least {dataAxis} sequences; the data holds {count}");
                 if (whole < count)
                     Console.Error.WriteLine($"palm: scoring {whole} of {count} sequences: each batch is split over {dataAxis} data ranks; use --mesh 1x{modelAxis} to score all");
                 count = whole;
                 int threadCount = r.GetValue(threads);
-                using var devices = DeviceMesh.Create(r.GetValue(backend)!, dataAxis, modelAxis, threadCount > 0 ? Math.Max(1, threadCount / (dataAxis * modelAxis)) : 0);
+                using var devices = DeviceMesh.Create(r.GetValue(backend)!, dataAxis, modelAxis, threadCount > 0 ? Math.Max(1, threadCount / (dataAxis * modelAxis)) : 0,
+                                                mesh.Transport(r));
                 using var sharded = new ShardedPalm(devices, config, b, shardWeights: r.GetValue(mesh.ShardWeights));
                 sharded.LoadWeights(ModelWeights.Read(config, path));
                 loss = Evaluator.MeanLoss((i, t, n) => sharded.Forward(i, t, n).CrossEntropy, config.SeqLen, b, dataAxis, ds, heldOut: false, count);

@@ -171,6 +171,9 @@ public class CliTests
         var odd = CliRunner.Run("eval", "--model", run, "--data", text, "--max-sequences", "7", "--mesh", "2x1");
         Assert.True(odd.ExitCode == 0, odd.Stderr);
         Assert.Contains("scoring 6 of 7 sequences", odd.Stderr);
+        var cpuDevice = CliRunner.Run("eval", "--model", run, "--data", text, "--max-sequences", "8", "--mesh", "2x1", "--collectives", "device");
+        Assert.Equal(2, cpuDevice.ExitCode);   // --collectives reaches eval's mesh: CPU logical devices cannot copy on a device
+        Assert.Contains("--collectives device", cpuDevice.Stderr);
 
         // The mesh checkpoint continues on another mesh.
         var resumed = CliRunner.Run("train", "--resume", "latest", "--out", run, "--steps", "6", "--mesh", "1x2", "--peak-gflops", "100");
