@@ -210,8 +210,7 @@ internal static class HostMath
         int i = 0;
         if (Vector256.IsHardwareAccelerated)
             for (; i + 8 <= x.Length; i += 8)
-                Vector256.Narrow(Vector256.Create(x.Slice(i, 4)),
-                                                           Vector256.Create(x.Slice(i + 4, 4))).CopyTo(dst.Slice(i, 8));
+                Vector256.Narrow(Vector256.Create(x.Slice(i, 4)), Vector256.Create(x.Slice(i + 4, 4))).CopyTo(dst.Slice(i, 8));
         for (; i < x.Length; i++) dst[i] = (float)x[i];
     }
 }

@@ -90,7 +90,7 @@ public sealed class ShardedAdafactor : IDisposable
         for (int i = 0; i < _copies.Length; i++) if (_copies[i][0].Length > 1) sums[i] = new (double, double)[ranks];
         _model.ForRanks(r =>
         {
-            int rank = RankIndex(r);
+            int rank = r.Index;
             for (int i = 0; i < _copies.Length; i++)
             {
                 var piece = r.Piece(i);
@@ -115,7 +115,7 @@ public sealed class ShardedAdafactor : IDisposable
         }
         _model.ForRanks(r =>
         {
-            int rank = RankIndex(r);
+            int rank = r.Index;
             for (int i = 0; i < _copies.Length; i++)
             {
                 if (totals[i] is null) continue;
@@ -127,8 +127,6 @@ public sealed class ShardedAdafactor : IDisposable
         });
         return step.LearningRate;
     }
-
-    int RankIndex(ShardedPalm.Rank r) => r.DataRank * _model.Mesh.Model + r.ModelRank;
 
     // ---- checkpoints: state pieces named as the single-device optimizer names them ------------------
 
@@ -176,7 +174,7 @@ public sealed class ShardedAdafactor : IDisposable
         var meta = _model.ShardLayout.All;
         _model.ForRanks(r =>
         {
-            int k = r.DataRank * _model.Mesh.Model + r.ModelRank;
+            int k = r.Index;
             for (int i = 0; i < meta.Count; i++)
                 foreach (var (prefix, buffer, elementwise) in Kinds(_state[i][k]))
                 {

@@ -62,7 +62,7 @@ public sealed class ShardedPalm : IDisposable
         _ranks = new Rank[mesh.Size];
         for (int d = 0; d < mesh.Data; d++)
             for (int m = 0; m < M; m++)
-                _ranks[d * M + m] = new Rank(mesh.At(d, m), d, m, Local, localMax, shardWeights ? mesh.Data : 0);
+                _ranks[d * M + m] = new Rank(mesh.At(d, m), d * M + m, d, m, Local, localMax, shardWeights ? mesh.Data : 0);
 
         var ps = _ranks[0].Meta;
         _axes = new ShardAxis[ps.All.Count];
@@ -539,9 +539,10 @@ public sealed class ShardedPalm : IDisposable
     internal sealed class Rank : IDisposable
     {
         /// <param name="dataShards">0 keeps whole model-shard tensors; P &gt; 0 keeps a 1/P slice of each (fully sharded).</param>
-        public Rank(IBackend be, int dataRank, int modelRank, ModelConfig local, Dims max, int dataShards)
+        public Rank(IBackend be, int meshIndex, int dataRank, int modelRank, ModelConfig local, Dims max, int dataShards)
         {
             Be = be;
+            Index = meshIndex;
             DataRank = dataRank;
             ModelRank = modelRank;
             if (dataShards == 0)
@@ -589,7 +590,8 @@ public sealed class ShardedPalm : IDisposable
         }
 
         public readonly IBackend Be;
-        public readonly int DataRank, ModelRank;
+        /// <summary>Rank index d·M + m in the mesh, and its data and model coordinates.</summary>
+        public readonly int Index, DataRank, ModelRank;
         /// <summary>Persistent whole model-shard parameters; null when fully sharded.</summary>
         public readonly ParameterSet? Params;
         /// <summary>Names, shapes and order (the same as Params when not fully sharded).</summary>

@@ -489,7 +489,7 @@ public sealed class OpenClBackend : IBackend
         Span<byte> bytes = stackalloc byte[8];
         context.Queue.Read(total, 0, bytes[..RealBytes]);
         ThrowDeviceErrors();
-        return RealBytes == 8 ? BitConverter.ToDouble(bytes) : BitConverter.ToSingle(bytes);
+        return RealAt(bytes, 0);
     }
 
     public void AdafactorUpdate(DeviceBuffer param, DeviceBuffer grad, AdafactorBuffers state, int rows, int cols, in AdafactorStep step)
@@ -505,59 +505,40 @@ public sealed class OpenClBackend : IBackend
         var v = state.SecondMoment is null ? unused : Buf(state.SecondMoment, "second moment");
         var vRow = state.RowMoment is null ? unused : Buf(state.RowMoment, "row moment");
         var vCol = state.ColMoment is null ? unused : Buf(state.ColMoment, "column moment");
-        var momentum = state.Momentum is null ? unused : Buf(state.Momentum, "momentum");
+        var momentum = state.Momentum is null ? null : Buf(state.Momentum, "momentum");
         var scalars = Scratch("adafactor.scalars", 4);
-        int chunks = (int)DivUp(count, AdafactorChunk);
-        var partial = Scratch("adafactor.partial", 2L * chunks * RealBytes / 4);
-        string knobs = $"-D ADA_CHUNK={AdafactorChunk}";
 
         if (factored)
         {
-            Kernel("adafactor.cl", "adafactor_row_moments", knobs).Call()
+            Kernel("adafactor.cl", "adafactor_row_moments", AdafactorKnobs).Call()
                 .Arg(vRow).Arg(g).Arg(step.GradScale).Arg(step.Beta2).Arg(step.Epsilon1).Arg(rows).Arg(cols)
                 .Launch(rows, Group, Profiler);
-            Kernel("adafactor.cl", "adafactor_col_moments", knobs).Call()
+            Kernel("adafactor.cl", "adafactor_col_moments", AdafactorKnobs).Call()
                 .Arg(vCol).Arg(g).Arg(step.GradScale).Arg(step.Beta2).Arg(step.Epsilon1).Arg(rows).Arg(cols)
                 .Launch(cols, Group, Profiler);
-            Kernel("adafactor.cl", "adafactor_row_mean", knobs).Call()
+            Kernel("adafactor.cl", "adafactor_row_mean", AdafactorKnobs).Call()
                 .Arg(scalars).Arg(vRow).Arg(rows)
                 .Launch(1, 1, Profiler);
         }
-        Kernel("adafactor.cl", "adafactor_pass1", knobs).Call()
-            .Arg(partial).Arg(v).Arg(p).Arg(g).Arg(vRow).Arg(vCol).Arg(scalars)
-            .Arg(step.GradScale).Arg(step.Beta2).Arg(step.Epsilon1).Arg(cols).Arg(count).Arg(factored ? 1 : 0)
-            .Launch(chunks, 1, Profiler);
-        Kernel("adafactor.cl", "adafactor_finish", knobs).Call()
+        var (partial, chunks) = AdafactorPass1(p, g, v, vRow, vCol, scalars, cols, count, factored, step);
+        Kernel("adafactor.cl", "adafactor_finish", AdafactorKnobs).Call()
             .Arg(scalars).Arg(partial).Arg(chunks).Arg(count).Arg(step.ClipThreshold).Arg(step.Epsilon2).Arg(step.LearningRate)
             .Launch(1, 1, Profiler);
-        Kernel("adafactor.cl", "adafactor_pass2", knobs).Call()
-            .Arg(p).Arg(momentum).Arg(g).Arg(v).Arg(vRow).Arg(vCol).Arg(scalars)
-            .Arg(step.GradScale).Arg(step.Beta1).Arg(step.WeightDecay).Arg(cols).Arg(count)
-            .Arg(factored ? 1 : 0).Arg(state.Momentum is null ? 0 : 1)
-            .Launch(count, Group, Profiler);
+        AdafactorPass2(p, g, momentum, v, vRow, vCol, scalars, cols, count, factored, step);
     }
 
     public (double SumU2, double SumP2) AdafactorPieceSums(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer secondMoment, long n, in AdafactorStep step)
     {
         if (n == 0) return (0, 0);
         var unused = Scratch("adafactor.unused", 1);
-        int chunks = (int)DivUp(n, AdafactorChunk);
-        var partial = Scratch("adafactor.partial", 2L * chunks * RealBytes / 4);
-        Kernel("adafactor.cl", "adafactor_pass1", $"-D ADA_CHUNK={AdafactorChunk}").Call()
-            .Arg(partial).Arg(Buf(secondMoment, "second moment")).Arg(Buf(param, nameof(param))).Arg(Buf(grad, nameof(grad)))
-            .Arg(unused).Arg(unused).Arg(unused)
-            .Arg(step.GradScale).Arg(step.Beta2).Arg(step.Epsilon1).Arg(1).Arg(n).Arg(0)
-            .Launch(chunks, 1, Profiler);
+        var (partial, chunks) = AdafactorPass1(Buf(param, nameof(param)), Buf(grad, nameof(grad)), Buf(secondMoment, "second moment"),
+                                               unused, unused, unused, 1, n, factored: false, step);
         // The chunk sums in order on the host (the caller needs them there anyway): what adafactor_finish adds on the device.
         var bytes = new byte[2 * chunks * RealBytes];
         context.Queue.Read(partial, 0, bytes);
         ThrowDeviceErrors();
         double u2 = 0, p2 = 0;
-        for (int c = 0; c < chunks; c++)
-        {
-            u2 += RealBytes == 8 ? BitConverter.ToDouble(bytes, 16 * c) : BitConverter.ToSingle(bytes, 8 * c);
-            p2 += RealBytes == 8 ? BitConverter.ToDouble(bytes, 16 * c + 8) : BitConverter.ToSingle(bytes, 8 * c + 4);
-        }
+        for (int c = 0; c < chunks; c++) { u2 += RealAt(bytes, 2 * c); p2 += RealAt(bytes, 2 * c + 1); }
         return (u2, p2);
     }
 
@@ -568,13 +549,40 @@ public sealed class OpenClBackend : IBackend
         var unused = Scratch("adafactor.unused", 1);
         var scalars = Scratch("adafactor.piece_scalars", 4);
         var (clip, stepSize) = step.Scalars(sumU2, sumP2, tensorCount);
-        context.Queue.Write(scalars, 0, MemoryMarshal.AsBytes<float>([0f, clip, stepSize, 0f]));
-        Kernel("adafactor.cl", "adafactor_pass2", $"-D ADA_CHUNK={AdafactorChunk}").Call()
-            .Arg(Buf(param, nameof(param))).Arg(momentum is null ? unused : Buf(momentum, "momentum")).Arg(Buf(grad, nameof(grad)))
-            .Arg(Buf(secondMoment, "second moment")).Arg(unused).Arg(unused).Arg(scalars)
-            .Arg(step.GradScale).Arg(step.Beta1).Arg(step.WeightDecay).Arg(1).Arg(n).Arg(0).Arg(momentum is null ? 0 : 1)
-            .Launch(n, Group, Profiler);
+        context.Queue.Write(scalars, 0, MemoryMarshal.AsBytes<float>([0f, clip, stepSize, 0f]));   // the layout adafactor_finish writes
+        AdafactorPass2(Buf(param, nameof(param)), Buf(grad, nameof(grad)), momentum is null ? null : Buf(momentum, "momentum"),
+                       Buf(secondMoment, "second moment"), unused, unused, scalars, 1, n, factored: false, step);
     }
+
+    string AdafactorKnobs => $"-D ADA_CHUNK={AdafactorChunk}";
+
+    /// <summary>adafactor_pass1 over count elements: second moment updated, per-chunk Σu², Σp² into the returned scratch (chunks, 2).</summary>
+    (OpenClBuffer Partial, int Chunks) AdafactorPass1(OpenClBuffer p, OpenClBuffer g, OpenClBuffer v, OpenClBuffer vRow, OpenClBuffer vCol,
+                                                      OpenClBuffer scalars, int cols, long count, bool factored, in AdafactorStep step)
+    {
+        int chunks = (int)DivUp(count, AdafactorChunk);
+        var partial = Scratch("adafactor.partial", 2L * chunks * RealBytes / 4);
+        Kernel("adafactor.cl", "adafactor_pass1", AdafactorKnobs).Call()
+            .Arg(partial).Arg(v).Arg(p).Arg(g).Arg(vRow).Arg(vCol).Arg(scalars)
+            .Arg(step.GradScale).Arg(step.Beta2).Arg(step.Epsilon1).Arg(cols).Arg(count).Arg(factored ? 1 : 0)
+            .Launch(chunks, 1, Profiler);
+        return (partial, chunks);
+    }
+
+    /// <summary>adafactor_pass2 over count elements with the clip factor and step size in scalars[1], scalars[2].</summary>
+    void AdafactorPass2(OpenClBuffer p, OpenClBuffer g, OpenClBuffer? momentum, OpenClBuffer v, OpenClBuffer vRow, OpenClBuffer vCol,
+                        OpenClBuffer scalars, int cols, long count, bool factored, in AdafactorStep step)
+    {
+        Kernel("adafactor.cl", "adafactor_pass2", AdafactorKnobs).Call()
+            .Arg(p).Arg(momentum ?? Scratch("adafactor.unused", 1)).Arg(g).Arg(v).Arg(vRow).Arg(vCol).Arg(scalars)
+            .Arg(step.GradScale).Arg(step.Beta1).Arg(step.WeightDecay).Arg(cols).Arg(count)
+            .Arg(factored ? 1 : 0).Arg(momentum is null ? 0 : 1)
+            .Launch(count, Group, Profiler);
+    }
+
+    /// <summary>The index-th REAL (double with fp64, else float) of bytes read back from a reduction scratch.</summary>
+    double RealAt(ReadOnlySpan<byte> bytes, int index) =>
+        RealBytes == 8 ? BitConverter.ToDouble(bytes[(8 * index)..]) : BitConverter.ToSingle(bytes[(4 * index)..]);
 
     // ---- collectives ---------------------------------------------------------------------------
 
