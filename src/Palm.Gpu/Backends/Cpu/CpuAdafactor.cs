@@ -95,15 +95,10 @@ internal static class CpuAdafactor
         {
             long start = (long)c * Chunk, end = Math.Min(count, start + Chunk);
             double u2 = 0, p2 = 0;
-            if (!factored && Vector256.IsHardwareAccelerated)
-            {
-                (u2, p2) = SumsUnfactored256(param, grad, v!, start, end, s);
-                sumU2[c] = u2;
-                sumP2[c] = p2;
-                return;
-            }
-            long row = start / cols, col = start % cols; // walked alongside idx: no division per element
-            for (long idx = start; idx < end; idx++, col = col + 1 == cols ? 0 : col + 1, row += col == 0 ? 1 : 0)
+            long from = start;   // the eight-lane loop takes whole blocks; the scalar loop below the rest
+            if (!factored && Vector256.IsHardwareAccelerated) from = SumsUnfactored256(param, grad, v!, start, end, s, ref u2, ref p2);
+            long row = from / cols, col = from % cols; // walked alongside idx: no division per element
+            for (long idx = from; idx < end; idx++, col = col + 1 == cols ? 0 : col + 1, row += col == 0 ? 1 : 0)
             {
                 float g = grad[idx] * gs;
                 float u;
@@ -135,13 +130,9 @@ internal static class CpuAdafactor
         CpuParallel.For(threads, chunks, c =>
         {
             long start = (long)c * Chunk, end = Math.Min(count, start + Chunk);
-            if (!factored && Vector256.IsHardwareAccelerated)
-            {
-                ApplyUnfactored256(param, grad, momentum, v!, start, end, clip, stepSize, s);
-                return;
-            }
-            long row = start / cols, col = start % cols;
-            for (long idx = start; idx < end; idx++, col = col + 1 == cols ? 0 : col + 1, row += col == 0 ? 1 : 0)
+            long from = !factored && Vector256.IsHardwareAccelerated ? ApplyUnfactored256(param, grad, momentum, v!, start, end, clip, stepSize, s) : start;
+            long row = from / cols, col = from % cols;
+            for (long idx = from; idx < end; idx++, col = col + 1 == cols ? 0 : col + 1, row += col == 0 ? 1 : 0)
             {
                 float g = grad[idx] * gs;
                 float u = factored ? g * rowScale![row] * colScale![col] : g / MathF.Sqrt(v![idx]);
@@ -158,18 +149,18 @@ internal static class CpuAdafactor
         });
     }
 
-    // The unfactored passes eight lanes at a time. Every lane does the scalar loop's float operations in the
+    // The unfactored passes eight lanes at a time over the whole blocks of [start, end), returning where they
+    // stopped (the scalar loops finish the rest). Every lane does the scalar loop's float operations in the
     // same order (no fused multiply-adds), and Σu², Σp² still add the lanes one by one in index order, so the
     // results are the scalar loop's (and the OpenCL kernel's) to the last bit; only the divide and square root
     // run eight-wide.
-    static unsafe (double SumU2, double SumP2) SumsUnfactored256(float[] param, float[] grad, float[] v, long start, long end, AdafactorStep s)
+    static unsafe long SumsUnfactored256(float[] param, float[] grad, float[] v, long start, long end, AdafactorStep s, ref double u2, ref double p2)
     {
         float gs = s.GradScale, b2 = s.Beta2, e1 = s.Epsilon1, oneMinusB2 = 1 - b2;
         var vgs = Vector256.Create(gs);
         var vb2 = Vector256.Create(b2);
         var v1mb2 = Vector256.Create(oneMinusB2);
         var ve1 = Vector256.Create(e1);
-        double u2 = 0, p2 = 0;
         long idx = start;
         fixed (float* pp = param, pg = grad, pv = v)
         {
@@ -189,20 +180,11 @@ internal static class CpuAdafactor
                 sp = phi * phi;
                 u2 += su[0]; p2 += sp[0]; u2 += su[1]; p2 += sp[1]; u2 += su[2]; p2 += sp[2]; u2 += su[3]; p2 += sp[3];
             }
-            for (; idx < end; idx++)
-            {
-                float g = pg[idx] * gs;
-                float vv = b2 * pv[idx] + (1 - b2) * (g * g + e1);
-                pv[idx] = vv;
-                float u = g / MathF.Sqrt(vv);
-                u2 += (double)u * u;
-                p2 += (double)pp[idx] * pp[idx];
-            }
         }
-        return (u2, p2);
+        return idx;
     }
 
-    static unsafe void ApplyUnfactored256(float[] param, float[] grad, float[]? momentum, float[] v, long start, long end,
+    static unsafe long ApplyUnfactored256(float[] param, float[] grad, float[]? momentum, float[] v, long start, long end,
                                           float clip, float stepSize, AdafactorStep s)
     {
         float gs = s.GradScale, b1 = s.Beta1, wd = s.WeightDecay;
@@ -227,20 +209,7 @@ internal static class CpuAdafactor
                 var p = Vector256.Load(pp + idx);
                 (p - vstep * m - vwd * p).Store(pp + idx);
             }
-            for (; idx < end; idx++)
-            {
-                float g = pg[idx] * gs;
-                float u = g / MathF.Sqrt(pv[idx]);
-                u *= clip;
-                float m = u;
-                if (pm != null)
-                {
-                    m = b1 * pm[idx] + (1 - b1) * u;
-                    pm[idx] = m;
-                }
-                float p = pp[idx];
-                pp[idx] = p - stepSize * m - wd * p;
-            }
         }
+        return idx;
     }
 }
