@@ -68,10 +68,7 @@ public sealed class OpenClCollectives : ICollectives, IDisposable
     /// <summary>Why <paramref name="devices"/> cannot share one context for collectives, or null when they can.</summary>
     public static string? WhyNotShareable(IReadOnlyList<OpenClDevice> devices)
     {
-        for (int i = 1; i < devices.Count; i++)
-            if (devices[i].Platform.Handle != devices[0].Platform.Handle)
-                return $"device {i} ({devices[i].Name}) is on platform '{devices[i].Platform.Name}' and device 0 ({devices[0].Name}) on " +
-                       $"'{devices[0].Platform.Name}'; one OpenCL context spans one platform";
+        if (OpenClContext.WhyNotShareable(devices) is { } problem) return problem;
         if (devices.Count > 0 && devices[0].Platform.ApiVersion < new Version(1, 2))
             return $"platform '{devices[0].Platform.Name}' implements \"{devices[0].Platform.Version}\"; ordering queues with " +
                    "clEnqueueMarkerWithWaitList/clEnqueueBarrierWithWaitList needs OpenCL 1.2";

@@ -38,17 +38,8 @@ public sealed unsafe class OpenClContext : IDisposable
     public static IReadOnlyList<OpenClContext> CreateShared(IReadOnlyList<OpenClDevice> devices)
     {
         if (devices.Count == 0) throw new ArgumentException("a shared OpenCL context needs at least one device", nameof(devices));
-        for (int i = 1; i < devices.Count; i++)
-        {
-            if (devices[i].Platform.Handle != devices[0].Platform.Handle)
-                throw new ArgumentException(
-                    $"one OpenCL context spans devices of one platform: device {i} ({devices[i].Name}) is on platform '{devices[i].Platform.Name}', " +
-                    $"device 0 ({devices[0].Name}) on '{devices[0].Platform.Name}'. Give each platform its own context (host collectives between them).",
-                    nameof(devices));
-            for (int j = 0; j < i; j++)
-                if (devices[i].Handle == devices[j].Handle)
-                    throw new ArgumentException($"device {devices[j].Name} is listed twice (positions {j} and {i}); a shared context takes each device once", nameof(devices));
-        }
+        if (WhyNotShareable(devices) is { } problem)
+            throw new ArgumentException($"{problem}. Give each platform its own context (host collectives between them).", nameof(devices));
         var list = devices.ToArray();
         nint native = CreateNative(list);
         var views = new List<OpenClContext>();
@@ -67,6 +58,21 @@ public sealed unsafe class OpenClContext : IDisposable
         }
         finally { clReleaseContext(native); }   // the creation reference; each view holds its own
         return views;
+    }
+
+    /// <summary>Why <paramref name="devices"/> cannot form one context (several platforms, a device listed twice), or null.</summary>
+    public static string? WhyNotShareable(IReadOnlyList<OpenClDevice> devices)
+    {
+        for (int i = 1; i < devices.Count; i++)
+        {
+            if (devices[i].Platform.Handle != devices[0].Platform.Handle)
+                return $"one OpenCL context spans devices of one platform: device {i} ({devices[i].Name}) is on platform '{devices[i].Platform.Name}', " +
+                       $"device 0 ({devices[0].Name}) on '{devices[0].Platform.Name}'";
+            for (int j = 0; j < i; j++)
+                if (devices[i].Handle == devices[j].Handle)
+                    return $"device {devices[j].Name} is listed twice (positions {j} and {i}); a shared context takes each device once";
+        }
+        return null;
     }
 
     static nint CreateNative(OpenClDevice[] devices)
