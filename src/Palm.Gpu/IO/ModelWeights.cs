@@ -6,7 +6,7 @@ using Palm.Gpu.Training;
 namespace Palm.Gpu.IO;
 
 /// <summary>
-/// model.safetensors: every parameter under its ParameterSet name and shape, fp32, plus the model
+/// model.safetensors: every parameter under its ParameterSchema name and shape, fp32, plus the model
 /// config (JSON) and tokenizer description in the header metadata so the file alone is enough to
 /// rebuild the model.
 /// </summary>
@@ -16,14 +16,13 @@ public static class ModelWeights
 
     public static void Save(PalmModel model, string path, IReadOnlyDictionary<string, string>? extraMetadata = null)
     {
-        Save(model.Config, model.Parameters.All.ToDictionary(p => p.Name, p => model.Backend.ToHost(p.Value)), path, extraMetadata);
+        Save(model.Config, model.Parameters.ToDictionary(p => p.Name, p => model.Backend.ToHost(p.Value)), path, extraMetadata);
     }
 
     /// <summary>Writes full host tensors by name (e.g. gathered from a mesh) in the model's parameter order and shapes.</summary>
     public static void Save(ModelConfig config, IReadOnlyDictionary<string, float[]> weights, string path, IReadOnlyDictionary<string, string>? extraMetadata = null)
     {
-        var layout = new ParameterSet(Sharding.ShapeOnlyBackend.Instance, config);
-        var tensors = layout.All.Select(p => new NamedTensor(p.Name, p.Shape.Select(x => (long)x).ToArray(),
+        var tensors = ParameterSchema.For(config).Tensors.Select(p => new NamedTensor(p.Name, p.Shape.Select(x => (long)x).ToArray(),
             weights.TryGetValue(p.Name, out var w) && w.LongLength == p.Count ? w
                 : throw new ArgumentException($"weights lack '{p.Name}' of {p.Count} values"))).ToList();
         var meta = new Dictionary<string, string>
@@ -52,8 +51,7 @@ public static class ModelWeights
     /// <summary>Uploads every parameter from the file; names and shapes must match the model exactly.</summary>
     public static void Load(PalmModel model, string path)
     {
-        var weights = Read(model.Config, path);
-        foreach (var p in model.Parameters.All) model.Backend.Upload(p.Value, weights[p.Name]);
+        model.LoadWeights(Read(model.Config, path));
     }
 
     /// <summary>Every parameter of <paramref name="config"/> from the file, checked by name and shape (e.g. to shard onto a mesh).</summary>
@@ -61,7 +59,7 @@ public static class ModelWeights
     {
         var tensors = SafeTensors.Read(path);
         var result = new Dictionary<string, float[]>();
-        foreach (var p in new ParameterSet(Sharding.ShapeOnlyBackend.Instance, config).All)
+        foreach (var p in ParameterSchema.For(config).Tensors)
         {
             if (!tensors.TryGetValue(p.Name, out var t))
                 throw new InvalidDataException($"'{path}' has no tensor '{p.Name}'; it was written for a different model shape");

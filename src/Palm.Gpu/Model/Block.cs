@@ -1,59 +1,96 @@
-using Palm.Gpu.Backends;
 using Palm.Gpu.Tensors;
 
 namespace Palm.Gpu.Model;
 
-// One Transformer block, parallel (PaLM) or serial.
-// Legend: D width, N = B·T rows. x (N,D) -> y (N,D).
+// One Transformer block of a rank, parallel (PaLM) or serial, with the model axis's communication written once.
+// Legend: D width, N = B·T rows, M model ranks. x (N,D) -> y (N,D).
 //
-//   parallel:  h = LN(x);  y = x + Attn(h) + MLP(h)
-//   serial:    h1 = LN1(x); x1 = x + Attn(h1); h2 = LN2(x1); y = x1 + MLP(h2)
+//   parallel:  h = LN(x);  y = x + AllReduce_model(Attn_m(h) + MLP_m(h))
+//   serial:    h1 = LN1(x); x1 = x + AllReduce_model(Attn_m(h1)); h2 = LN2(x1); y = x1 + AllReduce_model(MLP_m(h2))
 //
-// The residual add costs nothing: y starts as a copy of x and both sublayers accumulate their output
+// With M = 1 the residual add costs nothing: y starts as a copy of x and both sublayers accumulate their output
 // projections into it (the GEMM's accumulate flag).
-internal static class Block
+public sealed partial class PalmModel
 {
-    public static void Forward(IBackend be, Dims m, BlockParameters w, BlockActivations a, DeviceBuffer x, DeviceBuffer y)
+    /// <summary>
+    /// Layer l's forward. With <paramref name="recompute"/> (rematerialisation in backward) it only refills the block
+    /// internals from the stored input: the block output is not needed, so a parallel block recomputes without
+    /// communication, and a serial block repeats only its first model all-reduce (for x1).
+    /// </summary>
+    void BlockForward(int l, Dims m, bool recompute)
     {
-        long nd = (long)m.N * m.D;
-        be.LayerNormForward(a.Ln1Out, a.Ln1Mean, a.Ln1Rstd, x, w.Ln1.Value, m.N, m.D);
+        var w = Block(l);
+        var a = _a.For(l);
+        var x = _a.Residual[l];
+        var y = recompute ? _a.Scratch.DHidden : _a.Residual[l + 1];
+        _be.LayerNormForward(a.Ln1Out, a.Ln1Mean, a.Ln1Rstd, x, w.Ln1.Value, m.N, m.D);
         if (w.Ln2 is null)
         {
-            be.Copy(y, x, nd);
-            AttentionSublayer.Forward(be, m, w, a, a.Ln1Out, y);
-            MlpSublayer.Forward(be, m, w, a, a.Ln1Out, y);
+            var acc = BeginModelSum(x, y, m);
+            AttentionSublayer.Forward(_be, m, w, a, a.Ln1Out, acc);
+            MlpSublayer.Forward(_be, m, w, a, a.Ln1Out, acc);
+            if (!recompute) EndModelSum(acc, x, y, m);
         }
         else
         {
-            be.Copy(a.X1!, x, nd);
-            AttentionSublayer.Forward(be, m, w, a, a.Ln1Out, a.X1!);
-            be.LayerNormForward(a.Ln2Out!, a.Ln2Mean!, a.Ln2Rstd!, a.X1!, w.Ln2.Value, m.N, m.D);
-            be.Copy(y, a.X1!, nd);
-            MlpSublayer.Forward(be, m, w, a, a.Ln2Out!, y);
+            var acc = BeginModelSum(x, a.X1!, m);
+            AttentionSublayer.Forward(_be, m, w, a, a.Ln1Out, acc);
+            EndModelSum(acc, x, a.X1!, m);
+            _be.LayerNormForward(a.Ln2Out!, a.Ln2Mean!, a.Ln2Rstd!, a.X1!, w.Ln2.Value, m.N, m.D);
+            acc = BeginModelSum(a.X1!, y, m);
+            MlpSublayer.Forward(_be, m, w, a, a.Ln2Out!, acc);
+            if (!recompute) EndModelSum(acc, a.X1!, y, m);
         }
+    }
+
+    // The model-axis hook of a residual sublayer, y = x + Σ_m f_m(h). One model rank: y starts as a copy of x and the
+    // sublayers' output projections accumulate straight into it (the GEMM's accumulate flag, no extra pass). Several:
+    // they accumulate into a zeroed partial, which is all-reduced over the model group and added to x.
+    DeviceBuffer BeginModelSum(DeviceBuffer x, DeviceBuffer y, Dims m)
+    {
+        long nd = (long)m.N * m.D;
+        if (_rank.ModelSize == 1) { _be.Copy(y, x, nd); return y; }
+        _be.Fill(_partial!, 0f, nd);
+        return _partial!;
+    }
+
+    void EndModelSum(DeviceBuffer acc, DeviceBuffer x, DeviceBuffer y, Dims m)
+    {
+        if (_rank.ModelSize == 1) return;
+        long nd = (long)m.N * m.D;
+        _rank.ModelGroup.AllReduce(acc, nd);
+        _be.Add(y, x, acc, nd);
+    }
+
+    void ModelSum(DeviceBuffer buffer, long count)
+    {
+        if (_rank.ModelSize > 1) _rank.ModelGroup.AllReduce(buffer, count);
     }
 
     /// <summary>dres (N,D) holds dL/dy on entry and dL/dx on exit; parameter gradients +=.</summary>
-    public static void Backward(IBackend be, Dims m, BlockParameters w, BlockActivations a, BackwardScratch s,
-                                DeviceBuffer x, DeviceBuffer dres)
+    void BlockBackward(int l, Dims m)
     {
+        var w = Block(l);
+        var a = _a.For(l);
+        var s = _a.Scratch;
+        var x = _a.Residual[l];
+        long nd = (long)m.N * m.D;
         if (w.Ln2 is null)
         {
-            // Both sublayers read the same h, so their input gradients sum into one dh.
-            MlpSublayer.Backward(be, m, w, a, s, a.Ln1Out, dres, s.DHidden, accumulateDh: false);
-            AttentionSublayer.Backward(be, m, w, a, s, a.Ln1Out, dres, s.DHidden, accumulateDh: true);
-            be.LayerNormBackward(dres, w.Ln1.Grad, s.DHidden, x, w.Ln1.Value, a.Ln1Mean, a.Ln1Rstd, m.N, m.D, accumulate: true);
+            // Both sublayers read the same h, so their input gradients sum into one dh, then over the model ranks.
+            MlpSublayer.Backward(_be, m, w, a, s, a.Ln1Out, s.DResidual, s.DHidden, accumulateDh: false);
+            AttentionSublayer.Backward(_be, m, w, a, s, a.Ln1Out, s.DResidual, s.DHidden, accumulateDh: true);
+            ModelSum(s.DHidden, nd);
+            _be.LayerNormBackward(s.DResidual, w.Ln1.Grad, s.DHidden, x, w.Ln1.Value, a.Ln1Mean, a.Ln1Rstd, m.N, m.D, accumulate: true);
         }
         else
         {
-            MlpSublayer.Backward(be, m, w, a, s, a.Ln2Out!, dres, s.DHidden, accumulateDh: false);
-            be.LayerNormBackward(dres, w.Ln2.Grad, s.DHidden, a.X1!, w.Ln2.Value, a.Ln2Mean!, a.Ln2Rstd!, m.N, m.D, accumulate: true);
-            AttentionSublayer.Backward(be, m, w, a, s, a.Ln1Out, dres, s.DHidden, accumulateDh: false);
-            be.LayerNormBackward(dres, w.Ln1.Grad, s.DHidden, x, w.Ln1.Value, a.Ln1Mean, a.Ln1Rstd, m.N, m.D, accumulate: true);
+            MlpSublayer.Backward(_be, m, w, a, s, a.Ln2Out!, s.DResidual, s.DHidden, accumulateDh: false);
+            ModelSum(s.DHidden, nd);
+            _be.LayerNormBackward(s.DResidual, w.Ln2.Grad, s.DHidden, a.X1!, w.Ln2.Value, a.Ln2Mean!, a.Ln2Rstd!, m.N, m.D, accumulate: true);
+            AttentionSublayer.Backward(_be, m, w, a, s, a.Ln1Out, s.DResidual, s.DHidden, accumulateDh: false);
+            ModelSum(s.DHidden, nd);
+            _be.LayerNormBackward(s.DResidual, w.Ln1.Grad, s.DHidden, x, w.Ln1.Value, a.Ln1Mean, a.Ln1Rstd, m.N, m.D, accumulate: true);
         }
     }
-
-    /// <summary>Recomputes the block internals from its input without touching the output (rematerialisation).</summary>
-    public static void Recompute(IBackend be, Dims m, BlockParameters w, BlockActivations a, DeviceBuffer x, DeviceBuffer scratchY)
-        => Forward(be, m, w, a, x, scratchY);
 }

@@ -1,4 +1,7 @@
+using Palm.Gpu.Training;
 using Palm.Gpu.Backends;
+using Palm.Gpu.IO;
+using Palm.Gpu.Sharding;
 using Palm.Gpu.Tensors;
 
 namespace Palm.Gpu.Model;
@@ -11,117 +14,481 @@ public readonly record struct LossResult(double CrossEntropy, double ZLoss)
 }
 
 /// <summary>
-/// The PaLM model on one backend: shared embedding → L blocks → final layer norm → logits = h·Eᵀ/√D →
-/// softmax cross-entropy with z-loss. Activation buffers are allocated once for the largest batch and
-/// reused by every step.
+/// The PaLM model as one rank of a data × model mesh runs it — written once: one device is the 1 × 1 mesh, and
+/// every rank of a larger mesh runs this same code on its own thread, coupled to the others only by the
+/// collectives of its <see cref="RankContext"/> (Megatron-style tensor parallelism on the model axis, the batch
+/// split on the data axis). Legend: M model ranks, P data ranks; a rank holds Hl = H/M heads, Fl = F/M MLP
+/// width, Vl = V/M vocabulary rows, and sees Bl = B/P sequences, Nl = Bl·T rows.
 ///
-///   tokens (B,T) -> x0 = E[tokens] (N,D) -> x_{l+1} = Block_l(x_l) -> hf = LN_f(x_L) (N,D)
-///   logits = hf·Eᵀ/√D (N,V) -> loss = mean(logZ − logit[target]) + z·mean(logZ²)
+///   x0     = Σ_m E_m[tokens]                                (Nl,D)   vocab-parallel lookup: one model all-reduce
+///   block  parallel: y = x + Σ_m (Attn_m(LN(x)) + MLP_m(LN(x)))       one model all-reduce
+///          serial:   x1 = x + Σ_m Attn_m(LN1(x)); y = x1 + Σ_m MLP_m(LN2(x1))   two
+///   logits_m = LN_f(x_L)·E_mᵀ/√D                            (Nl,Vl)  never gathered
+///   loss   = mean(logZ − logit[target]) + z·mean(logZ²)     logZ combined over the model axis
+///
+/// Backward mirrors it (one model all-reduce of dh per parallel block, two per serial block, one for the head).
+/// Then gradients are synchronised: the replicated K/V head over the model axis, every tensor over the data axis.
+/// With <c>shardWeights</c> (FSDP/ZeRO-3) the rank keeps 1/P of each tensor between uses: a unit (a layer, the
+/// embedding, the final norm) is all-gathered over the data axis just before use and its gradients are
+/// reduce-scattered right after. With M = P = 1 every communication point is skipped.
 /// </summary>
-public sealed class PalmModel : IDisposable
+public sealed partial class PalmModel : IDisposable
 {
     readonly IBackend _be;
-    readonly Dims _max;
+    readonly RankContext _rank;
     readonly ModelActivations _a;
-    int _batch;                                // batch of the last forward (backward must match)
+    readonly ParameterPiece[] _pieces;     // what this rank keeps between steps, per tensor
+    readonly Parameter?[] _live;           // tensors usable now (all, or the gathered units when fully sharded)
+    readonly Dictionary<long, Stack<(DeviceBuffer Value, DeviceBuffer Grad)>> _workspace = [];
+    readonly DeviceBuffer? _stage, _stageSlice;                 // fully sharded: gather / reduce-scatter staging
+    readonly DeviceBuffer? _partial, _rowStat, _rowStat2, _unitRow, _embeddingExt, _localTokens;   // model axis > 1
+    readonly bool[] _targetHere;
+    readonly float[] _hostMax;
+    int _batch;                                                 // local batch of the last forward (backward must match)
 
-    public PalmModel(IBackend backend, ModelConfig config, int maxBatch)
+    /// <summary>The model on one device (a 1 × 1 mesh), for at most <paramref name="maxBatch"/> sequences per step.</summary>
+    public PalmModel(IBackend backend, ModelConfig config, int maxBatch) : this(RankContext.Single(backend), config, maxBatch) { }
+
+    /// <summary>
+    /// Rank <paramref name="rank"/>'s part of the model; <paramref name="maxBatch"/> is this rank's most sequences
+    /// per step (the global batch divided by the data axis).
+    /// </summary>
+    public PalmModel(RankContext rank, ModelConfig config, int maxBatch, bool shardWeights = false)
     {
         config.Validate();
         if (maxBatch <= 0) throw new ConfigException($"batch must be a positive number of sequences, got {maxBatch}");
-        _be = backend;
+        int M = rank.ModelSize, P = rank.DataSize;
+        DeviceMesh.Validate(config, 1, M, maxBatch);
+        _rank = rank;
+        _be = rank.Backend;
         Config = config;
         MaxBatch = maxBatch;
-        Parameters = new ParameterSet(backend, config);
-        _max = Dims.Of(config, maxBatch);
-        _a = new ModelActivations(backend, config, _max);
+        ShardWeights = shardWeights && P > 1;
+        Local = config with { Heads = config.Heads / M, DFf = config.DFf / M, Vocab = config.Vocab / M };
+        Schema = ParameterSchema.For(config);
+        LocalSchema = Schema.Shard(M);
+        var max = Dims.Of(Local, maxBatch);
+        var buffers = new List<DeviceBuffer>();
+        try
+        {
+            _pieces = new ParameterPiece[LocalSchema.Tensors.Count];
+            _live = new Parameter?[_pieces.Length];
+            long stage = 0;
+            for (int i = 0; i < _pieces.Length; i++)
+            {
+                var t = LocalSchema.Tensors[i];
+                long n = ShardWeights ? (t.Count + P - 1) / P : t.Count;
+                long off = ShardWeights ? Math.Min(t.Count, rank.DataRank * n) : 0;
+                var v = _be.Allocate(ShardWeights ? "slice." + t.Name : t.Name, n);
+                var g = _be.Allocate((ShardWeights ? "grad.slice." : "grad.") + t.Name, n);
+                buffers.Add(v); buffers.Add(g);
+                _be.Fill(v, 0f, n);
+                _be.Fill(g, 0f, n);
+                _pieces[i] = new ParameterPiece(v, g, n, off, Math.Min(n, t.Count - off));
+                if (!ShardWeights) _live[i] = new Parameter(t, v, g);
+                stage = Math.Max(stage, n * P);
+            }
+            if (ShardWeights)
+            {
+                _stage = _be.Allocate("gather_stage", stage);
+                _stageSlice = _be.Allocate("gather_stage_slice", stage / P);
+            }
+            _a = new ModelActivations(_be, Local, max);
+            if (M > 1)
+            {
+                long n = max.N;
+                _partial = _be.Allocate("block_partial", n * max.D);
+                _rowStat = _be.Allocate("row_stat", n);
+                _rowStat2 = _be.Allocate("row_stat2", n);
+                _unitRow = _be.Allocate("unit_row", max.V);
+                var unit = new float[max.V];
+                unit[0] = 1f;
+                _be.Upload(_unitRow, unit);
+                _embeddingExt = _be.Allocate("embedding_ext", (max.V + 1L) * max.D);
+                _localTokens = _be.Allocate("local_tokens", n, ElementType.I32);
+            }
+        }
+        catch
+        {
+            foreach (var b in buffers) b.Dispose();
+            _stage?.Dispose();
+            _stageSlice?.Dispose();
+            _a?.Dispose();
+            throw;
+        }
+        _targetHere = new bool[max.N];
+        _hostMax = new float[max.N];
     }
 
     public ModelConfig Config { get; }
-    public int MaxBatch { get; }
-    public ParameterSet Parameters { get; }
+    /// <summary>The shape this rank computes: heads, d_ff and vocab divided by the model axis.</summary>
+    public ModelConfig Local { get; }
+    public ParameterSchema Schema { get; }
+    public ParameterSchema LocalSchema { get; }
+    public RankContext Rank => _rank;
     public IBackend Backend => _be;
+    /// <summary>Most sequences of one forward on this rank.</summary>
+    public int MaxBatch { get; }
+    /// <summary>Weights, gradients and optimizer state sliced over the data axis (gathered per unit when used).</summary>
+    public bool ShardWeights { get; }
 
     /// <summary>Bytes held by activation and scratch buffers (weights and gradients excluded).</summary>
     public long ActivationBytes => _a.Bytes;
+    /// <summary>Bytes of weights this rank keeps between steps (its slice when fully sharded).</summary>
+    public long WeightBytes => _pieces.Sum(p => 4 * p.Length);
+
+    /// <summary>What this rank keeps of every tensor between steps.</summary>
+    internal IReadOnlyList<ParameterPiece> Pieces => _pieces;
+
+    /// <summary>Every parameter, usable by kernels (one device, or a mesh rank that is not fully sharded).</summary>
+    public IReadOnlyList<Parameter> Parameters => ShardWeights
+        ? throw new InvalidOperationException("a fully sharded rank keeps slices, not whole tensors; use Pieces")
+        : _live.Select(p => p!).ToArray();
+
+    public Parameter this[string name] => Parameters[LocalSchema.IndexOf(name)];
+
+    // ---- forward / backward ---------------------------------------------------------------------
 
     /// <summary>
-    /// Forward pass over batch·T tokens (inputs and targets row-major (B,T)); returns the mean losses.
-    /// Leaves what backward needs in the activation buffers.
+    /// Forward over this rank's batch·T tokens (inputs and targets row-major (Bl,T)). Returns the mean losses over the
+    /// whole mesh's batch (every data rank passes the same Bl). Leaves what backward needs in the activation buffers.
     /// </summary>
     public LossResult Forward(ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets, int batch)
     {
-        var m = Dims.Of(Config, batch);
         if (batch < 1 || batch > MaxBatch)
-            throw new ArgumentOutOfRangeException(nameof(batch), $"batch {batch} is outside 1..{MaxBatch} (the model was built for at most {MaxBatch} sequences)");
+            throw new ArgumentOutOfRangeException(nameof(batch), $"batch {batch} is outside 1..{MaxBatch} (the model was built for at most {MaxBatch} sequences per rank)");
+        var m = Dims.Of(Local, batch);
         if (inputs.Length != m.N || targets.Length != m.N)
             throw new ArgumentException($"expected {m.N} input and target tokens (batch {batch} × seq {m.T}), got {inputs.Length} and {targets.Length}");
         CheckTokens(inputs, "input");
         CheckTokens(targets, "target");
         _batch = batch;
-        _be.Upload(_a.Tokens, inputs);
-        _be.Upload(_a.Targets, targets);
+        int M = _rank.ModelSize;
+        int vl = m.V, v0 = _rank.ModelRank * vl;
+        if (M == 1)
+        {
+            _be.Upload(_a.Tokens, inputs);
+            _be.Upload(_a.Targets, targets);
+        }
+        else
+        {
+            // Vocab-parallel ids: a token outside this rank's rows reads the zero row Vl; a target outside gets 0 and
+            // the head corrects for it.
+            var tok = new int[m.N];
+            var tgt = new int[m.N];
+            for (int i = 0; i < m.N; i++)
+            {
+                int t = inputs[i] - v0;
+                tok[i] = (uint)t < (uint)vl ? t : vl;
+                int g = targets[i] - v0;
+                _targetHere[i] = (uint)g < (uint)vl;
+                tgt[i] = _targetHere[i] ? g : 0;
+            }
+            _be.Upload(_localTokens!, tok);
+            _be.Upload(_a.Targets, tgt);
+            _be.Upload(_a.Tokens, inputs);
+        }
 
-        _be.EmbeddingForward(_a.Residual[0], _a.Tokens, Parameters.Embedding.Value, m.N, m.D);
+        Gather(EmbeddingUnit, grads: false);
+        EmbedTokens(m);
+        Release(EmbeddingUnit, grads: false);
+        ModelSum(_a.Residual[0], (long)m.N * m.D);
+
         for (int l = 0; l < Config.Layers; l++)
-            Block.Forward(_be, m, Parameters.Blocks[l], ActsFor(l), _a.Residual[l], _a.Residual[l + 1]);
+        {
+            Gather(LayerUnit(l), grads: false);
+            BlockForward(l, m, recompute: false);
+            Release(LayerUnit(l), grads: false);
+        }
 
-        _be.LayerNormForward(_a.Hf, _a.HfMean, _a.HfRstd, _a.Residual[Config.Layers], Parameters.FinalNorm.Value, m.N, m.D);
-        _be.Matmul(_a.Logits, _a.Hf, Parameters.Embedding.Value, m.N, m.V, m.D, transB: true, alpha: LogitScale);
+        Gather(FinalNormUnit, grads: false);
+        Gather(EmbeddingUnit, grads: false);
+        _be.LayerNormForward(_a.Hf, _a.HfMean, _a.HfRstd, _a.Residual[Config.Layers], Live(FinalNormIndex).Value, m.N, m.D);
+        _be.Matmul(_a.Logits, _a.Hf, Live(ParameterSchema.EmbeddingIndex).Value, m.N, m.V, m.D, transB: true, alpha: LogitScale);
         _be.CrossEntropyForward(_a.Losses, _a.LogZ, _a.Logits, _a.Targets, m.N, m.V);
+        Release(EmbeddingUnit, grads: false);
+        Release(FinalNormUnit, grads: false);
 
-        _be.Download(_a.Losses, _a.HostLosses.AsSpan(0, m.N));
-        _be.Download(_a.LogZ, _a.HostLogZ.AsSpan(0, m.N));
+        Span<double> sums = stackalloc double[2];
+        if (M == 1) HeadSums(m.N, sums);
+        else CombineShardedHead(m.N, sums);
+        _rank.DataGroup.SumHost(sums);
+        long n = (long)m.N * _rank.DataSize;
+        return new LossResult(sums[0] / n, Config.ZLoss * sums[1] / n);
+    }
+
+    void HeadSums(int n, Span<double> sums)
+    {
+        _be.Download(_a.Losses, _a.HostLosses.AsSpan(0, n));
+        _be.Download(_a.LogZ, _a.HostLogZ.AsSpan(0, n));
         double ce = 0, z2 = 0;
-        for (int i = 0; i < m.N; i++)
+        for (int i = 0; i < n; i++)
         {
             ce += _a.HostLosses[i];
             z2 += (double)_a.HostLogZ[i] * _a.HostLogZ[i];
         }
-        return new LossResult(ce / m.N, Config.ZLoss * z2 / m.N);
+        sums[0] = ce;
+        sums[1] = z2;
+    }
+
+    /// <summary>Global logZ from the model ranks' partial normalisers (max, then Σ exp(lz − max)), and the target logit from the rank that has it.</summary>
+    void CombineShardedHead(int n, Span<double> sums)
+    {
+        var lz = _a.HostLogZ.AsSpan(0, n);
+        var losses = _a.HostLosses.AsSpan(0, n);
+        _be.Download(_a.LogZ, lz);
+        _be.Download(_a.Losses, losses);
+        _be.Upload(_rowStat!, lz);
+        _rank.ModelGroup.AllReduce(_rowStat!, n, ReduceOp.Max);
+        _be.Download(_rowStat!, _hostMax.AsSpan(0, n));
+        var e = new float[n];
+        for (int i = 0; i < n; i++) e[i] = MathF.Exp(lz[i] - _hostMax[i]);
+        _be.Upload(_rowStat!, e);
+        _rank.ModelGroup.AllReduce(_rowStat!, n);
+        var s = new float[n];
+        _be.Download(_rowStat!, s);
+        var tl = new float[n];
+        for (int i = 0; i < n; i++)
+        {
+            // The target logit lives on one rank: lz_m − loss_m there, 0 elsewhere.
+            tl[i] = _targetHere[i] ? (float)((double)lz[i] - losses[i]) : 0f;
+            lz[i] = (float)(_hostMax[i] + Math.Log(s[i]));
+        }
+        _be.Upload(_a.LogZ, lz);
+        _be.Upload(_rowStat2!, tl);
+        _rank.ModelGroup.AllReduce(_rowStat2!, n);
+        _be.Download(_rowStat2!, tl);
+        double ce = 0, z2 = 0;
+        for (int i = 0; i < n; i++)
+        {
+            ce += (double)lz[i] - tl[i];
+            z2 += (double)lz[i] * lz[i];
+        }
+        sums[0] = ce;
+        sums[1] = z2;
+    }
+
+    void EmbedTokens(Dims m)
+    {
+        var table = Live(ParameterSchema.EmbeddingIndex).Value;
+        if (_rank.ModelSize == 1)
+        {
+            _be.EmbeddingForward(_a.Residual[0], _a.Tokens, table, m.N, m.D);
+            return;
+        }
+        long rows = (long)m.V * m.D;
+        _be.Fill(_embeddingExt!, 0f, rows + m.D);
+        _be.Copy(_embeddingExt!, table, rows);
+        _be.EmbeddingForward(_a.Residual[0], _localTokens!, _embeddingExt!, m.N, m.D);
     }
 
     /// <summary>
-    /// Backward of the last Forward: parameter gradients += lossScale · d(mean CE + z-loss)/dθ.
-    /// lossScale ≠ 1 is used only for fault injection (a deliberate gradient spike).
+    /// Backward of the last Forward: parameter gradients += lossScale · d(mean CE + z-loss)/dθ, then synchronised over
+    /// the mesh. lossScale ≠ 1 is used only for fault injection (a deliberate gradient spike).
     /// </summary>
     public void Backward(float lossScale = 1f)
     {
         if (_batch == 0) throw new InvalidOperationException("Backward needs a Forward first");
-        var m = Dims.Of(Config, _batch);
+        var m = Dims.Of(Local, _batch);
         var s = _a.Scratch;
-        var emb = Parameters.Embedding;
+        long nd = (long)m.N * m.D;
+        float scale = lossScale / ((float)m.N * _rank.DataSize);
 
         // Head: dlogits in place, then through the tied embedding and the final norm.
-        _be.CrossEntropyBackward(_a.Logits, _a.Logits, _a.LogZ, _a.Targets, lossScale / m.N, Config.ZLoss, m.N, m.V);
+        Gather(EmbeddingUnit, grads: true);
+        Gather(FinalNormUnit, grads: true);
+        var emb = Live(ParameterSchema.EmbeddingIndex);
+        var lnf = Live(FinalNormIndex);
+        _be.CrossEntropyBackward(_a.Logits, _a.Logits, _a.LogZ, _a.Targets, scale, Config.ZLoss, m.N, m.V);
+        if (_rank.ModelSize > 1)
+        {
+            // Rows whose target lives on another rank got −scale at column 0: add it back with a rank-1 update.
+            var fix = new float[m.N];
+            for (int i = 0; i < m.N; i++) fix[i] = _targetHere[i] ? 0f : scale;
+            _be.Upload(_rowStat!, fix);
+            _be.Matmul(_a.Logits, _rowStat!, _unitRow!, m.N, m.V, 1, accumulate: true);
+        }
         _be.Matmul(s.DHidden, _a.Logits, emb.Value, m.N, m.D, m.V, alpha: LogitScale);
         _be.Matmul(emb.Grad, _a.Logits, _a.Hf, m.V, m.D, m.N, transA: true, alpha: LogitScale, accumulate: true);
-        _be.LayerNormBackward(s.DResidual, Parameters.FinalNorm.Grad, s.DHidden, _a.Residual[Config.Layers],
-                              Parameters.FinalNorm.Value, _a.HfMean, _a.HfRstd, m.N, m.D, accumulate: false);
+        Release(EmbeddingUnit, grads: true);
+        ModelSum(s.DHidden, nd);
+        _be.LayerNormBackward(s.DResidual, lnf.Grad, s.DHidden, _a.Residual[Config.Layers], lnf.Value, _a.HfMean, _a.HfRstd, m.N, m.D, accumulate: false);
+        Release(FinalNormUnit, grads: true);
 
         for (int l = Config.Layers - 1; l >= 0; l--)
         {
-            var a = ActsFor(l);
-            if (Config.Rematerialize) Block.Recompute(_be, m, Parameters.Blocks[l], a, _a.Residual[l], s.DHidden);
-            Block.Backward(_be, m, Parameters.Blocks[l], a, s, _a.Residual[l], s.DResidual);
+            Gather(LayerUnit(l), grads: true);
+            if (Config.Rematerialize) BlockForward(l, m, recompute: true);
+            BlockBackward(l, m);
+            Release(LayerUnit(l), grads: true);
         }
-        _be.EmbeddingBackward(emb.Grad, _a.Tokens, s.DResidual, m.N, m.D, m.V);
+
+        Gather(EmbeddingUnit, grads: true);
+        EmbeddingGradient(m);
+        Release(EmbeddingUnit, grads: true);
+        SynchronizeGradients();
     }
 
-    /// <summary>Logits of the last Forward for the first <paramref name="rows"/> rows, (rows, V) on the host.</summary>
+    void EmbeddingGradient(Dims m)
+    {
+        var emb = Live(ParameterSchema.EmbeddingIndex);
+        if (_rank.ModelSize == 1)
+        {
+            _be.EmbeddingBackward(emb.Grad, _a.Tokens, _a.Scratch.DResidual, m.N, m.D, m.V);
+            return;
+        }
+        long vd = (m.V + 1L) * m.D;
+        _be.Fill(_embeddingExt!, 0f, vd);
+        _be.EmbeddingBackward(_embeddingExt!, _localTokens!, _a.Scratch.DResidual, m.N, m.D, m.V + 1);
+        _be.AddInPlace(emb.Grad, _embeddingExt!, (long)m.V * m.D);
+    }
+
+    /// <summary>
+    /// Sums partial gradients: the replicated K/V head over the model axis, then every tensor over the data axis
+    /// (replicas saw different sequences), ranks in fixed order. Fully sharded gradients were already
+    /// reduce-scattered over the data axis as each unit finished.
+    /// </summary>
+    void SynchronizeGradients()
+    {
+        for (int i = 0; i < _pieces.Length; i++)
+        {
+            var p = _pieces[i];
+            if (LocalSchema.Tensors[i].PartialOverModel && _rank.ModelSize > 1) _rank.ModelGroup.AllReduce(p.Grad, p.Length);
+            if (_rank.DataSize > 1 && !ShardWeights) _rank.DataGroup.AllReduce(p.Grad, p.Length);
+        }
+    }
+
+    public void ZeroGradients()
+    {
+        foreach (var p in _pieces) _be.Fill(p.Grad, 0f, p.Length);
+    }
+
+    // ---- fully sharded: gather before use, reduce-scatter and free after --------------------------
+
+    static readonly int[] EmbeddingUnit = [ParameterSchema.EmbeddingIndex];
+    int[] FinalNormUnit => [FinalNormIndex];
+    int[] LayerUnit(int l) => LocalSchema.LayerIndices[l];
+    int FinalNormIndex => LocalSchema.FinalNormIndex;
+
+    /// <summary>All-gathers a unit's tensors over the data axis into workspace buffers (gradients zeroed when <paramref name="grads"/>).</summary>
+    void Gather(int[] unit, bool grads)
+    {
+        if (!ShardWeights) return;
+        foreach (int i in unit)
+        {
+            var spec = LocalSchema.Tensors[i];
+            var live = Borrow(spec);
+            if (grads) _be.Fill(live.Grad, 0f, live.Count);
+            _live[i] = live;
+            _rank.DataGroup.AllGather(_stage!, _pieces[i].Value, _pieces[i].Length);
+            _be.Copy(live.Value, _stage!, live.Count);
+        }
+    }
+
+    /// <summary>Frees a gathered unit; with grads, first reduce-scatters its gradients over the data axis into this rank's slice (+=).</summary>
+    void Release(int[] unit, bool grads)
+    {
+        if (!ShardWeights) return;
+        int P = _rank.DataSize;
+        foreach (int i in unit)
+        {
+            var live = _live[i]!;
+            if (grads)
+            {
+                long n = _pieces[i].Length;
+                _be.Fill(_stage!, 0f, n * P);
+                _be.Copy(_stage!, live.Grad, live.Count);
+                _rank.DataGroup.ReduceScatter(_stageSlice!, _stage!, n);
+                _be.AddInPlace(_pieces[i].Grad, _stageSlice!, n);
+            }
+            Return(live);
+            _live[i] = null;
+        }
+    }
+
+    // Gathered tensors come from a workspace of buffer pairs kept by size and handed back on release. Layers share
+    // shapes, so it stays at one layer plus the embedding and final norm, without an allocation (and, on OpenCL, a
+    // queue drain) per tensor per step.
+    Parameter Borrow(TensorSpec spec)
+    {
+        if (_workspace.TryGetValue(spec.Count, out var free) && free.Count > 0)
+        {
+            var (v, g) = free.Pop();
+            return new Parameter(spec, v, g);
+        }
+        return new Parameter(spec, _be.Allocate("gathered." + spec.Name, spec.Count), _be.Allocate("grad.gathered." + spec.Name, spec.Count));
+    }
+
+    void Return(Parameter p)
+    {
+        if (!_workspace.TryGetValue(p.Count, out var free)) _workspace[p.Count] = free = new();
+        free.Push((p.Value, p.Grad));
+    }
+
+    Parameter Live(int i) => _live[i] ?? throw new InvalidOperationException($"parameter {LocalSchema.Tensors[i].Name} is not gathered");
+    BlockParameters Block(int l) => BlockParameters.From(LocalSchema.LayerIndices[l], Live);
+
+    // ---- weights ---------------------------------------------------------------------------------
+
+    /// <summary>PaLM's init from the seed (<see cref="ParameterSchema.InitialValues"/>): this rank keeps its piece of every full tensor.</summary>
+    public void Initialize(ulong seed)
+    {
+        for (int i = 0; i < _pieces.Length; i++) _be.Upload(_pieces[i].Value, PieceOf(Schema.InitialValues(i, seed), i));
+    }
+
+    /// <summary>Loads full (unsharded) tensors by name; this rank keeps its piece.</summary>
+    public void LoadWeights(IReadOnlyDictionary<string, float[]> full)
+    {
+        for (int i = 0; i < _pieces.Length; i++) _be.Upload(_pieces[i].Value, PieceOf(full[Schema.Tensors[i].Name], i));
+    }
+
+    /// <summary>
+    /// What this rank keeps of a tensor laid out like parameter i (its weights, or its elementwise optimizer state): the
+    /// model rank's cut, and when fully sharded the data rank's slice of it, zero-padded to the piece length.
+    /// </summary>
+    public float[] PieceOf(float[] full, int i)
+    {
+        var t = LocalSchema.Tensors[i];
+        var shard = ShardMath.Cut(full, t.Axis, t.Rows, t.Cols, _rank.ModelRank, _rank.ModelSize);
+        if (!ShardWeights) return shard;
+        var piece = _pieces[i];
+        var slice = new float[piece.Length];
+        Array.Copy(shard, piece.Offset, slice, 0, piece.Valid);
+        return slice;
+    }
+
+    /// <summary>Host copies of this rank's weights, named as the full tensors, padding dropped.</summary>
+    public List<NamedTensor> ExportWeights()
+    {
+        var list = new List<NamedTensor>();
+        for (int i = 0; i < _pieces.Length; i++)
+        {
+            var t = LocalSchema.Tensors[i];
+            var piece = _pieces[i];
+            list.Add(new NamedTensor(t.Name, ShardWeights ? [piece.Valid] : t.Shape.Select(x => (long)x).ToArray(), _be.ToHost(piece.Value, piece.Valid)));
+        }
+        return list;
+    }
+
+    /// <summary>Parameter i's axis over the model ranks and one model rank's shape.</summary>
+    public TensorLayout LayoutOf(int i)
+    {
+        var t = LocalSchema.Tensors[i];
+        return new TensorLayout(ShardMath.Name(t.Axis), t.Shape.Select(x => (long)x).ToArray());
+    }
+
+    /// <summary>Per-token cross-entropy of the last Forward on one device (N values).</summary>
+    public ReadOnlySpan<float> TokenLosses => _a.HostLosses.AsSpan(0, _batch * Config.SeqLen);
+
+    /// <summary>Logits of the last Forward for the first <paramref name="rows"/> rows, (rows, Vl) on the host.</summary>
     public float[] DownloadLogits(int rows)
     {
-        var host = new float[(long)rows * Config.Vocab];
+        var host = new float[(long)rows * Local.Vocab];
         _be.Download(_a.Logits, host);
         return host;
     }
 
-    /// <summary>Per-token cross-entropy of the last Forward (N values).</summary>
-    public ReadOnlySpan<float> TokenLosses => _a.HostLosses.AsSpan(0, _batch * Config.SeqLen);
-
     float LogitScale => 1f / MathF.Sqrt(Config.DModel);
-
-    BlockActivations ActsFor(int layer) => _a.For(layer);
 
     void CheckTokens(ReadOnlySpan<int> ids, string what)
     {
@@ -132,7 +499,15 @@ public sealed class PalmModel : IDisposable
 
     public void Dispose()
     {
-        foreach (var p in Parameters.All) { p.Value.Dispose(); p.Grad.Dispose(); }
+        foreach (var p in _pieces) { p.Value.Dispose(); p.Grad.Dispose(); }
+        foreach (var (v, g) in _workspace.Values.SelectMany(x => x)) { v.Dispose(); g.Dispose(); }
+        if (ShardWeights) foreach (var p in _live.OfType<Parameter>()) { p.Value.Dispose(); p.Grad.Dispose(); }
+        _stage?.Dispose();
+        _stageSlice?.Dispose();
         _a.Dispose();
+        foreach (var b in new[] { _partial, _rowStat, _rowStat2, _unitRow, _embeddingExt, _localTokens }) b?.Dispose();
     }
 }
+
+/// <summary>What one rank keeps of a tensor between steps: the whole model shard, or its slice [Offset, Offset+Valid) padded to Length.</summary>
+internal readonly record struct ParameterPiece(DeviceBuffer Value, DeviceBuffer Grad, long Length, long Offset, long Valid);

@@ -45,7 +45,23 @@ public sealed class DeviceMesh : IDisposable
         Transport = transport != CollectiveTransport.Host && problem is null ? CollectiveTransport.Device : CollectiveTransport.Host;
         ModelGroups = Enumerable.Range(0, data).Select(d => Group(Enumerable.Range(0, model).Select(m => devices[d * model + m]).ToArray())).ToArray();
         DataGroups = Enumerable.Range(0, model).Select(m => Group(Enumerable.Range(0, data).Select(d => devices[d * model + m]).ToArray())).ToArray();
+        // The SPMD view: each rank meets its row, its column and the world at rendezvous points of one runner.
+        Runner = new SpmdRunner(Size);
+        var rows = Enumerable.Range(0, data).Select(_ => new Rendezvous(Runner, model)).ToArray();
+        var cols = Enumerable.Range(0, model).Select(_ => new Rendezvous(Runner, data)).ToArray();
+        var world = new Rendezvous(Runner, Size);
+        Ranks = Enumerable.Range(0, Size).Select(r =>
+        {
+            int d = r / model, m = r % model;
+            return new RankContext(devices[r], d, m, data, model, new InProcessGroup(rows[d], m, ModelGroups[d]),
+                                   new InProcessGroup(cols[m], d, DataGroups[m]), new InProcessGroup(world, r, null));
+        }).ToArray();
     }
+
+    /// <summary>Runs one body per rank, each on its own thread (<see cref="SpmdRunner"/>).</summary>
+    public SpmdRunner Runner { get; }
+    /// <summary>Every rank's device, coordinates and groups, in rank order d·M + m.</summary>
+    public IReadOnlyList<RankContext> Ranks { get; }
 
     ICollectives Group(IBackend[] ranks) => Transport == CollectiveTransport.Device
         ? new OpenClCollectives(ranks.Cast<OpenClBackend>().ToArray(), Counters)

@@ -1,3 +1,4 @@
+using Palm.Gpu.Model;
 using Palm.Gpu.IO;
 using Palm.Gpu.Training;
 

@@ -44,8 +44,8 @@ public static class StepBenchmark
         long before = Environment.WorkingSet;
         using var prof = new ProfilingBackend(backend, ownsInner: false);
         using var model = new PalmModel(prof, config, batch);
-        model.Parameters.Initialize(prof, 1);
-        using var opt = new AdafactorOptimizer(prof, model.Parameters, new AdafactorConfig());
+        model.Initialize(1);
+        using var opt = new AdafactorOptimizer(model, new AdafactorConfig());
         var rng = new SplitMix64(7);
         int n = batch * config.SeqLen;
         var inputs = new int[n];
@@ -56,14 +56,13 @@ public static class StepBenchmark
         double Step()
         {
             var sw = Stopwatch.StartNew();
-            prof.Phase = ProfilePhase.Other;
-            model.Parameters.ZeroGradients(prof);
-            prof.Phase = ProfilePhase.Forward;
-            model.Forward(inputs, targets, batch);
-            prof.Phase = ProfilePhase.Backward;
-            model.Backward();
-            prof.Phase = ProfilePhase.Optimizer;
-            opt.Step(++k, opt.GradientNorm());
+            TrainStep.Run(model, opt, inputs, targets, batch, ++k, part => prof.Phase = part switch
+            {
+                StepPart.Forward => ProfilePhase.Forward,
+                StepPart.Backward => ProfilePhase.Backward,
+                StepPart.Optimizer => ProfilePhase.Optimizer,
+                _ => ProfilePhase.Other,
+            });
             prof.Phase = ProfilePhase.Other;
             prof.Synchronize();
             return sw.Elapsed.TotalSeconds;
@@ -79,10 +78,10 @@ public static class StepBenchmark
         for (int i = 0; i < profiledSteps; i++) profiled += Step();
         prof.Enabled = false;
 
-        long paramBytes = model.Parameters.All.Sum(p => p.Value.Bytes);
-        var memory = new MemoryUse(prof.HighWaterBytes, paramBytes, model.Parameters.All.Sum(p => p.Grad.Bytes), opt.StateBytes,
+        long paramBytes = model.Parameters.Sum(p => p.Value.Bytes);
+        var memory = new MemoryUse(prof.HighWaterBytes, paramBytes, model.Parameters.Sum(p => p.Grad.Bytes), opt.StateBytes,
                                    model.ActivationBytes, Math.Max(System.Diagnostics.Process.GetCurrentProcess().PeakWorkingSet64, before));
-        return new StepBenchmarkResult(config, batch, model.Parameters.Count, backend.Name, backend.DeviceName, times,
+        return new StepBenchmarkResult(config, batch, model.Schema.Count, backend.Name, backend.DeviceName, times,
                                        ModelMath.TrainingFlopsPerToken(config), peakGflops, prof.Snapshot(), profiledSteps,
                                        profiledSteps > 0 ? profiled / profiledSteps : double.NaN, memory);
     }

@@ -1,5 +1,7 @@
 using Palm.Gpu.Backends;
+using Palm.Gpu.IO;
 using Palm.Gpu.Model;
+using Palm.Gpu.Sharding;
 using Palm.Gpu.Tensors;
 
 namespace Palm.Gpu.Training;
@@ -62,56 +64,189 @@ public sealed record AdafactorConfig
 }
 
 /// <summary>
-/// Adafactor as PaLM used it, over a model's <see cref="ParameterSet"/>: global-norm clipping, then one
-/// fused update kernel per tensor (see CpuAdafactor.cs for the maths). State lives on the device.
+/// Adafactor as PaLM used it, on one rank of a mesh (one device is the 1 × 1 case): global-norm clipping, then the
+/// update of every tensor this rank holds (see CpuAdafactor.cs for the maths). State lives on the device, laid out
+/// like the rank's weights.
+///
+/// A tensor this rank holds whole runs the backend's fused kernel. A tensor in pieces over several ranks (split on
+/// the model axis, sliced on the data axis when fully sharded, or both) needs the whole tensor's RMS(u) and RMS(p):
+/// each piece runs pass 1 (second moment, Σu², Σp²), the sums are added over the group that holds the pieces in
+/// rank order (two numbers per tensor cross to the host, never the tensor), and each piece runs pass 2 with them.
+/// Every copy of a tensor sees the same inputs, so replicas stay bit-identical.
 /// </summary>
 public sealed class AdafactorOptimizer : IDisposable
 {
-    readonly IBackend _be;
-    readonly ParameterSet _params;
-    readonly List<(Parameter P, AdafactorBuffers S)> _state = [];
+    enum Holding { Whole, OverModel, OverData, OverWorld }
 
-    public AdafactorOptimizer(IBackend backend, ParameterSet parameters, AdafactorConfig config)
+    readonly PalmModel _model;
+    readonly IBackend _be;
+    readonly AdafactorBuffers[] _state;
+    readonly Holding[] _holding;
+    readonly bool[] _countsInNorm;
+    readonly long[] _fullCount;
+
+    public AdafactorOptimizer(PalmModel model, AdafactorConfig config)
     {
-        _be = backend;
-        _params = parameters;
+        _model = model;
+        _be = model.Backend;
         Config = config.Validate();
-        foreach (var p in parameters.All)
+        var rank = model.Rank;
+        var specs = model.LocalSchema.Tensors;
+        var pieces = model.Pieces;
+        int M = rank.ModelSize;
+        _state = new AdafactorBuffers[specs.Count];
+        _holding = new Holding[specs.Count];
+        _countsInNorm = new bool[specs.Count];
+        _fullCount = new long[specs.Count];
+        try
         {
-            bool factor = config.Factored && !p.IsVector && p.Rows > 1 && p.Cols > 1;
-            var s = new AdafactorBuffers(
-                config.Beta1 > 0 ? Zeroed("adafactor.m." + p.Name, p.Count) : null,
-                factor ? null : Zeroed("adafactor.v." + p.Name, p.Count),
-                factor ? Zeroed("adafactor.v_row." + p.Name, p.Rows) : null,
-                factor ? Zeroed("adafactor.v_col." + p.Name, p.Cols) : null);
-            _state.Add((p, s));
+            for (int i = 0; i < specs.Count; i++)
+            {
+                var t = specs[i];
+                bool split = t.Axis != ShardAxis.Replicated && M > 1;
+                _holding[i] = (split, model.ShardWeights) switch
+                {
+                    (false, false) => Holding.Whole,
+                    (true, false) => Holding.OverModel,
+                    (false, true) => Holding.OverData,
+                    (true, true) => Holding.OverWorld,
+                };
+                // The norm counts one copy of every tensor: the pieces of data index 0 (all data slices when fully
+                // sharded), and of model index 0 for tensors every model rank holds whole.
+                _countsInNorm[i] = (split || rank.ModelRank == 0) && (model.ShardWeights || rank.DataRank == 0);
+                _fullCount[i] = t.Count * (split ? M : 1);
+                bool factor = config.Factored && !t.IsVector && t.Rows > 1 && t.Cols > 1;
+                if (factor && _holding[i] != Holding.Whole)
+                    throw new ConfigException($"factored Adafactor is not supported when {t.Name} is split over devices (its row/column moments span pieces); train unfactored (PaLM's setting)");
+                long n = pieces[i].Length;
+                _state[i] = new AdafactorBuffers(
+                    config.Beta1 > 0 ? Zeroed("adafactor.m." + t.Name, n) : null,
+                    factor ? null : Zeroed("adafactor.v." + t.Name, n),
+                    factor ? Zeroed("adafactor.v_row." + t.Name, t.Rows) : null,
+                    factor ? Zeroed("adafactor.v_col." + t.Name, t.Cols) : null);
+            }
+        }
+        catch
+        {
+            Dispose();
+            throw;
         }
     }
 
     public AdafactorConfig Config { get; }
 
-    /// <summary>Optimizer-state tensors in a fixed order, named for checkpoints.</summary>
-    public IEnumerable<DeviceBuffer> StateBuffers =>
-        _state.SelectMany(e => new[] { e.S.Momentum, e.S.SecondMoment, e.S.RowMoment, e.S.ColMoment }).OfType<DeviceBuffer>();
+    /// <summary>Optimizer-state buffers in a fixed order, named for checkpoints.</summary>
+    public IEnumerable<DeviceBuffer> StateBuffers => _state.Where(s => s is not null).SelectMany(Kinds).Select(k => k.Buffer).OfType<DeviceBuffer>();
 
+    /// <summary>Bytes of optimizer state this rank holds.</summary>
     public long StateBytes => StateBuffers.Sum(b => b.Bytes);
 
-    /// <summary>Global L2 norm of all gradients (fixed tensor order, double accumulation).</summary>
+    /// <summary>
+    /// Global L2 norm of the synchronised gradients over the whole mesh: one copy of every tensor, per-tensor sums added
+    /// over the ranks in rank order, then over the tensors in order (double). The same value on every rank.
+    /// </summary>
     public double GradientNorm()
     {
-        double sum = 0;
-        foreach (var p in _params.All) sum += _be.SumOfSquares(p.Grad, p.Count);
-        return Math.Sqrt(sum);
+        var pieces = _model.Pieces;
+        var sums = new double[pieces.Count];
+        for (int i = 0; i < sums.Length; i++)
+            if (_countsInNorm[i]) sums[i] = _be.SumOfSquares(pieces[i].Grad, pieces[i].Length); // slice padding is zero
+        _model.Rank.World.SumHost(sums);
+        double total = 0;
+        foreach (double s in sums) total += s;
+        return Math.Sqrt(total);
     }
 
-    /// <summary>Applies step k (1-based) to every parameter; returns the learning rate used.</summary>
+    /// <summary>Applies step k (1-based) to every tensor of this rank; returns the learning rate. Every rank of the mesh calls it.</summary>
     public float Step(long k, double gradNorm)
     {
         if (k < 1) throw new ArgumentOutOfRangeException(nameof(k), "Adafactor steps are counted from 1");
         var step = Config.StepFor(k, gradNorm);
-        foreach (var (p, s) in _state)
-            _be.AdafactorUpdate(p.Value, p.Grad, s, p.Rows, p.Cols, step);
+        var pieces = _model.Pieces;
+        var specs = _model.LocalSchema.Tensors;
+        int n = pieces.Count;
+        // Pass 1 on every piece of a split tensor; whole tensors run the fused kernel.
+        var sums = new double[4][];   // per holding kind: Σu² at 2i, Σp² at 2i+1
+        for (int i = 0; i < n; i++)
+        {
+            var p = pieces[i];
+            var st = _state[i];
+            if (_holding[i] == Holding.Whole)
+            {
+                _be.AdafactorUpdate(p.Value, p.Grad, st, specs[i].Rows, specs[i].Cols, step);
+                continue;
+            }
+            var kind = sums[(int)_holding[i]] ??= new double[2 * n];
+            (kind[2 * i], kind[2 * i + 1]) = _be.AdafactorPieceSums(p.Value, p.Grad, st.SecondMoment!, p.Valid, step);
+        }
+        // Each tensor's sums over the ranks that hold its pieces, in rank order: the same totals on every piece. Every
+        // rank has the same tensors of each kind, so all ranks of a group make the same calls.
+        var rank = _model.Rank;
+        if (sums[(int)Holding.OverModel] is { } overModel) rank.ModelGroup.SumHost(overModel);
+        if (sums[(int)Holding.OverData] is { } overData) rank.DataGroup.SumHost(overData);
+        if (sums[(int)Holding.OverWorld] is { } overWorld) rank.World.SumHost(overWorld);
+        for (int i = 0; i < n; i++)
+        {
+            if (_holding[i] == Holding.Whole) continue;
+            var total = sums[(int)_holding[i]]!;
+            var p = pieces[i];
+            var st = _state[i];
+            _be.AdafactorPieceApply(p.Value, p.Grad, st.Momentum, st.SecondMoment!, p.Valid, total[2 * i], total[2 * i + 1], _fullCount[i], step);
+        }
         return step.LearningRate;
+    }
+
+    // ---- checkpoints: state pieces named as the single-device optimizer names them --------------------
+
+    static IEnumerable<(string Prefix, DeviceBuffer? Buffer, bool Elementwise)> Kinds(AdafactorBuffers s) =>
+    [
+        ("adafactor.m.", s.Momentum, true), ("adafactor.v.", s.SecondMoment, true),
+        ("adafactor.v_row.", s.RowMoment, false), ("adafactor.v_col.", s.ColMoment, false),
+    ];
+
+    /// <summary>Layout of every state tensor: the moments follow their parameter; factored row/column moments are whole.</summary>
+    public Dictionary<string, TensorLayout> Layouts()
+    {
+        var result = new Dictionary<string, TensorLayout>();
+        var specs = _model.LocalSchema.Tensors;
+        for (int i = 0; i < specs.Count; i++)
+            foreach (var (prefix, buffer, elementwise) in Kinds(_state[i]))
+                if (buffer is not null)
+                    result[prefix + specs[i].Name] = elementwise ? _model.LayoutOf(i) : new TensorLayout("replicated", [buffer.Length]);
+        return result;
+    }
+
+    /// <summary>Host copies of this rank's optimizer state, padding dropped; <paramref name="flat"/> gives every tensor the shape [count].</summary>
+    public List<NamedTensor> ExportState(bool flat = false)
+    {
+        var list = new List<NamedTensor>();
+        var specs = _model.LocalSchema.Tensors;
+        for (int i = 0; i < specs.Count; i++)
+        {
+            var piece = _model.Pieces[i];
+            foreach (var (prefix, buffer, elementwise) in Kinds(_state[i]))
+            {
+                if (buffer is null) continue;
+                long valid = elementwise ? piece.Valid : buffer.Length;
+                long[] shape = flat || !elementwise ? [valid] : _model.ShardWeights ? [valid] : specs[i].Shape.Select(x => (long)x).ToArray();
+                list.Add(new NamedTensor(prefix + specs[i].Name, shape, _be.ToHost(buffer, valid)));
+            }
+        }
+        return list;
+    }
+
+    /// <summary>Loads full state tensors (as a single device names them); this rank keeps its pieces.</summary>
+    public void LoadState(IReadOnlyDictionary<string, NamedTensor> full, string source)
+    {
+        var specs = _model.LocalSchema.Tensors;
+        for (int i = 0; i < specs.Count; i++)
+            foreach (var (prefix, buffer, elementwise) in Kinds(_state[i]))
+            {
+                if (buffer is null) continue;
+                string name = prefix + specs[i].Name;
+                var values = CheckpointTensors.Get(full, name, elementwise ? _fullCount[i] : buffer.Length, source);
+                _be.Upload(buffer, elementwise ? _model.PieceOf(values, i) : values);
+            }
     }
 
     DeviceBuffer Zeroed(string name, long n)

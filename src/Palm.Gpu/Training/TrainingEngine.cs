@@ -7,8 +7,8 @@ using Palm.Gpu.Model;
 namespace Palm.Gpu.Training;
 
 /// <summary>
-/// The devices, model and optimizer a <see cref="Trainer"/> steps: one device (<see cref="SingleDeviceEngine"/>)
-/// or a data × model mesh (<see cref="Sharding.MeshTrainer"/>). The Trainer owns everything else — data order,
+/// The devices, model and optimizer a <see cref="Trainer"/> steps: a data × model mesh (<see cref="Sharding.MeshTrainer"/>;
+/// one device is the 1 × 1 mesh). The Trainer owns everything else — data order,
 /// spike guard, checkpoints, rollbacks — so those work the same on any mesh.
 ///
 /// Checkpoint contract: <see cref="SnapshotShards"/> returns what each device shard holds (its pieces of the
@@ -54,74 +54,6 @@ public interface ITrainingEngine : IDisposable
 
     /// <summary>Full weights by name (what model.safetensors holds).</summary>
     Dictionary<string, float[]> GatherWeights();
-}
-
-/// <summary>One device: a <see cref="PalmModel"/> and its <see cref="AdafactorOptimizer"/> on one backend.</summary>
-public sealed class SingleDeviceEngine : ITrainingEngine
-{
-    public SingleDeviceEngine(IBackend backend, ModelConfig config, int maxBatch, AdafactorConfig optimizer, ulong seed)
-    {
-        Backend = backend;
-        try
-        {
-            Model = new PalmModel(backend, config, maxBatch);
-            Model.Parameters.Initialize(backend, seed);
-            Optimizer = new AdafactorOptimizer(backend, Model.Parameters, optimizer);
-        }
-        catch
-        {
-            Model?.Dispose();
-            backend.Dispose();
-            throw;
-        }
-    }
-
-    public IBackend Backend { get; }
-    public PalmModel Model { get; }
-    public AdafactorOptimizer Optimizer { get; }
-    public string BackendName => Backend.Name;
-    public string DeviceDescription => Backend.DeviceName;
-    public string Mesh => "1x1";
-    public bool ShardWeights => false;
-    public int DeviceCount => 1;
-    public long ParameterCount => Model.Parameters.Count;
-    public IReadOnlyDictionary<string, TensorLayout>? Layout => null;
-
-    public double MeasurePeakGflops() => Peak.Measure(Backend);
-
-    public (LossResult Loss, double GradNorm) ComputeGradients(ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets, int batch, float lossScale)
-    {
-        Model.Parameters.ZeroGradients(Backend);
-        var loss = Model.Forward(inputs, targets, batch);
-        Model.Backward(lossScale);
-        return (loss, Optimizer.GradientNorm());
-    }
-
-    public void ApplyUpdate(long step, double gradNorm) => Optimizer.Step(step, gradNorm);
-    public void Synchronize() => Backend.Synchronize();
-    public double Evaluate(PackedDataset data, bool heldOut, long maxSequences) => Evaluator.MeanLoss(Model, data, heldOut, maxSequences);
-
-    public IReadOnlyList<CheckpointShard> SnapshotShards() =>
-    [
-        new CheckpointShard("",
-            Model.Parameters.All.Select(p => new NamedTensor(p.Name, p.Shape.Select(x => (long)x).ToArray(), Backend.ToHost(p.Value))).ToList(),
-            Optimizer.StateBuffers.Select(b => new NamedTensor(b.Name, [b.Length], Backend.ToHost(b))).ToList()),
-    ];
-
-    public void Load(IReadOnlyDictionary<string, NamedTensor> weights, IReadOnlyDictionary<string, NamedTensor> optimizerState, string source)
-    {
-        foreach (var p in Model.Parameters.All) Backend.Upload(p.Value, CheckpointTensors.Get(weights, p.Name, p.Count, source));
-        foreach (var b in Optimizer.StateBuffers) Backend.Upload(b, CheckpointTensors.Get(optimizerState, b.Name, b.Length, source));
-    }
-
-    public Dictionary<string, float[]> GatherWeights() => Model.Parameters.All.ToDictionary(p => p.Name, p => Backend.ToHost(p.Value));
-
-    public void Dispose()
-    {
-        Optimizer.Dispose();
-        Model.Dispose();
-        Backend.Dispose();
-    }
 }
 
 /// <summary>Looking up checkpoint tensors with a message that says what is wrong.</summary>

@@ -14,20 +14,20 @@ public class ProfilingBackendTests
     static float[] TrainThreeSteps(IBackend be, ModelConfig c, int batch)
     {
         using var model = new PalmModel(be, c, batch);
-        model.Parameters.Initialize(be, 11);
-        using var opt = new AdafactorOptimizer(be, model.Parameters, new AdafactorConfig { Factored = true });
+        model.Initialize(11);
+        using var opt = new AdafactorOptimizer(model, new AdafactorConfig { Factored = true });
         var rng = new Random(4);
         int n = batch * c.SeqLen;
         for (int step = 1; step <= 3; step++)
         {
             var inputs = Enumerable.Range(0, n).Select(_ => rng.Next(c.Vocab)).ToArray();
             var targets = Enumerable.Range(0, n).Select(_ => rng.Next(c.Vocab)).ToArray();
-            model.Parameters.ZeroGradients(be);
+            model.ZeroGradients();
             model.Forward(inputs, targets, batch);
             model.Backward();
             opt.Step(step, opt.GradientNorm());
         }
-        return model.Parameters.All.SelectMany(p =>
+        return model.Parameters.SelectMany(p =>
         {
             var h = new float[p.Count];
             be.Download(p.Value, h);

@@ -31,18 +31,18 @@ public class ModelGradientTests
         const int batch = 2;
         using var be = new CpuBackend(2);
         using var model = new PalmModel(be, config, batch);
-        model.Parameters.Initialize(be, 3);
+        model.Initialize(3);
         // Perturb the layer-norm scales away from 1 so their gradients are not special.
-        foreach (var p in model.Parameters.All.Where(p => p.IsVector))
+        foreach (var p in model.Parameters.Where(p => p.IsVector))
             be.Upload(p.Value, TestData.Uniform(p.Name.Length, (int)p.Count, 0.2f).Select(x => 1 + x).ToArray());
         var tokens = TestData.Tokens(5, batch * config.SeqLen, config.Vocab);
         var targets = TestData.Tokens(6, batch * config.SeqLen, config.Vocab);
 
-        model.Parameters.ZeroGradients(be);
+        model.ZeroGradients();
         model.Forward(tokens, targets, batch);
         model.Backward();
 
-        foreach (var p in model.Parameters.All)
+        foreach (var p in model.Parameters)
         {
             var grad = new float[p.Count];
             be.Download(p.Grad, grad);

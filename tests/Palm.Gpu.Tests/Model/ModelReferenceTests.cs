@@ -40,17 +40,17 @@ public class ModelReferenceTests
 
         using var be = new CpuBackend(2);
         using var model = new PalmModel(be, config, batch);
-        foreach (var p in model.Parameters.All) be.Upload(p.Value, tensors["param." + p.Name].Data);
+        foreach (var p in model.Parameters) be.Upload(p.Value, tensors["param." + p.Name].Data);
         var tokens = Array.ConvertAll(tensors["tokens"].Data, x => (int)x);
         var targets = Array.ConvertAll(tensors["targets"].Data, x => (int)x);
 
-        model.Parameters.ZeroGradients(be);
+        model.ZeroGradients();
         var loss = model.Forward(tokens, targets, batch);
         model.Backward();
 
         Assert.Equal(double.Parse(meta["cross_entropy"]), loss.CrossEntropy, 1e-5);
         Assert.Equal(double.Parse(meta["z_loss"]), loss.ZLoss, 1e-7);
-        foreach (var p in model.Parameters.All)
+        foreach (var p in model.Parameters)
         {
             var expected = tensors["grad." + p.Name].Data;
             var got = new float[p.Count];

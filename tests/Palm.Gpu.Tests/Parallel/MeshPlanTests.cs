@@ -15,8 +15,7 @@ public class MeshPlanTests
     static (long Forward, long Backward) Measured(ModelConfig c, int data, int model, bool shard = false)
     {
         using var mesh = DeviceMesh.Create("cpu", data, model, threadsPerDevice: 1);
-        using var m = new ShardedPalm(mesh, c, Batch, shardWeights: shard);
-        m.Initialize(3);
+        using var m = new MeshTrainer(mesh, c, Batch, optimizer: null, 3, shardWeights: shard);
         var (x, y) = MeshTrainer.SyntheticBatch(c, Batch, 3, 0);
         mesh.Counters.Reset();
         m.Forward(x, y, Batch);

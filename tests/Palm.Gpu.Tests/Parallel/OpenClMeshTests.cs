@@ -47,7 +47,7 @@ public class OpenClMeshTests(ITestOutputHelper output)
             var (x, y) = MeshTrainer.SyntheticBatch(c, Batch, Seed, s);
             losses[s] = t.TrainStep(x, y).Loss.Total;
         }
-        return (losses, t.Model.GatherWeights(), mesh.Transport);
+        return (losses, t.GatherWeights(), mesh.Transport);
     }
 
     [Theory]

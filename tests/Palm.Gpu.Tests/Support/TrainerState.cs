@@ -12,7 +12,7 @@ public static class TrainerState
     public static float[] Weights(Trainer t)
     {
         var gathered = t.Engine.GatherWeights();
-        return new ParameterSet(ShapeOnlyBackend.Instance, t.Config).All.SelectMany(p => gathered[p.Name]).ToArray();
+        return ParameterSchema.For(t.Config).Tensors.SelectMany(p => gathered[p.Name]).ToArray();
     }
 
     /// <summary>Weights, then every optimizer-state tensor as full tensors (assembled from a snapshot's shards), by name.</summary>

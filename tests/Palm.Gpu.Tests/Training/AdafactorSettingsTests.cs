@@ -19,13 +19,14 @@ public class AdafactorSettingsTests
     static float[] Train(AdafactorConfig config, params float[] scales)
     {
         using var be = new CpuBackend(2);
-        var ps = new ParameterSet(be, Tiny);
-        ps.Initialize(be, 7);
-        using var opt = new AdafactorOptimizer(be, ps, config);
+        using var model = new PalmModel(be, Tiny, 1);
+        model.Initialize(7);
+        var ps = model.Parameters;
+        using var opt = new AdafactorOptimizer(model, config);
         var rng = new Random(11);
         for (int k = 1; k <= scales.Length; k++)
         {
-            foreach (var p in ps.All)
+            foreach (var p in ps)
             {
                 var g = new float[p.Count];
                 for (int i = 0; i < g.Length; i++) g[i] = scales[k - 1] * (float)(rng.NextDouble() * 2 - 1);
@@ -33,7 +34,7 @@ public class AdafactorSettingsTests
             }
             opt.Step(k, opt.GradientNorm());
         }
-        return ps.All.SelectMany(p => { var h = new float[p.Count]; be.Download(p.Value, h); return h; }).ToArray();
+        return ps.SelectMany(p => { var h = new float[p.Count]; be.Download(p.Value, h); return h; }).ToArray();
     }
 
     // Gradients growing 100× at step 2 make the update RMS ≈ 1/√(1−β2(2)) ≈ 1.3 > 1, so d = 1 clips it
