@@ -62,20 +62,22 @@ public sealed class PalmModel : IDisposable
         _be.Upload(_a.Tokens, inputs);
         _be.Upload(_a.Targets, targets);
 
-        _be.EmbeddingForward(_a.Residual[0], _a.Tokens, Parameters.Embedding.Value, m.N, m.D);
+        _be.EmbeddingForward(_a.Residual[0], _a.Tokens, Parameters.Embedding.Value, m.N, m.D, 0, m.V);
         for (int l = 0; l < Config.Layers; l++)
             Block.Forward(_be, m, Parameters.Blocks[l], ActsFor(l), _a.Residual[l], _a.Residual[l + 1]);
 
         _be.LayerNormForward(_a.Hf, _a.HfMean, _a.HfRstd, _a.Residual[Config.Layers], Parameters.FinalNorm.Value, m.N, m.D);
         _be.Matmul(_a.Logits, _a.Hf, Parameters.Embedding.Value, m.N, m.V, m.D, transB: true, alpha: LogitScale);
-        _be.CrossEntropyForward(_a.Losses, _a.LogZ, _a.Logits, _a.Targets, m.N, m.V);
+        _be.CrossEntropyForward(_a.LogZ, _a.TargetLogit, _a.Logits, _a.Targets, m.N, m.V, 0);
 
-        _be.Download(_a.Losses, _a.HostLosses.AsSpan(0, m.N));
+        _be.Download(_a.TargetLogit, _a.HostTargetLogit.AsSpan(0, m.N));
         _be.Download(_a.LogZ, _a.HostLogZ.AsSpan(0, m.N));
         double ce = 0, z2 = 0;
         for (int i = 0; i < m.N; i++)
         {
-            ce += _a.HostLosses[i];
+            double loss = (double)_a.HostLogZ[i] - _a.HostTargetLogit[i];
+            _a.HostLosses[i] = (float)loss;
+            ce += loss;
             z2 += (double)_a.HostLogZ[i] * _a.HostLogZ[i];
         }
         return new LossResult(ce / m.N, Config.ZLoss * z2 / m.N);
@@ -93,7 +95,7 @@ public sealed class PalmModel : IDisposable
         var emb = Parameters.Embedding;
 
         // Head: dlogits in place, then through the tied embedding and the final norm.
-        _be.CrossEntropyBackward(_a.Logits, _a.Logits, _a.LogZ, _a.Targets, lossScale / m.N, Config.ZLoss, m.N, m.V);
+        _be.CrossEntropyBackward(_a.Logits, _a.Logits, _a.LogZ, _a.Targets, lossScale / m.N, Config.ZLoss, m.N, m.V, 0);
         _be.Matmul(s.DHidden, _a.Logits, emb.Value, m.N, m.D, m.V, alpha: LogitScale);
         _be.Matmul(emb.Grad, _a.Logits, _a.Hf, m.V, m.D, m.N, transA: true, alpha: LogitScale, accumulate: true);
         _be.LayerNormBackward(s.DResidual, Parameters.FinalNorm.Grad, s.DHidden, _a.Residual[Config.Layers],
@@ -105,7 +107,7 @@ public sealed class PalmModel : IDisposable
             if (Config.Rematerialize) Block.Recompute(_be, m, Parameters.Blocks[l], a, _a.Residual[l], s.DHidden);
             Block.Backward(_be, m, Parameters.Blocks[l], a, s, _a.Residual[l], s.DResidual);
         }
-        _be.EmbeddingBackward(emb.Grad, _a.Tokens, s.DResidual, m.N, m.D, m.V);
+        _be.EmbeddingBackward(emb.Grad, _a.Tokens, s.DResidual, m.N, m.D, 0, m.V);
     }
 
     /// <summary>Logits of the last Forward for the first <paramref name="rows"/> rows, (rows, V) on the host.</summary>

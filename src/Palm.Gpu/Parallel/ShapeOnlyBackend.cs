@@ -29,8 +29,8 @@ internal sealed class ShapeOnlyBackend : IBackend
     public void Copy(DeviceBuffer dst, DeviceBuffer src, long n, long dstOffset = 0, long srcOffset = 0) => throw No();
     public void Synchronize() { }
     public void Matmul(DeviceBuffer c, DeviceBuffer a, DeviceBuffer b, int m, int n, int k, bool transA = false, bool transB = false, float alpha = 1f, bool accumulate = false) => throw No();
-    public void EmbeddingForward(DeviceBuffer output, DeviceBuffer tokens, DeviceBuffer table, int n, int d) => throw No();
-    public void EmbeddingBackward(DeviceBuffer dtable, DeviceBuffer tokens, DeviceBuffer dout, int n, int d, int v) => throw No();
+    public void EmbeddingForward(DeviceBuffer output, DeviceBuffer tokens, DeviceBuffer table, int n, int d, int vocabStart, int vocabRows) => throw No();
+    public void EmbeddingBackward(DeviceBuffer dtable, DeviceBuffer tokens, DeviceBuffer dout, int n, int d, int vocabStart, int vocabRows) => throw No();
     public void LayerNormForward(DeviceBuffer output, DeviceBuffer mean, DeviceBuffer rstd, DeviceBuffer input, DeviceBuffer weight, int n, int d) => throw No();
     public void LayerNormBackward(DeviceBuffer dinput, DeviceBuffer dweight, DeviceBuffer dout, DeviceBuffer input, DeviceBuffer weight, DeviceBuffer mean, DeviceBuffer rstd, int n, int d, bool accumulate) => throw No();
     public void RopeForward(DeviceBuffer output, DeviceBuffer input, int b, int t, int heads, int headDim) => throw No();
@@ -42,11 +42,16 @@ internal sealed class ShapeOnlyBackend : IBackend
     public void Add(DeviceBuffer output, DeviceBuffer a, DeviceBuffer b, long count) => throw No();
     public void AddInPlace(DeviceBuffer acc, DeviceBuffer x, long count) => throw No();
     public void Scale(DeviceBuffer x, float s, long count) => throw No();
-    public void CrossEntropyForward(DeviceBuffer losses, DeviceBuffer logZ, DeviceBuffer logits, DeviceBuffer targets, int n, int v) => throw No();
-    public void CrossEntropyBackward(DeviceBuffer dlogits, DeviceBuffer logits, DeviceBuffer logZ, DeviceBuffer targets, float scale, float zLoss, int n, int v) => throw No();
+    public void CrossEntropyForward(DeviceBuffer logZ, DeviceBuffer targetLogit, DeviceBuffer logits, DeviceBuffer targets, int n, int v, int vocabStart) => throw No();
+    public void CrossEntropyBackward(DeviceBuffer dlogits, DeviceBuffer logits, DeviceBuffer logZ, DeviceBuffer targets, float scale, float zLoss, int n, int v, int vocabStart) => throw No();
+    public void LogSumExpShift(DeviceBuffer output, DeviceBuffer logZ, DeviceBuffer max, long n) => throw No();
+    public void LogSumExpFinish(DeviceBuffer logZ, DeviceBuffer max, DeviceBuffer sumExp, long n) => throw No();
     public double SumOfSquares(DeviceBuffer x, long count) => throw No();
+    public void SumOfSquaresSegments(DeviceBuffer x, IReadOnlyList<Segment> segments, Span<double> sums) => throw No();
     public void AdafactorUpdate(DeviceBuffer param, DeviceBuffer grad, AdafactorBuffers state, int rows, int cols, in AdafactorStep step) => throw No();
-    public (double SumU2, double SumP2) AdafactorPieceSums(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer secondMoment, long n, in AdafactorStep step) => throw No();
-    public void AdafactorPieceApply(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer? momentum, DeviceBuffer secondMoment, long n,
-                                    double sumU2, double sumP2, long tensorCount, in AdafactorStep step) => throw No();
+    public void AdafactorSums(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer secondMoment, IReadOnlyList<Segment> segments,
+                              in AdafactorStep step, Span<double> sumU2, Span<double> sumP2) => throw No();
+    public void AdafactorApply(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer? momentum, DeviceBuffer secondMoment,
+                               IReadOnlyList<Segment> segments, ReadOnlySpan<double> sumU2, ReadOnlySpan<double> sumP2,
+                               ReadOnlySpan<long> tensorCounts, in AdafactorStep step) => throw No();
 }

@@ -96,7 +96,13 @@ public sealed class ShardedAdafactor : IDisposable
                 var piece = r.Piece(i);
                 var st = _state[i][rank];
                 if (sums[i] is null) r.Be.AdafactorUpdate(piece.Value, piece.Grad, st, meta[i].Rows, meta[i].Cols, step);
-                else sums[i][rank] = r.Be.AdafactorPieceSums(piece.Value, piece.Grad, st.SecondMoment!, piece.Valid, step);
+                else
+                {
+                    var u2 = new double[1];
+                    var p2 = new double[1];
+                    r.Be.AdafactorSums(piece.Value, piece.Grad, st.SecondMoment!, [new Segment(0, piece.Valid)], step, u2, p2);
+                    sums[i][rank] = (u2[0], p2[0]);
+                }
             }
         });
         // Each copy's sums over its pieces in rank order: the same total, hence the same update, on every piece.
@@ -122,7 +128,7 @@ public sealed class ShardedAdafactor : IDisposable
                 var piece = r.Piece(i);
                 var st = _state[i][rank];
                 var (u2, p2, count) = totals[i][rank];
-                r.Be.AdafactorPieceApply(piece.Value, piece.Grad, st.Momentum, st.SecondMoment!, piece.Valid, u2, p2, count, step);
+                r.Be.AdafactorApply(piece.Value, piece.Grad, st.Momentum, st.SecondMoment!, [new Segment(0, piece.Valid)], [u2], [p2], [count], step);
             }
         });
         return step.LearningRate;

@@ -204,27 +204,14 @@ public sealed class ShardedPalm : IDisposable
         var inArr = inputs.ToArray();
         var tgArr = targets.ToArray();
 
-        // Vocab-parallel embedding: tokens outside a rank's rows read the zero row Vl.
+        // Vocab-parallel embedding: global ids; a rank's lookup gives zero rows for tokens of other ranks.
         Materialize(EmbeddingUnit, grads: false);
         ForRanks(r =>
         {
-            int v0 = r.ModelRank * vl, off = r.DataRank * nl;
-            var tok = new int[nl];
-            var tgt = new int[nl];
-            for (int i = 0; i < nl; i++)
-            {
-                int t = inArr[off + i] - v0;
-                tok[i] = (uint)t < (uint)vl ? t : vl;
-                int g = tgArr[off + i] - v0;
-                r.TargetHere[i] = (uint)g < (uint)vl;
-                tgt[i] = r.TargetHere[i] ? g : 0;
-            }
-            r.Be.Upload(r.Tokens, tok);
-            r.Be.Upload(r.Targets, tgt);
-            using var ext = r.Be.Allocate("embedding_ext", (vl + 1L) * D);
-            r.Be.Fill(ext, 0f, (vl + 1L) * D);
-            r.Be.Copy(ext, r.Embedding.Value, (long)vl * D);
-            r.Be.EmbeddingForward(r.Residual[0], r.Tokens, ext, nl, D);
+            int off = r.DataRank * nl;
+            r.Be.Upload(r.Tokens, inArr.AsSpan(off, nl));
+            r.Be.Upload(r.Targets, tgArr.AsSpan(off, nl));
+            r.Be.EmbeddingForward(r.Residual[0], r.Tokens, r.Embedding.Value, nl, D, r.ModelRank * vl, vl);
         });
         Release(EmbeddingUnit, grads: false);
         AllReduceModel(r => r.Residual[0], (long)nl * D);
@@ -242,49 +229,32 @@ public sealed class ShardedPalm : IDisposable
         {
             r.Be.LayerNormForward(r.Hf, r.HfMean, r.HfRstd, r.Residual[Config.Layers], r.FinalNorm.Value, nl, D);
             r.Be.Matmul(r.Logits, r.Hf, r.Embedding.Value, nl, vl, D, transB: true, alpha: LogitScale);
-            r.Be.CrossEntropyForward(r.Losses, r.LogZ, r.Logits, r.Targets, nl, vl);
-            r.Be.Download(r.LogZ, r.HostLogZ);
-            r.Be.Download(r.Losses, r.HostLosses);
+            r.Be.CrossEntropyForward(r.LogZ, r.TargetLogit, r.Logits, r.Targets, nl, vl, r.ModelRank * vl);
         });
         Release(EmbeddingUnit, grads: false);
         Release(FinalNormUnit, grads: false);
 
-        // Global logZ from the per-rank partial normalisers: max, then Σ exp(lz − max), over the model axis.
-        ForRanks(r => r.Be.Upload(r.RowStat, r.HostLogZ));
-        AllReduceModel(r => r.RowStat, nl, ReduceOp.Max);
-        ForRanks(r =>
+        // Global logZ from the per-rank normalisers on the devices: M = max over the model axis, then
+        // logZ = M + log Σ_m exp(lz_m − M); the target logit lives on one rank (0 elsewhere), so a sum finds it.
+        if (_mesh.Model > 1)
         {
-            r.Be.Download(r.RowStat, r.HostMax);
-            var e = new float[nl];
-            for (int i = 0; i < nl; i++) e[i] = MathF.Exp(r.HostLogZ[i] - r.HostMax[i]);
-            r.Be.Upload(r.RowStat, e);
-        });
-        AllReduceModel(r => r.RowStat, nl);
-        ForRanks(r =>
-        {
-            var s = new float[nl];
-            r.Be.Download(r.RowStat, s);
-            var tl = new float[nl];
-            for (int i = 0; i < nl; i++)
-            {
-                // The target logit lives on one rank: lz_m − loss_m there, 0 elsewhere.
-                tl[i] = r.TargetHere[i] ? (float)((double)r.HostLogZ[i] - r.HostLosses[i]) : 0f;
-                r.HostLogZ[i] = (float)(r.HostMax[i] + Math.Log(s[i]));
-            }
-            r.Be.Upload(r.LogZ, r.HostLogZ);
-            r.Be.Upload(r.RowStat2, tl);
-        });
-        AllReduceModel(r => r.RowStat2, nl);
+            ForRanks(r => r.Be.Copy(r.RowStat, r.LogZ, nl));
+            AllReduceModel(r => r.RowStat, nl, ReduceOp.Max);
+            ForRanks(r => r.Be.LogSumExpShift(r.RowStat2, r.LogZ, r.RowStat, nl));
+            AllReduceModel(r => r.RowStat2, nl);
+            ForRanks(r => r.Be.LogSumExpFinish(r.LogZ, r.RowStat, r.RowStat2, nl));
+            AllReduceModel(r => r.TargetLogit, nl);
+        }
 
         double ce = 0, z2 = 0;
         for (int d = 0; d < _mesh.Data; d++)
         {
             var r = _ranks[d * _mesh.Model];
-            var tl = new float[nl];
-            r.Be.Download(r.RowStat2, tl);
+            r.Be.Download(r.LogZ, r.HostLogZ.AsSpan(0, nl));
+            r.Be.Download(r.TargetLogit, r.HostTargetLogit.AsSpan(0, nl));
             for (int i = 0; i < nl; i++)
             {
-                ce += (double)r.HostLogZ[i] - tl[i];
+                ce += (double)r.HostLogZ[i] - r.HostTargetLogit[i];
                 z2 += (double)r.HostLogZ[i] * r.HostLogZ[i];
             }
         }
@@ -345,12 +315,7 @@ public sealed class ShardedPalm : IDisposable
         ForRanks(r =>
         {
             var emb = r.Embedding;
-            r.Be.CrossEntropyBackward(r.Logits, r.Logits, r.LogZ, r.Targets, scale, Config.ZLoss, nl, vl);
-            // Rows whose target lives on another rank got −scale at column 0: add it back with a rank-1 update.
-            var fix = new float[nl];
-            for (int i = 0; i < nl; i++) fix[i] = r.TargetHere[i] ? 0f : scale;
-            r.Be.Upload(r.RowStat, fix);
-            r.Be.Matmul(r.Logits, r.RowStat, r.UnitRow, nl, vl, 1, accumulate: true);
+            r.Be.CrossEntropyBackward(r.Logits, r.Logits, r.LogZ, r.Targets, scale, Config.ZLoss, nl, vl, r.ModelRank * vl);
             r.Be.Matmul(r.S.DHidden, r.Logits, emb.Value, nl, D, vl, alpha: LogitScale);
             r.Be.Matmul(emb.Grad, r.Logits, r.Hf, vl, D, nl, transA: true, alpha: LogitScale, accumulate: true);
         });
@@ -406,14 +371,7 @@ public sealed class ShardedPalm : IDisposable
         }
 
         Materialize(EmbeddingUnit, grads: true);
-        ForRanks(r =>
-        {
-            long vd = (long)(vl + 1) * D;
-            using var ext = r.Be.Allocate("grad.embedding_ext", vd);
-            r.Be.Fill(ext, 0f, vd);
-            r.Be.EmbeddingBackward(ext, r.Tokens, r.S.DResidual, nl, D, vl + 1);
-            r.Be.AddInPlace(r.Embedding.Grad, ext, (long)vl * D);
-        });
+        ForRanks(r => r.Be.EmbeddingBackward(r.Embedding.Grad, r.Tokens, r.S.DResidual, nl, D, r.ModelRank * vl, vl));
         Release(EmbeddingUnit, grads: true);
         SynchronizeGradients();
     }
@@ -581,12 +539,6 @@ public sealed class ShardedPalm : IDisposable
             Partial = be.Allocate("block_partial", n * max.D);
             RowStat = be.Allocate("row_stat", n);
             RowStat2 = be.Allocate("row_stat2", n);
-            UnitRow = be.Allocate("unit_row", max.V);
-            var unit = new float[max.V];
-            unit[0] = 1f;
-            be.Upload(UnitRow, unit);
-            TargetHere = new bool[n];
-            HostMax = new float[n];
         }
 
         public readonly IBackend Be;
@@ -603,9 +555,7 @@ public sealed class ShardedPalm : IDisposable
         public readonly DeviceBuffer? Stage, StageSlice;
         /// <summary>The same per-pass buffers as a one-device model, at the rank's local shape.</summary>
         public readonly ModelActivations A;
-        public readonly DeviceBuffer Partial, RowStat, RowStat2, UnitRow;   // (N,D) block output before the all-reduce; (N) ×2; (V) one-hot row
-        public readonly bool[] TargetHere;
-        public readonly float[] HostMax;
+        public readonly DeviceBuffer Partial, RowStat, RowStat2;   // (N,D) block output before the all-reduce; (N) ×2 for the logZ combination
         public DeviceBuffer[] Residual => A.Residual;
         public BackwardScratch S => A.Scratch;
         public DeviceBuffer Tokens => A.Tokens;
@@ -614,10 +564,10 @@ public sealed class ShardedPalm : IDisposable
         public DeviceBuffer HfMean => A.HfMean;
         public DeviceBuffer HfRstd => A.HfRstd;
         public DeviceBuffer Logits => A.Logits;
-        public DeviceBuffer Losses => A.Losses;
+        public DeviceBuffer TargetLogit => A.TargetLogit;
         public DeviceBuffer LogZ => A.LogZ;
         public float[] HostLogZ => A.HostLogZ;
-        public float[] HostLosses => A.HostLosses;
+        public float[] HostTargetLogit => A.HostTargetLogit;
 
         public ParameterPiece Piece(int i) => Pieces[i];
         public BlockActivations ActsFor(int layer) => A.For(layer);
@@ -665,7 +615,7 @@ public sealed class ShardedPalm : IDisposable
             Stage?.Dispose();
             StageSlice?.Dispose();
             A.Dispose();
-            foreach (var b in new[] { Partial, RowStat, RowStat2, UnitRow }) b.Dispose();
+            foreach (var b in new[] { Partial, RowStat, RowStat2 }) b.Dispose();
         }
     }
 }
