@@ -342,6 +342,55 @@ public class AdafactorTests
         }
     }
 
+    /// <summary>
+    /// Σu², Σp² of a segment in the order the fused update sums a tensor (chunks of 16384 from the segment's start, each
+    /// in index order, then the chunks in order), in scalar code, updating v as pass 1 does. The clip factor and step
+    /// size round the sums to float, so a reordering rarely shows in the weights; the sums themselves must match.
+    /// </summary>
+    internal static (double U2, double P2) OrderedSums(float[] param, float[] grad, float[] v, Segment sg, in AdafactorStep s)
+    {
+        double tu = 0, tp = 0;
+        for (long c0 = sg.Offset; c0 < sg.Offset + sg.Count; c0 += 16384)
+        {
+            double u2 = 0, p2 = 0;
+            for (long i = c0; i < Math.Min(sg.Offset + sg.Count, c0 + 16384); i++)
+            {
+                float g = grad[i] * s.GradScale;
+                float vv = s.Beta2 * v[i] + (1 - s.Beta2) * (g * g + s.Epsilon1);
+                v[i] = vv;
+                float u = g / MathF.Sqrt(vv);
+                u2 += (double)u * u;
+                p2 += (double)param[i] * param[i];
+            }
+            tu += u2;
+            tp += p2;
+        }
+        return (tu, tp);
+    }
+
+    [Fact]
+    public void SegmentSums_FollowTheFusedOrderToTheBit()
+    {
+        var (segments, length) = Arena(ArenaSizes);
+        var param = ArenaOf(67, length, segments, 0.05f, 3f);
+        var grad = ArenaOf(68, length, segments, 1f, 3f);
+        for (int i = 0; i < grad.Length; i += 101) grad[i] *= 300f;   // a wide range, so order shows in the bits
+        var v = ArenaOf(69, length, segments, 0.01f, 3f);
+        for (int i = 0; i < v.Length; i++) v[i] = Math.Abs(v[i]);
+        var vRef = (float[])v.Clone();
+        var s = StepAt(2, momentum: false, 1f);
+        var u2 = new double[segments.Length];
+        var p2 = new double[segments.Length];
+        CpuAdafactor.SegmentSums(3, param, grad, v, segments, s, u2, p2);
+        for (int i = 0; i < segments.Length; i++)
+        {
+            var (eu, ep) = OrderedSums(param, grad, vRef, segments[i], s);
+            Assert.Equal(BitConverter.DoubleToInt64Bits(eu), BitConverter.DoubleToInt64Bits(u2[i]));
+            Assert.Equal(BitConverter.DoubleToInt64Bits(ep), BitConverter.DoubleToInt64Bits(p2[i]));
+        }
+        Assert.Equal(Bits(vRef), Bits(v));
+    }
+
     [Fact]
     public void Segments_EmptyList_DoesNothing()
     {
