@@ -10,20 +10,35 @@
 //
 // Reductions: row and column means walk their row/column in index order (one work-item each);
 // Σu² and Σp² are summed per fixed chunk of ADA_CHUNK elements in index order, then the chunks in
-// order by a single work-item, which also derives the clip factor and step size into `scalars` so
-// the update needs no trip to the host. scalars: [0] √mean(vRow), [1] clip, [2] step size.
+// order, which also derives the clip factor and step size into `scalars` so the update needs no trip
+// to the host. scalars: [0] √mean(vRow), [1] clip, [2] step size.
+// The CPU sums a chunk strictly in index order, and these kernels must give its bits, so a chunk is one
+// work-group of ADA_WG: all lanes compute their element's v, u², p² (loads, divide, sqrt) into local
+// memory a tile at a time, and lanes 0 and 1 add the previous tile's u² and p² in order while the others
+// compute the next tile (two buffers). The same holds for the chunk totals and the mean of vRow: the
+// work-group loads in parallel, one lane adds in order.
 //
-// Dimensions: R rows, C cols, count = R·C, chunks = ⌈count / ADA_CHUNK⌉.
+// Segmented (a flat arena, unfactored): table (S,3) longs: offset, count, first chunk of each segment;
+// chunks are cut from each segment's start, so every segment gets the fused update's bits.
 //
-// adafactor_row_moments: grad (R,C) -> vRow (R) updated
-// adafactor_col_moments: grad (R,C) -> vCol (C) updated
-// adafactor_row_mean:    vRow (R) -> scalars[0]
-// adafactor_pass1:       grad, param, v | vRow+vCol -> v updated (unfactored), partial (chunks, 2)
-// adafactor_finish:      partial (chunks, 2) -> scalars[1], scalars[2]
-// adafactor_pass2:       grad, v | vRow+vCol, scalars -> momentum updated, param updated
+// Dimensions: R rows, C cols, count = R·C, chunks = ⌈count / ADA_CHUNK⌉ (per segment when segmented).
+//
+// adafactor_row_moments:    grad (R,C) -> vRow (R) updated
+// adafactor_col_moments:    grad (R,C) -> vCol (C) updated
+// adafactor_row_mean:       vRow (R) -> scalars[0]
+// adafactor_pass1:          grad, param, v | vRow+vCol -> v updated (unfactored), partial (chunks, 2)
+// adafactor_finish:         partial (chunks, 2) -> scalars[1], scalars[2]
+// adafactor_pass2:          grad, v | vRow+vCol, scalars -> momentum updated, param updated
+// adafactor_segment_pass1:  grad, param, v (flat), table (S,3) -> v updated, partial (chunks, 2)
+// adafactor_segment_totals: partial (chunks, 2), table (S,3) -> sums (S, 2)
+// adafactor_segment_pass2:  grad, v (flat), table (S,3), factors (S, 2) clip and step size -> momentum, param updated
 
 #ifndef ADA_CHUNK
 #define ADA_CHUNK 16384   // must equal CpuAdafactor.Chunk for bit parity
+#endif
+
+#ifndef ADA_WG
+#define ADA_WG 128        // work-items per chunk (a power of two, at least 2)
 #endif
 
 #ifdef PALM_FP64
@@ -58,13 +73,28 @@ __kernel void adafactor_col_moments(__global float* vCol, __global const float* 
     vCol[j] = b2 * vCol[j] + (1 - b2) * (float)(acc / R);
 }
 
-__kernel void adafactor_row_mean(__global float* scalars, __global const float* vRow, const int R)
+// Σ vals[0..n) in index order by a work-group of ADA_WG: tiles loaded in parallel, lane 0 adds. Every lane returns the sum.
+inline REAL ordered_sum(__local REAL* tile, __global const float* vals, const int n)
 {
-    if (get_global_id(0) != 0) return;
-    REAL mean = 0;
-    for (int i = 0; i < R; i++) mean += vRow[i];
-    mean /= R;
-    scalars[0] = (float)REAL_SQRT(mean);
+    const int lid = get_local_id(0);
+    REAL acc = 0;
+    for (int base = 0; base < n; base += ADA_WG) {
+        if (base + lid < n) tile[lid] = vals[base + lid];
+        barrier(CLK_LOCAL_MEM_FENCE);
+        if (lid == 0) for (int k = 0; k < min(ADA_WG, n - base); k++) acc += tile[k];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (lid == 0) tile[0] = acc;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return tile[0];
+}
+
+__kernel __attribute__((reqd_work_group_size(ADA_WG, 1, 1)))
+void adafactor_row_mean(__global float* scalars, __global const float* vRow, const int R)
+{
+    __local REAL tile[ADA_WG];
+    const REAL mean = ordered_sum(tile, vRow, R) / R;
+    if (get_local_id(0) == 0) scalars[0] = (float)REAL_SQRT(mean);
 }
 
 // u = g · (√mean(vRow) / √vRow_i) · (1 / √vCol_j), the CPU's rowScale·colScale product in the same order.
@@ -76,42 +106,144 @@ inline float factored_u(const float g, const long idx, const int C, __global con
     return g * row_scale * col_scale;
 }
 
-__kernel void adafactor_pass1(__global REAL* partial, __global float* v, __global const float* param, __global const float* grad,
-                              __global const float* vRow, __global const float* vCol, __global const float* scalars,
-                              const float gs, const float b2, const float e1, const int C, const long count, const int factored)
+// One chunk [start, end) by the work-group: v updated when unfactored; (Σu², Σp²) in index order in lanes 0 and 1.
+inline REAL chunk_pass1(__local REAL (*tiles)[2][ADA_WG], __global float* v, __global const float* param, __global const float* grad,
+                        __global const float* vRow, __global const float* vCol, const float sqrt_mean,
+                        const float gs, const float b2, const float e1, const int C, const long start, const long end, const int factored)
 {
-    const long chunk = get_global_id(0);
-    const long start = chunk * ADA_CHUNK;
-    if (start >= count) return;
-    const long end = min(count, start + ADA_CHUNK);
-    const float sqrt_mean = factored ? scalars[0] : 0.0f;
-    REAL u2 = 0, p2 = 0;
-    for (long idx = start; idx < end; idx++) {
-        const float g = grad[idx] * gs;
-        float u;
-        if (factored) u = factored_u(g, idx, C, vRow, vCol, sqrt_mean);
-        else {
-            const float vv = b2 * v[idx] + (1 - b2) * (g * g + e1);
-            v[idx] = vv;
-            u = g / sqrt(vv);
+    const int lid = get_local_id(0);
+    REAL acc = 0;   // lane 0: Σu², lane 1: Σp²
+    for (long base = start, t = 0; ; base += ADA_WG, t++) {
+        const int buf = (int)(t & 1);
+        if (base < end && base + lid < end) {
+            const long idx = base + lid;
+            const float g = grad[idx] * gs;
+            float u;
+            if (factored) u = factored_u(g, idx, C, vRow, vCol, sqrt_mean);
+            else {
+                const float vv = b2 * v[idx] + (1 - b2) * (g * g + e1);
+                v[idx] = vv;
+                u = g / sqrt(vv);
+            }
+            tiles[buf][0][lid] = (REAL)u * u;
+            tiles[buf][1][lid] = (REAL)param[idx] * param[idx];
         }
-        u2 += (REAL)u * u;
-        p2 += (REAL)param[idx] * param[idx];
+        if (t > 0 && lid < 2) {   // the previous tile, while the other lanes fill this one
+            const int n = (int)min((long)ADA_WG, end - (base - ADA_WG));
+            __local const REAL* prev = tiles[buf ^ 1][lid];
+            for (int k = 0; k < n; k++) acc += prev[k];
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        if (base >= end) break;
     }
-    partial[2 * chunk] = u2;
-    partial[2 * chunk + 1] = p2;
+    return acc;
 }
 
-__kernel void adafactor_finish(__global float* scalars, __global const REAL* partial, const int chunks, const long count,
-                               const float clip_threshold, const float eps2, const float lr)
+__kernel __attribute__((reqd_work_group_size(ADA_WG, 1, 1)))
+void adafactor_pass1(__global REAL* partial, __global float* v, __global const float* param, __global const float* grad,
+                     __global const float* vRow, __global const float* vCol, __global const float* scalars,
+                     const float gs, const float b2, const float e1, const int C, const long count, const int factored)
 {
-    if (get_global_id(0) != 0) return;
-    REAL total_u2 = 0, total_p2 = 0;
-    for (int c = 0; c < chunks; c++) { total_u2 += partial[2 * c]; total_p2 += partial[2 * c + 1]; }
-    const float rms_u = (float)REAL_SQRT(total_u2 / count);
-    const float rms_p = (float)REAL_SQRT(total_p2 / count);
+    __local REAL tiles[2][2][ADA_WG];
+    const long chunk = get_group_id(0);
+    const long start = chunk * ADA_CHUNK;
+    const long end = min(count, start + ADA_CHUNK);
+    const float sqrt_mean = factored ? scalars[0] : 0.0f;
+    const REAL acc = chunk_pass1(tiles, v, param, grad, vRow, vCol, sqrt_mean, gs, b2, e1, C, start, end, factored);
+    const int lid = get_local_id(0);
+    if (lid < 2) partial[2 * chunk + lid] = acc;
+}
+
+// Σ over chunks [first, next) of partial (chunks, 2) in chunk order, by the work-group: (Σu², Σp²) in lanes 0 and 1.
+inline REAL ordered_chunk_sums(__local REAL (*tile)[ADA_WG], __global const REAL* partial, const long first, const long next)
+{
+    const int lid = get_local_id(0);
+    REAL acc = 0;
+    for (long base = first; base < next; base += ADA_WG) {
+        if (base + lid < next) { tile[0][lid] = partial[2 * (base + lid)]; tile[1][lid] = partial[2 * (base + lid) + 1]; }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        if (lid < 2) for (int k = 0; k < (int)min((long)ADA_WG, next - base); k++) acc += tile[lid][k];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    return acc;
+}
+
+__kernel __attribute__((reqd_work_group_size(ADA_WG, 1, 1)))
+void adafactor_finish(__global float* scalars, __global const REAL* partial, const int chunks, const long count,
+                      const float clip_threshold, const float eps2, const float lr)
+{
+    __local REAL tile[2][ADA_WG];
+    const int lid = get_local_id(0);
+    const REAL acc = ordered_chunk_sums(tile, partial, 0, chunks);
+    if (lid < 2) tile[lid][0] = acc;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (lid != 0) return;
+    const float rms_u = (float)REAL_SQRT(tile[0][0] / count);
+    const float rms_p = (float)REAL_SQRT(tile[1][0] / count);
     scalars[1] = 1.0f / max_nan(1.0f, rms_u / clip_threshold);
     scalars[2] = max_nan(eps2, rms_p) * lr;
+}
+
+// The segment that owns global chunk c: the last s with first[s] ≤ c (table column 2).
+inline int segment_of(__global const long* table, const int S, const long c)
+{
+    int lo = 0, hi = S - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (table[3 * mid + 2] <= c) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+}
+
+// One work-group per chunk of any segment.
+__kernel __attribute__((reqd_work_group_size(ADA_WG, 1, 1)))
+void adafactor_segment_pass1(__global REAL* partial, __global float* v, __global const float* param, __global const float* grad,
+                             __global const long* table, const int S, const float gs, const float b2, const float e1)
+{
+    __local REAL tiles[2][2][ADA_WG];
+    const long chunk = get_group_id(0);
+    const int s = segment_of(table, S, chunk);
+    const long start = table[3 * s] + (chunk - table[3 * s + 2]) * ADA_CHUNK;
+    const long end = min(table[3 * s] + table[3 * s + 1], start + ADA_CHUNK);
+    const REAL acc = chunk_pass1(tiles, v, param, grad, v, v, 0.0f, gs, b2, e1, 1, start, end, 0);
+    const int lid = get_local_id(0);
+    if (lid < 2) partial[2 * chunk + lid] = acc;
+}
+
+// One work-group per segment.
+__kernel __attribute__((reqd_work_group_size(ADA_WG, 1, 1)))
+void adafactor_segment_totals(__global REAL* sums, __global const REAL* partial, __global const long* table, const int S, const long chunks)
+{
+    __local REAL tile[2][ADA_WG];
+    const int s = get_group_id(0), lid = get_local_id(0);
+    const long first = table[3 * s + 2], next = s + 1 < S ? table[3 * (s + 1) + 2] : chunks;
+    const REAL acc = ordered_chunk_sums(tile, partial, first, next);
+    if (lid < 2) sums[2 * s + lid] = acc;
+}
+
+// One work-group per chunk of any segment; lanes stride the chunk.
+__kernel __attribute__((reqd_work_group_size(ADA_WG, 1, 1)))
+void adafactor_segment_pass2(__global float* param, __global float* momentum, __global const float* grad, __global const float* v,
+                             __global const long* table, __global const float* factors, const int S,
+                             const float gs, const float b1, const float wd, const int has_momentum)
+{
+    const long chunk = get_group_id(0);
+    const int s = segment_of(table, S, chunk);
+    const long start = table[3 * s] + (chunk - table[3 * s + 2]) * ADA_CHUNK;
+    const long end = min(table[3 * s] + table[3 * s + 1], start + ADA_CHUNK);
+    const float clip = factors[2 * s], step = factors[2 * s + 1];
+    for (long idx = start + get_local_id(0); idx < end; idx += ADA_WG) {
+        const float g = grad[idx] * gs;
+        float u = g / sqrt(v[idx]);
+        u *= clip;
+        float m = u;
+        if (has_momentum) {
+            m = b1 * momentum[idx] + (1 - b1) * u;
+            momentum[idx] = m;
+        }
+        const float p = param[idx];
+        param[idx] = p - step * m - wd * p;
+    }
 }
 
 __kernel void adafactor_pass2(__global float* param, __global float* momentum, __global const float* grad, __global const float* v,

@@ -1,17 +1,22 @@
-// Softmax cross-entropy with the z-loss of PaLM, per row of logits.
-// Forward: logZ = max + log Σ_j exp(logit_j − max), loss = logZ − logit[target]. The exponent is ≤ 0 so
-// nothing overflows; the sum and logZ are carried in double where the device has fp64 (REAL), and the
-// loss is rounded once from (logZ − logit) so a tiny loss keeps its digits.
-// Backward: dlogits = scale · (p·(1 + 2·zLoss·logZ) − onehot), p = exp(logit − logZ), the gradient of
-// scale · Σ_rows (loss + zLoss·logZ²). Elementwise, so dlogits may alias logits.
+// Softmax cross-entropy with the z-loss of PaLM, per row of logits, vocabulary-sharded: logits are
+// columns [v0, v0 + V) of the vocabulary and targets are global ids.
+// Forward: logZ = max + log Σ_j exp(logit_j − max) over this shard's columns; targetLogit = logit[target − v0]
+// when the target is in the shard, else 0 (one device: loss = logZ − targetLogit). The exponent is ≤ 0
+// so nothing overflows; the sum and logZ are carried in double where the device has fp64 (REAL).
+// Backward: dlogits = scale · (p·(1 + 2·zLoss·logZ) − onehot), p = exp(logit − logZ) with the global logZ,
+// the one-hot term only in the target's shard: the gradient of scale · Σ_rows (loss + zLoss·logZ²).
+// Elementwise, so dlogits may alias logits. Shards combine their logZ as M + log Σ_m exp(logZ_m − M),
+// M = max_m logZ_m: logsumexp_shift and logsumexp_finish run around a max and a sum all-reduce.
 // The forward uses one work-group of CE_WG work-items per row and a fixed local-memory tree, so the
-// sum has the same bits on every run. A target outside [0, V) is reported through `errors` (the host
-// raises it at the next synchronisation) and its row's loss is NaN.
+// sum has the same bits on every run. A negative target is reported through `errors` (the host raises
+// it at the next synchronisation) and its row's targetLogit is NaN.
 //
-// Dimensions: N = B·T rows, V vocabulary.
+// Dimensions: N = B·T rows, V columns of this shard, n any count.
 //
-// crossentropy_forward:  logits (N,V), targets (N) -> losses (N), logZ (N)
+// crossentropy_forward:  logits (N,V), targets (N) -> logZ (N), targetLogit (N)
 // crossentropy_backward: logits (N,V), logZ (N), targets (N) -> dlogits (N,V) (may alias logits)
+// logsumexp_shift:       logZ (n), max (n) -> out (n) = exp(logZ − max)
+// logsumexp_finish:      max (n), sumExp (n) -> logZ (n) = max + log(sumExp)
 
 #ifndef CE_WG
 #define CE_WG 64   // work-items per row in the forward (power of two)
@@ -26,8 +31,8 @@ typedef float REAL;
 #endif
 
 __kernel __attribute__((reqd_work_group_size(CE_WG, 1, 1)))
-void crossentropy_forward(__global float* losses, __global float* logZ, __global const float* logits,
-                          __global const int* targets, __global int* errors, const int N, const int V)
+void crossentropy_forward(__global float* logZ, __global float* targetLogit, __global const float* logits,
+                          __global const int* targets, __global int* errors, const int N, const int V, const int v0)
 {
     __local float max_scratch[CE_WG];
     __local REAL sum_scratch[CE_WG];
@@ -71,30 +76,32 @@ void crossentropy_forward(__global float* losses, __global float* logZ, __global
     }
 
     if (lid == 0) {
-        const REAL lz = (REAL)m + log(sum_scratch[0]);
         const int target = targets[n];
-        logZ[n] = (float)lz;
-        if (target < 0 || target >= V) {
-            errors[3] = n + 1;   // errors[3..5] = (1 + row, target, V) of a bad target
+        logZ[n] = (float)((REAL)m + log(sum_scratch[0]));
+        if (target < 0) {
+            errors[3] = n + 1;   // errors[3..5] = (1 + row, target, 0) of a negative target
             errors[4] = target;
-            errors[5] = V;
-            losses[n] = NAN;
+            errors[5] = 0;
+            targetLogit[n] = NAN;
         } else {
-            losses[n] = (float)(lz - (REAL)x[target]);
+            const int j = target - v0;   // no overflow: target ≥ 0, v0 ≥ 0
+            targetLogit[n] = j >= 0 && j < V ? x[j] : 0.0f;
         }
     }
 }
 
 // One work-item per CE_VEC consecutive logits of a row; the last piece of a row may be shorter.
 __kernel void crossentropy_backward(__global float* dlogits, __global const float* logits, __global const float* logZ,
-                                    __global const int* targets, const float scale, const float zLoss, const int N, const int V)
+                                    __global const int* targets, const float scale, const float zLoss, const int N, const int V,
+                                    const int v0)
 {
     const int piece = get_global_id(0), n = get_global_id(1);
     const int j0 = piece * CE_VEC;
     if (j0 >= V || n >= N) return;
     const float lz = logZ[n];
     const float factor = scale * (1.0f + 2.0f * zLoss * lz);   // the z-loss only rescales the softmax part
-    const int target = targets[n];
+    const int global_target = targets[n];
+    const int target = global_target < 0 ? -1 : global_target - v0;   // outside [0, V): no one-hot term here
     const long row = (long)n * V;
     if (j0 + CE_VEC <= V) {
         float16 d = exp(vload16(0, logits + row + j0) - lz) * factor;
@@ -107,4 +114,16 @@ __kernel void crossentropy_backward(__global float* dlogits, __global const floa
             dlogits[row + j] = d;
         }
     }
+}
+
+__kernel void logsumexp_shift(__global float* out, __global const float* logZ, __global const float* mx, const long n)
+{
+    const long i = get_global_id(0);
+    if (i < n) out[i] = exp(logZ[i] - mx[i]);
+}
+
+__kernel void logsumexp_finish(__global float* logZ, __global const float* mx, __global const float* sumExp, const long n)
+{
+    const long i = get_global_id(0);
+    if (i < n) logZ[i] = (float)((REAL)mx[i] + log((REAL)sumExp[i]));
 }

@@ -140,14 +140,14 @@ public static class KernelCases
             var tokens = Tokens(be, n, v, 4);
             var table = Random(be, "table", (long)v * d, 5);
             var output = be.Allocate("out", nd);
-            return new(be, () => be.EmbeddingForward(output, tokens, table, n, d), [tokens, table, output]);
+            return new(be, () => be.EmbeddingForward(output, tokens, table, n, d, 0, v), [tokens, table, output]);
         });
         yield return new("embedding", "embedding.backward", "backward", s, backend, OpCosts.EmbeddingBackward(n, d, v), be =>
         {
             var tokens = Tokens(be, n, v, 4);
             var dtable = Zeros(be, "dtable", (long)v * d);
             var dout = Random(be, "dout", nd, 6);
-            return new(be, () => be.EmbeddingBackward(dtable, tokens, dout, n, d, v), [tokens, dtable, dout]);
+            return new(be, () => be.EmbeddingBackward(dtable, tokens, dout, n, d, 0, v), [tokens, dtable, dout]);
         });
 
         // ---- layer norm --------------------------------------------------------------------------
@@ -253,19 +253,19 @@ public static class KernelCases
         {
             var logits = Random(be, "logits", nv, 18);
             var targets = Tokens(be, n, v, 19);
-            var losses = be.Allocate("losses", n);
+            var targetLogit = be.Allocate("target_logit", n);
             var logZ = be.Allocate("logz", n);
-            return new(be, () => be.CrossEntropyForward(losses, logZ, logits, targets, n, v), [logits, targets, losses, logZ]);
+            return new(be, () => be.CrossEntropyForward(logZ, targetLogit, logits, targets, n, v, 0), [logits, targets, targetLogit, logZ]);
         });
         yield return new("cross_entropy", "cross_entropy.backward", "backward", s, backend, OpCosts.CrossEntropyBackward(n, v), be =>
         {
             var logits = Random(be, "logits", nv, 18);
             var targets = Tokens(be, n, v, 19);
-            var losses = be.Allocate("losses", n);
+            var targetLogit = be.Allocate("target_logit", n);
             var logZ = be.Allocate("logz", n);
-            be.CrossEntropyForward(losses, logZ, logits, targets, n, v);
+            be.CrossEntropyForward(logZ, targetLogit, logits, targets, n, v, 0);
             // In place, as the model calls it (dlogits overwrites logits): half the memory at V = 256k.
-            return new(be, () => be.CrossEntropyBackward(logits, logits, logZ, targets, 1f / n, 1e-4f, n, v), [logits, targets, losses, logZ]);
+            return new(be, () => be.CrossEntropyBackward(logits, logits, logZ, targets, 1f / n, 1e-4f, n, v, 0), [logits, targets, targetLogit, logZ]);
         });
 
         // ---- reductions and optimizer: the largest matrix of the block, (D,F) -----------------------

@@ -44,10 +44,17 @@ public interface IBackend : IDisposable
                 bool transA = false, bool transB = false, float alpha = 1f, bool accumulate = false);
 
     // ---- embedding ----------------------------------------------------------------------------
-    /// <summary>tokens (N), table (V,D) -> out (N,D)</summary>
-    void EmbeddingForward(DeviceBuffer output, DeviceBuffer tokens, DeviceBuffer table, int n, int d);
-    /// <summary>dout (N,D), tokens (N) -> dtable (V,D) +=</summary>
-    void EmbeddingBackward(DeviceBuffer dtable, DeviceBuffer tokens, DeviceBuffer dout, int n, int d, int v);
+    /// <summary>
+    /// tokens (N), table (Vl,D) -> out (N,D). tokens are global ids; table holds vocabulary rows
+    /// [vocabStart, vocabStart + vocabRows) (one device: 0, V). A token outside that range gives a zero row, so
+    /// the shards' outputs sum to the unsharded lookup. A negative token is an error.
+    /// </summary>
+    void EmbeddingForward(DeviceBuffer output, DeviceBuffer tokens, DeviceBuffer table, int n, int d, int vocabStart, int vocabRows);
+    /// <summary>
+    /// dout (N,D), tokens (N) -> dtable (Vl,D) +=, only for tokens inside [vocabStart, vocabStart + vocabRows);
+    /// each row receives its tokens' rows of dout in token order.
+    /// </summary>
+    void EmbeddingBackward(DeviceBuffer dtable, DeviceBuffer tokens, DeviceBuffer dout, int n, int d, int vocabStart, int vocabRows);
 
     // ---- layer norm (scale, no bias) ----------------------------------------------------------
     /// <summary>inp (N,D), weight (D) -> out (N,D), mean (N), rstd (N)</summary>
@@ -95,20 +102,35 @@ public interface IBackend : IDisposable
 
     // ---- softmax cross-entropy with z-loss ----------------------------------------------------
     /// <summary>
-    /// logits (N,V), targets (N) -> losses (N) = logZ - logit[target], logZ (N) = log Σ exp(logits).
-    /// The z-loss term (zLoss · logZ²) is reported separately by the caller from logZ.
+    /// logits (N,Vl), targets (N) -> logZ (N), targetLogit (N). logits are vocabulary columns
+    /// [vocabStart, vocabStart + v); targets are global ids. logZ = log Σ exp over this shard's columns;
+    /// targetLogit = logits[row, target − vocabStart] when the target is in the shard, else 0. One device:
+    /// loss = logZ − targetLogit. Shards combine logZ with <see cref="LogSumExpShift"/> and
+    /// <see cref="LogSumExpFinish"/> around all-reduces, and targetLogit by a sum. A negative target is an error.
     /// </summary>
-    void CrossEntropyForward(DeviceBuffer losses, DeviceBuffer logZ, DeviceBuffer logits, DeviceBuffer targets, int n, int v);
+    void CrossEntropyForward(DeviceBuffer logZ, DeviceBuffer targetLogit, DeviceBuffer logits, DeviceBuffer targets, int n, int v, int vocabStart);
     /// <summary>
-    /// logits (N,V), logZ (N), targets (N) -> dlogits (N,V) = scale · (softmax − onehot + 2·zLoss·logZ·softmax).
+    /// logits (N,Vl), logZ (N) global normaliser, targets (N) global ids -> dlogits (N,Vl) =
+    /// scale · (softmax·(1 + 2·zLoss·logZ) − onehot), the one-hot term only where the target is in the shard.
     /// The loss is scale · Σ (CE + zLoss·logZ²), so scale = 1/N for a mean. dlogits may alias logits.
     /// </summary>
     void CrossEntropyBackward(DeviceBuffer dlogits, DeviceBuffer logits, DeviceBuffer logZ, DeviceBuffer targets,
-                              float scale, float zLoss, int n, int v);
+                              float scale, float zLoss, int n, int v, int vocabStart);
+    /// <summary>logZ (n), max (n) -> out (n) = exp(logZ − max): a shard's normaliser relative to the all-shard max.</summary>
+    void LogSumExpShift(DeviceBuffer output, DeviceBuffer logZ, DeviceBuffer max, long n);
+    /// <summary>max (n), sumExp (n) -> logZ (n) = max + log(sumExp) (in double where the device has it, rounded once).</summary>
+    void LogSumExpFinish(DeviceBuffer logZ, DeviceBuffer max, DeviceBuffer sumExp, long n);
 
     // ---- reductions and optimizer -------------------------------------------------------------
     /// <summary>Σ x² over x (n), in double with a fixed reduction order, returned to the host.</summary>
     double SumOfSquares(DeviceBuffer x, long count);
+
+    /// <summary>
+    /// x (flat), segments (S) -> sums (S): Σ x² over every segment, in double, one read-back for all. Order: each
+    /// segment in runs of 1024 from its start (16 lanes, then lanes pairwise), then its runs in 64 strided
+    /// partials and a fixed tree; the same bits for any thread count, SIMD width or backend (with fp64).
+    /// </summary>
+    void SumOfSquaresSegments(DeviceBuffer x, IReadOnlyList<Segment> segments, Span<double> sums);
 
     /// <summary>
     /// One Adafactor step for one parameter tensor viewed as (rows, cols). See Training/Adafactor.cs for the maths.
@@ -118,19 +140,26 @@ public interface IBackend : IDisposable
     void AdafactorUpdate(DeviceBuffer param, DeviceBuffer grad, AdafactorBuffers state, int rows, int cols, in AdafactorStep step);
 
     /// <summary>
-    /// Adafactor on one piece of a tensor split over devices (unfactored), pass 1: param, grad, secondMoment (n) ->
-    /// secondMoment updated; returns Σu² and Σp² over the piece (double, fixed order). The caller adds the pieces'
-    /// sums in rank order, so the whole tensor's RMS(u) and RMS(p) never need its values on one device.
+    /// Adafactor pass 1 on every segment (unfactored): param, grad, secondMoment (flat), segments (S) ->
+    /// secondMoment updated; sumU2 (S), sumP2 (S) per segment (double; chunks of 16384 from the segment's start,
+    /// each in index order, then the chunks in order). One read-back. A tensor split over devices adds its pieces'
+    /// sums in rank order before <see cref="AdafactorApply"/>, so its RMS(u) and RMS(p) never need it on one device.
     /// </summary>
-    (double SumU2, double SumP2) AdafactorPieceSums(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer secondMoment, long n, in AdafactorStep step);
+    void AdafactorSums(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer secondMoment, IReadOnlyList<Segment> segments,
+                       in AdafactorStep step, Span<double> sumU2, Span<double> sumP2);
 
     /// <summary>
-    /// Pass 2 on a piece: grad, secondMoment (n), the whole tensor's Σu², Σp² and element count -> momentum (n, when
-    /// β1 > 0) and param (n) updated, with the clip factor and step size of <see cref="AdafactorStep.Scalars"/>.
+    /// Adafactor pass 2 on every segment: grad, secondMoment (flat), per segment the whole tensor's Σu², Σp² and
+    /// element count (S each) -> momentum (flat, when β1 > 0) and param (flat) updated, with the clip factor and
+    /// step size of <see cref="AdafactorStep.Scalars"/>. Per segment the bits of the fused unfactored update.
     /// </summary>
-    void AdafactorPieceApply(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer? momentum, DeviceBuffer secondMoment, long n,
-                             double sumU2, double sumP2, long tensorCount, in AdafactorStep step);
+    void AdafactorApply(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer? momentum, DeviceBuffer secondMoment,
+                        IReadOnlyList<Segment> segments, ReadOnlySpan<double> sumU2, ReadOnlySpan<double> sumP2,
+                        ReadOnlySpan<long> tensorCounts, in AdafactorStep step);
 }
+
+/// <summary>flat [Offset, Offset + Count): one tensor, or one device's piece of it, inside a flat buffer.</summary>
+public readonly record struct Segment(long Offset, long Count);
 
 /// <summary>Optimizer state buffers of one parameter tensor. Unused ones are null.</summary>
 public sealed record AdafactorBuffers(DeviceBuffer? Momentum, DeviceBuffer? SecondMoment, DeviceBuffer? RowMoment, DeviceBuffer? ColMoment);

@@ -118,16 +118,24 @@ public static class OpCosts
 
     // ---- softmax cross-entropy ------------------------------------------------------------------
     // max 1, x − max 1, exp 1, sum 1 per logit.
-    public static readonly OpDescription CrossEntropyForwardOp = new("cross_entropy.forward", "logits (N,V), targets (N) -> losses, logZ (N)", "4·N·V", "4·N·V + 12·N");
+    public static readonly OpDescription CrossEntropyForwardOp = new("cross_entropy.forward", "logits (N,V), targets (N) -> logZ, targetLogit (N)", "4·N·V", "4·N·V + 12·N");
     public static OpCost CrossEntropyForward(long n, long v) => new(CrossEntropyForwardOp.Kernel, 4.0 * n * v, F32 * (n * v + 3 * n));
 
     // exp(x − logZ) 2, ·(1 + 2z·logZ) 1, ·scale 1 per logit.
     public static readonly OpDescription CrossEntropyBackwardOp = new("cross_entropy.backward", "logits (N,V), logZ, targets (N) -> dlogits (N,V)", "4·N·V", "8·N·V + 8·N");
     public static OpCost CrossEntropyBackward(long n, long v) => new(CrossEntropyBackwardOp.Kernel, 4.0 * n * v, F32 * (2 * n * v + 2 * n));
 
+    // Combining shard normalisers: exp or log and a subtraction or addition per row.
+    public static readonly OpDescription LogSumExpShiftOp = new("cross_entropy.lse_shift", "logZ, max (n) -> exp(logZ − max) (n)", "2·n", "12·n");
+    public static OpCost LogSumExpShift(long n) => new(LogSumExpShiftOp.Kernel, 2.0 * n, F32 * 3.0 * n);
+    public static readonly OpDescription LogSumExpFinishOp = new("cross_entropy.lse_finish", "max, sumExp (n) -> logZ = max + log(sumExp) (n)", "2·n", "12·n");
+    public static OpCost LogSumExpFinish(long n) => new(LogSumExpFinishOp.Kernel, 2.0 * n, F32 * 3.0 * n);
+
     // ---- reductions and optimizer ---------------------------------------------------------------
     public static readonly OpDescription SumOfSquaresOp = new("sum_of_squares", "x (n) -> Σ x² (host)", "2·n", "4·n");
     public static OpCost SumOfSquares(long count) => new(SumOfSquaresOp.Kernel, 2.0 * count, F32 * count);
+    public static readonly OpDescription SumOfSquaresSegmentsOp = new("sum_of_squares.segments", "x (flat), segments (S) -> Σ x² per segment (host)", "2·n", "4·n");
+    public static OpCost SumOfSquaresSegments(long count) => new(SumOfSquaresSegmentsOp.Kernel, 2.0 * count, F32 * count);
 
     // Per element: clip-scale g 1, g² + ε 2, second moment 3, u = g/√v 2, Σu² 2, update clip 1,
     // momentum 3, Σp² 2, p −= scale·m + wd·p 4 → 20; factoring adds the row and column means and the
@@ -141,19 +149,19 @@ public static class OpCosts
         return new(AdafactorOp.Kernel, (factored ? 24 : 20) * rc, bytes);
     }
 
-    // A piece of a split tensor: pass 1 (clip-scale, second moment, u, Σu², Σp²: 10 per element; reads p, g, v,
-    // writes v) and pass 2 (u again, clip, momentum, update: 10; reads g, v, p and m, writes p and m).
-    public static readonly OpDescription AdafactorPieceSumsOp = new("adafactor.piece_sums", "param, grad, v (n) -> v, Σu², Σp² (host)", "10·n", "16·n");
-    public static OpCost AdafactorPieceSums(long n) => new(AdafactorPieceSumsOp.Kernel, 10.0 * n, F32 * 4.0 * n);
-    public static readonly OpDescription AdafactorPieceApplyOp = new("adafactor.piece_apply", "grad, v (n), sums -> param, momentum (n)", "10·n", "16·n + 8·n with momentum");
-    public static OpCost AdafactorPieceApply(long n, bool momentum) => new(AdafactorPieceApplyOp.Kernel, 10.0 * n, F32 * (4.0 * n + (momentum ? 2.0 * n : 0)));
+    // Segments of a flat arena (unfactored): pass 1 (clip-scale, second moment, u, Σu², Σp²: 10 per element; reads p,
+    // g, v, writes v) and pass 2 (u again, clip, momentum, update: 10; reads g, v, p and m, writes p and m).
+    public static readonly OpDescription AdafactorSumsOp = new("adafactor.sums", "param, grad, v (n), segments -> v, Σu², Σp² per segment (host)", "10·n", "16·n");
+    public static OpCost AdafactorSums(long n) => new(AdafactorSumsOp.Kernel, 10.0 * n, F32 * 4.0 * n);
+    public static readonly OpDescription AdafactorApplyOp = new("adafactor.apply", "grad, v (n), sums per segment -> param, momentum (n)", "10·n", "16·n + 8·n with momentum");
+    public static OpCost AdafactorApply(long n, bool momentum) => new(AdafactorApplyOp.Kernel, 10.0 * n, F32 * (4.0 * n + (momentum ? 2.0 * n : 0)));
 
     /// <summary>Every description, in the contract's order.</summary>
     public static readonly IReadOnlyList<OpDescription> Catalog =
     [
         MatmulOp, EmbeddingForwardOp, EmbeddingBackwardOp, LayerNormForwardOp, LayerNormBackwardOp,
         RopeForwardOp, RopeBackwardOp, AttentionForwardOp, AttentionBackwardOp, SwiGluForwardOp, SwiGluBackwardOp,
-        AddOp, AddInPlaceOp, ScaleOp, CrossEntropyForwardOp, CrossEntropyBackwardOp, SumOfSquaresOp, AdafactorOp,
-        AdafactorPieceSumsOp, AdafactorPieceApplyOp, FillOp, CopyOp, UploadOp, DownloadOp,
+        AddOp, AddInPlaceOp, ScaleOp, CrossEntropyForwardOp, CrossEntropyBackwardOp, LogSumExpShiftOp, LogSumExpFinishOp,
+        SumOfSquaresOp, SumOfSquaresSegmentsOp, AdafactorOp, AdafactorSumsOp, AdafactorApplyOp, FillOp, CopyOp, UploadOp, DownloadOp,
     ];
 }

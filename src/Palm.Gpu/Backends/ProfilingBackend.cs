@@ -150,10 +150,10 @@ public sealed class ProfilingBackend : IBackend
                        bool transA = false, bool transB = false, float alpha = 1f, bool accumulate = false)
         => Timed(OpCosts.Matmul(m, n, k, accumulate), () => _inner.Matmul(U(c), U(a), U(b), m, n, k, transA, transB, alpha, accumulate));
 
-    public void EmbeddingForward(DeviceBuffer output, DeviceBuffer tokens, DeviceBuffer table, int n, int d)
-        => Timed(OpCosts.EmbeddingForward(n, d), () => _inner.EmbeddingForward(U(output), U(tokens), U(table), n, d));
-    public void EmbeddingBackward(DeviceBuffer dtable, DeviceBuffer tokens, DeviceBuffer dout, int n, int d, int v)
-        => Timed(OpCosts.EmbeddingBackward(n, d, v), () => _inner.EmbeddingBackward(U(dtable), U(tokens), U(dout), n, d, v));
+    public void EmbeddingForward(DeviceBuffer output, DeviceBuffer tokens, DeviceBuffer table, int n, int d, int vocabStart, int vocabRows)
+        => Timed(OpCosts.EmbeddingForward(n, d), () => _inner.EmbeddingForward(U(output), U(tokens), U(table), n, d, vocabStart, vocabRows));
+    public void EmbeddingBackward(DeviceBuffer dtable, DeviceBuffer tokens, DeviceBuffer dout, int n, int d, int vocabStart, int vocabRows)
+        => Timed(OpCosts.EmbeddingBackward(n, d, vocabRows), () => _inner.EmbeddingBackward(U(dtable), U(tokens), U(dout), n, d, vocabStart, vocabRows));
 
     public void LayerNormForward(DeviceBuffer output, DeviceBuffer mean, DeviceBuffer rstd, DeviceBuffer input, DeviceBuffer weight, int n, int d)
         => Timed(OpCosts.LayerNormForward(n, d), () => _inner.LayerNormForward(U(output), U(mean), U(rstd), U(input), U(weight), n, d));
@@ -188,17 +188,28 @@ public sealed class ProfilingBackend : IBackend
     public void Scale(DeviceBuffer x, float s, long count)
         => Timed(OpCosts.Scale(count), () => _inner.Scale(U(x), s, count));
 
-    public void CrossEntropyForward(DeviceBuffer losses, DeviceBuffer logZ, DeviceBuffer logits, DeviceBuffer targets, int n, int v)
-        => Timed(OpCosts.CrossEntropyForward(n, v), () => _inner.CrossEntropyForward(U(losses), U(logZ), U(logits), U(targets), n, v));
+    public void CrossEntropyForward(DeviceBuffer logZ, DeviceBuffer targetLogit, DeviceBuffer logits, DeviceBuffer targets, int n, int v, int vocabStart)
+        => Timed(OpCosts.CrossEntropyForward(n, v), () => _inner.CrossEntropyForward(U(logZ), U(targetLogit), U(logits), U(targets), n, v, vocabStart));
     public void CrossEntropyBackward(DeviceBuffer dlogits, DeviceBuffer logits, DeviceBuffer logZ, DeviceBuffer targets,
-                                     float scale, float zLoss, int n, int v)
-        => Timed(OpCosts.CrossEntropyBackward(n, v), () => _inner.CrossEntropyBackward(U(dlogits), U(logits), U(logZ), U(targets), scale, zLoss, n, v));
+                                     float scale, float zLoss, int n, int v, int vocabStart)
+        => Timed(OpCosts.CrossEntropyBackward(n, v), () => _inner.CrossEntropyBackward(U(dlogits), U(logits), U(logZ), U(targets), scale, zLoss, n, v, vocabStart));
+    public void LogSumExpShift(DeviceBuffer output, DeviceBuffer logZ, DeviceBuffer max, long n)
+        => Timed(OpCosts.LogSumExpShift(n), () => _inner.LogSumExpShift(U(output), U(logZ), U(max), n));
+    public void LogSumExpFinish(DeviceBuffer logZ, DeviceBuffer max, DeviceBuffer sumExp, long n)
+        => Timed(OpCosts.LogSumExpFinish(n), () => _inner.LogSumExpFinish(U(logZ), U(max), U(sumExp), n));
 
     public double SumOfSquares(DeviceBuffer x, long count)
     {
         double result = 0;
         Timed(OpCosts.SumOfSquares(count), () => result = _inner.SumOfSquares(U(x), count));
         return result;
+    }
+
+    public void SumOfSquaresSegments(DeviceBuffer x, IReadOnlyList<Segment> segments, Span<double> sums)
+    {
+        var result = new double[sums.Length];
+        Timed(OpCosts.SumOfSquaresSegments(segments.Sum(s => s.Count)), () => _inner.SumOfSquaresSegments(U(x), segments, result));
+        result.CopyTo(sums);
     }
 
     public void AdafactorUpdate(DeviceBuffer param, DeviceBuffer grad, AdafactorBuffers state, int rows, int cols, in AdafactorStep step)
@@ -209,20 +220,26 @@ public sealed class ProfilingBackend : IBackend
               () => _inner.AdafactorUpdate(U(param), U(grad), inner, rows, cols, s));
     }
 
-    public (double SumU2, double SumP2) AdafactorPieceSums(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer secondMoment, long n, in AdafactorStep step)
+    public void AdafactorSums(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer secondMoment, IReadOnlyList<Segment> segments,
+                              in AdafactorStep step, Span<double> sumU2, Span<double> sumP2)
     {
-        (double, double) result = default;
         var s = step;
-        Timed(OpCosts.AdafactorPieceSums(n), () => result = _inner.AdafactorPieceSums(U(param), U(grad), U(secondMoment), n, s));
-        return result;
+        var u2 = new double[sumU2.Length];
+        var p2 = new double[sumP2.Length];
+        Timed(OpCosts.AdafactorSums(segments.Sum(x => x.Count)), () => _inner.AdafactorSums(U(param), U(grad), U(secondMoment), segments, s, u2, p2));
+        u2.CopyTo(sumU2);
+        p2.CopyTo(sumP2);
     }
 
-    public void AdafactorPieceApply(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer? momentum, DeviceBuffer secondMoment, long n,
-                                    double sumU2, double sumP2, long tensorCount, in AdafactorStep step)
+    public void AdafactorApply(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer? momentum, DeviceBuffer secondMoment,
+                               IReadOnlyList<Segment> segments, ReadOnlySpan<double> sumU2, ReadOnlySpan<double> sumP2,
+                               ReadOnlySpan<long> tensorCounts, in AdafactorStep step)
     {
         var s = step;
-        Timed(OpCosts.AdafactorPieceApply(n, momentum is not null),
-              () => _inner.AdafactorPieceApply(U(param), U(grad), U0(momentum), U(secondMoment), n, sumU2, sumP2, tensorCount, s));
+        double[] u2 = sumU2.ToArray(), p2 = sumP2.ToArray();
+        long[] counts = tensorCounts.ToArray();
+        Timed(OpCosts.AdafactorApply(segments.Sum(x => x.Count), momentum is not null),
+              () => _inner.AdafactorApply(U(param), U(grad), U0(momentum), U(secondMoment), segments, u2, p2, counts, s));
     }
 
     public void Dispose()

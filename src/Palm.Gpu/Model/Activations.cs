@@ -100,30 +100,32 @@ internal sealed class ModelActivations : IDisposable
         HfMean = be.Allocate("ln_f_mean", n);
         HfRstd = be.Allocate("ln_f_rstd", n);
         Logits = be.Allocate("logits", n * max.V);
-        Losses = be.Allocate("losses", n);
+        TargetLogit = be.Allocate("target_logit", n);
         LogZ = be.Allocate("log_z", n);
         HostLosses = new float[n];
         HostLogZ = new float[n];
+        HostTargetLogit = new float[n];
     }
 
     public readonly DeviceBuffer[] Residual;
     public readonly BlockActivations[] Blocks;
     public readonly BackwardScratch Scratch;
-    public readonly DeviceBuffer Tokens, Targets, Hf, HfMean, HfRstd, Logits, Losses, LogZ;
-    public readonly float[] HostLosses, HostLogZ;
+    public readonly DeviceBuffer Tokens, Targets, Hf, HfMean, HfRstd, Logits, TargetLogit, LogZ;
+    /// <summary>Host copies: per-token cross-entropy (logZ − target logit), logZ, target logit.</summary>
+    public readonly float[] HostLosses, HostLogZ, HostTargetLogit;
 
     public BlockActivations For(int layer) => Blocks[Blocks.Length == 1 ? 0 : layer];
 
     /// <summary>Bytes of the residual stream, block internals and head (the backward scratch is transient and not counted).</summary>
     public long Bytes =>
         Residual.Sum(b => b.Bytes) + Blocks.Sum(a => a.Buffers.Sum(b => b.Bytes)) +
-        new[] { Hf, HfMean, HfRstd, Logits, Losses, LogZ, Tokens, Targets }.Sum(b => b.Bytes);
+        new[] { Hf, HfMean, HfRstd, Logits, TargetLogit, LogZ, Tokens, Targets }.Sum(b => b.Bytes);
 
     public void Dispose()
     {
         foreach (var b in Residual) b.Dispose();
         foreach (var a in Blocks) a.Dispose();
         Scratch.Dispose();
-        foreach (var b in new[] { Tokens, Targets, Hf, HfMean, HfRstd, Logits, Losses, LogZ }) b.Dispose();
+        foreach (var b in new[] { Tokens, Targets, Hf, HfMean, HfRstd, Logits, TargetLogit, LogZ }) b.Dispose();
     }
 }

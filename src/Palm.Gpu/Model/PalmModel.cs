@@ -41,9 +41,7 @@ public sealed partial class PalmModel : IDisposable
     readonly Parameter?[] _live;           // tensors usable now (all, or the gathered units when fully sharded)
     readonly Dictionary<long, Stack<(DeviceBuffer Value, DeviceBuffer Grad)>> _workspace = [];
     readonly DeviceBuffer? _stage, _stageSlice;                 // fully sharded: gather / reduce-scatter staging
-    readonly DeviceBuffer? _partial, _rowStat, _rowStat2, _unitRow, _embeddingExt, _localTokens;   // model axis > 1
-    readonly bool[] _targetHere;
-    readonly float[] _hostMax;
+    readonly DeviceBuffer? _partial, _rowMax, _rowSum;         // model axis > 1: block partial (N,D), logZ max and Σexp (N)
     int _batch;                                                 // local batch of the last forward (backward must match)
 
     /// <summary>The model on one device (a 1 × 1 mesh), for at most <paramref name="maxBatch"/> sequences per step.</summary>
@@ -98,14 +96,8 @@ public sealed partial class PalmModel : IDisposable
             {
                 long n = max.N;
                 _partial = _be.Allocate("block_partial", n * max.D);
-                _rowStat = _be.Allocate("row_stat", n);
-                _rowStat2 = _be.Allocate("row_stat2", n);
-                _unitRow = _be.Allocate("unit_row", max.V);
-                var unit = new float[max.V];
-                unit[0] = 1f;
-                _be.Upload(_unitRow, unit);
-                _embeddingExt = _be.Allocate("embedding_ext", (max.V + 1L) * max.D);
-                _localTokens = _be.Allocate("local_tokens", n, ElementType.I32);
+                _rowMax = _be.Allocate("logz_max", n);
+                _rowSum = _be.Allocate("logz_sum_exp", n);
             }
         }
         catch
@@ -116,8 +108,6 @@ public sealed partial class PalmModel : IDisposable
             _a?.Dispose();
             throw;
         }
-        _targetHere = new bool[max.N];
-        _hostMax = new float[max.N];
     }
 
     public ModelConfig Config { get; }
@@ -163,31 +153,8 @@ public sealed partial class PalmModel : IDisposable
         CheckTokens(inputs, "input");
         CheckTokens(targets, "target");
         _batch = batch;
-        int M = _rank.ModelSize;
-        int vl = m.V, v0 = _rank.ModelRank * vl;
-        if (M == 1)
-        {
-            _be.Upload(_a.Tokens, inputs);
-            _be.Upload(_a.Targets, targets);
-        }
-        else
-        {
-            // Vocab-parallel ids: a token outside this rank's rows reads the zero row Vl; a target outside gets 0 and
-            // the head corrects for it.
-            var tok = new int[m.N];
-            var tgt = new int[m.N];
-            for (int i = 0; i < m.N; i++)
-            {
-                int t = inputs[i] - v0;
-                tok[i] = (uint)t < (uint)vl ? t : vl;
-                int g = targets[i] - v0;
-                _targetHere[i] = (uint)g < (uint)vl;
-                tgt[i] = _targetHere[i] ? g : 0;
-            }
-            _be.Upload(_localTokens!, tok);
-            _be.Upload(_a.Targets, tgt);
-            _be.Upload(_a.Tokens, inputs);
-        }
+        _be.Upload(_a.Tokens, inputs);     // global ids: each model rank's kernels keep the rows and columns of its shard
+        _be.Upload(_a.Targets, targets);
 
         Gather(EmbeddingUnit, grads: false);
         EmbedTokens(m);
@@ -205,82 +172,55 @@ public sealed partial class PalmModel : IDisposable
         Gather(EmbeddingUnit, grads: false);
         _be.LayerNormForward(_a.Hf, _a.HfMean, _a.HfRstd, _a.Residual[Config.Layers], Live(FinalNormIndex).Value, m.N, m.D);
         _be.Matmul(_a.Logits, _a.Hf, Live(ParameterSchema.EmbeddingIndex).Value, m.N, m.V, m.D, transB: true, alpha: LogitScale);
-        _be.CrossEntropyForward(_a.Losses, _a.LogZ, _a.Logits, _a.Targets, m.N, m.V);
+        _be.CrossEntropyForward(_a.LogZ, _a.TargetLogit, _a.Logits, _a.Targets, m.N, m.V, VocabStart);
         Release(EmbeddingUnit, grads: false);
         Release(FinalNormUnit, grads: false);
+        if (_rank.ModelSize > 1) CombineShardedHead(m.N);
 
         Span<double> sums = stackalloc double[2];
-        if (M == 1) HeadSums(m.N, sums);
-        else CombineShardedHead(m.N, sums);
+        HeadSums(m.N, sums);
         _rank.DataGroup.SumHost(sums);
         long n = (long)m.N * _rank.DataSize;
         return new LossResult(sums[0] / n, Config.ZLoss * sums[1] / n);
     }
 
+    /// <summary>Σ CE and Σ logZ² over this rank's rows (double), from the device's logZ and target logits.</summary>
     void HeadSums(int n, Span<double> sums)
     {
-        _be.Download(_a.Losses, _a.HostLosses.AsSpan(0, n));
+        _be.Download(_a.TargetLogit, _a.HostTargetLogit.AsSpan(0, n));
         _be.Download(_a.LogZ, _a.HostLogZ.AsSpan(0, n));
         double ce = 0, z2 = 0;
         for (int i = 0; i < n; i++)
         {
-            ce += _a.HostLosses[i];
+            double loss = (double)_a.HostLogZ[i] - _a.HostTargetLogit[i];
+            _a.HostLosses[i] = (float)loss;
+            ce += loss;
             z2 += (double)_a.HostLogZ[i] * _a.HostLogZ[i];
         }
         sums[0] = ce;
         sums[1] = z2;
     }
 
-    /// <summary>Global logZ from the model ranks' partial normalisers (max, then Σ exp(lz − max)), and the target logit from the rank that has it.</summary>
-    void CombineShardedHead(int n, Span<double> sums)
+    /// <summary>
+    /// Vocab-parallel head on the device: logZ = max_m lz_m + log Σ_m exp(lz_m − max) over the model ranks' partial
+    /// normalisers, and the target logit from the one rank whose columns hold the target (the others give 0).
+    /// </summary>
+    void CombineShardedHead(int n)
     {
-        var lz = _a.HostLogZ.AsSpan(0, n);
-        var losses = _a.HostLosses.AsSpan(0, n);
-        _be.Download(_a.LogZ, lz);
-        _be.Download(_a.Losses, losses);
-        _be.Upload(_rowStat!, lz);
-        _rank.ModelGroup.AllReduce(_rowStat!, n, ReduceOp.Max);
-        _be.Download(_rowStat!, _hostMax.AsSpan(0, n));
-        var e = new float[n];
-        for (int i = 0; i < n; i++) e[i] = MathF.Exp(lz[i] - _hostMax[i]);
-        _be.Upload(_rowStat!, e);
-        _rank.ModelGroup.AllReduce(_rowStat!, n);
-        var s = new float[n];
-        _be.Download(_rowStat!, s);
-        var tl = new float[n];
-        for (int i = 0; i < n; i++)
-        {
-            // The target logit lives on one rank: lz_m − loss_m there, 0 elsewhere.
-            tl[i] = _targetHere[i] ? (float)((double)lz[i] - losses[i]) : 0f;
-            lz[i] = (float)(_hostMax[i] + Math.Log(s[i]));
-        }
-        _be.Upload(_a.LogZ, lz);
-        _be.Upload(_rowStat2!, tl);
-        _rank.ModelGroup.AllReduce(_rowStat2!, n);
-        _be.Download(_rowStat2!, tl);
-        double ce = 0, z2 = 0;
-        for (int i = 0; i < n; i++)
-        {
-            ce += (double)lz[i] - tl[i];
-            z2 += (double)lz[i] * lz[i];
-        }
-        sums[0] = ce;
-        sums[1] = z2;
+        var group = _rank.ModelGroup;
+        _be.Copy(_rowMax!, _a.LogZ, n);
+        group.AllReduce(_rowMax!, n, ReduceOp.Max);
+        _be.LogSumExpShift(_rowSum!, _a.LogZ, _rowMax!, n);
+        group.AllReduce(_rowSum!, n);
+        _be.LogSumExpFinish(_a.LogZ, _rowMax!, _rowSum!, n);
+        group.AllReduce(_a.TargetLogit, n);
     }
 
-    void EmbedTokens(Dims m)
-    {
-        var table = Live(ParameterSchema.EmbeddingIndex).Value;
-        if (_rank.ModelSize == 1)
-        {
-            _be.EmbeddingForward(_a.Residual[0], _a.Tokens, table, m.N, m.D);
-            return;
-        }
-        long rows = (long)m.V * m.D;
-        _be.Fill(_embeddingExt!, 0f, rows + m.D);
-        _be.Copy(_embeddingExt!, table, rows);
-        _be.EmbeddingForward(_a.Residual[0], _localTokens!, _embeddingExt!, m.N, m.D);
-    }
+    /// <summary>First vocabulary row (and logit column) of this rank's shard.</summary>
+    int VocabStart => _rank.ModelRank * Local.Vocab;
+
+    void EmbedTokens(Dims m) =>
+        _be.EmbeddingForward(_a.Residual[0], _a.Tokens, Live(ParameterSchema.EmbeddingIndex).Value, m.N, m.D, VocabStart, m.V);
 
     /// <summary>
     /// Backward of the last Forward: parameter gradients += lossScale · d(mean CE + z-loss)/dθ, then synchronised over
@@ -299,15 +239,7 @@ public sealed partial class PalmModel : IDisposable
         Gather(FinalNormUnit, grads: true);
         var emb = Live(ParameterSchema.EmbeddingIndex);
         var lnf = Live(FinalNormIndex);
-        _be.CrossEntropyBackward(_a.Logits, _a.Logits, _a.LogZ, _a.Targets, scale, Config.ZLoss, m.N, m.V);
-        if (_rank.ModelSize > 1)
-        {
-            // Rows whose target lives on another rank got −scale at column 0: add it back with a rank-1 update.
-            var fix = new float[m.N];
-            for (int i = 0; i < m.N; i++) fix[i] = _targetHere[i] ? 0f : scale;
-            _be.Upload(_rowStat!, fix);
-            _be.Matmul(_a.Logits, _rowStat!, _unitRow!, m.N, m.V, 1, accumulate: true);
-        }
+        _be.CrossEntropyBackward(_a.Logits, _a.Logits, _a.LogZ, _a.Targets, scale, Config.ZLoss, m.N, m.V, VocabStart);
         _be.Matmul(s.DHidden, _a.Logits, emb.Value, m.N, m.D, m.V, alpha: LogitScale);
         _be.Matmul(emb.Grad, _a.Logits, _a.Hf, m.V, m.D, m.N, transA: true, alpha: LogitScale, accumulate: true);
         Release(EmbeddingUnit, grads: true);
@@ -329,19 +261,8 @@ public sealed partial class PalmModel : IDisposable
         SynchronizeGradients();
     }
 
-    void EmbeddingGradient(Dims m)
-    {
-        var emb = Live(ParameterSchema.EmbeddingIndex);
-        if (_rank.ModelSize == 1)
-        {
-            _be.EmbeddingBackward(emb.Grad, _a.Tokens, _a.Scratch.DResidual, m.N, m.D, m.V);
-            return;
-        }
-        long vd = (m.V + 1L) * m.D;
-        _be.Fill(_embeddingExt!, 0f, vd);
-        _be.EmbeddingBackward(_embeddingExt!, _localTokens!, _a.Scratch.DResidual, m.N, m.D, m.V + 1);
-        _be.AddInPlace(emb.Grad, _embeddingExt!, (long)m.V * m.D);
-    }
+    void EmbeddingGradient(Dims m) =>
+        _be.EmbeddingBackward(Live(ParameterSchema.EmbeddingIndex).Grad, _a.Tokens, _a.Scratch.DResidual, m.N, m.D, VocabStart, m.V);
 
     /// <summary>
     /// Sums partial gradients: the replicated K/V head over the model axis, then every tensor over the data axis
@@ -505,7 +426,7 @@ public sealed partial class PalmModel : IDisposable
         _stage?.Dispose();
         _stageSlice?.Dispose();
         _a.Dispose();
-        foreach (var b in new[] { _partial, _rowStat, _rowStat2, _unitRow, _embeddingExt, _localTokens }) b?.Dispose();
+        foreach (var b in new[] { _partial, _rowMax, _rowSum }) b?.Dispose();
     }
 }
 

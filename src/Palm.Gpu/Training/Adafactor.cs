@@ -177,7 +177,7 @@ public sealed class AdafactorOptimizer : IDisposable
                 continue;
             }
             var kind = sums[(int)_holding[i]] ??= new double[2 * n];
-            (kind[2 * i], kind[2 * i + 1]) = _be.AdafactorPieceSums(p.Value, p.Grad, st.SecondMoment!, p.Valid, step);
+            _be.AdafactorSums(p.Value, p.Grad, st.SecondMoment!, [new Segment(0, p.Valid)], step, kind.AsSpan(2 * i, 1), kind.AsSpan(2 * i + 1, 1));
         }
         // Each tensor's sums over the ranks that hold its pieces, in rank order: the same totals on every piece. Every
         // rank has the same tensors of each kind, so all ranks of a group make the same calls.
@@ -191,7 +191,7 @@ public sealed class AdafactorOptimizer : IDisposable
             var total = sums[(int)_holding[i]]!;
             var p = pieces[i];
             var st = _state[i];
-            _be.AdafactorPieceApply(p.Value, p.Grad, st.Momentum, st.SecondMoment!, p.Valid, total[2 * i], total[2 * i + 1], _fullCount[i], step);
+            _be.AdafactorApply(p.Value, p.Grad, st.Momentum, st.SecondMoment!, [new Segment(0, p.Valid)], total.AsSpan(2 * i, 1), total.AsSpan(2 * i + 1, 1), [_fullCount[i]], step);
         }
         return step.LearningRate;
     }

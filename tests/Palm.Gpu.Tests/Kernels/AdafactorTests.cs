@@ -190,13 +190,16 @@ public class AdafactorTests
     static void PieceStep(float[][] param, float[][] momentum, float[][] v, float[][] grad, int[] sizes, in AdafactorStep s)
     {
         double u2 = 0, p2 = 0;
+        var a = new double[1];
+        var b = new double[1];
         for (int j = 0; j < sizes.Length; j++)
         {
-            var (a, b) = CpuAdafactor.PieceSums(2, param[j], grad[j], v[j], sizes[j], s);
-            u2 += a; p2 += b;
+            CpuAdafactor.SegmentSums(2, param[j], grad[j], v[j], [new Segment(0, sizes[j])], s, a, b);
+            u2 += a[0]; p2 += b[0];
         }
         long count = sizes.Sum();
-        for (int j = 0; j < sizes.Length; j++) CpuAdafactor.PieceApply(2, param[j], grad[j], momentum[j], v[j], sizes[j], u2, p2, count, s);
+        for (int j = 0; j < sizes.Length; j++)
+            CpuAdafactor.SegmentApply(2, param[j], grad[j], momentum[j], v[j], [new Segment(0, sizes[j])], [u2], [p2], [count], s);
     }
 
     static float[][] Split(float[] x, int[] sizes, float pad) =>
@@ -245,4 +248,157 @@ public class AdafactorTests
         Assert.Equal(Array.ConvertAll(fused.Param, BitConverter.SingleToInt32Bits), Array.ConvertAll(p, BitConverter.SingleToInt32Bits));
         Assert.Equal(Array.ConvertAll(fused.V!, BitConverter.SingleToInt32Bits), Array.ConvertAll(v, BitConverter.SingleToInt32Bits));
     }
+
+    // ---- a flat arena: every tensor a segment, two passes over all of them --------------------------------
+
+    /// <summary>
+    /// Tensors of 1, 7, 16385 (a chunk and one), 52130 (four chunks) and 5 elements laid out in one arena with gaps
+    /// (and an empty segment); the gaps hold sentinels that must survive.
+    /// </summary>
+    internal static (Segment[] Segments, int Length) Arena(params int[] sizes)
+    {
+        var segments = new Segment[sizes.Length];
+        long at = 3;
+        for (int i = 0; i < sizes.Length; i++) { segments[i] = new Segment(at, sizes[i]); at += sizes[i] + 2 + i % 3; }
+        return (segments, (int)at + 1);
+    }
+
+    internal static readonly int[] ArenaSizes = [1, 7, 0, 16385, 130 * 401, 5];
+
+    static float[] ArenaOf(int seed, int length, Segment[] segments, float scale, float sentinel)
+    {
+        var x = new float[length];
+        Array.Fill(x, sentinel);
+        var values = TestData.Uniform(seed, length, scale);
+        foreach (var sg in segments) Array.Copy(values, sg.Offset, x, sg.Offset, sg.Count);
+        return x;
+    }
+
+    // Per segment the bits of the fused unfactored update of that tensor alone, for any thread count, over steps
+    // with and without update clipping; nothing between segments is touched.
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    public void Segments_MatchFusedUpdate_BitForBit(int threads)
+    {
+        var (segments, length) = Arena(ArenaSizes);
+        var param = ArenaOf(61, length, segments, 0.05f, 7f);
+        var momentum = ArenaOf(62, length, segments, 0f, 7f);
+        var v = ArenaOf(63, length, segments, 0f, 7f);
+        var tensors = segments.Select(sg => (P: param[(int)sg.Offset..(int)(sg.Offset + sg.Count)], M: new float[sg.Count], V: new float[sg.Count])).ToArray();
+        var u2 = new double[segments.Length];
+        var p2 = new double[segments.Length];
+        var counts = segments.Select(sg => sg.Count).ToArray();
+        for (int k = 1; k <= 3; k++)
+        {
+            var s = StepAt(k, momentum: true, k == 2 ? 0.05f : 1f);
+            var grad = ArenaOf(70 + k, length, segments, 1f, float.NaN);   // a gap read as gradient would poison the sums
+            CpuAdafactor.SegmentSums(threads, param, grad, v, segments, s, u2, p2);
+            CpuAdafactor.SegmentApply(threads, param, grad, momentum, v, segments, u2, p2, counts, s);
+            for (int i = 0; i < segments.Length; i++)
+            {
+                var sg = segments[i];
+                if (sg.Count == 0) { Assert.Equal(0, u2[i]); Assert.Equal(0, p2[i]); continue; }
+                var g = grad[(int)sg.Offset..(int)(sg.Offset + sg.Count)];
+                CpuAdafactor.Update(1, tensors[i].P, g, tensors[i].M, tensors[i].V, null, null, 1, (int)sg.Count, s);
+                string at = $"step {k}, segment {i}";
+                Assert.True(Bits(tensors[i].P).SequenceEqual(Bits(param[(int)sg.Offset..(int)(sg.Offset + sg.Count)])), at + ": param");
+                Assert.True(Bits(tensors[i].M).SequenceEqual(Bits(momentum[(int)sg.Offset..(int)(sg.Offset + sg.Count)])), at + ": momentum");
+                Assert.True(Bits(tensors[i].V).SequenceEqual(Bits(v[(int)sg.Offset..(int)(sg.Offset + sg.Count)])), at + ": second moment");
+            }
+        }
+        for (int i = 0; i < length; i++)
+            if (!segments.Any(sg => i >= sg.Offset && i < sg.Offset + sg.Count))
+                Assert.True(param[i] == 7f && momentum[i] == 7f && v[i] == 7f, $"element {i} between segments was written");
+    }
+
+    // The segment sums are the scalar double sums of u² and p² (within rounding): checks the passes against the paper's
+    // arithmetic rather than against each other.
+    [Fact]
+    public void SegmentSums_MatchScalarReference()
+    {
+        var (segments, length) = Arena(ArenaSizes);
+        var param = ArenaOf(64, length, segments, 0.05f, 3f);
+        var grad = ArenaOf(65, length, segments, 1f, 3f);
+        var v = ArenaOf(66, length, segments, 0.01f, 3f);
+        for (int i = 0; i < v.Length; i++) v[i] = Math.Abs(v[i]);
+        var v0 = (float[])v.Clone();
+        var s = StepAt(3, momentum: false, 1f);
+        var u2 = new double[segments.Length];
+        var p2 = new double[segments.Length];
+        CpuAdafactor.SegmentSums(2, param, grad, v, segments, s, u2, p2);
+        for (int i = 0; i < segments.Length; i++)
+        {
+            double eu = 0, ep = 0;
+            for (long j = segments[i].Offset; j < segments[i].Offset + segments[i].Count; j++)
+            {
+                double g = (double)s.GradScale * grad[j];
+                double vv = s.Beta2 * (double)v0[j] + (1 - s.Beta2) * (g * g + s.Epsilon1);
+                eu += g * g / vv;
+                ep += (double)param[j] * param[j];
+            }
+            Tolerance.AssertClose(new[] { eu, ep }, new[] { (float)u2[i], (float)p2[i] }, 1e-12, 1e-5, $"segment {i} sums");
+        }
+    }
+
+    /// <summary>
+    /// Σu², Σp² of a segment in the order the fused update sums a tensor (chunks of 16384 from the segment's start, each
+    /// in index order, then the chunks in order), in scalar code, updating v as pass 1 does. The clip factor and step
+    /// size round the sums to float, so a reordering rarely shows in the weights; the sums themselves must match.
+    /// </summary>
+    internal static (double U2, double P2) OrderedSums(float[] param, float[] grad, float[] v, Segment sg, in AdafactorStep s)
+    {
+        double tu = 0, tp = 0;
+        for (long c0 = sg.Offset; c0 < sg.Offset + sg.Count; c0 += 16384)
+        {
+            double u2 = 0, p2 = 0;
+            for (long i = c0; i < Math.Min(sg.Offset + sg.Count, c0 + 16384); i++)
+            {
+                float g = grad[i] * s.GradScale;
+                float vv = s.Beta2 * v[i] + (1 - s.Beta2) * (g * g + s.Epsilon1);
+                v[i] = vv;
+                float u = g / MathF.Sqrt(vv);
+                u2 += (double)u * u;
+                p2 += (double)param[i] * param[i];
+            }
+            tu += u2;
+            tp += p2;
+        }
+        return (tu, tp);
+    }
+
+    [Fact]
+    public void SegmentSums_FollowTheFusedOrderToTheBit()
+    {
+        var (segments, length) = Arena(ArenaSizes);
+        var param = ArenaOf(67, length, segments, 0.05f, 3f);
+        var grad = ArenaOf(68, length, segments, 1f, 3f);
+        for (int i = 0; i < grad.Length; i += 101) grad[i] *= 300f;   // a wide range, so order shows in the bits
+        var v = ArenaOf(69, length, segments, 0.01f, 3f);
+        for (int i = 0; i < v.Length; i++) v[i] = Math.Abs(v[i]);
+        var vRef = (float[])v.Clone();
+        var s = StepAt(2, momentum: false, 1f);
+        var u2 = new double[segments.Length];
+        var p2 = new double[segments.Length];
+        CpuAdafactor.SegmentSums(3, param, grad, v, segments, s, u2, p2);
+        for (int i = 0; i < segments.Length; i++)
+        {
+            var (eu, ep) = OrderedSums(param, grad, vRef, segments[i], s);
+            Assert.Equal(BitConverter.DoubleToInt64Bits(eu), BitConverter.DoubleToInt64Bits(u2[i]));
+            Assert.Equal(BitConverter.DoubleToInt64Bits(ep), BitConverter.DoubleToInt64Bits(p2[i]));
+        }
+        Assert.Equal(Bits(vRef), Bits(v));
+    }
+
+    [Fact]
+    public void Segments_EmptyList_DoesNothing()
+    {
+        var param = new[] { 1f, 2f };
+        CpuAdafactor.SegmentSums(2, param, param, param, [], StepAt(1, false, 1f), [], []);
+        CpuAdafactor.SegmentApply(2, param, param, null, param, [], [], [], [], StepAt(1, false, 1f));
+        Assert.Equal([1f, 2f], param);
+    }
+
+    static int[] Bits(float[] x) => Array.ConvertAll(x, BitConverter.SingleToInt32Bits);
 }

@@ -52,14 +52,20 @@ public class CrossEntropyTests
         var logits = TestData.Uniform(81, n * v, 4f);
         for (int i = 0; i < logits.Length; i++) logits[i] += offset;
         var targets = Targets(82, n, v);
-        var losses = new float[n];
+        var targetLogit = new float[n];
         var logZ = new float[n];
-        CpuCrossEntropy.Forward(Threads, losses, logZ, logits, targets, n, v);
+        CpuCrossEntropy.Forward(Threads, logZ, targetLogit, logits, targets, n, v, 0);
 
         var expectedLosses = new double[n];
         var expectedLogZ = new double[n];
         Reference(TestData.ToDouble(logits), targets, n, v, expectedLosses, expectedLogZ);
-        Tolerance.AssertClose(expectedLosses, losses, 1e-5, 1e-5, "losses");
+        var losses = new double[n];
+        for (int i = 0; i < n; i++)
+        {
+            Assert.Equal(logits[i * v + targets[i]], targetLogit[i]);   // the logit itself, not a difference
+            losses[i] = (double)logZ[i] - targetLogit[i];
+        }
+        Tolerance.AssertClose(expectedLosses, losses.Select(x => (float)x).ToArray(), 1e-5, 1e-5, "losses");
         Tolerance.AssertClose(expectedLogZ, logZ, 1e-5, 1e-6, "logZ");
     }
 
@@ -76,19 +82,19 @@ public class CrossEntropyTests
         for (int i = 0; i < logits.Length; i++) logits[i] += 1.5f;
         var targets = Targets(84, n, v);
         float scale = 1f / n;
-        var losses = new float[n];
+        var targetLogit = new float[n];
         var logZ = new float[n];
-        CpuCrossEntropy.Forward(Threads, losses, logZ, logits, targets, n, v);
+        CpuCrossEntropy.Forward(Threads, logZ, targetLogit, logits, targets, n, v, 0);
         var dlogits = new float[n * v];
         dlogits.AsSpan().Fill(42f); // overwritten
-        CpuCrossEntropy.Backward(Threads, dlogits, logits, logZ, targets, scale, zLoss, n, v);
+        CpuCrossEntropy.Backward(Threads, dlogits, logits, logZ, targets, scale, zLoss, n, v, 0);
 
         var expected = TestData.NumericGradient(x => Objective(x, targets, n, v, scale, zLoss), TestData.ToDouble(logits));
         Tolerance.AssertClose(expected, dlogits, 1e-7, 1e-5, "dlogits");
 
         // The comparison is sharp enough to see the z-loss term: dropping it must fail.
         var withoutZ = new float[n * v];
-        CpuCrossEntropy.Backward(Threads, withoutZ, logits, logZ, targets, scale, 0f, n, v);
+        CpuCrossEntropy.Backward(Threads, withoutZ, logits, logZ, targets, scale, 0f, n, v, 0);
         Assert.True(Tolerance.WorstRatio(expected, withoutZ, 1e-7, 1e-5) > 1, "the z-loss term is below the test's resolution");
     }
 
@@ -98,14 +104,14 @@ public class CrossEntropyTests
         const int n = 4, v = 1003;
         var logits = TestData.Uniform(85, n * v, 5f);
         var targets = Targets(86, n, v);
-        var losses = new float[n];
+        var targetLogit = new float[n];
         var logZ = new float[n];
-        CpuCrossEntropy.Forward(Threads, losses, logZ, logits, targets, n, v);
+        CpuCrossEntropy.Forward(Threads, logZ, targetLogit, logits, targets, n, v, 0);
         var dlogits = new float[n * v];
-        CpuCrossEntropy.Backward(Threads, dlogits, logits, logZ, targets, 0.25f, 1e-4f, n, v);
+        CpuCrossEntropy.Backward(Threads, dlogits, logits, logZ, targets, 0.25f, 1e-4f, n, v, 0);
 
         var inPlace = (float[])logits.Clone();
-        CpuCrossEntropy.Backward(Threads, inPlace, inPlace, logZ, targets, 0.25f, 1e-4f, n, v);
+        CpuCrossEntropy.Backward(Threads, inPlace, inPlace, logZ, targets, 0.25f, 1e-4f, n, v, 0);
         Assert.Equal(Array.ConvertAll(dlogits, BitConverter.SingleToInt32Bits), Array.ConvertAll(inPlace, BitConverter.SingleToInt32Bits));
     }
 
@@ -119,10 +125,10 @@ public class CrossEntropyTests
         var logits = TestData.Uniform(87, n * v, 5f);
         for (int j = 0; j < v; j++) { logits[j] += 1000f; logits[v + j] -= 1000f; }
         var targets = Targets(88, n, v);
-        var losses = new float[n];
+        var targetLogit = new float[n];
         var logZ = new float[n];
-        CpuCrossEntropy.Forward(Threads, losses, logZ, logits, targets, n, v);
-        CpuCrossEntropy.Backward(Threads, logits, logits, logZ, targets, scale, zLoss, n, v);
+        CpuCrossEntropy.Forward(Threads, logZ, targetLogit, logits, targets, n, v, 0);
+        CpuCrossEntropy.Backward(Threads, logits, logits, logZ, targets, scale, zLoss, n, v, 0);
         for (int i = 0; i < n; i++)
         {
             double sum = 0;
@@ -131,15 +137,72 @@ public class CrossEntropyTests
         }
     }
 
+    // Three unequal shards of a vocabulary: the per-shard normalisers combined by the shift / finish kernels (max,
+    // then Σ exp in double rounded once, as the collectives add) equal the one-shard logZ, the target logits summed
+    // over shards equal the target's logit exactly, and each shard's backward with the global logZ is its columns
+    // of the unsharded gradient (finite differences of the unsharded objective).
+    [Theory]
+    [InlineData(5, 37, new[] { 12, 12, 13 }, 0.1f)]
+    [InlineData(4, 64, new[] { 16, 32, 16 }, 1e-4f)]
+    public void Shards_CombineToUnsharded(int n, int v, int[] widths, float zLoss)
+    {
+        Assert.Equal(v, widths.Sum());
+        var logits = TestData.Uniform(90, n * v, 4f);
+        var targets = Targets(91, n, v);
+        targets[n - 1] = widths[0];   // the first column of the second shard
+        var logZ = new float[n];
+        var targetLogit = new float[n];
+        CpuCrossEntropy.Forward(Threads, logZ, targetLogit, logits, targets, n, v, 0);
+
+        int shards = widths.Length;
+        var shardLogits = new float[shards][];
+        var shardLogZ = new float[shards][];
+        var shardTarget = new float[shards][];
+        for (int m = 0, v0 = 0; m < shards; v0 += widths[m], m++)
+        {
+            shardLogits[m] = new float[n * widths[m]];
+            for (int i = 0; i < n; i++) Array.Copy(logits, i * v + v0, shardLogits[m], i * widths[m], widths[m]);
+            shardLogZ[m] = new float[n];
+            shardTarget[m] = new float[n];
+            shardTarget[m].AsSpan().Fill(float.NaN);   // written for every row, in the shard or not
+            CpuCrossEntropy.Forward(Threads, shardLogZ[m], shardTarget[m], shardLogits[m], targets, n, widths[m], v0);
+        }
+        var max = new float[n];
+        var sumExp = new double[n];
+        var tl = new float[n];
+        for (int i = 0; i < n; i++) max[i] = Enumerable.Range(0, shards).Max(m => shardLogZ[m][i]);
+        for (int m = 0; m < shards; m++)
+        {
+            var shifted = new float[n];
+            CpuCrossEntropy.LogSumExpShift(Threads, shifted, shardLogZ[m], max, n);
+            for (int i = 0; i < n; i++) { sumExp[i] += shifted[i]; tl[i] += shardTarget[m][i]; }
+        }
+        var combined = new float[n];
+        CpuCrossEntropy.LogSumExpFinish(Threads, combined, max, sumExp.Select(x => (float)x).ToArray(), n);
+        Tolerance.AssertClose(TestData.ToDouble(logZ), combined, 1e-6, 1e-6, "combined logZ");
+        Assert.Equal(targetLogit, tl);
+
+        float scale = 1f / n;
+        var expected = TestData.NumericGradient(x => Objective(x, targets, n, v, scale, zLoss), TestData.ToDouble(logits));
+        for (int m = 0, v0 = 0; m < shards; v0 += widths[m], m++)
+        {
+            var dlogits = new float[n * widths[m]];
+            CpuCrossEntropy.Backward(Threads, dlogits, shardLogits[m], combined, targets, scale, zLoss, n, widths[m], v0);
+            var cols = new double[n * widths[m]];
+            for (int i = 0; i < n; i++) Array.Copy(expected, i * v + v0, cols, i * widths[m], widths[m]);
+            Tolerance.AssertClose(cols, dlogits, 1e-7, 1e-5, $"dlogits of shard {m}");
+        }
+    }
+
     [Fact]
-    public void OutOfRangeTarget_Throws()
+    public void NegativeTarget_Throws()
     {
         const int n = 2, v = 5;
         var logits = TestData.Uniform(89, n * v);
         var e = Assert.Throws<IndexOutOfRangeException>(() =>
-            CpuCrossEntropy.Forward(Threads, new float[n], new float[n], logits, new[] { 1, v }, n, v));
-        Assert.Contains("target 5", e.Message);
+            CpuCrossEntropy.Forward(Threads, new float[n], new float[n], logits, new[] { 1, -2 }, n, v, 0));
+        Assert.Contains("target -2", e.Message);
         Assert.Throws<IndexOutOfRangeException>(() =>
-            CpuCrossEntropy.Backward(Threads, new float[n * v], logits, new float[n], new[] { -1, 0 }, 1f, 0f, n, v));
+            CpuCrossEntropy.Backward(Threads, new float[n * v], logits, new float[n], new[] { -1, 0 }, 1f, 0f, n, v, 0));
     }
 }

@@ -28,23 +28,28 @@ public class OpenClKernelTests(OpenClFixture fx)
 
     // ---- embedding ----------------------------------------------------------------------------
 
+    // One device (v0 0, all rows) and shards of a vocabulary: tokens of other shards (and ids past the vocabulary)
+    // give zero rows and no gradient. The scatter-add adds in token order on both backends: exact.
     [Theory]
-    [InlineData(7, 13, 5)]      // odd sizes, tokens repeat
-    [InlineData(64, 128, 50)]
-    public void Embedding_ForwardAndBackward_MatchCpuExactly(int n, int d, int v)
+    [InlineData(7, 13, 5, 0, 5)]        // odd sizes, tokens repeat
+    [InlineData(64, 128, 50, 0, 50)]
+    [InlineData(300, 70, 400, 130, 200)]   // a shard, several row blocks and token loads, ids on both sides of it
+    [InlineData(33, 9, 40, 39, 1)]      // a one-row shard at the end
+    public void Embedding_ForwardAndBackward_MatchCpuExactly(int n, int d, int v, int v0, int rows)
     {
         var tokens = TestData.Tokens(11, n, v);
-        tokens[n - 1] = tokens[0];   // guarantee a repeated row in the scatter-add
+        tokens[n - 1] = tokens[0] = v0 + rows - 1;   // guarantee a repeated row in the scatter-add
+        if (n > 2) tokens[1] = v + 3;                 // past the vocabulary: nobody's row
         var op = new OpCase()
             .I("tokens", tokens)
-            .F("table", TestData.Uniform(12, v * d))
+            .F("table", TestData.Uniform(12, rows * d))
             .F("dout", TestData.Uniform(13, n * d))
-            .Zeros("out", n * d)
-            .F("dtable", TestData.Uniform(14, v * d));   // backward accumulates into existing values
+            .F("out", TestData.Uniform(15, n * d))       // every row is written
+            .F("dtable", TestData.Uniform(14, rows * d));   // backward accumulates into existing values
         var (cpu, ocl) = Both(op, (be, t) =>
         {
-            be.EmbeddingForward(t("out"), t("tokens"), t("table"), n, d);
-            be.EmbeddingBackward(t("dtable"), t("tokens"), t("dout"), n, d, v);
+            be.EmbeddingForward(t("out"), t("tokens"), t("table"), n, d, v0, rows);
+            be.EmbeddingBackward(t("dtable"), t("tokens"), t("dout"), n, d, v0, rows);
         }, "out", "dtable");
         Close(cpu, ocl, 0, 0, "embedding");
     }
@@ -146,20 +151,28 @@ public class OpenClKernelTests(OpenClFixture fx)
     // ---- cross-entropy ------------------------------------------------------------------------
 
     [Theory]
-    [InlineData(5, 37)]
-    [InlineData(3, 1000)]
-    public void CrossEntropy_ForwardAndBackward_MatchCpu(int n, int v)
+    [InlineData(5, 37, 0)]
+    [InlineData(3, 1000, 0)]
+    [InlineData(6, 333, 200)]   // a shard of a vocabulary of 1000: targets inside and outside it
+    public void CrossEntropy_ForwardAndBackward_MatchCpu(int n, int v, int v0)
     {
         var logits = TestData.Uniform(61, n * v, 6f);
-        var op = new OpCase().F("logits", logits).I("targets", TestData.Tokens(62, n, v))
-            .Zeros("losses", n).Zeros("logZ", n).Zeros("dlogits", n * v).F("inplace", logits);
+        var targets = TestData.Tokens(62, n, v0 > 0 ? 1000 : v);
+        targets[0] = v0;   // the shard's first column
+        var op = new OpCase().F("logits", logits).I("targets", targets)
+            .Zeros("targetLogit", n).Zeros("logZ", n).Zeros("dlogits", n * v).F("inplace", logits)
+            .F("lz", TestData.Uniform(63, n, 1f)).F("mx", TestData.Uniform(64, n, 1f)).Zeros("shifted", n).Zeros("finished", n);
         var (cpu, ocl) = Both(op, (be, t) =>
         {
-            be.CrossEntropyForward(t("losses"), t("logZ"), t("logits"), t("targets"), n, v);
-            be.CrossEntropyBackward(t("dlogits"), t("logits"), t("logZ"), t("targets"), 1f / n, 1e-4f, n, v);
-            be.CrossEntropyBackward(t("inplace"), t("inplace"), t("logZ"), t("targets"), 1f / n, 1e-4f, n, v);   // dlogits aliases logits
-        }, "losses", "logZ", "dlogits", "inplace");
+            be.CrossEntropyForward(t("logZ"), t("targetLogit"), t("logits"), t("targets"), n, v, v0);
+            be.CrossEntropyBackward(t("dlogits"), t("logits"), t("logZ"), t("targets"), 1f / n, 1e-4f, n, v, v0);
+            be.CrossEntropyBackward(t("inplace"), t("inplace"), t("logZ"), t("targets"), 1f / n, 1e-4f, n, v, v0);   // dlogits aliases logits
+            be.LogSumExpShift(t("shifted"), t("lz"), t("mx"), n);
+            be.Copy(t("finished"), t("shifted"), n);
+            be.LogSumExpFinish(t("finished"), t("mx"), t("finished"), n);   // logZ aliases sumExp
+        }, "targetLogit", "logZ", "dlogits", "inplace", "shifted", "finished");
         Close(cpu, ocl, 1e-7, 1e-5, "cross-entropy");
+        Bits.AssertIdentical(cpu["targetLogit"], ocl["targetLogit"], "target logits are copied, not computed");
     }
 
     // ---- sum of squares -----------------------------------------------------------------------
@@ -181,6 +194,33 @@ public class OpenClKernelTests(OpenClFixture fx)
         // Squares are exact in double; only the summation order differs.
         Assert.True(Math.Abs(cpu - ocl) <= 1e-12 * cpu, $"Σx²: OpenCL {ocl:R}, CPU {cpu:R}");
         Assert.Equal(ocl, Run(fx.Ocl));
+    }
+
+    // Segments of 1, 7, 16, 1024, 1025, 16385, 70001 elements with NaN gaps: the CPU's bits (the order is defined in
+    // reduce.cl and written out in ReduceTests), in one launch pair and one read-back.
+    [Fact]
+    public void SumOfSquaresSegments_MatchCpuBitForBit()
+    {
+        var (x, segments) = Kernels.ReduceTests.SegmentedData(72);
+        double[] Run(IBackend be)
+        {
+            using var buffer = be.Allocate("x", x.Length);
+            be.Upload(buffer, x);
+            var sums = new double[segments.Length];
+            be.SumOfSquaresSegments(buffer, segments, sums);
+            return sums;
+        }
+        var cpu = Run(fx.Cpu);
+        var ocl = Run(fx.Ocl);
+        if (fx.Ocl.Device.HasFp64) Assert.Equal(Array.ConvertAll(cpu, BitConverter.DoubleToInt64Bits), Array.ConvertAll(ocl, BitConverter.DoubleToInt64Bits));
+        else for (int i = 0; i < cpu.Length; i++) Assert.True(Math.Abs(cpu[i] - ocl[i]) <= 1e-5 * cpu[i], $"segment {i}");
+        Assert.Equal(ocl, Run(fx.Ocl));
+        // One segment over a whole buffer is the unsegmented reduction's order.
+        using var whole = fx.Ocl.Allocate("whole", 70001);
+        fx.Ocl.Upload(whole, x.AsSpan((int)segments[^1].Offset, 70001));
+        var one = new double[1];
+        fx.Ocl.SumOfSquaresSegments(whole, [new Segment(0, 70001)], one);
+        Assert.Equal(fx.Ocl.SumOfSquares(whole, 70001), one[0]);
     }
 
     // ---- Adafactor ----------------------------------------------------------------------------
@@ -215,33 +255,62 @@ public class OpenClKernelTests(OpenClFixture fx)
         Close(cpu, ocl, 0, exact ? 0 : 1e-6, "adafactor");
     }
 
-    [Fact]
-    public void AdafactorPieces_MatchCpu()
+    // An arena of tensors (1, 7, empty, 16385, 52130, 5 elements, gaps between): the segmented passes on OpenCL give the
+    // CPU's bits, and per segment the fused update's (three steps, update clipping in the second).
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void AdafactorSegments_MatchCpuAndFusedUpdate(bool momentum)
     {
-        // Two pieces of one split tensor (the second spans two 16384-element chunks), three steps.
-        int[] sizes = [7001, 20003];
-        var op = new OpCase();
-        for (int j = 0; j < 2; j++)
-            op.F("p" + j, TestData.Uniform(61 + j, sizes[j], 0.5f)).Zeros("m" + j, sizes[j]).Zeros("v" + j, sizes[j])
-              .F("g" + j, TestData.Uniform(71 + j, sizes[j], 0.1f));
+        var (segments, length) = Kernels.AdafactorTests.Arena(Kernels.AdafactorTests.ArenaSizes);
+        var counts = segments.Select(sg => sg.Count).ToArray();
+        var op = new OpCase().F("p", TestData.Uniform(65, length, 0.5f)).Zeros("m", length).Zeros("v", length);
+        for (int k = 1; k <= 3; k++) op.F("g" + k, TestData.Uniform(65 + k, length, 0.1f));
+        for (int i = 0; i < segments.Length; i++)
+        {
+            op.Zeros("fm" + i, Math.Max(1, segments[i].Count)).Zeros("fv" + i, Math.Max(1, segments[i].Count));
+            for (int k = 1; k <= 3; k++) op.Zeros($"fg{i}.{k}", Math.Max(1, segments[i].Count));
+            op.Zeros("fp" + i, Math.Max(1, segments[i].Count));
+        }
+        AdafactorStep StepAt(int k) => new(LearningRate: 1e-2f, Beta1: momentum ? 0.9f : 0f, Beta2: 1f - MathF.Pow(k, -0.8f), Epsilon1: 1e-30f,
+                                           Epsilon2: 1e-3f, ClipThreshold: k == 2 ? 0.05f : 1f, GradScale: 0.8f, WeightDecay: 1e-4f);
+        string[] outputs = ["p", "m", "v", .. Enumerable.Range(0, segments.Length).SelectMany(i => new[] { "fp" + i, "fm" + i, "fv" + i })];
+        var sums = new Dictionary<IBackend, List<long>>();
         var (cpu, ocl) = Both(op, (be, t) =>
         {
+            // The fused update of each tensor alone, on copies.
+            for (int i = 0; i < segments.Length; i++)
+            {
+                if (segments[i].Count == 0) continue;
+                be.Copy(t("fp" + i), t("p"), segments[i].Count, 0, segments[i].Offset);
+                for (int k = 1; k <= 3; k++) be.Copy(t($"fg{i}.{k}"), t("g" + k), segments[i].Count, 0, segments[i].Offset);
+            }
+            var u2 = new double[segments.Length];
+            var p2 = new double[segments.Length];
             for (int k = 1; k <= 3; k++)
             {
-                var step = new AdafactorStep(LearningRate: 1e-2f, Beta1: 0.9f, Beta2: 1f - MathF.Pow(k, -0.8f), Epsilon1: 1e-30f,
-                                             Epsilon2: 1e-3f, ClipThreshold: 0.5f, GradScale: 0.8f, WeightDecay: 1e-4f);
-                double u2 = 0, p2 = 0;
-                for (int j = 0; j < 2; j++)
-                {
-                    var (a, b) = be.AdafactorPieceSums(t("p" + j), t("g" + j), t("v" + j), sizes[j], step);
-                    u2 += a; p2 += b;
-                }
-                for (int j = 0; j < 2; j++)
-                    be.AdafactorPieceApply(t("p" + j), t("g" + j), t("m" + j), t("v" + j), sizes[j], u2, p2, sizes.Sum(), step);
+                var step = StepAt(k);
+                be.AdafactorSums(t("p"), t("g" + k), t("v"), segments, step, u2, p2);
+                if (!sums.ContainsKey(be)) sums[be] = [];
+                sums[be].AddRange(u2.Concat(p2).Select(BitConverter.DoubleToInt64Bits));
+                be.AdafactorApply(t("p"), t("g" + k), momentum ? t("m") : null, t("v"), segments, u2, p2, counts, step);
+                for (int i = 0; i < segments.Length; i++)
+                    if (segments[i].Count > 0)
+                        be.AdafactorUpdate(t("fp" + i), t($"fg{i}.{k}"), new AdafactorBuffers(momentum ? t("fm" + i) : null, t("fv" + i), null, null),
+                                           1, (int)segments[i].Count, step);
             }
-        }, "p0", "p1", "m0", "m1", "v0", "v1");
+        }, outputs);
         bool exact = fx.Ocl.Device.HasFp64 && fx.Ocl.Device.CorrectlyRoundedDivideSqrt;
-        Close(cpu, ocl, 0, exact ? 0 : 1e-6, "adafactor pieces");
+        Close(cpu, ocl, 0, exact ? 0 : 1e-6, "adafactor segments");
+        if (fx.Ocl.Device.HasFp64) Assert.Equal(sums[fx.Cpu], sums[fx.Ocl]);   // the sums too: the scalars' float rounding hides most reorderings
+        foreach (var r in new[] { cpu, ocl })
+            for (int i = 0; i < segments.Length; i++)
+            {
+                int o = (int)segments[i].Offset, c = (int)segments[i].Count;
+                Bits.AssertIdentical(r["fp" + i][..c], r["p"][o..(o + c)], $"segment {i}: param, segmented vs fused");
+                Bits.AssertIdentical(r["fv" + i][..c], r["v"][o..(o + c)], $"segment {i}: second moment, segmented vs fused");
+                if (momentum) Bits.AssertIdentical(r["fm" + i][..c], r["m"][o..(o + c)], $"segment {i}: momentum, segmented vs fused");
+            }
     }
 
     // ---- determinism --------------------------------------------------------------------------
@@ -253,15 +322,15 @@ public class OpenClKernelTests(OpenClFixture fx)
         var op = new OpCase()
             .F("x", TestData.Uniform(91, n * d)).F("w", TestData.Uniform(92, d)).F("dout", TestData.Uniform(93, n * d))
             .Zeros("out", n * d).Zeros("mean", n).Zeros("rstd", n).Zeros("dx", n * d).Zeros("dw", d)
-            .F("logits", TestData.Uniform(94, n * v, 5f)).I("targets", TestData.Tokens(95, n, v)).Zeros("losses", n).Zeros("logZ", n)
+            .F("logits", TestData.Uniform(94, n * v, 5f)).I("targets", TestData.Tokens(95, n, v)).Zeros("targetLogit", n).Zeros("logZ", n)
             .I("tokens", TestData.Tokens(96, n, 9)).Zeros("dtable", 9 * d);
         Dictionary<string, float[]> Run() => op.Run(fx.Ocl, t =>
         {
             fx.Ocl.LayerNormForward(t("out"), t("mean"), t("rstd"), t("x"), t("w"), n, d);
             fx.Ocl.LayerNormBackward(t("dx"), t("dw"), t("dout"), t("x"), t("w"), t("mean"), t("rstd"), n, d, false);
-            fx.Ocl.CrossEntropyForward(t("losses"), t("logZ"), t("logits"), t("targets"), n, v);
-            fx.Ocl.EmbeddingBackward(t("dtable"), t("tokens"), t("dout"), n, d, 9);
-        }, "out", "mean", "rstd", "dx", "dw", "losses", "logZ", "dtable");
+            fx.Ocl.CrossEntropyForward(t("logZ"), t("targetLogit"), t("logits"), t("targets"), n, v, 0);
+            fx.Ocl.EmbeddingBackward(t("dtable"), t("tokens"), t("dout"), n, d, 0, 9);
+        }, "out", "mean", "rstd", "dx", "dw", "targetLogit", "logZ", "dtable");
         var first = Run();
         var second = Run();
         foreach (var name in first.Keys) Bits.AssertIdentical(first[name], second[name], name);

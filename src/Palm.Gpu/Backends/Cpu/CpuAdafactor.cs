@@ -12,8 +12,8 @@ namespace Palm.Gpu.Backends.Cpu;
 //   p  -= max(ε2, RMS(p)) · ρ · m  +  wd · p                 parameter scaling; decoupled weight decay
 //
 // Reductions (RMS(u), RMS(p), row/column means) use fixed-size chunks summed in order in double, so the
-// result is the same for any thread count. A tensor split over devices runs the two passes per piece
-// (PieceSums, then PieceApply with the sums of all pieces added in rank order).
+// result is the same for any thread count. A flat arena runs the two unfactored passes over a list of
+// segments (SegmentSums, then SegmentApply with each tensor's sums, its pieces' added in rank order when split).
 internal static class CpuAdafactor
 {
     const int Chunk = 16384;
@@ -68,17 +68,54 @@ internal static class CpuAdafactor
         Apply(threads, param, grad, momentum, v, rowScale, colScale, cols, count, clip, stepSize, s);
     }
 
-    /// <summary>Pass 1 on a piece of a split tensor (unfactored): v updated; Σu², Σp² over the piece.</summary>
-    public static (double SumU2, double SumP2) PieceSums(int threads, float[] param, float[] grad, float[] v, long n, in AdafactorStep s) =>
-        Sums(threads, param, grad, v, null, null, 1, n, s);
+    /// <summary>
+    /// Pass 1 on every segment of a flat arena (unfactored): v updated; Σu², Σp² per segment. The chunks are cut from
+    /// each segment's start and summed as <see cref="Sums"/> sums a tensor's, so a segment gets the fused update's bits.
+    /// </summary>
+    public static void SegmentSums(int threads, float[] param, float[] grad, float[] v, IReadOnlyList<Segment> segments, in AdafactorStep s,
+                                   Span<double> sumU2, Span<double> sumP2)
+    {
+        var first = Segments.FirstTiles(segments, Chunk);
+        long chunks = first[segments.Count];
+        var u2 = new double[chunks];
+        var p2 = new double[chunks];
+        var step = s;
+        CpuParallel.For(threads, (int)chunks, c =>
+        {
+            int seg = Segments.SegmentOf(first, c);
+            var (start, end) = ChunkRange(segments[seg], c - first[seg]);
+            (u2[c], p2[c]) = ChunkSums(param, grad, v, start, end, step);
+        });
+        for (int seg = 0; seg < segments.Count; seg++)
+        {
+            double tu = 0, tp = 0;
+            for (long c = first[seg]; c < first[seg + 1]; c++) { tu += u2[c]; tp += p2[c]; }
+            sumU2[seg] = tu;
+            sumP2[seg] = tp;
+        }
+    }
 
-    /// <summary>Pass 2 on a piece with the whole tensor's sums.</summary>
-    public static void PieceApply(int threads, float[] param, float[] grad, float[]? momentum, float[] v, long n,
-                                  double sumU2, double sumP2, long tensorCount, in AdafactorStep s)
+    /// <summary>Pass 2 on every segment with each segment's whole-tensor sums and element count.</summary>
+    public static void SegmentApply(int threads, float[] param, float[] grad, float[]? momentum, float[] v, IReadOnlyList<Segment> segments,
+                                    ReadOnlySpan<double> sumU2, ReadOnlySpan<double> sumP2, ReadOnlySpan<long> tensorCounts, in AdafactorStep s)
     {
         if (s.Beta1 > 0 && momentum is null) throw new ArgumentException("Adafactor: β1 > 0 needs a momentum buffer");
-        var (clip, stepSize) = s.Scalars(sumU2, sumP2, tensorCount);
-        Apply(threads, param, grad, momentum, v, null, null, 1, n, clip, stepSize, s);
+        var scalars = new (float Clip, float StepSize)[segments.Count];
+        for (int seg = 0; seg < segments.Count; seg++) scalars[seg] = s.Scalars(sumU2[seg], sumP2[seg], tensorCounts[seg]);
+        var first = Segments.FirstTiles(segments, Chunk);
+        var step = s;
+        CpuParallel.For(threads, (int)first[segments.Count], c =>
+        {
+            int seg = Segments.SegmentOf(first, c);
+            var (start, end) = ChunkRange(segments[seg], c - first[seg]);
+            ChunkApply(param, grad, momentum, v, start, end, scalars[seg].Clip, scalars[seg].StepSize, step);
+        });
+    }
+
+    static (long Start, long End) ChunkRange(Segment segment, long chunk)
+    {
+        long start = segment.Offset + chunk * Chunk;
+        return (start, Math.Min(segment.Offset + segment.Count, start + Chunk));
     }
 
     // Pass 1: unfactored second moment (v null: factored, u from rowScale/colScale), Σu² and Σp² per fixed chunk,
@@ -94,21 +131,16 @@ internal static class CpuAdafactor
         CpuParallel.For(threads, chunks, c =>
         {
             long start = (long)c * Chunk, end = Math.Min(count, start + Chunk);
-            double u2 = 0, p2 = 0;
-            long from = start;   // the eight-lane loop takes whole blocks; the scalar loop below the rest
-            if (!factored && Vector256.IsHardwareAccelerated) from = SumsUnfactored256(param, grad, v!, start, end, s, ref u2, ref p2);
-            long row = from / cols, col = from % cols; // walked alongside idx: no division per element
-            for (long idx = from; idx < end; idx++, col = col + 1 == cols ? 0 : col + 1, row += col == 0 ? 1 : 0)
+            if (!factored)
             {
-                float g = grad[idx] * gs;
-                float u;
-                if (factored) u = g * rowScale![row] * colScale![col];
-                else
-                {
-                    float vv = b2 * v![idx] + (1 - b2) * (g * g + e1);
-                    v[idx] = vv;
-                    u = g / MathF.Sqrt(vv);
-                }
+                (sumU2[c], sumP2[c]) = ChunkSums(param, grad, v!, start, end, s);
+                return;
+            }
+            double u2 = 0, p2 = 0;
+            long row = start / cols, col = start % cols; // walked alongside idx: no division per element
+            for (long idx = start; idx < end; idx++, col = col + 1 == cols ? 0 : col + 1, row += col == 0 ? 1 : 0)
+            {
+                float u = grad[idx] * gs * rowScale![row] * colScale![col];
                 u2 += (double)u * u;
                 p2 += (double)param[idx] * param[idx];
             }
@@ -130,12 +162,15 @@ internal static class CpuAdafactor
         CpuParallel.For(threads, chunks, c =>
         {
             long start = (long)c * Chunk, end = Math.Min(count, start + Chunk);
-            long from = !factored && Vector256.IsHardwareAccelerated ? ApplyUnfactored256(param, grad, momentum, v!, start, end, clip, stepSize, s) : start;
-            long row = from / cols, col = from % cols;
-            for (long idx = from; idx < end; idx++, col = col + 1 == cols ? 0 : col + 1, row += col == 0 ? 1 : 0)
+            if (!factored)
             {
-                float g = grad[idx] * gs;
-                float u = factored ? g * rowScale![row] * colScale![col] : g / MathF.Sqrt(v![idx]);
+                ChunkApply(param, grad, momentum, v!, start, end, clip, stepSize, s);
+                return;
+            }
+            long row = start / cols, col = start % cols;
+            for (long idx = start; idx < end; idx++, col = col + 1 == cols ? 0 : col + 1, row += col == 0 ? 1 : 0)
+            {
+                float u = grad[idx] * gs * rowScale![row] * colScale![col];
                 u *= clip;
                 float m = u;
                 if (momentum is not null)
@@ -147,6 +182,45 @@ internal static class CpuAdafactor
                 param[idx] = p - stepSize * m - wd * p;
             }
         });
+    }
+
+    // Unfactored pass 1 over one chunk [start, end): v updated, (Σu², Σp²) in index order.
+    static (double U2, double P2) ChunkSums(float[] param, float[] grad, float[] v, long start, long end, in AdafactorStep s)
+    {
+        float gs = s.GradScale, b2 = s.Beta2, e1 = s.Epsilon1;
+        double u2 = 0, p2 = 0;
+        long idx = Vector256.IsHardwareAccelerated ? SumsUnfactored256(param, grad, v, start, end, s, ref u2, ref p2) : start;
+        for (; idx < end; idx++)
+        {
+            float g = grad[idx] * gs;
+            float vv = b2 * v[idx] + (1 - b2) * (g * g + e1);
+            v[idx] = vv;
+            float u = g / MathF.Sqrt(vv);
+            u2 += (double)u * u;
+            p2 += (double)param[idx] * param[idx];
+        }
+        return (u2, p2);
+    }
+
+    // Unfactored pass 2 over one chunk: recompute u (cheaper than storing it), momentum, parameter update.
+    static void ChunkApply(float[] param, float[] grad, float[]? momentum, float[] v, long start, long end, float clip, float stepSize, in AdafactorStep s)
+    {
+        float gs = s.GradScale, b1 = s.Beta1, wd = s.WeightDecay;
+        long idx = Vector256.IsHardwareAccelerated ? ApplyUnfactored256(param, grad, momentum, v, start, end, clip, stepSize, s) : start;
+        for (; idx < end; idx++)
+        {
+            float g = grad[idx] * gs;
+            float u = g / MathF.Sqrt(v[idx]);
+            u *= clip;
+            float m = u;
+            if (momentum is not null)
+            {
+                m = b1 * momentum[idx] + (1 - b1) * u;
+                momentum[idx] = m;
+            }
+            float p = param[idx];
+            param[idx] = p - stepSize * m - wd * p;
+        }
     }
 
     // The unfactored passes eight lanes at a time over the whole blocks of [start, end), returning where they

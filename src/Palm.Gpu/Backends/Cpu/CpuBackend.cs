@@ -44,10 +44,10 @@ public sealed class CpuBackend : IBackend
                        bool transA = false, bool transB = false, float alpha = 1f, bool accumulate = false)
         => CpuMatmul.Run(Threads, F(c), F(a), F(b), m, n, k, transA, transB, alpha, accumulate);
 
-    public void EmbeddingForward(DeviceBuffer output, DeviceBuffer tokens, DeviceBuffer table, int n, int d)
-        => CpuEmbedding.Forward(Threads, F(output), I(tokens), F(table), n, d);
-    public void EmbeddingBackward(DeviceBuffer dtable, DeviceBuffer tokens, DeviceBuffer dout, int n, int d, int v)
-        => CpuEmbedding.Backward(Threads, F(dtable), I(tokens), F(dout), n, d, v);
+    public void EmbeddingForward(DeviceBuffer output, DeviceBuffer tokens, DeviceBuffer table, int n, int d, int vocabStart, int vocabRows)
+        => CpuEmbedding.Forward(Threads, F(output), I(tokens), F(table), n, d, vocabStart, vocabRows);
+    public void EmbeddingBackward(DeviceBuffer dtable, DeviceBuffer tokens, DeviceBuffer dout, int n, int d, int vocabStart, int vocabRows)
+        => CpuEmbedding.Backward(Threads, F(dtable), I(tokens), F(dout), n, d, vocabStart, vocabRows);
 
     public void LayerNormForward(DeviceBuffer output, DeviceBuffer mean, DeviceBuffer rstd, DeviceBuffer input, DeviceBuffer weight, int n, int d)
         => CpuLayerNorm.Forward(Threads, F(output), F(mean), F(rstd), F(input), F(weight), n, d);
@@ -76,13 +76,22 @@ public sealed class CpuBackend : IBackend
     public void AddInPlace(DeviceBuffer acc, DeviceBuffer x, long count) => CpuResidual.AddInPlace(Threads, F(acc), F(x), count);
     public void Scale(DeviceBuffer x, float s, long count) => CpuResidual.Scale(Threads, F(x), s, count);
 
-    public void CrossEntropyForward(DeviceBuffer losses, DeviceBuffer logZ, DeviceBuffer logits, DeviceBuffer targets, int n, int v)
-        => CpuCrossEntropy.Forward(Threads, F(losses), F(logZ), F(logits), I(targets), n, v);
+    public void CrossEntropyForward(DeviceBuffer logZ, DeviceBuffer targetLogit, DeviceBuffer logits, DeviceBuffer targets, int n, int v, int vocabStart)
+        => CpuCrossEntropy.Forward(Threads, F(logZ), F(targetLogit), F(logits), I(targets), n, v, vocabStart);
     public void CrossEntropyBackward(DeviceBuffer dlogits, DeviceBuffer logits, DeviceBuffer logZ, DeviceBuffer targets,
-                                     float scale, float zLoss, int n, int v)
-        => CpuCrossEntropy.Backward(Threads, F(dlogits), F(logits), F(logZ), I(targets), scale, zLoss, n, v);
+                                     float scale, float zLoss, int n, int v, int vocabStart)
+        => CpuCrossEntropy.Backward(Threads, F(dlogits), F(logits), F(logZ), I(targets), scale, zLoss, n, v, vocabStart);
+    public void LogSumExpShift(DeviceBuffer output, DeviceBuffer logZ, DeviceBuffer max, long n)
+        => CpuCrossEntropy.LogSumExpShift(Threads, F(output), F(logZ), F(max), n);
+    public void LogSumExpFinish(DeviceBuffer logZ, DeviceBuffer max, DeviceBuffer sumExp, long n)
+        => CpuCrossEntropy.LogSumExpFinish(Threads, F(logZ), F(max), F(sumExp), n);
 
     public double SumOfSquares(DeviceBuffer x, long count) => CpuReduce.SumOfSquares(Threads, F(x), count);
+    public void SumOfSquaresSegments(DeviceBuffer x, IReadOnlyList<Segment> segments, Span<double> sums)
+    {
+        Segments.Validate("sum of squares", segments, x.Length, sums.Length);
+        CpuReduce.SumOfSquaresSegments(Threads, F(x), segments, sums);
+    }
 
     public void AdafactorUpdate(DeviceBuffer param, DeviceBuffer grad, AdafactorBuffers state, int rows, int cols, in AdafactorStep step)
         => CpuAdafactor.Update(Threads, F(param), F(grad),
@@ -92,12 +101,22 @@ public sealed class CpuBackend : IBackend
                                state.ColMoment is null ? null : F(state.ColMoment),
                                rows, cols, step);
 
-    public (double SumU2, double SumP2) AdafactorPieceSums(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer secondMoment, long n, in AdafactorStep step)
-        => CpuAdafactor.PieceSums(Threads, F(param), F(grad), F(secondMoment), n, step);
+    public void AdafactorSums(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer secondMoment, IReadOnlyList<Segment> segments,
+                              in AdafactorStep step, Span<double> sumU2, Span<double> sumP2)
+    {
+        Segments.Validate("Adafactor sums", segments, Math.Min(Math.Min(param.Length, grad.Length), secondMoment.Length), sumU2.Length, sumP2.Length);
+        CpuAdafactor.SegmentSums(Threads, F(param), F(grad), F(secondMoment), segments, step, sumU2, sumP2);
+    }
 
-    public void AdafactorPieceApply(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer? momentum, DeviceBuffer secondMoment, long n,
-                                    double sumU2, double sumP2, long tensorCount, in AdafactorStep step)
-        => CpuAdafactor.PieceApply(Threads, F(param), F(grad), momentum is null ? null : F(momentum), F(secondMoment), n, sumU2, sumP2, tensorCount, step);
+    public void AdafactorApply(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer? momentum, DeviceBuffer secondMoment,
+                               IReadOnlyList<Segment> segments, ReadOnlySpan<double> sumU2, ReadOnlySpan<double> sumP2,
+                               ReadOnlySpan<long> tensorCounts, in AdafactorStep step)
+    {
+        long length = Math.Min(Math.Min(param.Length, grad.Length), Math.Min(secondMoment.Length, momentum?.Length ?? long.MaxValue));
+        Segments.Validate("Adafactor apply", segments, length, sumU2.Length, sumP2.Length, tensorCounts.Length);
+        Segments.ValidateCounts("Adafactor apply", segments, tensorCounts);
+        CpuAdafactor.SegmentApply(Threads, F(param), F(grad), momentum is null ? null : F(momentum), F(secondMoment), segments, sumU2, sumP2, tensorCounts, step);
+    }
 
     public void Dispose() { }
 }

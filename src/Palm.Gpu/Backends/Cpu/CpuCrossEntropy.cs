@@ -2,40 +2,45 @@ using System.Runtime.Intrinsics;
 
 namespace Palm.Gpu.Backends.Cpu;
 
-// Softmax cross-entropy with PaLM's z-loss, on the CPU.
-// Dimension legend: B batch, T time, N = B·T rows, V vocabulary.
+// Softmax cross-entropy with PaLM's z-loss, on the CPU, vocabulary-sharded.
+// Dimension legend: B batch, T time, N = B·T rows, Vl columns of this shard [v0, v0 + Vl) of the vocabulary.
 //
-//   Forward   logits (N,V), targets (N) -> losses (N) = logZ − logits[target],  logZ (N) = log Σ_v exp(logits)
-//   Backward  logits (N,V), logZ (N), targets (N) -> dlogits (N,V) = scale · (softmax·(1 + 2·zLoss·logZ) − onehot(target))
+//   Forward   logits (N,Vl), targets (N) global ids -> logZ (N) = log Σ_shard exp(logits),
+//             targetLogit (N) = logits[target − v0] when the target is in the shard, else 0
+//   Backward  logits (N,Vl), logZ (N) global, targets (N) -> dlogits (N,Vl) = scale · (softmax·(1 + 2·zLoss·logZ) − onehot)
+//   LogSumExpShift   logZ (n), max (n) -> out (n) = exp(logZ − max)
+//   LogSumExpFinish  max (n), sumExp (n) -> logZ (n) = max + log(sumExp)
 //
 // The loss this differentiates is scale · Σ_rows (CE + zLoss·logZ²); d logZ / d logits = softmax gives the
 // z-loss term. logZ = max + log Σ exp(logits − max): every exponent is ≤ 0, so nothing overflows, and the
-// sum is accumulated in double. The backward is element-wise within a row (softmax comes from the saved
-// logZ), so dlogits may alias logits: the model overwrites its (N,V) logits buffer in place.
+// sum is accumulated in double. One device: CE = logZ − targetLogit. Shards: logZ = M + log Σ_m exp(logZ_m − M)
+// with M = max_m logZ_m (the two helpers around a max and a sum all-reduce), targetLogit summed.
+// The backward is element-wise within a row (softmax comes from the saved logZ), so dlogits may alias logits:
+// the model overwrites its (N,V) logits buffer in place.
 // One row per work item: rows are independent, so any thread count gives the same bits.
 internal static unsafe class CpuCrossEntropy
 {
     const int FlushEvery = 256;
 
-    public static void Forward(int threads, float[] losses, float[] logZ, float[] logits, int[] targets, int n, int v)
+    public static void Forward(int threads, float[] logZ, float[] targetLogit, float[] logits, int[] targets, int n, int v, int v0)
     {
-        CheckTargets(targets, n, v);
+        CheckTargets(targets, n);
         CpuParallel.For(threads, n, row =>
         {
             fixed (float* pl = logits)
             {
                 float* x = pl + (long)row * v;
                 float max = Max(x, v);
-                double lz = max + Math.Log(SumExp(x, max, v));
-                logZ[row] = (float)lz;
-                losses[row] = (float)(lz - x[targets[row]]); // one rounding, so a tiny loss keeps its digits
+                logZ[row] = (float)(max + Math.Log(SumExp(x, max, v)));
+                long local = (long)targets[row] - v0;
+                targetLogit[row] = (ulong)local < (ulong)v ? x[local] : 0f;
             }
         });
     }
 
-    public static void Backward(int threads, float[] dlogits, float[] logits, float[] logZ, int[] targets, float scale, float zLoss, int n, int v)
+    public static void Backward(int threads, float[] dlogits, float[] logits, float[] logZ, int[] targets, float scale, float zLoss, int n, int v, int v0)
     {
-        CheckTargets(targets, n, v);
+        CheckTargets(targets, n);
         CpuParallel.For(threads, n, row =>
         {
             long o = (long)row * v;
@@ -45,17 +50,30 @@ internal static unsafe class CpuCrossEntropy
             fixed (float* pd = dlogits, pl = logits)
             {
                 ScaledSoftmax(pd + o, pl + o, lz, factor, v);
-                pd[o + targets[row]] -= scale;
+                long local = (long)targets[row] - v0;
+                if ((ulong)local < (ulong)v) pd[o + local] -= scale;
             }
         });
     }
 
-    static void CheckTargets(int[] targets, int n, int v)
+    public static void LogSumExpShift(int threads, float[] output, float[] logZ, float[] max, long n) =>
+        CpuParallel.ForChunks(threads, n, 1 << 14, (start, end) =>
+        {
+            for (long i = start; i < end; i++) output[i] = MathF.Exp(logZ[i] - max[i]);
+        });
+
+    public static void LogSumExpFinish(int threads, float[] logZ, float[] max, float[] sumExp, long n) =>
+        CpuParallel.ForChunks(threads, n, 1 << 14, (start, end) =>
+        {
+            for (long i = start; i < end; i++) logZ[i] = (float)(max[i] + Math.Log(sumExp[i]));
+        });
+
+    static void CheckTargets(int[] targets, int n)
     {
         for (int i = 0; i < n; i++)
-            if ((uint)targets[i] >= (uint)v)
+            if (targets[i] < 0)
                 throw new IndexOutOfRangeException(
-                    $"cross-entropy: target {targets[i]} at row {i} is outside the vocabulary [0, {v}); check the tokenizer's vocabulary size against the model config.");
+                    $"cross-entropy: target {targets[i]} at row {i} is negative; targets are vocabulary ids from 0.");
     }
 
     static float Max(float* x, int v)

@@ -2,34 +2,34 @@ using System.Runtime.Intrinsics;
 
 namespace Palm.Gpu.Backends.Cpu;
 
-// Token embedding on the CPU (the table is shared with the output logits in PaLM).
-// Dimension legend: B batch, T time, N = B·T rows, D model width, V vocabulary.
+// Token embedding on the CPU (the table is shared with the output logits in PaLM), vocabulary-sharded.
+// Dimension legend: B batch, T time, N = B·T rows, D model width, Vl rows of this shard [v0, v0 + Vl).
 //
-//   Forward   tokens (N), table (V,D) -> out (N,D) = table[tokens]
-//   Backward  dout (N,D), tokens (N)  -> dtable (V,D) += scatter-add of dout rows by token
+//   Forward   tokens (N) global ids, table (Vl,D) -> out (N,D) = table[token − v0], a zero row outside the shard
+//   Backward  dout (N,D), tokens (N)  -> dtable (Vl,D) += scatter-add of dout rows by token, shard rows only
 //
 // The backward is deterministic without atomics: the D columns are cut into fixed blocks, one block per
 // work item, and every work item walks all N rows in order. A table row that several tokens hit is
-// therefore always summed in row order, whatever the thread count.
-// Tokens are checked up front (O(N), before any write): an out-of-range id would otherwise read or write
-// another row of the table.
+// therefore always summed in row order, whatever the thread count (and as the OpenCL kernel sums it).
+// Negative tokens are checked up front (O(N), before any write); ids past the shard are another shard's.
 internal static unsafe class CpuEmbedding
 {
     const int ColumnBlock = 128;
 
-    public static void Forward(int threads, float[] output, int[] tokens, float[] table, int n, int d)
+    public static void Forward(int threads, float[] output, int[] tokens, float[] table, int n, int d, int v0, int vl)
     {
-        CheckTokens(tokens, n, table.Length / d, "table");
+        CheckTokens(tokens, n);
         CpuParallel.For(threads, n, row =>
         {
-            long token = tokens[row];
-            Array.Copy(table, token * d, output, (long)row * d, d);
+            long local = (long)tokens[row] - v0;
+            if ((ulong)local < (ulong)vl) Array.Copy(table, local * d, output, (long)row * d, d);
+            else Array.Clear(output, row * d, d);
         });
     }
 
-    public static void Backward(int threads, float[] dtable, int[] tokens, float[] dout, int n, int d, int v)
+    public static void Backward(int threads, float[] dtable, int[] tokens, float[] dout, int n, int d, int v0, int vl)
     {
-        CheckTokens(tokens, n, v, "dtable");
+        CheckTokens(tokens, n);
         int blocks = (d + ColumnBlock - 1) / ColumnBlock;
         CpuParallel.For(threads, blocks, block =>
         {
@@ -39,18 +39,20 @@ internal static unsafe class CpuEmbedding
             {
                 for (long row = 0; row < n; row++)
                 {
-                    float* target = pdt + ptok[row] * (long)d + j0;   // dtable[token] += dout[row], this block's columns
+                    long local = (long)ptok[row] - v0;
+                    if ((ulong)local >= (ulong)vl) continue;
+                    float* target = pdt + local * d + j0;   // dtable[token] += dout[row], this block's columns
                     CpuResidual.AddRange(target, target, pdo + row * d + j0, width);
                 }
             }
         });
     }
 
-    static void CheckTokens(int[] tokens, int n, int vocab, string tableName)
+    static void CheckTokens(int[] tokens, int n)
     {
         for (int i = 0; i < n; i++)
-            if ((uint)tokens[i] >= (uint)vocab)
+            if (tokens[i] < 0)
                 throw new IndexOutOfRangeException(
-                    $"embedding: token {tokens[i]} at position {i} is outside the vocabulary [0, {vocab}) of '{tableName}'; check the tokenizer's vocabulary size against the model config.");
+                    $"embedding: token {tokens[i]} at position {i} is negative; token ids are vocabulary rows from 0.");
     }
 }

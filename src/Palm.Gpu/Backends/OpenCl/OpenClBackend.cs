@@ -21,6 +21,8 @@ public sealed class OpenClBackend : IBackend
     const int SumSquaresRun = 1024, SumSquaresGroup = 64;   // SUMSQ_RUN, SUMSQ_WG in reduce.cl
     const int LayerNormRowsPerChunk = 64;                    // LN_ROWS_PER_CHUNK in layernorm.cl
     const int AdafactorChunk = 16384;                        // ADA_CHUNK in adafactor.cl (= CpuAdafactor)
+    const int AdafactorGroup = 128;                          // ADA_WG in adafactor.cl: work-items per chunk
+    const int EmbeddingGroup = 64, EmbeddingRows = 128;      // EMB_WG, EMB_ROWS in embedding.cl
     const int ReduceRanksPerItem = 4;                        // RR_PER_ITEM in collectives.cl
 
     readonly OpenClContext context;
@@ -225,9 +227,9 @@ public sealed class OpenClBackend : IBackend
         context.Queue.FillZero(deviceErrors, 6 * 4);
         if (e[0] != 0)
             throw new IndexOutOfRangeException(
-                $"embedding: token {e[1]} at position {e[0] - 1} is outside the vocabulary [0, {e[2]}); check the tokenizer's vocabulary size against the model config.");
+                $"embedding: token {e[1]} at position {e[0] - 1} is negative; token ids are vocabulary rows from 0.");
         throw new IndexOutOfRangeException(
-            $"cross-entropy: target {e[4]} at row {e[3] - 1} is outside the vocabulary [0, {e[5]}); check the tokenizer's vocabulary size against the model config.");
+            $"cross-entropy: target {e[4]} at row {e[3] - 1} is negative; targets are vocabulary ids from 0.");
     }
 
     static void CheckType(OpenClBuffer b, ElementType type, string what)
@@ -273,23 +275,26 @@ public sealed class OpenClBackend : IBackend
 
     // ---- embedding ----------------------------------------------------------------------------
 
-    public void EmbeddingForward(DeviceBuffer output, DeviceBuffer tokens, DeviceBuffer table, int n, int d)
+    public void EmbeddingForward(DeviceBuffer output, DeviceBuffer tokens, DeviceBuffer table, int n, int d, int vocabStart, int vocabRows)
     {
         if (n == 0 || d == 0) return;
-        Kernel("embedding.cl", "embedding_forward").Call()
+        Kernel("embedding.cl", "embedding_forward", EmbeddingKnobs).Call()
             .Arg(Buf(output, nameof(output))).Arg(Buf(tokens, nameof(tokens))).Arg(Buf(table, nameof(table))).Arg(deviceErrors)
-            .Arg(n).Arg(d).Arg((int)(table.Length / d))
+            .Arg(n).Arg(d).Arg(vocabStart).Arg(vocabRows)
             .Launch((long)n * d, Group, Profiler);
     }
 
-    public void EmbeddingBackward(DeviceBuffer dtable, DeviceBuffer tokens, DeviceBuffer dout, int n, int d, int v)
+    public void EmbeddingBackward(DeviceBuffer dtable, DeviceBuffer tokens, DeviceBuffer dout, int n, int d, int vocabStart, int vocabRows)
     {
-        if (n == 0 || d == 0) return;
-        Kernel("embedding.cl", "embedding_backward").Call()
+        if (n == 0 || d == 0 || vocabRows == 0) return;
+        // A work-group per (EMB_WG columns, EMB_ROWS table rows): the tokens in order, no atomics (embedding.cl).
+        Kernel("embedding.cl", "embedding_backward", EmbeddingKnobs).Call()
             .Arg(Buf(dtable, nameof(dtable))).Arg(Buf(tokens, nameof(tokens))).Arg(Buf(dout, nameof(dout))).Arg(deviceErrors)
-            .Arg(n).Arg(d).Arg(v)
-            .Launch(d, Group, Profiler);
+            .Arg(n).Arg(d).Arg(vocabStart).Arg(vocabRows)
+            .Launch(d, DivUp(vocabRows, EmbeddingRows), EmbeddingGroup, 1, Profiler);
     }
+
+    string EmbeddingKnobs => $"-D EMB_WG={EmbeddingGroup} -D EMB_ROWS={EmbeddingRows}";
 
     // ---- layer norm ---------------------------------------------------------------------------
 
@@ -455,21 +460,37 @@ public sealed class OpenClBackend : IBackend
 
     // ---- cross-entropy ------------------------------------------------------------------------
 
-    public void CrossEntropyForward(DeviceBuffer losses, DeviceBuffer logZ, DeviceBuffer logits, DeviceBuffer targets, int n, int v)
+    public void CrossEntropyForward(DeviceBuffer logZ, DeviceBuffer targetLogit, DeviceBuffer logits, DeviceBuffer targets, int n, int v, int vocabStart)
     {
         if (n == 0) return;
         Kernel("crossentropy.cl", "crossentropy_forward", $"-D CE_WG={Tuning.RowGroup}").Call()
-            .Arg(Buf(losses, nameof(losses))).Arg(Buf(logZ, nameof(logZ))).Arg(Buf(logits, nameof(logits))).Arg(Buf(targets, nameof(targets)))
-            .Arg(deviceErrors).Arg(n).Arg(v)
+            .Arg(Buf(logZ, nameof(logZ))).Arg(Buf(targetLogit, nameof(targetLogit))).Arg(Buf(logits, nameof(logits))).Arg(Buf(targets, nameof(targets)))
+            .Arg(deviceErrors).Arg(n).Arg(v).Arg(vocabStart)
             .Launch((long)n * Tuning.RowGroup, Tuning.RowGroup, Profiler);
     }
 
     public void CrossEntropyBackward(DeviceBuffer dlogits, DeviceBuffer logits, DeviceBuffer logZ, DeviceBuffer targets,
-                                     float scale, float zLoss, int n, int v)
+                                     float scale, float zLoss, int n, int v, int vocabStart)
         => Kernel("crossentropy.cl", "crossentropy_backward", $"-D CE_WG={Tuning.RowGroup}").Call()
             .Arg(Buf(dlogits, nameof(dlogits))).Arg(Buf(logits, nameof(logits))).Arg(Buf(logZ, nameof(logZ))).Arg(Buf(targets, nameof(targets)))
-            .Arg(scale).Arg(zLoss).Arg(n).Arg(v)
+            .Arg(scale).Arg(zLoss).Arg(n).Arg(v).Arg(vocabStart)
             .Launch(DivUp(v, 16), n, Group, 1, Profiler);
+
+    public void LogSumExpShift(DeviceBuffer output, DeviceBuffer logZ, DeviceBuffer max, long n)
+    {
+        if (n == 0) return;
+        Kernel("crossentropy.cl", "logsumexp_shift", $"-D CE_WG={Tuning.RowGroup}").Call()
+            .Arg(Buf(output, nameof(output))).Arg(Buf(logZ, nameof(logZ))).Arg(Buf(max, nameof(max))).Arg(n)
+            .Launch(n, Group, Profiler);
+    }
+
+    public void LogSumExpFinish(DeviceBuffer logZ, DeviceBuffer max, DeviceBuffer sumExp, long n)
+    {
+        if (n == 0) return;
+        Kernel("crossentropy.cl", "logsumexp_finish", $"-D CE_WG={Tuning.RowGroup}").Call()
+            .Arg(Buf(logZ, nameof(logZ))).Arg(Buf(max, nameof(max))).Arg(Buf(sumExp, nameof(sumExp))).Arg(n)
+            .Launch(n, Group, Profiler);
+    }
 
     // ---- reductions and optimizer -------------------------------------------------------------
 
@@ -490,6 +511,51 @@ public sealed class OpenClBackend : IBackend
         context.Queue.Read(total, 0, bytes[..RealBytes]);
         ThrowDeviceErrors();
         return RealAt(bytes, 0);
+    }
+
+    public void SumOfSquaresSegments(DeviceBuffer x, IReadOnlyList<Segment> segments, Span<double> sums)
+    {
+        var xB = Buf(x, nameof(x));
+        Segments.Validate("sum of squares", segments, xB.Length, sums.Length);
+        int count = segments.Count;
+        if (count == 0) return;
+        var (table, runs) = SegmentTable("sumsq.table", segments, SumSquaresRun);
+        if (runs == 0) { sums.Clear(); return; }
+        var partial = Scratch("sumsq.partial", runs * RealBytes / 4);
+        var totals = Scratch("sumsq.segment_totals", (long)count * RealBytes / 4);
+        Kernel("reduce.cl", "sum_squares_segment_runs", ReduceKnobs).Call()
+            .Arg(partial).Arg(xB).Arg(table).Arg(count).Arg(runs)
+            .Launch(runs, Group, Profiler);
+        Kernel("reduce.cl", "sum_squares_segment_totals", ReduceKnobs).Call()
+            .Arg(totals).Arg(partial).Arg(table).Arg(count).Arg(runs)
+            .Launch((long)count * SumSquaresGroup, SumSquaresGroup, Profiler);
+        ReadReals(totals, count, sums);
+    }
+
+    // Segment tables, (S,3) longs: offset, count, first tile. Uploaded when the list changes (the optimizer
+    // passes the same list every step), so a step's reductions need no upload.
+    readonly Dictionary<string, (Segment[] Segments, OpenClBuffer Buffer, long Tiles)> segmentTables = new();
+
+    (OpenClBuffer Table, long Tiles) SegmentTable(string name, IReadOnlyList<Segment> segments, long tile)
+    {
+        var buffer = Scratch(name, 6L * segments.Count);   // 3 longs per segment, in float slots
+        if (segmentTables.TryGetValue(name, out var known) && ReferenceEquals(known.Buffer, buffer) && known.Segments.AsSpan().SequenceEqual(segments.ToArray()))
+            return (buffer, known.Tiles);
+        var first = Segments.FirstTiles(segments, tile);
+        var host = new long[3 * segments.Count];
+        for (int i = 0; i < segments.Count; i++) { host[3 * i] = segments[i].Offset; host[3 * i + 1] = segments[i].Count; host[3 * i + 2] = first[i]; }
+        context.Queue.Write(buffer, 0, MemoryMarshal.AsBytes(host.AsSpan()));
+        segmentTables[name] = (segments.ToArray(), buffer, first[segments.Count]);
+        return (buffer, first[segments.Count]);
+    }
+
+    /// <summary>Reads count REALs (double with fp64, else float) from a reduction scratch into dst.</summary>
+    void ReadReals(OpenClBuffer src, int count, Span<double> dst)
+    {
+        var bytes = new byte[count * RealBytes];
+        context.Queue.Read(src, 0, bytes);
+        ThrowDeviceErrors();
+        for (int i = 0; i < count; i++) dst[i] = RealAt(bytes, i);
     }
 
     public void AdafactorUpdate(DeviceBuffer param, DeviceBuffer grad, AdafactorBuffers state, int rows, int cols, in AdafactorStep step)
@@ -518,43 +584,67 @@ public sealed class OpenClBackend : IBackend
                 .Launch(cols, Group, Profiler);
             Kernel("adafactor.cl", "adafactor_row_mean", AdafactorKnobs).Call()
                 .Arg(scalars).Arg(vRow).Arg(rows)
-                .Launch(1, 1, Profiler);
+                .Launch(AdafactorGroup, AdafactorGroup, Profiler);
         }
         var (partial, chunks) = AdafactorPass1(p, g, v, vRow, vCol, scalars, cols, count, factored, step);
         Kernel("adafactor.cl", "adafactor_finish", AdafactorKnobs).Call()
             .Arg(scalars).Arg(partial).Arg(chunks).Arg(count).Arg(step.ClipThreshold).Arg(step.Epsilon2).Arg(step.LearningRate)
-            .Launch(1, 1, Profiler);
+            .Launch(AdafactorGroup, AdafactorGroup, Profiler);
         AdafactorPass2(p, g, momentum, v, vRow, vCol, scalars, cols, count, factored, step);
     }
 
-    public (double SumU2, double SumP2) AdafactorPieceSums(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer secondMoment, long n, in AdafactorStep step)
+    public void AdafactorSums(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer secondMoment, IReadOnlyList<Segment> segments,
+                              in AdafactorStep step, Span<double> sumU2, Span<double> sumP2)
     {
-        if (n == 0) return (0, 0);
-        var unused = Scratch("adafactor.unused", 1);
-        var (partial, chunks) = AdafactorPass1(Buf(param, nameof(param)), Buf(grad, nameof(grad)), Buf(secondMoment, "second moment"),
-                                               unused, unused, unused, 1, n, factored: false, step);
-        // The chunk sums in order on the host (the caller needs them there anyway): what adafactor_finish adds on the device.
-        var bytes = new byte[2 * chunks * RealBytes];
-        context.Queue.Read(partial, 0, bytes);
-        ThrowDeviceErrors();
-        double u2 = 0, p2 = 0;
-        for (int c = 0; c < chunks; c++) { u2 += RealAt(bytes, 2 * c); p2 += RealAt(bytes, 2 * c + 1); }
-        return (u2, p2);
+        var p = Buf(param, nameof(param));
+        var g = Buf(grad, nameof(grad));
+        var v = Buf(secondMoment, "second moment");
+        Segments.Validate("Adafactor sums", segments, Math.Min(Math.Min(p.Length, g.Length), v.Length), sumU2.Length, sumP2.Length);
+        int count = segments.Count;
+        if (count == 0) return;
+        var (table, chunks) = SegmentTable("adafactor.table", segments, AdafactorChunk);
+        if (chunks == 0) { sumU2.Clear(); sumP2.Clear(); return; }
+        var partial = Scratch("adafactor.partial", 2L * chunks * RealBytes / 4);
+        var totals = Scratch("adafactor.segment_totals", 2L * count * RealBytes / 4);
+        Kernel("adafactor.cl", "adafactor_segment_pass1", AdafactorKnobs).Call()
+            .Arg(partial).Arg(v).Arg(p).Arg(g).Arg(table).Arg(count).Arg(step.GradScale).Arg(step.Beta2).Arg(step.Epsilon1)
+            .Launch(chunks * AdafactorGroup, AdafactorGroup, Profiler);
+        Kernel("adafactor.cl", "adafactor_segment_totals", AdafactorKnobs).Call()
+            .Arg(totals).Arg(partial).Arg(table).Arg(count).Arg(chunks)
+            .Launch((long)count * AdafactorGroup, AdafactorGroup, Profiler);
+        var both = new double[2 * count];
+        ReadReals(totals, 2 * count, both);
+        for (int i = 0; i < count; i++) { sumU2[i] = both[2 * i]; sumP2[i] = both[2 * i + 1]; }
     }
 
-    public void AdafactorPieceApply(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer? momentum, DeviceBuffer secondMoment, long n,
-                                    double sumU2, double sumP2, long tensorCount, in AdafactorStep step)
+    public void AdafactorApply(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer? momentum, DeviceBuffer secondMoment,
+                               IReadOnlyList<Segment> segments, ReadOnlySpan<double> sumU2, ReadOnlySpan<double> sumP2,
+                               ReadOnlySpan<long> tensorCounts, in AdafactorStep step)
     {
-        if (n == 0) return;
-        var unused = Scratch("adafactor.unused", 1);
-        var scalars = Scratch("adafactor.piece_scalars", 4);
-        var (clip, stepSize) = step.Scalars(sumU2, sumP2, tensorCount);
-        context.Queue.Write(scalars, 0, MemoryMarshal.AsBytes<float>([0f, clip, stepSize, 0f]));   // the layout adafactor_finish writes
-        AdafactorPass2(Buf(param, nameof(param)), Buf(grad, nameof(grad)), momentum is null ? null : Buf(momentum, "momentum"),
-                       Buf(secondMoment, "second moment"), unused, unused, scalars, 1, n, factored: false, step);
+        var p = Buf(param, nameof(param));
+        var g = Buf(grad, nameof(grad));
+        var v = Buf(secondMoment, "second moment");
+        var m = momentum is null ? null : Buf(momentum, nameof(momentum));
+        long length = Math.Min(Math.Min(p.Length, g.Length), Math.Min(v.Length, m?.Length ?? long.MaxValue));
+        Segments.Validate("Adafactor apply", segments, length, sumU2.Length, sumP2.Length, tensorCounts.Length);
+        Segments.ValidateCounts("Adafactor apply", segments, tensorCounts);
+        if (step.Beta1 > 0 && m is null) throw new ArgumentException("Adafactor: β1 > 0 needs a momentum buffer");
+        int count = segments.Count;
+        if (count == 0) return;
+        var (table, chunks) = SegmentTable("adafactor.table", segments, AdafactorChunk);
+        if (chunks == 0) return;
+        // Per segment clip factor and step size, from the host's whole-tensor sums: one small upload.
+        var factors = new float[2 * count];
+        for (int i = 0; i < count; i++) (factors[2 * i], factors[2 * i + 1]) = step.Scalars(sumU2[i], sumP2[i], tensorCounts[i]);
+        var factorBuffer = Scratch("adafactor.factors", 2L * count);
+        context.Queue.Write(factorBuffer, 0, MemoryMarshal.AsBytes(factors.AsSpan()));
+        Kernel("adafactor.cl", "adafactor_segment_pass2", AdafactorKnobs).Call()
+            .Arg(p).Arg(m ?? Scratch("adafactor.unused", 1)).Arg(g).Arg(v).Arg(table).Arg(factorBuffer).Arg(count)
+            .Arg(step.GradScale).Arg(step.Beta1).Arg(step.WeightDecay).Arg(m is null ? 0 : 1)
+            .Launch(chunks * AdafactorGroup, AdafactorGroup, Profiler);
     }
 
-    string AdafactorKnobs => $"-D ADA_CHUNK={AdafactorChunk}";
+    string AdafactorKnobs => $"-D ADA_CHUNK={AdafactorChunk} -D ADA_WG={AdafactorGroup}";
 
     /// <summary>adafactor_pass1 over count elements: second moment updated, per-chunk Σu², Σp² into the returned scratch (chunks, 2).</summary>
     (OpenClBuffer Partial, int Chunks) AdafactorPass1(OpenClBuffer p, OpenClBuffer g, OpenClBuffer v, OpenClBuffer vRow, OpenClBuffer vCol,
@@ -565,7 +655,7 @@ public sealed class OpenClBackend : IBackend
         Kernel("adafactor.cl", "adafactor_pass1", AdafactorKnobs).Call()
             .Arg(partial).Arg(v).Arg(p).Arg(g).Arg(vRow).Arg(vCol).Arg(scalars)
             .Arg(step.GradScale).Arg(step.Beta2).Arg(step.Epsilon1).Arg(cols).Arg(count).Arg(factored ? 1 : 0)
-            .Launch(chunks, 1, Profiler);
+            .Launch((long)chunks * AdafactorGroup, AdafactorGroup, Profiler);
         return (partial, chunks);
     }
 
