@@ -83,16 +83,8 @@ public sealed class MeshTrainer : ITrainingEngine
     public int DeviceCount => MeshDevices.Size;
     public long ParameterCount => ModelMath.Parameters(Model.Config);
 
-    /// <summary>
-    /// CPU logical devices share the machine's cores, so the peak is the machine's; other devices are separate
-    /// hardware of one kind: one device's measured peak times their number.
-    /// </summary>
-    public double MeasurePeakGflops()
-    {
-        if (MeshDevices.Devices[0] is not Backends.Cpu.CpuBackend) return Peak.Measure(MeshDevices.Devices[0]) * MeshDevices.Size;
-        using var machine = new Backends.Cpu.CpuBackend();
-        return Peak.Measure(machine);
-    }
+    /// <summary>The mesh's peak: one machine's where its devices share one (CPU logical devices), else one device's times their number.</summary>
+    public double MeasurePeakGflops() => BackendRegistry.MeasureMeshPeakGflops(MeshDevices.Devices);
 
     public (LossResult Loss, double GradNorm) ComputeGradients(ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets, int batch, float lossScale)
     {

@@ -11,13 +11,23 @@ internal sealed class ShapeOnlyBackend : IBackend
 {
     public static readonly ShapeOnlyBackend Instance = new();
 
-    sealed class ShapeBuffer(string name, long length, ElementType type) : DeviceBuffer(name, length, type)
+    sealed class ShapeBuffer : DeviceBuffer
     {
-        public override void Dispose() { }
+        public ShapeBuffer(string name, long length, ElementType type) : base(name, length, type) { }
+        ShapeBuffer(ShapeBuffer parent, long offset, long length) : base(parent, offset, length) { }
+        protected override DeviceBuffer CreateView(long offset, long length) => new ShapeBuffer(this, offset, length);
+        protected override void Release() { }
     }
 
     public string Name => "shape-only";
     public string DeviceName => "none (shapes only)";
+    public long ViewAlignment => 1;
+    public BackendProfiler? Profiler { get => null; set => throw No(); }
+    public long HostSyncs => 0;
+    public long LiveBytes => 0;
+    public long HighWaterBytes => 0;
+    public int LiveBuffers => 0;
+    public void ResetHighWater() { }
     public DeviceBuffer Allocate(string name, long length, ElementType type = ElementType.F32) => new ShapeBuffer(name, length, type);
     public void Dispose() { }
 
@@ -25,6 +35,7 @@ internal sealed class ShapeOnlyBackend : IBackend
     public void Upload(DeviceBuffer dst, ReadOnlySpan<float> src, long dstOffset = 0) => throw No();
     public void Upload(DeviceBuffer dst, ReadOnlySpan<int> src, long dstOffset = 0) => throw No();
     public void Download(DeviceBuffer src, Span<float> dst, long srcOffset = 0) => throw No();
+    public void Download(DeviceBuffer src, Span<int> dst, long srcOffset = 0) => throw No();
     public void Fill(DeviceBuffer dst, float value, long n) => throw No();
     public void Copy(DeviceBuffer dst, DeviceBuffer src, long n, long dstOffset = 0, long srcOffset = 0) => throw No();
     public void Synchronize() { }
@@ -41,7 +52,6 @@ internal sealed class ShapeOnlyBackend : IBackend
     public void SwiGluBackward(DeviceBuffer dgate, DeviceBuffer dup, DeviceBuffer dout, DeviceBuffer gate, DeviceBuffer up, long count) => throw No();
     public void Add(DeviceBuffer output, DeviceBuffer a, DeviceBuffer b, long count) => throw No();
     public void AddInPlace(DeviceBuffer acc, DeviceBuffer x, long count) => throw No();
-    public void Scale(DeviceBuffer x, float s, long count) => throw No();
     public void CrossEntropyForward(DeviceBuffer losses, DeviceBuffer logZ, DeviceBuffer logits, DeviceBuffer targets, int n, int v) => throw No();
     public void CrossEntropyBackward(DeviceBuffer dlogits, DeviceBuffer logits, DeviceBuffer logZ, DeviceBuffer targets, float scale, float zLoss, int n, int v) => throw No();
     public double SumOfSquares(DeviceBuffer x, long count) => throw No();

@@ -54,7 +54,7 @@ public sealed class Trainer : IDisposable
         try
         {
             Engine = options.Mesh is null
-                ? new SingleDeviceEngine(BackendFactory.Create(options.Backend, options.Device, options.Threads), Config, Schedule.Max, options.Optimizer, options.Seed)
+                ? new SingleDeviceEngine(BackendRegistry.Create(options.Backend, options.Device, options.Threads), Config, Schedule.Max, options.Optimizer, options.Seed)
                 : Sharding.MeshTrainer.Create(Config, options, Schedule, options.Mesh, options.ShardWeights);
         }
         catch

@@ -87,7 +87,7 @@ public sealed class SingleDeviceEngine : ITrainingEngine
     public long ParameterCount => Model.Parameters.Count;
     public IReadOnlyDictionary<string, TensorLayout>? Layout => null;
 
-    public double MeasurePeakGflops() => Peak.Measure(Backend);
+    public double MeasurePeakGflops() => BackendRegistry.MeasurePeakGflops(Backend);
 
     public (LossResult Loss, double GradNorm) ComputeGradients(ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets, int batch, float lossScale)
     {

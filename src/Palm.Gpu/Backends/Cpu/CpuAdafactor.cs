@@ -18,18 +18,18 @@ internal static class CpuAdafactor
 {
     const int Chunk = 16384;
 
-    public static void Update(int threads, float[] param, float[] grad, float[]? momentum, float[]? v, float[]? vRow, float[]? vCol,
+    public static void Update(int threads, CpuView<float> param, CpuView<float> grad, CpuView<float> momentum, CpuView<float> v, CpuView<float> vRow, CpuView<float> vCol,
                               int rows, int cols, in AdafactorStep s)
     {
         long count = (long)rows * cols;
         float gs = s.GradScale, b2 = s.Beta2, e1 = s.Epsilon1;
-        bool factored = v is null;
-        if (s.Beta1 > 0 && momentum is null) throw new ArgumentException("Adafactor: β1 > 0 needs a momentum buffer");
+        bool factored = v.IsNull;
+        if (s.Beta1 > 0 && momentum.IsNull) throw new ArgumentException("Adafactor: β1 > 0 needs a momentum buffer");
 
         float[]? rowScale = null, colScale = null; // u = g · rowScale[i] · colScale[j] when factored
         if (factored)
         {
-            if (vRow is null || vCol is null) throw new ArgumentException("Adafactor: factored state needs row and column moments");
+            if (vRow.IsNull || vCol.IsNull) throw new ArgumentException("Adafactor: factored state needs row and column moments");
             // Row means of g²+ε1: one row per work item.
             CpuParallel.For(threads, rows, i =>
             {
@@ -69,34 +69,34 @@ internal static class CpuAdafactor
     }
 
     /// <summary>Pass 1 on a piece of a split tensor (unfactored): v updated; Σu², Σp² over the piece.</summary>
-    public static (double SumU2, double SumP2) PieceSums(int threads, float[] param, float[] grad, float[] v, long n, in AdafactorStep s) =>
+    public static (double SumU2, double SumP2) PieceSums(int threads, CpuView<float> param, CpuView<float> grad, CpuView<float> v, long n, in AdafactorStep s) =>
         Sums(threads, param, grad, v, null, null, 1, n, s);
 
     /// <summary>Pass 2 on a piece with the whole tensor's sums.</summary>
-    public static void PieceApply(int threads, float[] param, float[] grad, float[]? momentum, float[] v, long n,
+    public static void PieceApply(int threads, CpuView<float> param, CpuView<float> grad, CpuView<float> momentum, CpuView<float> v, long n,
                                   double sumU2, double sumP2, long tensorCount, in AdafactorStep s)
     {
-        if (s.Beta1 > 0 && momentum is null) throw new ArgumentException("Adafactor: β1 > 0 needs a momentum buffer");
+        if (s.Beta1 > 0 && momentum.IsNull) throw new ArgumentException("Adafactor: β1 > 0 needs a momentum buffer");
         var (clip, stepSize) = s.Scalars(sumU2, sumP2, tensorCount);
         Apply(threads, param, grad, momentum, v, null, null, 1, n, clip, stepSize, s);
     }
 
     // Pass 1: unfactored second moment (v null: factored, u from rowScale/colScale), Σu² and Σp² per fixed chunk,
     // then the chunks in order.
-    static (double SumU2, double SumP2) Sums(int threads, float[] param, float[] grad, float[]? v, float[]? rowScale, float[]? colScale,
+    static (double SumU2, double SumP2) Sums(int threads, CpuView<float> param, CpuView<float> grad, CpuView<float> v, float[]? rowScale, float[]? colScale,
                                              int cols, long count, AdafactorStep s)
     {
         int chunks = (int)((count + Chunk - 1) / Chunk);
         var sumU2 = new double[chunks];
         var sumP2 = new double[chunks];
         float gs = s.GradScale, b2 = s.Beta2, e1 = s.Epsilon1;
-        bool factored = v is null;
+        bool factored = v.IsNull;
         CpuParallel.For(threads, chunks, c =>
         {
             long start = (long)c * Chunk, end = Math.Min(count, start + Chunk);
             double u2 = 0, p2 = 0;
             long from = start;   // the eight-lane loop takes whole blocks; the scalar loop below the rest
-            if (!factored && Vector256.IsHardwareAccelerated) from = SumsUnfactored256(param, grad, v!, start, end, s, ref u2, ref p2);
+            if (!factored && Vector256.IsHardwareAccelerated) from = SumsUnfactored256(param, grad, v, start, end, s, ref u2, ref p2);
             long row = from / cols, col = from % cols; // walked alongside idx: no division per element
             for (long idx = from; idx < end; idx++, col = col + 1 == cols ? 0 : col + 1, row += col == 0 ? 1 : 0)
             {
@@ -105,7 +105,7 @@ internal static class CpuAdafactor
                 if (factored) u = g * rowScale![row] * colScale![col];
                 else
                 {
-                    float vv = b2 * v![idx] + (1 - b2) * (g * g + e1);
+                    float vv = b2 * v[idx] + (1 - b2) * (g * g + e1);
                     v[idx] = vv;
                     u = g / MathF.Sqrt(vv);
                 }
@@ -121,24 +121,24 @@ internal static class CpuAdafactor
     }
 
     // Pass 2: recompute u (cheaper than storing it), momentum, parameter update.
-    static void Apply(int threads, float[] param, float[] grad, float[]? momentum, float[]? v, float[]? rowScale, float[]? colScale,
+    static void Apply(int threads, CpuView<float> param, CpuView<float> grad, CpuView<float> momentum, CpuView<float> v, float[]? rowScale, float[]? colScale,
                       int cols, long count, float clip, float stepSize, AdafactorStep s)
     {
         int chunks = (int)((count + Chunk - 1) / Chunk);
         float gs = s.GradScale, b1 = s.Beta1, wd = s.WeightDecay;
-        bool factored = v is null;
+        bool factored = v.IsNull;
         CpuParallel.For(threads, chunks, c =>
         {
             long start = (long)c * Chunk, end = Math.Min(count, start + Chunk);
-            long from = !factored && Vector256.IsHardwareAccelerated ? ApplyUnfactored256(param, grad, momentum, v!, start, end, clip, stepSize, s) : start;
+            long from = !factored && Vector256.IsHardwareAccelerated ? ApplyUnfactored256(param, grad, momentum, v, start, end, clip, stepSize, s) : start;
             long row = from / cols, col = from % cols;
             for (long idx = from; idx < end; idx++, col = col + 1 == cols ? 0 : col + 1, row += col == 0 ? 1 : 0)
             {
                 float g = grad[idx] * gs;
-                float u = factored ? g * rowScale![row] * colScale![col] : g / MathF.Sqrt(v![idx]);
+                float u = factored ? g * rowScale![row] * colScale![col] : g / MathF.Sqrt(v[idx]);
                 u *= clip;
                 float m = u;
-                if (momentum is not null)
+                if (!momentum.IsNull)
                 {
                     m = b1 * momentum[idx] + (1 - b1) * u;
                     momentum[idx] = m;
@@ -154,7 +154,7 @@ internal static class CpuAdafactor
     // same order (no fused multiply-adds), and Σu², Σp² still add the lanes one by one in index order, so the
     // results are the scalar loop's (and the OpenCL kernel's) to the last bit; only the divide and square root
     // run eight-wide.
-    static unsafe long SumsUnfactored256(float[] param, float[] grad, float[] v, long start, long end, AdafactorStep s, ref double u2, ref double p2)
+    static unsafe long SumsUnfactored256(CpuView<float> param, CpuView<float> grad, CpuView<float> v, long start, long end, AdafactorStep s, ref double u2, ref double p2)
     {
         float gs = s.GradScale, b2 = s.Beta2, e1 = s.Epsilon1, oneMinusB2 = 1 - b2;
         var vgs = Vector256.Create(gs);
@@ -184,7 +184,7 @@ internal static class CpuAdafactor
         return idx;
     }
 
-    static unsafe long ApplyUnfactored256(float[] param, float[] grad, float[]? momentum, float[] v, long start, long end,
+    static unsafe long ApplyUnfactored256(CpuView<float> param, CpuView<float> grad, CpuView<float> momentum, CpuView<float> v, long start, long end,
                                           float clip, float stepSize, AdafactorStep s)
     {
         float gs = s.GradScale, b1 = s.Beta1, wd = s.WeightDecay;

@@ -17,7 +17,7 @@ internal static unsafe class CpuCrossEntropy
 {
     const int FlushEvery = 256;
 
-    public static void Forward(int threads, float[] losses, float[] logZ, float[] logits, int[] targets, int n, int v)
+    public static void Forward(int threads, CpuView<float> losses, CpuView<float> logZ, CpuView<float> logits, CpuView<int> targets, int n, int v)
     {
         CheckTargets(targets, n, v);
         CpuParallel.For(threads, n, row =>
@@ -33,7 +33,7 @@ internal static unsafe class CpuCrossEntropy
         });
     }
 
-    public static void Backward(int threads, float[] dlogits, float[] logits, float[] logZ, int[] targets, float scale, float zLoss, int n, int v)
+    public static void Backward(int threads, CpuView<float> dlogits, CpuView<float> logits, CpuView<float> logZ, CpuView<int> targets, float scale, float zLoss, int n, int v)
     {
         CheckTargets(targets, n, v);
         CpuParallel.For(threads, n, row =>
@@ -50,7 +50,7 @@ internal static unsafe class CpuCrossEntropy
         });
     }
 
-    static void CheckTargets(int[] targets, int n, int v)
+    static void CheckTargets(CpuView<int> targets, int n, int v)
     {
         for (int i = 0; i < n; i++)
             if ((uint)targets[i] >= (uint)v)

@@ -17,17 +17,17 @@ internal static unsafe class CpuEmbedding
 {
     const int ColumnBlock = 128;
 
-    public static void Forward(int threads, float[] output, int[] tokens, float[] table, int n, int d)
+    public static void Forward(int threads, CpuView<float> output, CpuView<int> tokens, CpuView<float> table, int n, int d)
     {
-        CheckTokens(tokens, n, table.Length / d, "table");
+        CheckTokens(tokens, n, (int)(table.Length / d), "table");
         CpuParallel.For(threads, n, row =>
         {
             long token = tokens[row];
-            Array.Copy(table, token * d, output, (long)row * d, d);
+            table.AsSpan(token * d, d).CopyTo(output.AsSpan((long)row * d, d));
         });
     }
 
-    public static void Backward(int threads, float[] dtable, int[] tokens, float[] dout, int n, int d, int v)
+    public static void Backward(int threads, CpuView<float> dtable, CpuView<int> tokens, CpuView<float> dout, int n, int d, int v)
     {
         CheckTokens(tokens, n, v, "dtable");
         int blocks = (d + ColumnBlock - 1) / ColumnBlock;
@@ -46,7 +46,7 @@ internal static unsafe class CpuEmbedding
         });
     }
 
-    static void CheckTokens(int[] tokens, int n, int vocab, string tableName)
+    static void CheckTokens(CpuView<int> tokens, int n, int vocab, string tableName)
     {
         for (int i = 0; i < n; i++)
             if ((uint)tokens[i] >= (uint)vocab)

@@ -13,7 +13,7 @@ internal static unsafe class CpuReduce
 {
     const long Chunk = 1 << 16;
 
-    public static double SumOfSquares(int threads, float[] x, long count)
+    public static double SumOfSquares(int threads, CpuView<float> x, long count)
     {
         if (count <= 0) return 0;
         int chunks = (int)((count + Chunk - 1) / Chunk);
