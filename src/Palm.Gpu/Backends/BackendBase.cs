@@ -123,6 +123,15 @@ public abstract class BackendBase : IBackend
             (mayAlias ? $"{outRole} may be {otherRole} itself, but not a partial overlap" : $"{outRole} may not alias {otherRole}"), outRole);
     }
 
+    /// <summary>The first <see cref="Length"/> elements of a buffer an op reads or writes, and its role, for <see cref="DistinctFrom"/>.</summary>
+    protected readonly record struct Use(DeviceBuffer Buffer, long Length, string Role);
+
+    /// <summary><see cref="Distinct"/> of one output against each of <paramref name="others"/> (no aliasing allowed).</summary>
+    protected static void DistinctFrom(string op, DeviceBuffer output, long outLength, string outRole, params ReadOnlySpan<Use> others)
+    {
+        foreach (var o in others) Distinct(op, output, outLength, outRole, o.Buffer, o.Length, o.Role);
+    }
+
     static void Range(string op, DeviceBuffer b, string role, long offset, long count)
     {
         if (offset < 0 || count < 0 || offset > b.Length - count)
@@ -295,16 +304,10 @@ public abstract class BackendBase : IBackend
         Need(op, rstd, nameof(rstd), n, "n");
         Need(op, input, nameof(input), nd, "n·d");
         Need(op, weight, nameof(weight), d, "d");
-        Distinct(op, output, nd, nameof(output), input, nd, nameof(input));
-        Distinct(op, output, nd, nameof(output), weight, d, nameof(weight));
-        Distinct(op, output, nd, nameof(output), mean, n, nameof(mean));
-        Distinct(op, output, nd, nameof(output), rstd, n, nameof(rstd));
-        Distinct(op, mean, n, nameof(mean), rstd, n, nameof(rstd));
-        foreach (var (x, len, role) in new[] { (input, nd, nameof(input)), (weight, (long)d, nameof(weight)) })
-        {
-            Distinct(op, mean, n, nameof(mean), x, len, role);
-            Distinct(op, rstd, n, nameof(rstd), x, len, role);
-        }
+        Use inp = new(input, nd, nameof(input)), w = new(weight, d, nameof(weight));
+        DistinctFrom(op, output, nd, nameof(output), inp, w, new(mean, n, nameof(mean)), new(rstd, n, nameof(rstd)));
+        DistinctFrom(op, mean, n, nameof(mean), inp, w, new(rstd, n, nameof(rstd)));
+        DistinctFrom(op, rstd, n, nameof(rstd), inp, w);
         long t0 = Begin();
         LayerNormForwardCore(output, mean, rstd, input, weight, n, d);
         End(t0, OpCosts.LayerNormForward(n, d));
@@ -325,13 +328,9 @@ public abstract class BackendBase : IBackend
         Need(op, rstd, nameof(rstd), n, "n");
         // dinp may alias dout (the kernels read dout for dweight first); not when accumulating, which reads dinp too.
         Distinct(op, dinput, nd, nameof(dinput), dout, nd, nameof(dout), mayAlias: !accumulate);
-        Distinct(op, dinput, nd, nameof(dinput), dweight, d, nameof(dweight));
-        foreach (var (x, len, role) in new[] { (input, nd, nameof(input)), (weight, (long)d, nameof(weight)), (mean, (long)n, nameof(mean)), (rstd, (long)n, nameof(rstd)) })
-        {
-            Distinct(op, dinput, nd, nameof(dinput), x, len, role);
-            Distinct(op, dweight, d, nameof(dweight), x, len, role);
-        }
-        Distinct(op, dweight, d, nameof(dweight), dout, nd, nameof(dout));
+        Use inp = new(input, nd, nameof(input)), w = new(weight, d, nameof(weight)), mu = new(mean, n, nameof(mean)), rs = new(rstd, n, nameof(rstd));
+        DistinctFrom(op, dinput, nd, nameof(dinput), new(dweight, d, nameof(dweight)), inp, w, mu, rs);
+        DistinctFrom(op, dweight, d, nameof(dweight), new(dout, nd, nameof(dout)), inp, w, mu, rs);
         long t0 = Begin();
         LayerNormBackwardCore(dinput, dweight, dout, input, weight, mean, rstd, n, d, accumulate);
         End(t0, OpCosts.LayerNormBackward(n, d, accumulate));
@@ -393,12 +392,9 @@ public abstract class BackendBase : IBackend
         Need(op, q, nameof(q), nq, "b·t·heads·headDim");
         Need(op, k, nameof(k), nkv, "b·t·kvHeads·headDim");
         Need(op, v, nameof(v), nkv, "b·t·kvHeads·headDim");
-        Distinct(op, output, nq, nameof(output), lse, nl, nameof(lse));
-        foreach (var (x, len, role) in new[] { (q, nq, nameof(q)), (k, nkv, nameof(k)), (v, nkv, nameof(v)) })
-        {
-            Distinct(op, output, nq, nameof(output), x, len, role);
-            Distinct(op, lse, nl, nameof(lse), x, len, role);
-        }
+        Use uq = new(q, nq, nameof(q)), uk = new(k, nkv, nameof(k)), uv = new(v, nkv, nameof(v));
+        DistinctFrom(op, output, nq, nameof(output), new(lse, nl, nameof(lse)), uq, uk, uv);
+        DistinctFrom(op, lse, nl, nameof(lse), uq, uk, uv);
         long t0 = Begin();
         AttentionForwardCore(output, lse, q, k, v, b, t, heads, kvHeads, headDim);
         End(t0, OpCosts.AttentionForward(b, t, heads, kvHeads, headDim));
@@ -418,13 +414,11 @@ public abstract class BackendBase : IBackend
         Need(op, v, nameof(v), nkv, "b·t·kvHeads·headDim");
         Need(op, output, nameof(output), nq, "b·t·heads·headDim");
         Need(op, lse, nameof(lse), nl, "b·heads·t");
-        var outs = new[] { (dq, nq, nameof(dq)), (dk, nkv, nameof(dk)), (dv, nkv, nameof(dv)) };
-        var ins = new[] { (dout, nq, nameof(dout)), (q, nq, nameof(q)), (k, nkv, nameof(k)), (v, nkv, nameof(v)), (output, nq, nameof(output)), (lse, nl, nameof(lse)) };
-        for (int i = 0; i < outs.Length; i++)
-        {
-            for (int j = i + 1; j < outs.Length; j++) Distinct(op, outs[i].Item1, outs[i].Item2, outs[i].Item3, outs[j].Item1, outs[j].Item2, outs[j].Item3);
-            foreach (var (x, len, role) in ins) Distinct(op, outs[i].Item1, outs[i].Item2, outs[i].Item3, x, len, role);
-        }
+        Use ud = new(dout, nq, nameof(dout)), uq = new(q, nq, nameof(q)), uk = new(k, nkv, nameof(k)), uv = new(v, nkv, nameof(v)),
+            uo = new(output, nq, nameof(output)), ul = new(lse, nl, nameof(lse));
+        DistinctFrom(op, dq, nq, nameof(dq), new(dk, nkv, nameof(dk)), new(dv, nkv, nameof(dv)), ud, uq, uk, uv, uo, ul);
+        DistinctFrom(op, dk, nkv, nameof(dk), new(dv, nkv, nameof(dv)), ud, uq, uk, uv, uo, ul);
+        DistinctFrom(op, dv, nkv, nameof(dv), ud, uq, uk, uv, uo, ul);
         long t0 = Begin();
         AttentionBackwardCore(dq, dk, dv, dout, q, k, v, output, lse, b, t, heads, kvHeads, headDim);
         End(t0, OpCosts.AttentionBackward(b, t, heads, kvHeads, headDim));
@@ -460,12 +454,9 @@ public abstract class BackendBase : IBackend
         Need(op, dout, nameof(dout), count, "count");
         Need(op, gate, nameof(gate), count, "count");
         Need(op, up, nameof(up), count, "count");
-        Distinct(op, dgate, count, nameof(dgate), dup, count, nameof(dup));
-        foreach (var (x, role) in new[] { (dout, nameof(dout)), (gate, nameof(gate)), (up, nameof(up)) })
-        {
-            Distinct(op, dgate, count, nameof(dgate), x, count, role);
-            Distinct(op, dup, count, nameof(dup), x, count, role);
-        }
+        Use ud = new(dout, count, nameof(dout)), ug = new(gate, count, nameof(gate)), uu = new(up, count, nameof(up));
+        DistinctFrom(op, dgate, count, nameof(dgate), new(dup, count, nameof(dup)), ud, ug, uu);
+        DistinctFrom(op, dup, count, nameof(dup), ud, ug, uu);
         long t0 = Begin();
         SwiGluBackwardCore(dgate, dup, dout, gate, up, count);
         End(t0, OpCosts.SwiGluBackward(count));
@@ -516,12 +507,9 @@ public abstract class BackendBase : IBackend
         Need(op, logZ, nameof(logZ), n, "n");
         Need(op, logits, nameof(logits), nv, "n·v");
         Need(op, targets, nameof(targets), n, "n", ElementType.I32);
-        Distinct(op, losses, n, nameof(losses), logZ, n, nameof(logZ));
-        foreach (var (x, len, role) in new[] { (logits, nv, nameof(logits)), (targets, (long)n, nameof(targets)) })
-        {
-            Distinct(op, losses, n, nameof(losses), x, len, role);
-            Distinct(op, logZ, n, nameof(logZ), x, len, role);
-        }
+        Use ul = new(logits, nv, nameof(logits)), ut = new(targets, n, nameof(targets));
+        DistinctFrom(op, losses, n, nameof(losses), new(logZ, n, nameof(logZ)), ul, ut);
+        DistinctFrom(op, logZ, n, nameof(logZ), ul, ut);
         long t0 = Begin();
         CrossEntropyForwardCore(losses, logZ, logits, targets, n, v);
         End(t0, OpCosts.CrossEntropyForward(n, v));
@@ -571,23 +559,27 @@ public abstract class BackendBase : IBackend
         long count = (long)rows * cols;
         Need(op, param, nameof(param), count, "rows·cols");
         Need(op, grad, nameof(grad), count, "rows·cols");
-        var used = new List<(DeviceBuffer, long, string)> { (param, count, nameof(param)) };
         if (step.Beta1 > 0 && state.Momentum is null) throw new ArgumentException($"{op}: β1 = {step.Beta1} > 0 needs a momentum buffer", nameof(state));
-        if (state.Momentum is { } mo) { Need(op, mo, "momentum", count, "rows·cols"); used.Add((mo, count, "momentum")); }
-        if (state.SecondMoment is { } sm) { Need(op, sm, "second moment", count, "rows·cols"); used.Add((sm, count, "second moment")); }
+        if (state.Momentum is { } mo) Need(op, mo, "momentum", count, "rows·cols");
+        if (state.SecondMoment is { } sm) Need(op, sm, "second moment", count, "rows·cols");
         else
         {
             if (state.RowMoment is null || state.ColMoment is null)
                 throw new ArgumentException($"{op}: factored state (no second moment) needs row and column moments", nameof(state));
             Need(op, state.RowMoment, "row moment", rows, "rows");
             Need(op, state.ColMoment, "column moment", cols, "cols");
-            used.Add((state.RowMoment, rows, "row moment"));
-            used.Add((state.ColMoment, cols, "column moment"));
         }
-        for (int i = 0; i < used.Count; i++)
+        // Every buffer the update writes is distinct from the gradient and from every other one; absent ones are skipped.
+        Span<Use> written = [new(param, count, nameof(param)), default, default, default, default];
+        int w = 1;
+        if (state.Momentum is not null) written[w++] = new(state.Momentum, count, "momentum");
+        if (state.SecondMoment is not null) written[w++] = new(state.SecondMoment, count, "second moment");
+        if (state.RowMoment is not null && state.SecondMoment is null) written[w++] = new(state.RowMoment, rows, "row moment");
+        if (state.ColMoment is not null && state.SecondMoment is null) written[w++] = new(state.ColMoment, cols, "column moment");
+        for (int i = 0; i < w; i++)
         {
-            Distinct(op, used[i].Item1, used[i].Item2, used[i].Item3, grad, count, nameof(grad));
-            for (int j = i + 1; j < used.Count; j++) Distinct(op, used[i].Item1, used[i].Item2, used[i].Item3, used[j].Item1, used[j].Item2, used[j].Item3);
+            Distinct(op, written[i].Buffer, written[i].Length, written[i].Role, grad, count, nameof(grad));
+            DistinctFrom(op, written[i].Buffer, written[i].Length, written[i].Role, written[(i + 1)..w]);
         }
         long t0 = Begin();
         AdafactorUpdateCore(param, grad, state, rows, cols, step);

@@ -92,9 +92,5 @@ public abstract class DeviceBuffer : IDisposable
         ReferenceEquals(Root, other.Root) && Length > 0 && other.Length > 0 &&
         Offset < other.Offset + other.Length && other.Offset < Offset + Length;
 
-    /// <summary>Whether this buffer and <paramref name="other"/> are the same elements of the same storage.</summary>
-    public bool SameElements(DeviceBuffer other) =>
-        ReferenceEquals(Root, other.Root) && Offset == other.Offset && Length == other.Length;
-
     public override string ToString() => $"{Name}[{Length}] {Type}";
 }
