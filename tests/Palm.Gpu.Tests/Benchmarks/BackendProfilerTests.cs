@@ -134,4 +134,16 @@ public class BackendProfilerTests
         Assert.Equal(r.Ops.Select(o => o.Kernel).Distinct().Count(), rows.Count);
         Assert.Contains("matmul", StepBreakdown.Text(r));
     }
+
+    [Fact]
+    public void StepBenchmarkCountsTheHostSynchronisationsOfAStep()
+    {
+        var c = ModelConfig.Preset("tiny");
+        using var cpu = new CpuBackend(2);
+        var r = StepBenchmark.Run(cpu, c, batch: 2, warmup: 1, steps: 2, profiledSteps: 0, peakGflops: 100);
+        // Today: one sum-of-squares read-back per parameter tensor (the global norm), the inputs and targets uploaded,
+        // the losses and logZ downloaded. The benchmark's own end-of-step Synchronize is not counted.
+        using var model = new PalmModel(cpu, c, 2);
+        Assert.Equal(model.Parameters.All.Count + 4, r.HostSyncsPerStep);
+    }
 }
