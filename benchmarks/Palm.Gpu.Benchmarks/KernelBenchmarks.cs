@@ -32,7 +32,7 @@ public abstract class KernelSuite
     [GlobalSetup]
     public void Setup()
     {
-        _backend = BackendFactory.Create(Case.Backend);
+        _backend = BackendRegistry.Create(Case.Backend);
         _kernel = Case.Prepare(_backend);
         _backend.Synchronize();
     }
@@ -95,7 +95,7 @@ public sealed class KernelConfig : ManualConfig
         lock (Peaks)
         {
             if (Peaks.TryGetValue(c.Backend, out var p)) return p;
-            using var be = BackendFactory.Create(c.Backend);
+            using var be = BackendRegistry.Create(c.Backend);
             return Peaks[c.Backend] = MachinePeaks.For(be);
         }
     }

@@ -68,15 +68,15 @@ public static class KernelCases
 
     public static readonly string[] Suites = ["matmul", "embedding", "layernorm", "rope", "attention", "swiglu", "residual", "cross_entropy", "reduce", "adafactor"];
 
-    /// <summary>Backends of <see cref="BackendFactory.Names"/> that can be created here (a missing OpenCL driver is reported, not fatal).</summary>
+    /// <summary>Backends of <see cref="BackendRegistry.Names"/> that can be created here (a missing OpenCL driver is reported, not fatal).</summary>
     public static IReadOnlyList<string> AvailableBackends(TextWriter? log = null)
     {
         var ok = new List<string>();
-        foreach (var name in BackendFactory.Names)
+        foreach (var name in BackendRegistry.Names)
         {
             try
             {
-                using var be = BackendFactory.Create(name);
+                using var be = BackendRegistry.Create(name);
                 ok.Add(name);
             }
             catch (Exception e) when (e is not OutOfMemoryException)
@@ -227,11 +227,6 @@ public static class KernelCases
             var acc = Zeros(be, "acc", nd);
             var x = Random(be, "x", nd, 16);
             return new(be, () => be.AddInPlace(acc, x, nd), [acc, x]);
-        });
-        yield return new("residual", "scale", "forward", s, backend, OpCosts.Scale(nd), be =>
-        {
-            var x = Random(be, "x", nd, 17);
-            return new(be, () => be.Scale(x, 1f, nd), [x]);
         });
 
         // ---- memory ops the model calls (serial blocks copy the residual; every step zeroes the gradients)

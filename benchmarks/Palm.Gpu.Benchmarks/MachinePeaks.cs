@@ -39,7 +39,7 @@ public static class MachinePeaks
             string source;
             try
             {
-                gflops = Peak.Measure(backend);
+                gflops = BackendRegistry.MeasurePeakGflops(backend);
                 detail = BandwidthGBps(Environment.ProcessorCount);
                 bw = detail.Best;
                 source = "measured: FMA loop; best of STREAM-like read, copy, update, triad";
@@ -48,7 +48,7 @@ public static class MachinePeaks
             {
                 if (IsThisCpu(backend.DeviceName))
                 {
-                    using var cpu = BackendFactory.Create("cpu");
+                    using var cpu = BackendRegistry.Create("cpu");
                     var c = For(cpu);
                     gflops = c.Gflops;
                     bw = c.GBps;

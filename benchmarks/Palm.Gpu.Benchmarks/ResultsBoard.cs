@@ -103,7 +103,7 @@ public static class ResultsBoard
         var peaks = new Dictionary<string, (string Device, DevicePeak Peak)>();
         foreach (var name in backends)
         {
-            using var be = BackendFactory.Create(name);
+            using var be = BackendRegistry.Create(name);
             peaks[name] = (be.DeviceName, MachinePeaks.For(be));
         }
         sb.AppendLine("## Ceilings");
@@ -131,7 +131,7 @@ public static class ResultsBoard
             {
                 log.WriteLine($"pass {pass}/{passes}: end-to-end step on {name} ...");
                 var config = ModelConfig.Preset(o.Preset) with { SeqLen = o.Seq ?? ModelConfig.Preset(o.Preset).SeqLen };
-                using var be = BackendFactory.Create(name);
+                using var be = BackendRegistry.Create(name);
                 try
                 {
                     var r = StepBenchmark.Run(be, config, o.Batch, warmup: 1, steps: 3, profiledSteps: 2, peakGflops: peaks[name].Peak.Gflops);
@@ -146,7 +146,7 @@ public static class ResultsBoard
                     string key = c.ToString();
                     try
                     {
-                        using var be = BackendFactory.Create(name);
+                        using var be = BackendRegistry.Create(name);
                         using var k = c.Prepare(be);
                         double sec = TimeKernel(k);
                         if (!rows.TryGetValue(key, out var old) || old.Problem is not null || sec < old.Seconds) rows[key] = new KernelRow(c, sec, peaks[name].Peak, null);

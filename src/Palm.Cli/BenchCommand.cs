@@ -47,8 +47,8 @@ internal static class BenchCommand
             if (mesh.Parse(r) is { } m)
                 return BenchMesh(c, b, warm, timed, r.GetValue(backend)!, r.GetValue(threads), r.GetValue(peak), m.Data, m.Model, r.GetValue(mesh.ShardWeights), r.GetValue(preset)!,
                                  mesh.Transport(r));
-            using var be = BackendFactory.Create(r.GetValue(backend)!, r.GetValue(device), r.GetValue(threads));
-            double peakGflops = r.GetValue(peak) > 0 ? r.GetValue(peak) : Peak.Measure(be);
+            using var be = BackendRegistry.Create(r.GetValue(backend)!, r.GetValue(device), r.GetValue(threads));
+            double peakGflops = r.GetValue(peak) > 0 ? r.GetValue(peak) : BackendRegistry.MeasurePeakGflops(be);
             var res = StepBenchmark.Run(be, c, b, warm, timed, profiled, peakGflops);
             Console.WriteLine(Json(res, r.GetValue(preset)!));
             if (profiled > 0 && !r.GetValue(noTable)) Console.Write(StepBreakdown.Text(res));
@@ -70,12 +70,15 @@ internal static class BenchCommand
         double peakGflops = peak > 0 ? peak : trainer.MeasurePeakGflops();
         var times = new List<double>();
         double collectiveSeconds = 0;
+        long syncs = 0;   // summed over the mesh's devices, without the timing's own Synchronize
         for (int i = 0; i < warm + timed; i++)
         {
             var (inputs, targets) = Palm.Gpu.Sharding.MeshTrainer.SyntheticBatch(c, batch, 7, i);
             devices.Counters.Reset();
             var sw = System.Diagnostics.Stopwatch.StartNew();
+            long syncs0 = devices.Devices.Sum(d => d.HostSyncs);
             trainer.TrainStep(inputs, targets);
+            if (i >= warm) syncs += devices.Devices.Sum(d => d.HostSyncs) - syncs0;
             foreach (var d in devices.Devices) d.Synchronize();
             if (i >= warm) { times.Add(sw.Elapsed.TotalSeconds); collectiveSeconds += devices.Counters.Elapsed.TotalSeconds; }
         }
@@ -96,6 +99,7 @@ internal static class BenchCommand
             preset, backend, mesh = $"{data}x{model}", shard_weights = shard, batch, seq = c.SeqLen,
             step_seconds = R(seconds, 4), tokens_per_s = R(tps, 1), achieved_gflops = R(gflops, 1), peak_gflops = R(peakGflops, 1),
             mfu = R(gflops / peakGflops, 4),
+            host_syncs_per_step = R((double)syncs / timed, 2),
             collectives = new
             {
                 transport = devices.Transport.ToString().ToLowerInvariant(),
@@ -135,6 +139,7 @@ internal static class BenchCommand
             achieved_gflops = R(res.AchievedGflops, 1),
             peak_gflops = R(res.PeakGflops, 1),
             mfu = R(res.Mfu, 4),
+            host_syncs_per_step = R(res.HostSyncsPerStep, 2),
             profiled_steps = res.ProfiledSteps,
             profiled_step_seconds = R(res.ProfiledStepSeconds, 4),
             phases = new

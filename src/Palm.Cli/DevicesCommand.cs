@@ -11,7 +11,7 @@ internal static class DevicesCommand
         var cmd = new Command("devices", "list backends and devices");
         cmd.SetAction(_ => Cli.Run(() =>
         {
-            foreach (var line in BackendFactory.ListDevices()) Console.WriteLine(line);
+            foreach (var line in BackendRegistry.ListDevices()) Console.WriteLine(line);
             return 0;
         }));
         return cmd;

@@ -52,7 +52,7 @@ internal static class EvalCommand
             }
             else
             {
-                using var be = BackendFactory.Create(r.GetValue(backend)!, r.GetValue(device), r.GetValue(threads));
+                using var be = BackendRegistry.Create(r.GetValue(backend)!, r.GetValue(device), r.GetValue(threads));
                 using var m = new PalmModel(be, config, b);
                 ModelWeights.Load(m, path);
                 loss = Evaluator.MeanLoss(m, ds, heldOut: false, count);

@@ -27,7 +27,7 @@ internal static class GenerateCommand
         {
             string path = WeightsPath(r.GetValue(model)!);
             var tok = LoadTokenizer(r.GetValue(tokenizer) ?? ModelWeights.ReadMetadata(path).GetValueOrDefault("tokenizer", "bytes"));
-            using var be = BackendFactory.Create(r.GetValue(backend)!, r.GetValue(device), r.GetValue(threads));
+            using var be = BackendRegistry.Create(r.GetValue(backend)!, r.GetValue(device), r.GetValue(threads));
             using var gen = new TextGenerator(be, path, tok, r.GetValue(window));
             string p = r.GetValue(prompt)!;
             Console.Write(p);

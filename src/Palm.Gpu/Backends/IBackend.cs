@@ -13,7 +13,10 @@ namespace Palm.Gpu.Backends;
 /// Conventions (see DESIGN.md): outputs first, then inputs, then sizes. Gradients carry a `d` prefix.
 /// Parameter gradients accumulate (+=). Activation gradients overwrite (=) unless the op takes an
 /// explicit <c>accumulate</c> flag. Implementations are deterministic: the same inputs give the same
-/// bits for any thread count. Public entry points of the model validate shapes; backends trust them.
+/// bits for any thread count. Every backend derives from <see cref="BackendBase"/>, whose public methods validate
+/// (buffer ownership, element types, lengths against the sizes given, aliasing) before calling the backend's
+/// trusted core; outputs may alias inputs only where an op says so. Buffers may be views
+/// (<see cref="DeviceBuffer.Slice"/>) of a larger allocation.
 /// </summary>
 public interface IBackend : IDisposable
 {
@@ -23,11 +26,31 @@ public interface IBackend : IDisposable
     /// <summary>Human-readable device description.</summary>
     string DeviceName { get; }
 
+    /// <summary>
+    /// A view's offset (<see cref="DeviceBuffer.Slice"/>, in elements from the start of its allocation) must be a
+    /// multiple of this. CPU: 16 (64 bytes); OpenCL: the device's CL_DEVICE_MEM_BASE_ADDR_ALIGN.
+    /// </summary>
+    long ViewAlignment { get; }
+
+    /// <summary>When set, every call synchronises before and after and is timed into it; null (the default) for full speed.</summary>
+    BackendProfiler? Profiler { get; set; }
+
+    /// <summary>Calls since construction that made the host wait for the device (see <see cref="BackendBase.HostSyncs"/>).</summary>
+    long HostSyncs { get; }
+
+    /// <summary>Bytes of allocations made through <see cref="Allocate"/> and not yet disposed.</summary>
+    long LiveBytes { get; }
+    /// <summary>The largest <see cref="LiveBytes"/> since construction or <see cref="ResetHighWater"/>.</summary>
+    long HighWaterBytes { get; }
+    int LiveBuffers { get; }
+    void ResetHighWater();
+
     // ---- memory -------------------------------------------------------------------------------
     DeviceBuffer Allocate(string name, long length, ElementType type = ElementType.F32);
     void Upload(DeviceBuffer dst, ReadOnlySpan<float> src, long dstOffset = 0);
     void Upload(DeviceBuffer dst, ReadOnlySpan<int> src, long dstOffset = 0);
     void Download(DeviceBuffer src, Span<float> dst, long srcOffset = 0);
+    void Download(DeviceBuffer src, Span<int> dst, long srcOffset = 0);
     /// <summary>dst[0..n) = value.</summary>
     void Fill(DeviceBuffer dst, float value, long n);
     /// <summary>dst[dstOffset..+n) = src[srcOffset..+n).</summary>
@@ -60,7 +83,7 @@ public interface IBackend : IDisposable
     /// <summary>inp (N,D), weight (D) -> out (N,D), mean (N), rstd (N)</summary>
     void LayerNormForward(DeviceBuffer output, DeviceBuffer mean, DeviceBuffer rstd,
                           DeviceBuffer input, DeviceBuffer weight, int n, int d);
-    /// <summary>dout (N,D), inp, weight, mean, rstd -> dinp (N,D) (= or += when accumulate), dweight (D) +=</summary>
+    /// <summary>dout (N,D), inp, weight, mean, rstd -> dinp (N,D) (= or += when accumulate), dweight (D) +=. dinp may alias dout when not accumulating.</summary>
     void LayerNormBackward(DeviceBuffer dinput, DeviceBuffer dweight, DeviceBuffer dout, DeviceBuffer input,
                            DeviceBuffer weight, DeviceBuffer mean, DeviceBuffer rstd, int n, int d, bool accumulate);
 
@@ -95,10 +118,8 @@ public interface IBackend : IDisposable
     // ---- residual -----------------------------------------------------------------------------
     /// <summary>a (n), b (n) -> out (n) = a + b. out may alias a or b.</summary>
     void Add(DeviceBuffer output, DeviceBuffer a, DeviceBuffer b, long count);
-    /// <summary>acc (n) += x (n). The backward of a residual add is routing dout to both inputs.</summary>
+    /// <summary>acc (n) += x (n). acc may alias x. The backward of a residual add is routing dout to both inputs.</summary>
     void AddInPlace(DeviceBuffer acc, DeviceBuffer x, long count);
-    /// <summary>x (n) *= s</summary>
-    void Scale(DeviceBuffer x, float s, long count);
 
     // ---- softmax cross-entropy with z-loss ----------------------------------------------------
     /// <summary>
@@ -116,9 +137,9 @@ public interface IBackend : IDisposable
     /// </summary>
     void CrossEntropyBackward(DeviceBuffer dlogits, DeviceBuffer logits, DeviceBuffer logZ, DeviceBuffer targets,
                               float scale, float zLoss, int n, int v, int vocabStart);
-    /// <summary>logZ (n), max (n) -> out (n) = exp(logZ − max): a shard's normaliser relative to the all-shard max.</summary>
+    /// <summary>logZ (n), max (n) -> out (n) = exp(logZ − max): a shard's normaliser relative to the all-shard max. out may alias an input.</summary>
     void LogSumExpShift(DeviceBuffer output, DeviceBuffer logZ, DeviceBuffer max, long n);
-    /// <summary>max (n), sumExp (n) -> logZ (n) = max + log(sumExp) (in double where the device has it, rounded once).</summary>
+    /// <summary>max (n), sumExp (n) -> logZ (n) = max + log(sumExp) (in double where the device has it, rounded once). logZ may alias an input.</summary>
     void LogSumExpFinish(DeviceBuffer logZ, DeviceBuffer max, DeviceBuffer sumExp, long n);
 
     // ---- reductions and optimizer -------------------------------------------------------------

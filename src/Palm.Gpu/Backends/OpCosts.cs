@@ -1,7 +1,7 @@
 namespace Palm.Gpu.Backends;
 
 // The cost of every kernel of the IBackend contract: floating-point operations and bytes moved, as
-// functions of its sizes. One description per op, used by the ProfilingBackend (`palm bench`), the
+// functions of its sizes. One description per op, used by the backends' profiler hook (`palm bench`), the
 // BenchmarkDotNet suites and the results board, so a GFLOP/s or GB/s figure means the same everywhere.
 //
 // Legend: B batch, T time, D model width, H query heads, G kv heads, K head dim, F MLP width,
@@ -113,8 +113,6 @@ public static class OpCosts
     public static readonly OpDescription AddInPlaceOp = new("add_in_place", "acc (n) += x (n)", "n", "12·n");
     public static OpCost AddInPlace(long count) => new(AddInPlaceOp.Kernel, count, F32 * 3 * count);
 
-    public static readonly OpDescription ScaleOp = new("scale", "x (n) *= s", "n", "8·n");
-    public static OpCost Scale(long count) => new(ScaleOp.Kernel, count, F32 * 2 * count);
 
     // ---- softmax cross-entropy ------------------------------------------------------------------
     // max 1, x − max 1, exp 1, sum 1 per logit.
@@ -161,7 +159,7 @@ public static class OpCosts
     [
         MatmulOp, EmbeddingForwardOp, EmbeddingBackwardOp, LayerNormForwardOp, LayerNormBackwardOp,
         RopeForwardOp, RopeBackwardOp, AttentionForwardOp, AttentionBackwardOp, SwiGluForwardOp, SwiGluBackwardOp,
-        AddOp, AddInPlaceOp, ScaleOp, CrossEntropyForwardOp, CrossEntropyBackwardOp, LogSumExpShiftOp, LogSumExpFinishOp,
+        AddOp, AddInPlaceOp, CrossEntropyForwardOp, CrossEntropyBackwardOp, LogSumExpShiftOp, LogSumExpFinishOp,
         SumOfSquaresOp, SumOfSquaresSegmentsOp, AdafactorOp, AdafactorSumsOp, AdafactorApplyOp, FillOp, CopyOp, UploadOp, DownloadOp,
     ];
 }

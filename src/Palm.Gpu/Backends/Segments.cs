@@ -54,4 +54,20 @@ public static class Segments
         }
         return lo;
     }
+
+    /// <summary>Elements in all segments together.</summary>
+    public static long Total(IReadOnlyList<Segment> segments)
+    {
+        long n = 0;
+        foreach (var s in segments) n += s.Count;
+        return n;
+    }
+
+    /// <summary>One past the last element any segment covers (0 for none).</summary>
+    public static long End(IReadOnlyList<Segment> segments)
+    {
+        long end = 0;
+        foreach (var s in segments) end = Math.Max(end, s.Offset + s.Count);
+        return end;
+    }
 }

@@ -1,6 +1,4 @@
 using Palm.Gpu.Backends;
-using Palm.Gpu.Backends.Cpu;
-using Palm.Gpu.Backends.OpenCl;
 using Palm.Gpu.Model;
 
 namespace Palm.Gpu.Sharding;
@@ -21,6 +19,7 @@ public enum CollectiveTransport { Auto, Host, Device }
 public sealed class DeviceMesh : IDisposable
 {
     readonly bool _ownsDevices;
+    readonly BackendProvider? _provider;
 
     /// <summary>
     /// A mesh over <paramref name="devices"/> (rank order). <paramref name="transport"/> picks the collectives: Auto
@@ -38,9 +37,13 @@ public sealed class DeviceMesh : IDisposable
         Devices = devices;
         _ownsDevices = ownsDevices;
         Counters = new CollectiveCounters();
-        string? problem = transport == CollectiveTransport.Host ? null : OpenClCollectives.WhyNotShared(devices);
+        _provider = BackendRegistry.Find(devices[0].Name);
+        string? problem = transport == CollectiveTransport.Host ? null
+            : devices.FirstOrDefault(d => d.Name != devices[0].Name) is { } other ? $"the mesh mixes the {devices[0].Name} and {other.Name} backends"
+            : _provider is null ? $"backend '{devices[0].Name}' is not registered"
+            : _provider.WhyNoDeviceCollectives(devices);
         if (transport == CollectiveTransport.Device && problem is not null)
-            throw new ConfigException($"--collectives device needs the mesh's devices in one OpenCL context, but {problem}. " +
+            throw new ConfigException($"--collectives device needs device-side collectives between the mesh's devices, but {problem}. " +
                                       "Use --collectives host (or auto, which falls back to host round trips)");
         Transport = transport != CollectiveTransport.Host && problem is null ? CollectiveTransport.Device : CollectiveTransport.Host;
         ModelGroups = Enumerable.Range(0, data).Select(d => Group(Enumerable.Range(0, model).Select(m => devices[d * model + m]).ToArray())).ToArray();
@@ -64,7 +67,7 @@ public sealed class DeviceMesh : IDisposable
     public IReadOnlyList<RankContext> Ranks { get; }
 
     ICollectives Group(IBackend[] ranks) => Transport == CollectiveTransport.Device
-        ? new OpenClCollectives(ranks.Cast<OpenClBackend>().ToArray(), Counters)
+        ? _provider!.CreateDeviceCollectives(ranks, Counters)
         : new InProcessCollectives(ranks, Counters);
 
     public int Data { get; }
@@ -94,74 +97,25 @@ public sealed class DeviceMesh : IDisposable
     }
 
     /// <summary>
-    /// Creates data·model devices of one backend. CPU: logical devices, each a CpuBackend with its own
-    /// worker threads (threadsPerDevice, 0 = cores / devices, at least 1). OpenCL: devices 0 .. D·M−1
-    /// (PoCL exposes several with POCL_DEVICES="pthread pthread"), opened in one shared context when they are
-    /// all on one platform of OpenCL ≥ 1.2 and the transport is not Host, so the collectives copy on the device.
+    /// Creates data·model devices of one registered backend (<see cref="BackendProvider.CreateMesh"/>: CPU logical
+    /// devices with threadsPerDevice threads each, 0 = cores / devices; OpenCL devices 0 .. D·M−1 in one shared
+    /// context where the device collectives can use it). Device transport on devices that cannot have device-side
+    /// collectives is a <see cref="ConfigException"/> saying why, before anything is opened.
     /// </summary>
     public static DeviceMesh Create(string backend, int data, int model, int threadsPerDevice = 0, CollectiveTransport transport = CollectiveTransport.Auto)
     {
         if (data < 1 || model < 1) throw new ConfigException($"--mesh needs positive sizes, got {data}x{model}");
-        var want = transport;
+        var provider = BackendRegistry.Find(backend)
+            ?? throw new ConfigException($"unknown backend '{backend}'; choose one of: {string.Join(", ", BackendRegistry.Names)}");
         int n = data * model;
-        var devices = new List<IBackend>();
-        switch (backend.ToLowerInvariant())
-        {
-            case "cpu":
-                if (n > MaxCpuDevices)
-                    throw new ConfigException($"mesh {data}x{model} asks for {n} logical CPU devices; at most {MaxCpuDevices} are supported");
-                if (want == CollectiveTransport.Device)
-                    throw new ConfigException("--collectives device copies between OpenCL devices of one context; the CPU backend's logical devices " +
-                                              "always combine on the host. Use --backend opencl, or --collectives host (or auto)");
-                int threads = threadsPerDevice > 0 ? threadsPerDevice : Math.Max(1, Environment.ProcessorCount / n);
-                for (int i = 0; i < n; i++) devices.Add(new CpuBackend(threads));
-                break;
-            case "opencl":
-                var all = OpenClDevice.All();
-                if (n > all.Count)
-                    throw new ConfigException($"mesh {data}x{model} needs {n} OpenCL devices but {all.Count} exist; use a smaller mesh or expose more devices (PoCL: POCL_DEVICES=\"{string.Join(' ', Enumerable.Repeat("pthread", n))}\")");
-                var chosen = all.Take(n).ToArray();
-                string? problem = want == CollectiveTransport.Host ? null : OpenClCollectives.WhyNotShareable(chosen);
-                if (want == CollectiveTransport.Device && problem is not null)
-                    throw new ConfigException($"--collectives device needs the mesh's {n} OpenCL devices in one context, but {problem}. " +
-                                              "Use --collectives host (or auto, which falls back to host round trips)");
-                try
-                {
-                    if (want != CollectiveTransport.Host && problem is null) OpenShared(chosen, devices, want);
-                    if (devices.Count == 0)
-                    {
-                        want = CollectiveTransport.Host;
-                        foreach (var d in chosen) devices.Add(new OpenClBackend(d));
-                    }
-                }
-                catch { foreach (var d in devices) d.Dispose(); throw; }
-                break;
-            default:
-                throw new ConfigException($"unknown backend '{backend}'; choose one of: {string.Join(", ", BackendFactory.Names)}");
-        }
-        try { return new DeviceMesh(data, model, devices, ownsDevices: true, want); }
+        if (transport == CollectiveTransport.Device && provider.WhyNoDeviceCollectives(n) is { } problem)
+            throw new ConfigException($"--collectives device needs device-side collectives between the mesh's {n} {provider.Name} devices, but {problem}. " +
+                                      "Use --collectives host (or auto, which falls back to host round trips)");
+        IReadOnlyList<IBackend> devices;
+        try { devices = provider.CreateMesh(n, threadsPerDevice, transport); }
+        catch (ConfigException e) { throw new ConfigException($"mesh {data}x{model}: {e.Message}"); }
+        try { return new DeviceMesh(data, model, devices, ownsDevices: true, transport); }
         catch { foreach (var d in devices) d.Dispose(); throw; }
-    }
-
-    /// <summary>
-    /// One backend per device over a shared context. Under Auto a driver that refuses the shared context leaves
-    /// <paramref name="devices"/> empty (separate contexts follow); under Device its error propagates.
-    /// </summary>
-    static void OpenShared(OpenClDevice[] chosen, List<IBackend> devices, CollectiveTransport want)
-    {
-        IReadOnlyList<OpenClContext> views;
-        try { views = OpenClContext.CreateShared(chosen); }
-        catch (OpenClException) when (want == CollectiveTransport.Auto) { return; }
-        int taken = 0;
-        try
-        {
-            for (; taken < views.Count; taken++) devices.Add(new OpenClBackend(views[taken]));   // a failing backend disposes its view
-        }
-        catch
-        {
-            for (int i = taken + 1; i < views.Count; i++) views[i].Dispose();
-            throw;
-        }
     }
 
     public const int MaxCpuDevices = 64;

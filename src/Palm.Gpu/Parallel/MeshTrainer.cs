@@ -65,7 +65,7 @@ public sealed class MeshTrainer : ITrainingEngine
         if (options.Optimizer.Factored && (model > 1 || shardWeights))
             throw new ConfigException("factored Adafactor needs whole tensors; on a model axis > 1 or with --shard-weights train unfactored (PaLM's setting)");
         var devices = data * model == 1
-            ? new DeviceMesh(1, 1, [BackendFactory.Create(options.Backend, options.Device, options.Threads)], ownsDevices: true, options.Collectives)
+            ? new DeviceMesh(1, 1, [BackendRegistry.Create(options.Backend, options.Device, options.Threads)], ownsDevices: true, options.Collectives)
             : DeviceMesh.Create(options.Backend, data, model, options.Threads > 0 ? Math.Max(1, options.Threads / (data * model)) : 0, options.Collectives);
         try { return new MeshTrainer(devices, config, schedule.Max, options.Optimizer, options.Seed, shardWeights, ownsMesh: true); }
         catch
@@ -169,18 +169,12 @@ public sealed class MeshTrainer : ITrainingEngine
     public long ParameterCount => ModelMath.Parameters(Config);
 
     /// <summary>
-    /// CPU logical devices share the machine's cores, so the peak is the machine's at the threads they use together;
-    /// other devices are separate hardware of one kind: one device's measured peak times their number.
+    /// The run's peak: one device's measured peak; on a mesh, one machine's where its devices share one (CPU logical
+    /// devices), else one device's times their number.
     /// </summary>
-    public double MeasurePeakGflops()
-    {
-        var first = MeshDevices.Devices[0];
-        if (first is not Backends.Cpu.CpuBackend) return Peak.Measure(first) * MeshDevices.Size;
-        if (Single) return Peak.Measure(first);
-        int threads = Math.Min(Environment.ProcessorCount, MeshDevices.Devices.Sum(d => ((Backends.Cpu.CpuBackend)d).Threads));
-        using var machine = new Backends.Cpu.CpuBackend(threads);
-        return Peak.Measure(machine);
-    }
+    public double MeasurePeakGflops() => Single
+        ? BackendRegistry.MeasurePeakGflops(MeshDevices.Devices[0])
+        : BackendRegistry.MeasureMeshPeakGflops(MeshDevices.Devices);
 
     public void Synchronize()
     {

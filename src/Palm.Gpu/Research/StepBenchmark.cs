@@ -17,7 +17,7 @@ public sealed record MemoryUse(long HighWaterBytes, long ParameterBytes, long Gr
 public sealed record StepBenchmarkResult(
     ModelConfig Config, int Batch, long Parameters, string Backend, string Device,
     double[] StepSeconds, double FlopsPerToken, double PeakGflops,
-    IReadOnlyList<OpProfile> Ops, int ProfiledSteps, double ProfiledStepSeconds, MemoryUse Memory)
+    IReadOnlyList<OpProfile> Ops, int ProfiledSteps, double ProfiledStepSeconds, MemoryUse Memory, double HostSyncsPerStep)
 {
     public long TokensPerStep => (long)Batch * Config.SeqLen;
     public double MeanStepSeconds => StepSeconds.Average();
@@ -32,9 +32,10 @@ public sealed record StepBenchmarkResult(
 public static class StepBenchmark
 {
     /// <summary>
-    /// Builds the model on <paramref name="backend"/> (wrapped in a <see cref="ProfilingBackend"/> that does
-    /// not own it), runs <paramref name="warmup"/> untimed and <paramref name="steps"/> timed steps on
-    /// random tokens, then <paramref name="profiledSteps"/> steps with every kernel timed.
+    /// Builds the model on <paramref name="backend"/>, runs <paramref name="warmup"/> untimed and <paramref name="steps"/>
+    /// timed steps on random tokens (counting the backend's host synchronisations), then <paramref name="profiledSteps"/>
+    /// steps with a <see cref="BackendProfiler"/> attached, so every kernel is timed. Memory is the backend's high-water
+    /// mark over what it held before the model was built.
     /// </summary>
     public static StepBenchmarkResult Run(IBackend backend, ModelConfig config, int batch, int warmup, int steps, int profiledSteps, double peakGflops)
     {
@@ -42,8 +43,10 @@ public static class StepBenchmark
             throw new ConfigException("--batch and --steps must be ≥ 1, --warmup and --profile-steps ≥ 0");
         config.Validate();
         long before = Environment.WorkingSet;
-        using var prof = new ProfilingBackend(backend, ownsInner: false);
-        using var model = new PalmModel(prof, config, batch);
+        var prof = new BackendProfiler();
+        long liveBefore = backend.LiveBytes;
+        backend.ResetHighWater();
+        using var model = new PalmModel(backend, config, batch);
         model.Initialize(1);
         using var opt = new AdafactorOptimizer(model, new AdafactorConfig());
         var rng = new SplitMix64(7);
@@ -52,10 +55,11 @@ public static class StepBenchmark
         var targets = new int[n];
         for (int i = 0; i < n; i++) { inputs[i] = (int)(rng.Next() % (ulong)config.Vocab); targets[i] = (int)(rng.Next() % (ulong)config.Vocab); }
 
-        long k = 0;
+        long k = 0, syncs = 0;
         double Step()
         {
             var sw = Stopwatch.StartNew();
+            long syncs0 = backend.HostSyncs;
             TrainStep.Run(model, opt, inputs, targets, batch, ++k, part => prof.Phase = part switch
             {
                 StepPart.Forward => ProfilePhase.Forward,
@@ -64,25 +68,30 @@ public static class StepBenchmark
                 _ => ProfilePhase.Other,
             });
             prof.Phase = ProfilePhase.Other;
-            prof.Synchronize();
+            syncs += backend.HostSyncs - syncs0;   // the step's own waits, not the timing's Synchronize below
+            backend.Synchronize();
             return sw.Elapsed.TotalSeconds;
         }
 
         for (int i = 0; i < warmup; i++) Step();
         var times = new double[steps];
+        syncs = 0;
         for (int i = 0; i < steps; i++) times[i] = Step();
+        double syncsPerStep = (double)syncs / steps;
 
-        prof.Reset();
-        prof.Enabled = true;
+        backend.Profiler = prof;
         double profiled = 0;
-        for (int i = 0; i < profiledSteps; i++) profiled += Step();
-        prof.Enabled = false;
+        try
+        {
+            for (int i = 0; i < profiledSteps; i++) profiled += Step();
+        }
+        finally { backend.Profiler = null; }
 
         long paramBytes = model.Parameters.Sum(p => p.Value.Bytes);
-        var memory = new MemoryUse(prof.HighWaterBytes, paramBytes, model.Parameters.Sum(p => p.Grad.Bytes), opt.StateBytes,
+        var memory = new MemoryUse(backend.HighWaterBytes - liveBefore, paramBytes, model.Parameters.Sum(p => p.Grad.Bytes), opt.StateBytes,
                                    model.ActivationBytes, Math.Max(System.Diagnostics.Process.GetCurrentProcess().PeakWorkingSet64, before));
         return new StepBenchmarkResult(config, batch, model.Schema.Count, backend.Name, backend.DeviceName, times,
                                        ModelMath.TrainingFlopsPerToken(config), peakGflops, prof.Snapshot(), profiledSteps,
-                                       profiledSteps > 0 ? profiled / profiledSteps : double.NaN, memory);
+                                       profiledSteps > 0 ? profiled / profiledSteps : double.NaN, memory, syncsPerStep);
     }
 }

@@ -61,15 +61,16 @@ public class OpCostsTests
         var c = ModelConfig.Preset("tiny") with { Block = block, Attention = attention, Rematerialize = remat };
         int batch = 3;
         long tokens = (long)batch * c.SeqLen;
-        using var prof = new ProfilingBackend(new CpuBackend(2));
-        using var model = new PalmModel(prof, c, batch);
+        using var be = new CpuBackend(2);
+        var prof = new BackendProfiler();
+        using var model = new PalmModel(be, c, batch);
         model.Initialize(5);
         using var opt = new AdafactorOptimizer(model, new AdafactorConfig());
         var rng = new Random(3);
         var inputs = Enumerable.Range(0, (int)tokens).Select(_ => rng.Next(c.Vocab)).ToArray();
         var targets = Enumerable.Range(0, (int)tokens).Select(_ => rng.Next(c.Vocab)).ToArray();
 
-        prof.Enabled = true;
+        be.Profiler = prof;
         prof.Phase = ProfilePhase.Forward;
         model.Forward(inputs, targets, batch);
         prof.Phase = ProfilePhase.Backward;

@@ -142,7 +142,7 @@ public class OpenClKernelTests(OpenClFixture fx)
         {
             be.Add(t("out"), t("a"), t("b"), count);
             be.AddInPlace(t("acc"), t("a"), count);
-            be.Scale(t("acc"), -0.3f, count);
+            be.AddInPlace(t("acc"), t("acc"), count);   // acc aliases x
             be.Add(t("a"), t("a"), t("b"), count);   // out aliases an input
         }, "out", "acc", "a");
         Close(cpu, ocl, 0, 0, "residual");

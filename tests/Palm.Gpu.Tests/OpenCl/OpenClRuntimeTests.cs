@@ -83,7 +83,7 @@ public class OpenClRuntimeTests(OpenClFixture fx)
         var e = Assert.Throws<ArgumentOutOfRangeException>(() => new OpenClBackend(index));
         Assert.Contains($"device index {index} does not exist", e.Message);
         Assert.Contains(fx.Ocl.Device.Name, e.Message);
-        Assert.Throws<ArgumentOutOfRangeException>(() => BackendFactory.Create("opencl", index));
+        Assert.Throws<ArgumentOutOfRangeException>(() => BackendRegistry.Create("opencl", index));
     }
 
     [Fact]
@@ -156,7 +156,7 @@ public class OpenClRuntimeTests(OpenClFixture fx)
     [Fact]
     public void ListDevices_DescribesCpuAndOpenClDevices()
     {
-        var devices = BackendFactory.ListDevices();
+        var devices = BackendRegistry.ListDevices();
         Assert.Contains(devices, d => d.Backend == "cpu" && d.ComputeUnits > 0 && d.MemoryBytes > 0);
         var ocl = devices.Where(d => d.Backend == "opencl").ToList();
         Assert.NotEmpty(ocl);
@@ -232,15 +232,15 @@ public class OpenClRuntimeTests(OpenClFixture fx)
     {
         var be = fx.Ocl;
         using var x = be.Allocate("x", 1000);
-        be.Profiler = new OpenClProfiler();
+        be.EventProfiler = new OpenClProfiler();
         try
         {
-            be.Scale(x, 2f, 1000);
-            be.Scale(x, 2f, 1000);
-            var totals = be.Profiler.Totals;
-            Assert.Equal(2, totals["scale"].Calls);
-            Assert.True(totals["scale"].Milliseconds >= 0);
+            be.AddInPlace(x, x, 1000);
+            be.AddInPlace(x, x, 1000);
+            var totals = be.EventProfiler.Totals;
+            Assert.Equal(2, totals["add_inplace"].Calls);
+            Assert.True(totals["add_inplace"].Milliseconds >= 0);
         }
-        finally { be.Profiler = null; }
+        finally { be.EventProfiler = null; }
     }
 }

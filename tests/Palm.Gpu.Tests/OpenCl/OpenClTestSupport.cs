@@ -45,6 +45,9 @@ public sealed class OpCase
 {
     readonly List<(string Name, float[]? F, int[]? I)> tensors = new();
 
+    /// <summary>The declared tensors, in declaration order.</summary>
+    public IReadOnlyList<(string Name, float[]? F, int[]? I)> Tensors => tensors;
+
     public OpCase F(string name, float[] data) { tensors.Add((name, data, null)); return this; }
     public OpCase I(string name, int[] data) { tensors.Add((name, null, data)); return this; }
     public OpCase Zeros(string name, long length) => F(name, new float[length]);
@@ -84,6 +87,74 @@ public sealed class OpCase
         finally
         {
             foreach (var b in buffers.Values) b.Dispose();
+        }
+    }
+}
+
+public static class OpCaseViews
+{
+    const float FloatGuard = -7777.25f;
+    const int IntGuard = -99991;
+
+    /// <summary>
+    /// Like <see cref="OpCase.Run"/>, but every tensor is a view (<see cref="DeviceBuffer.Slice"/>) of one fp32 or one
+    /// int32 allocation, at offsets that are multiples of the backend's view alignment and with at least one alignment
+    /// of guard values before and after each; asserts afterwards that no guard changed.
+    /// </summary>
+    public static Dictionary<string, float[]> RunInViews(this OpCase op, IBackend backend, Action<Func<string, DeviceBuffer>> call, params string[] outputs)
+    {
+        long align = backend.ViewAlignment;
+        long Up(long x) => (x + align - 1) / align * align;
+        var layout = new Dictionary<string, (long Offset, long Length, bool Int)>();
+        long fEnd = align, iEnd = align;   // one alignment of guard first
+        foreach (var (name, f, i) in op.Tensors)
+        {
+            long length = f?.Length ?? i!.Length;
+            if (f is not null) { layout[name] = (fEnd, length, false); fEnd = Up(fEnd + length) + align; }
+            else { layout[name] = (iEnd, length, true); iEnd = Up(iEnd + length) + align; }
+        }
+        using var fArena = backend.Allocate("float arena", fEnd);
+        using var iArena = backend.Allocate("int arena", iEnd, ElementType.I32);
+        backend.Fill(fArena, FloatGuard, fEnd);
+        backend.Upload(iArena, Enumerable.Repeat(IntGuard, (int)iEnd).ToArray());
+        var views = new Dictionary<string, DeviceBuffer>();
+        try
+        {
+            foreach (var (name, f, i) in op.Tensors)
+            {
+                var (offset, length, isInt) = layout[name];
+                var view = (isInt ? iArena : fArena).Slice(offset, length);
+                views[name] = view;
+                if (f is not null) backend.Upload(view, f);
+                else backend.Upload(view, i!);
+            }
+            call(name => views.TryGetValue(name, out var b) ? b : throw new KeyNotFoundException($"test tensor '{name}' was not declared"));
+            backend.Synchronize();
+            var result = new Dictionary<string, float[]>();
+            foreach (var name in outputs)
+            {
+                var data = new float[views[name].Length];
+                backend.Download(views[name], data);
+                result[name] = data;
+            }
+            var fAll = new float[fEnd];
+            backend.Download(fArena, fAll);
+            var iAll = new int[iEnd];
+            backend.Download(iArena, iAll);
+            bool[] fUsed = new bool[fEnd], iUsed = new bool[iEnd];
+            foreach (var (offset, length, isInt) in layout.Values)
+                Array.Fill(isInt ? iUsed : fUsed, true, (int)offset, (int)length);
+            for (int k = 0; k < fEnd; k++)
+                if (!fUsed[k] && BitConverter.SingleToInt32Bits(fAll[k]) != BitConverter.SingleToInt32Bits(FloatGuard))
+                    Assert.Fail($"{backend.Name}: float element {k} outside every view was overwritten with {fAll[k]:R}");
+            for (int k = 0; k < iEnd; k++)
+                if (!iUsed[k] && iAll[k] != IntGuard)
+                    Assert.Fail($"{backend.Name}: int element {k} outside every view was overwritten with {iAll[k]}");
+            return result;
+        }
+        finally
+        {
+            foreach (var v in views.Values) v.Dispose();
         }
     }
 }

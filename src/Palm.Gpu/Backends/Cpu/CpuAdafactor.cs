@@ -18,18 +18,18 @@ internal static class CpuAdafactor
 {
     const int Chunk = 16384;
 
-    public static void Update(int threads, float[] param, float[] grad, float[]? momentum, float[]? v, float[]? vRow, float[]? vCol,
+    public static void Update(int threads, CpuView<float> param, CpuView<float> grad, CpuView<float> momentum, CpuView<float> v, CpuView<float> vRow, CpuView<float> vCol,
                               int rows, int cols, in AdafactorStep s)
     {
         long count = (long)rows * cols;
         float gs = s.GradScale, b2 = s.Beta2, e1 = s.Epsilon1;
-        bool factored = v is null;
-        if (s.Beta1 > 0 && momentum is null) throw new ArgumentException("Adafactor: β1 > 0 needs a momentum buffer");
+        bool factored = v.IsNull;
+        if (s.Beta1 > 0 && momentum.IsNull) throw new ArgumentException("Adafactor: β1 > 0 needs a momentum buffer");
 
         float[]? rowScale = null, colScale = null; // u = g · rowScale[i] · colScale[j] when factored
         if (factored)
         {
-            if (vRow is null || vCol is null) throw new ArgumentException("Adafactor: factored state needs row and column moments");
+            if (vRow.IsNull || vCol.IsNull) throw new ArgumentException("Adafactor: factored state needs row and column moments");
             // Row means of g²+ε1: one row per work item.
             CpuParallel.For(threads, rows, i =>
             {
@@ -72,7 +72,7 @@ internal static class CpuAdafactor
     /// Pass 1 on every segment of a flat arena (unfactored): v updated; Σu², Σp² per segment. The chunks are cut from
     /// each segment's start and summed as <see cref="Sums"/> sums a tensor's, so a segment gets the fused update's bits.
     /// </summary>
-    public static void SegmentSums(int threads, float[] param, float[] grad, float[] v, IReadOnlyList<Segment> segments, in AdafactorStep s,
+    public static void SegmentSums(int threads, CpuView<float> param, CpuView<float> grad, CpuView<float> v, IReadOnlyList<Segment> segments, in AdafactorStep s,
                                    Span<double> sumU2, Span<double> sumP2)
     {
         var first = Segments.FirstTiles(segments, Chunk);
@@ -96,10 +96,10 @@ internal static class CpuAdafactor
     }
 
     /// <summary>Pass 2 on every segment with each segment's whole-tensor sums and element count.</summary>
-    public static void SegmentApply(int threads, float[] param, float[] grad, float[]? momentum, float[] v, IReadOnlyList<Segment> segments,
+    public static void SegmentApply(int threads, CpuView<float> param, CpuView<float> grad, CpuView<float> momentum, CpuView<float> v, IReadOnlyList<Segment> segments,
                                     ReadOnlySpan<double> sumU2, ReadOnlySpan<double> sumP2, ReadOnlySpan<long> tensorCounts, in AdafactorStep s)
     {
-        if (s.Beta1 > 0 && momentum is null) throw new ArgumentException("Adafactor: β1 > 0 needs a momentum buffer");
+        if (s.Beta1 > 0 && momentum.IsNull) throw new ArgumentException("Adafactor: β1 > 0 needs a momentum buffer");
         var scalars = new (float Clip, float StepSize)[segments.Count];
         for (int seg = 0; seg < segments.Count; seg++) scalars[seg] = s.Scalars(sumU2[seg], sumP2[seg], tensorCounts[seg]);
         var first = Segments.FirstTiles(segments, Chunk);
@@ -120,20 +120,20 @@ internal static class CpuAdafactor
 
     // Pass 1: unfactored second moment (v null: factored, u from rowScale/colScale), Σu² and Σp² per fixed chunk,
     // then the chunks in order.
-    static (double SumU2, double SumP2) Sums(int threads, float[] param, float[] grad, float[]? v, float[]? rowScale, float[]? colScale,
+    static (double SumU2, double SumP2) Sums(int threads, CpuView<float> param, CpuView<float> grad, CpuView<float> v, float[]? rowScale, float[]? colScale,
                                              int cols, long count, AdafactorStep s)
     {
         int chunks = (int)((count + Chunk - 1) / Chunk);
         var sumU2 = new double[chunks];
         var sumP2 = new double[chunks];
         float gs = s.GradScale, b2 = s.Beta2, e1 = s.Epsilon1;
-        bool factored = v is null;
+        bool factored = v.IsNull;
         CpuParallel.For(threads, chunks, c =>
         {
             long start = (long)c * Chunk, end = Math.Min(count, start + Chunk);
             if (!factored)
             {
-                (sumU2[c], sumP2[c]) = ChunkSums(param, grad, v!, start, end, s);
+                (sumU2[c], sumP2[c]) = ChunkSums(param, grad, v, start, end, s);
                 return;
             }
             double u2 = 0, p2 = 0;
@@ -153,18 +153,18 @@ internal static class CpuAdafactor
     }
 
     // Pass 2: recompute u (cheaper than storing it), momentum, parameter update.
-    static void Apply(int threads, float[] param, float[] grad, float[]? momentum, float[]? v, float[]? rowScale, float[]? colScale,
+    static void Apply(int threads, CpuView<float> param, CpuView<float> grad, CpuView<float> momentum, CpuView<float> v, float[]? rowScale, float[]? colScale,
                       int cols, long count, float clip, float stepSize, AdafactorStep s)
     {
         int chunks = (int)((count + Chunk - 1) / Chunk);
         float gs = s.GradScale, b1 = s.Beta1, wd = s.WeightDecay;
-        bool factored = v is null;
+        bool factored = v.IsNull;
         CpuParallel.For(threads, chunks, c =>
         {
             long start = (long)c * Chunk, end = Math.Min(count, start + Chunk);
             if (!factored)
             {
-                ChunkApply(param, grad, momentum, v!, start, end, clip, stepSize, s);
+                ChunkApply(param, grad, momentum, v, start, end, clip, stepSize, s);
                 return;
             }
             long row = start / cols, col = start % cols;
@@ -173,7 +173,7 @@ internal static class CpuAdafactor
                 float u = grad[idx] * gs * rowScale![row] * colScale![col];
                 u *= clip;
                 float m = u;
-                if (momentum is not null)
+                if (!momentum.IsNull)
                 {
                     m = b1 * momentum[idx] + (1 - b1) * u;
                     momentum[idx] = m;
@@ -185,7 +185,7 @@ internal static class CpuAdafactor
     }
 
     // Unfactored pass 1 over one chunk [start, end): v updated, (Σu², Σp²) in index order.
-    static (double U2, double P2) ChunkSums(float[] param, float[] grad, float[] v, long start, long end, in AdafactorStep s)
+    static (double U2, double P2) ChunkSums(CpuView<float> param, CpuView<float> grad, CpuView<float> v, long start, long end, in AdafactorStep s)
     {
         float gs = s.GradScale, b2 = s.Beta2, e1 = s.Epsilon1;
         double u2 = 0, p2 = 0;
@@ -203,7 +203,7 @@ internal static class CpuAdafactor
     }
 
     // Unfactored pass 2 over one chunk: recompute u (cheaper than storing it), momentum, parameter update.
-    static void ChunkApply(float[] param, float[] grad, float[]? momentum, float[] v, long start, long end, float clip, float stepSize, in AdafactorStep s)
+    static void ChunkApply(CpuView<float> param, CpuView<float> grad, CpuView<float> momentum, CpuView<float> v, long start, long end, float clip, float stepSize, in AdafactorStep s)
     {
         float gs = s.GradScale, b1 = s.Beta1, wd = s.WeightDecay;
         long idx = Vector256.IsHardwareAccelerated ? ApplyUnfactored256(param, grad, momentum, v, start, end, clip, stepSize, s) : start;
@@ -213,7 +213,7 @@ internal static class CpuAdafactor
             float u = g / MathF.Sqrt(v[idx]);
             u *= clip;
             float m = u;
-            if (momentum is not null)
+            if (!momentum.IsNull)
             {
                 m = b1 * momentum[idx] + (1 - b1) * u;
                 momentum[idx] = m;
@@ -228,7 +228,7 @@ internal static class CpuAdafactor
     // same order (no fused multiply-adds), and Σu², Σp² still add the lanes one by one in index order, so the
     // results are the scalar loop's (and the OpenCL kernel's) to the last bit; only the divide and square root
     // run eight-wide.
-    static unsafe long SumsUnfactored256(float[] param, float[] grad, float[] v, long start, long end, AdafactorStep s, ref double u2, ref double p2)
+    static unsafe long SumsUnfactored256(CpuView<float> param, CpuView<float> grad, CpuView<float> v, long start, long end, AdafactorStep s, ref double u2, ref double p2)
     {
         float gs = s.GradScale, b2 = s.Beta2, e1 = s.Epsilon1, oneMinusB2 = 1 - b2;
         var vgs = Vector256.Create(gs);
@@ -258,7 +258,7 @@ internal static class CpuAdafactor
         return idx;
     }
 
-    static unsafe long ApplyUnfactored256(float[] param, float[] grad, float[]? momentum, float[] v, long start, long end,
+    static unsafe long ApplyUnfactored256(CpuView<float> param, CpuView<float> grad, CpuView<float> momentum, CpuView<float> v, long start, long end,
                                           float clip, float stepSize, AdafactorStep s)
     {
         float gs = s.GradScale, b1 = s.Beta1, wd = s.WeightDecay;

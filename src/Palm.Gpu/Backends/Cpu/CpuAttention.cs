@@ -40,16 +40,16 @@ internal static unsafe class CpuAttention
 
     [ThreadStatic] static float[]? t_scratch;
 
-    public static void Forward(int threads, float[] output, float[] lse, float[] q, float[] k, float[] v,
+    public static void Forward(int threads, CpuView<float> output, CpuView<float> lse, CpuView<float> q, CpuView<float> k, CpuView<float> v,
                                int b, int t, int heads, int kvHeads, int headDim)
         => Forward(threads, output, lse, q, k, v, b, t, heads, kvHeads, headDim, BestVectorBits);
 
-    public static void Backward(int threads, float[] dq, float[] dk, float[] dv, float[] dout, float[] q, float[] k, float[] v,
-                                float[] output, float[] lse, int b, int t, int heads, int kvHeads, int headDim)
+    public static void Backward(int threads, CpuView<float> dq, CpuView<float> dk, CpuView<float> dv, CpuView<float> dout, CpuView<float> q, CpuView<float> k, CpuView<float> v,
+                                CpuView<float> output, CpuView<float> lse, int b, int t, int heads, int kvHeads, int headDim)
         => Backward(threads, dq, dk, dv, dout, q, k, v, output, lse, b, t, heads, kvHeads, headDim, BestVectorBits);
 
     /// <summary>Forward with an explicit vector path (512, 256 or 0), so every path can be tested on one machine.</summary>
-    internal static void Forward(int threads, float[] output, float[] lse, float[] q, float[] k, float[] v,
+    internal static void Forward(int threads, CpuView<float> output, CpuView<float> lse, CpuView<float> q, CpuView<float> k, CpuView<float> v,
                                  int b, int t, int heads, int kvHeads, int headDim, int vectorBits)
     {
         var s = new Shape(b, t, heads, kvHeads, headDim);
@@ -64,8 +64,8 @@ internal static unsafe class CpuAttention
     }
 
     /// <summary>Backward with an explicit vector path (512, 256 or 0).</summary>
-    internal static void Backward(int threads, float[] dq, float[] dk, float[] dv, float[] dout, float[] q, float[] k, float[] v,
-                                  float[] output, float[] lse, int b, int t, int heads, int kvHeads, int headDim, int vectorBits)
+    internal static void Backward(int threads, CpuView<float> dq, CpuView<float> dk, CpuView<float> dv, CpuView<float> dout, CpuView<float> q, CpuView<float> k, CpuView<float> v,
+                                  CpuView<float> output, CpuView<float> lse, int b, int t, int heads, int kvHeads, int headDim, int vectorBits)
     {
         var s = new Shape(b, t, heads, kvHeads, headDim);
         s.CheckQuery(dq, "dq"); s.CheckQuery(dout, "dout"); s.CheckQuery(q, "q"); s.CheckQuery(output, "out");
@@ -335,11 +335,11 @@ internal static unsafe class CpuAttention
         public long KvRow(int bi, int t, int g) => ((long)(bi * T + t) * G + g) * K;
         public int LseIndex(int bi, int h, int t) => (bi * H + h) * T + t;
 
-        public void CheckQuery(float[] a, string name) => Check(a, (long)B * T * H * K, name);
-        public void CheckKv(float[] a, string name) => Check(a, (long)B * T * G * K, name);
-        public void CheckLse(float[] a, string name) => Check(a, (long)B * H * T, name);
+        public void CheckQuery(CpuView<float> a, string name) => Check(a, (long)B * T * H * K, name);
+        public void CheckKv(CpuView<float> a, string name) => Check(a, (long)B * T * G * K, name);
+        public void CheckLse(CpuView<float> a, string name) => Check(a, (long)B * H * T, name);
 
-        static void Check(float[] a, long need, string name)
+        static void Check(CpuView<float> a, long need, string name)
         {
             if (a.Length < need) throw new ArgumentException($"attention: {name} has {a.Length} floats, needs {need}");
         }

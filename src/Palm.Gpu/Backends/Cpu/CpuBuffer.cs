@@ -1,21 +1,72 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using Palm.Gpu.Tensors;
 
 namespace Palm.Gpu.Backends.Cpu;
 
-/// <summary>A buffer in managed host memory. Exactly one of F (fp32) and I (int32) is set.</summary>
+/// <summary>
+/// A buffer in managed host memory, or a view of one. Exactly one of the arrays is set (fp32 or int32); a view
+/// shares its root's array and starts <see cref="DeviceBuffer.Offset"/> elements in.
+/// </summary>
 public sealed class CpuBuffer : DeviceBuffer
 {
-    internal readonly float[] F;
-    internal readonly int[] I;
+    readonly float[] f;
+    readonly int[] i;
 
     public CpuBuffer(string name, long length, ElementType type) : base(name, length, type)
     {
         if (length > Array.MaxLength)
             throw new ArgumentOutOfRangeException(nameof(length),
                 $"buffer '{name}' needs {length} elements; the CPU backend holds at most {Array.MaxLength} per tensor. Use a smaller preset or shard the model (--mesh).");
-        F = type == ElementType.F32 ? new float[length] : Array.Empty<float>();
-        I = type == ElementType.I32 ? new int[length] : Array.Empty<int>();
+        f = type == ElementType.F32 ? new float[length] : Array.Empty<float>();
+        i = type == ElementType.I32 ? new int[length] : Array.Empty<int>();
     }
 
-    public override void Dispose() { }
+    CpuBuffer(CpuBuffer parent, long offset, long length) : base(parent, offset, length)
+    {
+        f = parent.f;
+        i = parent.i;
+    }
+
+    /// <summary>The fp32 elements of this buffer (or view).</summary>
+    internal CpuView<float> F => new(f, Type == ElementType.F32 ? Offset : 0, Type == ElementType.F32 ? Length : 0);
+    /// <summary>The int32 elements of this buffer (or view).</summary>
+    internal CpuView<int> I => new(i, Type == ElementType.I32 ? Offset : 0, Type == ElementType.I32 ? Length : 0);
+
+    protected override DeviceBuffer CreateView(long offset, long length) => new CpuBuffer(this, offset, length);
+    protected override void Release() { }
+}
+
+/// <summary>
+/// Elements [Offset, Offset + Length) of a managed array: what the CPU kernels take instead of a whole array, so a
+/// buffer view runs through the same code. <c>fixed (float* p = view)</c> pins the array and points at element
+/// Offset (null for the default, absent view, as for a null array); the indexer is relative to Offset.
+/// </summary>
+public readonly struct CpuView<T> where T : unmanaged
+{
+    readonly T[]? array;
+
+    public CpuView(T[] array, long offset, long length)
+    {
+        this.array = array;
+        Offset = offset;
+        Length = length;
+    }
+
+    public long Offset { get; }
+    public long Length { get; }
+    /// <summary>True for the default view: an optional buffer that is absent.</summary>
+    public bool IsNull => array is null;
+
+    public static implicit operator CpuView<T>(T[]? array) => array is null ? default : new(array, 0, array.Length);
+
+    public ref T this[long index] => ref array![Offset + index];
+    public ref T this[int index] => ref array![Offset + index];
+
+    public ref T GetPinnableReference() =>
+        ref array is null ? ref Unsafe.NullRef<T>() : ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(array), (nint)Offset);
+
+    public Span<T> AsSpan() => array.AsSpan((int)Offset, (int)Length);
+    public Span<T> AsSpan(long start) => array.AsSpan((int)(Offset + start), (int)(Length - start));
+    public Span<T> AsSpan(long start, long length) => array.AsSpan((int)(Offset + start), (int)length);
 }

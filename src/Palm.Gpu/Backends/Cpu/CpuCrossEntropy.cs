@@ -22,7 +22,7 @@ internal static unsafe class CpuCrossEntropy
 {
     const int FlushEvery = 256;
 
-    public static void Forward(int threads, float[] logZ, float[] targetLogit, float[] logits, int[] targets, int n, int v, int v0)
+    public static void Forward(int threads, CpuView<float> logZ, CpuView<float> targetLogit, CpuView<float> logits, CpuView<int> targets, int n, int v, int v0)
     {
         CheckTargets(targets, n);
         CpuParallel.For(threads, n, row =>
@@ -38,7 +38,7 @@ internal static unsafe class CpuCrossEntropy
         });
     }
 
-    public static void Backward(int threads, float[] dlogits, float[] logits, float[] logZ, int[] targets, float scale, float zLoss, int n, int v, int v0)
+    public static void Backward(int threads, CpuView<float> dlogits, CpuView<float> logits, CpuView<float> logZ, CpuView<int> targets, float scale, float zLoss, int n, int v, int v0)
     {
         CheckTargets(targets, n);
         CpuParallel.For(threads, n, row =>
@@ -56,19 +56,19 @@ internal static unsafe class CpuCrossEntropy
         });
     }
 
-    public static void LogSumExpShift(int threads, float[] output, float[] logZ, float[] max, long n) =>
+    public static void LogSumExpShift(int threads, CpuView<float> output, CpuView<float> logZ, CpuView<float> max, long n) =>
         CpuParallel.ForChunks(threads, n, 1 << 14, (start, end) =>
         {
             for (long i = start; i < end; i++) output[i] = MathF.Exp(logZ[i] - max[i]);
         });
 
-    public static void LogSumExpFinish(int threads, float[] logZ, float[] max, float[] sumExp, long n) =>
+    public static void LogSumExpFinish(int threads, CpuView<float> logZ, CpuView<float> max, CpuView<float> sumExp, long n) =>
         CpuParallel.ForChunks(threads, n, 1 << 14, (start, end) =>
         {
             for (long i = start; i < end; i++) logZ[i] = (float)(max[i] + Math.Log(sumExp[i]));
         });
 
-    static void CheckTargets(int[] targets, int n)
+    static void CheckTargets(CpuView<int> targets, int n)
     {
         for (int i = 0; i < n; i++)
             if (targets[i] < 0)

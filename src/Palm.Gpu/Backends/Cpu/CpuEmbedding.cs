@@ -16,18 +16,18 @@ internal static unsafe class CpuEmbedding
 {
     const int ColumnBlock = 128;
 
-    public static void Forward(int threads, float[] output, int[] tokens, float[] table, int n, int d, int v0, int vl)
+    public static void Forward(int threads, CpuView<float> output, CpuView<int> tokens, CpuView<float> table, int n, int d, int v0, int vl)
     {
         CheckTokens(tokens, n);
         CpuParallel.For(threads, n, row =>
         {
             long local = (long)tokens[row] - v0;
-            if ((ulong)local < (ulong)vl) Array.Copy(table, local * d, output, (long)row * d, d);
-            else Array.Clear(output, row * d, d);
+            if ((ulong)local < (ulong)vl) table.AsSpan(local * d, d).CopyTo(output.AsSpan((long)row * d, d));
+            else output.AsSpan((long)row * d, d).Clear();
         });
     }
 
-    public static void Backward(int threads, float[] dtable, int[] tokens, float[] dout, int n, int d, int v0, int vl)
+    public static void Backward(int threads, CpuView<float> dtable, CpuView<int> tokens, CpuView<float> dout, int n, int d, int v0, int vl)
     {
         CheckTokens(tokens, n);
         int blocks = (d + ColumnBlock - 1) / ColumnBlock;
@@ -48,7 +48,7 @@ internal static unsafe class CpuEmbedding
         });
     }
 
-    static void CheckTokens(int[] tokens, int n)
+    static void CheckTokens(CpuView<int> tokens, int n)
     {
         for (int i = 0; i < n; i++)
             if (tokens[i] < 0)

@@ -23,7 +23,7 @@ internal static unsafe class CpuLayerNorm
     const int RowsPerChunk = 32;
     const int ColumnBlock = 256;
 
-    public static void Forward(int threads, float[] output, float[] mean, float[] rstd, float[] input, float[] weight, int n, int d)
+    public static void Forward(int threads, CpuView<float> output, CpuView<float> mean, CpuView<float> rstd, CpuView<float> input, CpuView<float> weight, int n, int d)
     {
         CpuParallel.For(threads, n, row =>
         {
@@ -41,8 +41,8 @@ internal static unsafe class CpuLayerNorm
         });
     }
 
-    public static void Backward(int threads, float[] dinput, float[] dweight, float[] dout, float[] input, float[] weight,
-                                float[] mean, float[] rstd, int n, int d, bool accumulate)
+    public static void Backward(int threads, CpuView<float> dinput, CpuView<float> dweight, CpuView<float> dout, CpuView<float> input, CpuView<float> weight,
+                                CpuView<float> mean, CpuView<float> rstd, int n, int d, bool accumulate)
     {
         if (n <= 0) return;
         int chunks = (n + RowsPerChunk - 1) / RowsPerChunk;

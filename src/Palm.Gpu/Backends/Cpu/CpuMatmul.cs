@@ -84,11 +84,11 @@ internal static unsafe class CpuMatmul
     };
 
     // C (M,N) = alpha · op(A) (M,K) · op(B) (K,N) [+ C]
-    public static void Run(int threads, float[] c, float[] a, float[] b, int m, int n, int k,
+    public static void Run(int threads, CpuView<float> c, CpuView<float> a, CpuView<float> b, int m, int n, int k,
                            bool transA, bool transB, float alpha, bool accumulate)
         => Run(threads, c, a, b, m, n, k, transA, transB, alpha, accumulate, BestPath, GemmBlocking.Default);
 
-    public static void Run(int threads, float[] c, float[] a, float[] b, int m, int n, int k,
+    public static void Run(int threads, CpuView<float> c, CpuView<float> a, CpuView<float> b, int m, int n, int k,
                            bool transA, bool transB, float alpha, bool accumulate, GemmPath path, GemmBlocking blocking)
     {
         Check(threads, c, a, b, m, n, k, path, blocking);
@@ -96,7 +96,7 @@ internal static unsafe class CpuMatmul
         if (k == 0)
         {
             // Empty sum: C = alpha·0 (+ C).
-            if (!accumulate) Array.Clear(c, 0, m * n);
+            if (!accumulate) c.AsSpan(0, (long)m * n).Clear();
             return;
         }
 
@@ -144,11 +144,9 @@ internal static unsafe class CpuMatmul
         }
     }
 
-    private static void Check(int threads, float[] c, float[] a, float[] b, int m, int n, int k, GemmPath path, GemmBlocking blocking)
+    private static void Check(int threads, CpuView<float> c, CpuView<float> a, CpuView<float> b, int m, int n, int k, GemmPath path, GemmBlocking blocking)
     {
-        ArgumentNullException.ThrowIfNull(c);
-        ArgumentNullException.ThrowIfNull(a);
-        ArgumentNullException.ThrowIfNull(b);
+        if (c.IsNull || a.IsNull || b.IsNull) throw new ArgumentNullException(c.IsNull ? nameof(c) : a.IsNull ? nameof(a) : nameof(b));
         if (threads < 1) throw new ArgumentOutOfRangeException(nameof(threads), $"matmul: threads must be ≥ 1, got {threads}");
         if (m < 0 || n < 0 || k < 0) throw new ArgumentOutOfRangeException(nameof(m), $"matmul: sizes must be ≥ 0, got M={m} N={n} K={k}");
         if ((long)m * k > a.Length) throw new ArgumentException($"matmul: op(A) is {m}×{k} = {(long)m * k} floats but A holds {a.Length}; check M, K and transA", nameof(a));
@@ -172,7 +170,7 @@ internal static unsafe class CpuMatmul
 
         /// <summary>Packs B slivers [s0, s1) of this panel: sliver s holds op(B)[pc.., jc + s·NR ..] as kc rows of NR floats.</summary>
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        public readonly void PackBSlivers(float[] b, int s0, int s1)
+        public readonly void PackBSlivers(CpuView<float> b, int s0, int s1)
         {
             fixed (float* bPtr = b)
             {
@@ -189,7 +187,7 @@ internal static unsafe class CpuMatmul
 
         /// <summary>Packs one A block into this thread's buffer and updates the C tiles it meets in its sliver group.</summary>
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        public readonly void ComputeItem(float[] c, float[] a, int item)
+        public readonly void ComputeItem(CpuView<float> c, CpuView<float> a, int item)
         {
             int mItem = item / Groups, group = item % Groups;
             // Even split: item i gets panels [i·P/I, (i+1)·P/I), slivers likewise per group.

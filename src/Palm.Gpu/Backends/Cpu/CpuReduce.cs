@@ -14,7 +14,7 @@ internal static unsafe class CpuReduce
 {
     const long Chunk = 1 << 16;
 
-    public static double SumOfSquares(int threads, float[] x, long count)
+    public static double SumOfSquares(int threads, CpuView<float> x, long count)
     {
         if (count <= 0) return 0;
         int chunks = (int)((count + Chunk - 1) / Chunk);
@@ -70,7 +70,7 @@ internal static unsafe class CpuReduce
     internal const int Run = 1024, Partials = 64;   // SUMSQ_RUN, SUMSQ_WG in reduce.cl
     const int RunsPerItem = 16;
 
-    public static void SumOfSquaresSegments(int threads, float[] x, IReadOnlyList<Segment> segments, Span<double> sums)
+    public static void SumOfSquaresSegments(int threads, CpuView<float> x, IReadOnlyList<Segment> segments, Span<double> sums)
     {
         int count = segments.Count;
         if (count == 0) return;

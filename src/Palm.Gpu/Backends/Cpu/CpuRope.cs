@@ -40,13 +40,13 @@ internal static class CpuRope
     // A run uses one or two (T, K) pairs (queries and keys share K), so the tables are built once and kept.
     static readonly ConcurrentDictionary<(int T, int K), Table> s_tables = new();
 
-    public static void Forward(int threads, float[] output, float[] input, int b, int t, int heads, int headDim)
+    public static void Forward(int threads, CpuView<float> output, CpuView<float> input, int b, int t, int heads, int headDim)
         => Rotate(threads, output, input, b, t, heads, headDim, inverse: false);
 
-    public static void Backward(int threads, float[] dinput, float[] dout, int b, int t, int heads, int headDim)
+    public static void Backward(int threads, CpuView<float> dinput, CpuView<float> dout, int b, int t, int heads, int headDim)
         => Rotate(threads, dinput, dout, b, t, heads, headDim, inverse: true);
 
-    static unsafe void Rotate(int threads, float[] dst, float[] src, int b, int t, int heads, int headDim, bool inverse)
+    static unsafe void Rotate(int threads, CpuView<float> dst, CpuView<float> src, int b, int t, int heads, int headDim, bool inverse)
     {
         if (headDim <= 0 || headDim % 2 != 0) throw new ArgumentException($"rope: head dim {headDim} must be even and positive");
         long rows = (long)b * t;

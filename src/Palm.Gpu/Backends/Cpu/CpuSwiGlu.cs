@@ -15,13 +15,13 @@ internal static unsafe class CpuSwiGlu
 {
     const long Chunk = 1 << 15;
 
-    public static void Forward(int threads, float[] output, float[] gate, float[] up, long count)
+    public static void Forward(int threads, CpuView<float> output, CpuView<float> gate, CpuView<float> up, long count)
         => CpuParallel.ForChunks(threads, count, Chunk, (start, end) =>
         {
             fixed (float* po = output, pg = gate, pu = up) ForwardRange(po + start, pg + start, pu + start, end - start);
         });
 
-    public static void Backward(int threads, float[] dgate, float[] dup, float[] dout, float[] gate, float[] up, long count)
+    public static void Backward(int threads, CpuView<float> dgate, CpuView<float> dup, CpuView<float> dout, CpuView<float> gate, CpuView<float> up, long count)
         => CpuParallel.ForChunks(threads, count, Chunk, (start, end) =>
         {
             fixed (float* pdg = dgate, pdu = dup, pdo = dout, pg = gate, pu = up)

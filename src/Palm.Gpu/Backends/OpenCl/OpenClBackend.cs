@@ -10,7 +10,7 @@ namespace Palm.Gpu.Backends.OpenCl;
 /// queue per instance, so kernels run in submission order and scratch buffers can be reused between them.
 /// Not thread-safe: drive one instance from one thread (a device mesh holds one instance per device).
 /// </summary>
-public sealed class OpenClBackend : IBackend
+public sealed class OpenClBackend : BackendBase
 {
     // Prepended to every program: no silent contraction of a·b+c (kernels that want fused multiply-adds
     // call fma explicitly), fp64 where the device has it.
@@ -83,11 +83,13 @@ public sealed class OpenClBackend : IBackend
     public OpenClDevice Device { get; }
     public OpenClTuning Tuning { get; }
     public OpenClContext Context => context;
-    public string Name => "opencl";
-    public string DeviceName => Device.ToString();
+    public override string Name => "opencl";
+    public override string DeviceName => Device.ToString();
+    /// <summary>CL_DEVICE_MEM_BASE_ADDR_ALIGN in elements: where a sub-buffer may start.</summary>
+    public override long ViewAlignment => Device.BaseAddressAlignElements;
 
-    /// <summary>When set, every launch waits for its kernel and records its device time here (slows the queue).</summary>
-    public OpenClProfiler? Profiler { get; set; }
+    /// <summary>When set, every launch waits for its kernel and records its device (event) time here (slows the queue).</summary>
+    public OpenClProfiler? EventProfiler { get; set; }
 
     /// <summary>Bytes this backend's queue has moved between host and device (both directions), since it was opened.</summary>
     public long HostTransferBytes => context.Queue.HostToDeviceBytes + context.Queue.DeviceToHostBytes;
@@ -144,75 +146,41 @@ public sealed class OpenClBackend : IBackend
         return buffer;
     }
 
-    OpenClBuffer Buf(DeviceBuffer buffer, string role)
-    {
-        if (buffer is not OpenClBuffer b)
-            throw new ArgumentException($"{role} '{buffer.Name}' is a {buffer.GetType().Name}, not a buffer of this OpenCL backend", role);
-        if (!ReferenceEquals(b.Context, context))
-            throw new ArgumentException($"{role} '{buffer.Name}' belongs to another OpenCL backend instance", role);
-        return b;
-    }
+    // The base checked that every buffer is one of this instance's.
+    static OpenClBuffer Buf(DeviceBuffer buffer, string role) => (OpenClBuffer)buffer;
 
     // ---- memory -------------------------------------------------------------------------------
 
-    public DeviceBuffer Allocate(string name, long length, ElementType type = ElementType.F32)
-    {
-        if (length < 0) throw new ArgumentOutOfRangeException(nameof(length), $"buffer '{name}': length {length} is negative");
-        return context.CreateBuffer(name, length, type);
-    }
+    protected override DeviceBuffer AllocateCore(string name, long length, ElementType type) => context.CreateBuffer(name, length, type);
 
-    public void Upload(DeviceBuffer dst, ReadOnlySpan<float> src, long dstOffset = 0)
-    {
-        var b = Buf(dst, nameof(dst));
-        CheckType(b, ElementType.F32, "upload floats to");
-        CheckRange(b, dstOffset, src.Length, "upload");
-        context.Queue.Write(b, dstOffset * 4, MemoryMarshal.AsBytes(src));
-    }
+    protected override void UploadCore(DeviceBuffer dst, ReadOnlySpan<float> src, long dstOffset)
+        => context.Queue.Write(Buf(dst, nameof(dst)), dstOffset * 4, MemoryMarshal.AsBytes(src));
 
-    public void Upload(DeviceBuffer dst, ReadOnlySpan<int> src, long dstOffset = 0)
-    {
-        var b = Buf(dst, nameof(dst));
-        CheckType(b, ElementType.I32, "upload ints to");
-        CheckRange(b, dstOffset, src.Length, "upload");
-        context.Queue.Write(b, dstOffset * 4, MemoryMarshal.AsBytes(src));
-    }
+    protected override void UploadCore(DeviceBuffer dst, ReadOnlySpan<int> src, long dstOffset)
+        => context.Queue.Write(Buf(dst, nameof(dst)), dstOffset * 4, MemoryMarshal.AsBytes(src));
 
-    public void Download(DeviceBuffer src, Span<float> dst, long srcOffset = 0)
+    protected override void DownloadCore(DeviceBuffer src, Span<float> dst, long srcOffset)
     {
-        var b = Buf(src, nameof(src));
-        CheckType(b, ElementType.F32, "download floats from");
-        CheckRange(b, srcOffset, dst.Length, "download");
-        context.Queue.Read(b, srcOffset * 4, MemoryMarshal.AsBytes(dst));
+        context.Queue.Read(Buf(src, nameof(src)), srcOffset * 4, MemoryMarshal.AsBytes(dst));
         ThrowDeviceErrors();
     }
 
-    /// <summary>Reads an int32 buffer (token ids); not part of the kernel contract, used by tests and tools.</summary>
-    public void Download(DeviceBuffer src, Span<int> dst, long srcOffset = 0)
+    protected override void DownloadCore(DeviceBuffer src, Span<int> dst, long srcOffset)
+        => context.Queue.Read(Buf(src, nameof(src)), srcOffset * 4, MemoryMarshal.AsBytes(dst));
+
+    protected override void FillCore(DeviceBuffer dst, float value, long n)
     {
-        var b = Buf(src, nameof(src));
-        CheckType(b, ElementType.I32, "download ints from");
-        CheckRange(b, srcOffset, dst.Length, "download");
-        context.Queue.Read(b, srcOffset * 4, MemoryMarshal.AsBytes(dst));
+        if (n == 0) return;
+        context.Queue.Fill(Buf(dst, nameof(dst)), BitConverter.SingleToUInt32Bits(value), 0, n * 4);
     }
 
-    public void Fill(DeviceBuffer dst, float value, long n)
+    protected override void CopyCore(DeviceBuffer dst, DeviceBuffer src, long n, long dstOffset, long srcOffset)
     {
-        var b = Buf(dst, nameof(dst));
-        CheckRange(b, 0, n, "fill");
-        context.Queue.Fill(b, BitConverter.SingleToUInt32Bits(value), 0, n * 4);
+        if (n == 0) return;
+        context.Queue.Copy(Buf(dst, nameof(dst)), Buf(src, nameof(src)), dstOffset * 4, srcOffset * 4, n * 4);
     }
 
-    public void Copy(DeviceBuffer dst, DeviceBuffer src, long n, long dstOffset = 0, long srcOffset = 0)
-    {
-        var d = Buf(dst, nameof(dst));
-        var s = Buf(src, nameof(src));
-        if (d.Type != s.Type) throw new ArgumentException($"copy from {s} to {d}: element types differ");
-        CheckRange(d, dstOffset, n, "copy into");
-        CheckRange(s, srcOffset, n, "copy from");
-        context.Queue.Copy(d, s, dstOffset * 4, srcOffset * 4, n * 4);
-    }
-
-    public void Synchronize()
+    protected override void SynchronizeCore()
     {
         context.Queue.Finish();
         ThrowDeviceErrors();
@@ -232,22 +200,10 @@ public sealed class OpenClBackend : IBackend
             $"cross-entropy: target {e[4]} at row {e[3] - 1} is negative; targets are vocabulary ids from 0.");
     }
 
-    static void CheckType(OpenClBuffer b, ElementType type, string what)
-    {
-        if (b.Type != type) throw new ArgumentException($"cannot {what} buffer '{b.Name}' of type {b.Type}; it needs {type}");
-    }
-
-    static void CheckRange(OpenClBuffer b, long offset, long count, string what)
-    {
-        if (offset < 0 || count < 0 || offset + count > b.Length)
-            throw new ArgumentOutOfRangeException(nameof(offset),
-                $"{what} buffer '{b.Name}': range [{offset}, {offset + count}) is outside its {b.Length} elements");
-    }
-
     // ---- matmul -------------------------------------------------------------------------------
 
-    public void Matmul(DeviceBuffer c, DeviceBuffer a, DeviceBuffer b, int m, int n, int k,
-                       bool transA = false, bool transB = false, float alpha = 1f, bool accumulate = false)
+    protected override void MatmulCore(DeviceBuffer c, DeviceBuffer a, DeviceBuffer b, int m, int n, int k,
+                                       bool transA, bool transB, float alpha, bool accumulate)
     {
         if (m == 0 || n == 0) return;
         // Pack op(A) into row panels and op(B) into column panels (see matmul.cl): O(M·K + K·N) copies that
@@ -260,38 +216,38 @@ public sealed class OpenClBackend : IBackend
         {
             Kernel("matmul.cl", "pack_a", MatmulKnobs).Call()
                 .Arg(packedA).Arg(Buf(a, nameof(a))).Arg(m).Arg(k).Arg(transA ? 1 : k).Arg(transA ? m : 1)
-                .Launch(k, tilesM, Group, 1, Profiler);
+                .Launch(k, tilesM, Group, 1, EventProfiler);
             Kernel("matmul.cl", "pack_b", MatmulKnobs).Call()
                 .Arg(packedB).Arg(Buf(b, nameof(b))).Arg(k).Arg(n).Arg(transB ? 1 : n).Arg(transB ? k : 1)
-                .Launch(k, tilesN, Group, 1, Profiler);
+                .Launch(k, tilesN, Group, 1, EventProfiler);
         }
         Kernel("matmul.cl", "matmul", MatmulKnobs).Call()
             .Arg(Buf(c, nameof(c))).Arg(packedA).Arg(packedB)
             .Arg(m).Arg(n).Arg(k).Arg(alpha).Arg(accumulate ? 1 : 0)
-            .Launch(tilesM, tilesN, Tuning.MatmulGroup0, Tuning.MatmulGroup1, Profiler);
+            .Launch(tilesM, tilesN, Tuning.MatmulGroup0, Tuning.MatmulGroup1, EventProfiler);
     }
 
     static long DivUp(long x, long d) => (x + d - 1) / d;
 
     // ---- embedding ----------------------------------------------------------------------------
 
-    public void EmbeddingForward(DeviceBuffer output, DeviceBuffer tokens, DeviceBuffer table, int n, int d, int vocabStart, int vocabRows)
+    protected override void EmbeddingForwardCore(DeviceBuffer output, DeviceBuffer tokens, DeviceBuffer table, int n, int d, int vocabStart, int vocabRows)
     {
         if (n == 0 || d == 0) return;
         Kernel("embedding.cl", "embedding_forward", EmbeddingKnobs).Call()
             .Arg(Buf(output, nameof(output))).Arg(Buf(tokens, nameof(tokens))).Arg(Buf(table, nameof(table))).Arg(deviceErrors)
             .Arg(n).Arg(d).Arg(vocabStart).Arg(vocabRows)
-            .Launch((long)n * d, Group, Profiler);
+            .Launch((long)n * d, Group, EventProfiler);
     }
 
-    public void EmbeddingBackward(DeviceBuffer dtable, DeviceBuffer tokens, DeviceBuffer dout, int n, int d, int vocabStart, int vocabRows)
+    protected override void EmbeddingBackwardCore(DeviceBuffer dtable, DeviceBuffer tokens, DeviceBuffer dout, int n, int d, int vocabStart, int vocabRows)
     {
         if (n == 0 || d == 0 || vocabRows == 0) return;
         // A work-group per (EMB_WG columns, EMB_ROWS table rows): the tokens in order, no atomics (embedding.cl).
         Kernel("embedding.cl", "embedding_backward", EmbeddingKnobs).Call()
             .Arg(Buf(dtable, nameof(dtable))).Arg(Buf(tokens, nameof(tokens))).Arg(Buf(dout, nameof(dout))).Arg(deviceErrors)
             .Arg(n).Arg(d).Arg(vocabStart).Arg(vocabRows)
-            .Launch(d, DivUp(vocabRows, EmbeddingRows), EmbeddingGroup, 1, Profiler);
+            .Launch(d, DivUp(vocabRows, EmbeddingRows), EmbeddingGroup, 1, EventProfiler);
     }
 
     string EmbeddingKnobs => $"-D EMB_WG={EmbeddingGroup} -D EMB_ROWS={EmbeddingRows}";
@@ -300,16 +256,16 @@ public sealed class OpenClBackend : IBackend
 
     string LayerNormKnobs => $"-D LN_WG={Tuning.RowGroup} -D LN_ROWS_PER_CHUNK={LayerNormRowsPerChunk}";
 
-    public void LayerNormForward(DeviceBuffer output, DeviceBuffer mean, DeviceBuffer rstd, DeviceBuffer input, DeviceBuffer weight, int n, int d)
+    protected override void LayerNormForwardCore(DeviceBuffer output, DeviceBuffer mean, DeviceBuffer rstd, DeviceBuffer input, DeviceBuffer weight, int n, int d)
     {
         if (n == 0) return;
         Kernel("layernorm.cl", "layernorm_forward", LayerNormKnobs).Call()
             .Arg(Buf(output, nameof(output))).Arg(Buf(mean, nameof(mean))).Arg(Buf(rstd, nameof(rstd)))
             .Arg(Buf(input, nameof(input))).Arg(Buf(weight, nameof(weight))).Arg(n).Arg(d)
-            .Launch((long)n * Tuning.RowGroup, Tuning.RowGroup, Profiler);
+            .Launch((long)n * Tuning.RowGroup, Tuning.RowGroup, EventProfiler);
     }
 
-    public void LayerNormBackward(DeviceBuffer dinput, DeviceBuffer dweight, DeviceBuffer dout, DeviceBuffer input, DeviceBuffer weight,
+    protected override void LayerNormBackwardCore(DeviceBuffer dinput, DeviceBuffer dweight, DeviceBuffer dout, DeviceBuffer input, DeviceBuffer weight,
                                   DeviceBuffer mean, DeviceBuffer rstd, int n, int d, bool accumulate)
     {
         if (n == 0 || d == 0) return;
@@ -322,38 +278,37 @@ public sealed class OpenClBackend : IBackend
         var partial = Scratch("layernorm.dweight", (long)chunks * d);
         Kernel("layernorm.cl", "layernorm_backward_dweight_partial", LayerNormKnobs).Call()
             .Arg(partial).Arg(doutB).Arg(inputB).Arg(meanB).Arg(rstdB).Arg(n).Arg(d)
-            .Launch(DivUp(d, 16), chunks, Group, 1, Profiler);
+            .Launch(DivUp(d, 16), chunks, Group, 1, EventProfiler);
         Kernel("layernorm.cl", "layernorm_backward_dinput", LayerNormKnobs).Call()
             .Arg(Buf(dinput, nameof(dinput))).Arg(doutB).Arg(inputB).Arg(Buf(weight, nameof(weight))).Arg(meanB).Arg(rstdB)
             .Arg(n).Arg(d).Arg(accumulate ? 1 : 0)
-            .Launch((long)n * Tuning.RowGroup, Tuning.RowGroup, Profiler);
+            .Launch((long)n * Tuning.RowGroup, Tuning.RowGroup, EventProfiler);
 
         Kernel("layernorm.cl", "layernorm_backward_dweight_reduce", LayerNormKnobs).Call()
             .Arg(Buf(dweight, nameof(dweight))).Arg(partial).Arg(d).Arg(chunks)
-            .Launch(d, Group, Profiler);
+            .Launch(d, Group, EventProfiler);
     }
 
     // ---- RoPE ---------------------------------------------------------------------------------
 
-    public void RopeForward(DeviceBuffer output, DeviceBuffer input, int b, int t, int heads, int headDim)
+    protected override void RopeForwardCore(DeviceBuffer output, DeviceBuffer input, int b, int t, int heads, int headDim)
         => Rope(Buf(output, nameof(output)), Buf(input, nameof(input)), b, t, heads, headDim, 1f);
 
-    public void RopeBackward(DeviceBuffer dinput, DeviceBuffer dout, int b, int t, int heads, int headDim)
+    protected override void RopeBackwardCore(DeviceBuffer dinput, DeviceBuffer dout, int b, int t, int heads, int headDim)
         => Rope(Buf(dinput, nameof(dinput)), Buf(dout, nameof(dout)), b, t, heads, headDim, -1f);
 
     void Rope(OpenClBuffer output, OpenClBuffer input, int b, int t, int heads, int headDim, float sign)
     {
-        if (headDim <= 0 || headDim % 2 != 0) throw new ArgumentException($"RoPE needs an even, positive head dim, got {headDim}");
         if (b == 0 || t == 0 || heads == 0) return;
         string tableName = $"rope.table.{t}.{headDim}";
         if (!scratch.ContainsKey(tableName))
         {
             var fresh = Scratch(tableName, (long)t * headDim);   // (T, K/2, 2): built once, kept
-            Kernel("rope.cl", "rope_table").Call().Arg(fresh).Arg(t).Arg(headDim).Launch((long)t * (headDim / 2), Group, Profiler);
+            Kernel("rope.cl", "rope_table").Call().Arg(fresh).Arg(t).Arg(headDim).Launch((long)t * (headDim / 2), Group, EventProfiler);
         }
         Kernel("rope.cl", "rope").Call()
             .Arg(output).Arg(input).Arg(scratch[tableName]).Arg(b).Arg(t).Arg(heads).Arg(headDim).Arg(sign)
-            .Launch((long)b * t * heads * (headDim / 2), Group, Profiler);
+            .Launch((long)b * t * heads * (headDim / 2), Group, EventProfiler);
     }
 
     // ---- attention ----------------------------------------------------------------------------
@@ -370,14 +325,13 @@ public sealed class OpenClBackend : IBackend
         var xt = Scratch(scratchName, (long)b * heads * headDim * tp);
         Kernel("attention.cl", "attention_pack_tiles", AttentionKnobs(headDim)).Call()
             .Arg(xt).Arg(x).Arg(b).Arg(t).Arg(heads).Arg((int)tp).Arg(width)
-            .Launch(tp, (long)b * heads, Group, 1, Profiler);
+            .Launch(tp, (long)b * heads, Group, 1, EventProfiler);
         return xt;
     }
 
-    public void AttentionForward(DeviceBuffer output, DeviceBuffer lse, DeviceBuffer q, DeviceBuffer k, DeviceBuffer v,
+    protected override void AttentionForwardCore(DeviceBuffer output, DeviceBuffer lse, DeviceBuffer q, DeviceBuffer k, DeviceBuffer v,
                                  int b, int t, int heads, int kvHeads, int headDim)
     {
-        CheckHeads(heads, kvHeads);
         if (b == 0 || t == 0) return;
         int bq = Tuning.AttentionQueryBlock, rows = AttentionRows(headDim);
         var kt = PackTiles("attention.kT", Buf(k, nameof(k)), b, t, kvHeads, headDim, Tuning.AttentionKeyBlock);
@@ -385,13 +339,12 @@ public sealed class OpenClBackend : IBackend
             .Arg(Buf(output, nameof(output))).Arg(Buf(lse, nameof(lse)))
             .Arg(Buf(q, nameof(q))).Arg(kt).Arg(Buf(v, nameof(v)))
             .Arg(b).Arg(t).Arg(heads).Arg(kvHeads).Arg((int)PaddedTime(t)).Arg(AttentionScale(headDim))
-            .Launch(DivUp(t, bq) * (bq / rows), (long)b * heads, bq / rows, 1, Profiler);
+            .Launch(DivUp(t, bq) * (bq / rows), (long)b * heads, bq / rows, 1, EventProfiler);
     }
 
-    public void AttentionBackward(DeviceBuffer dq, DeviceBuffer dk, DeviceBuffer dv, DeviceBuffer dout, DeviceBuffer q, DeviceBuffer k,
+    protected override void AttentionBackwardCore(DeviceBuffer dq, DeviceBuffer dk, DeviceBuffer dv, DeviceBuffer dout, DeviceBuffer q, DeviceBuffer k,
                                   DeviceBuffer v, DeviceBuffer output, DeviceBuffer lse, int b, int t, int heads, int kvHeads, int headDim)
     {
-        CheckHeads(heads, kvHeads);
         if (b == 0 || t == 0) return;
         string knobs = AttentionKnobs(headDim);
         int bq = Tuning.AttentionQueryBlock, bk = Tuning.AttentionKeyBlock, rows = AttentionRows(headDim), tp = (int)PaddedTime(t);
@@ -405,91 +358,80 @@ public sealed class OpenClBackend : IBackend
 
         Kernel("attention.cl", "attention_backward_delta", knobs).Call()
             .Arg(delta).Arg(doutB).Arg(Buf(output, nameof(output))).Arg(b).Arg(t).Arg(heads)
-            .Launch(t, (long)b * heads, Group, 1, Profiler);
+            .Launch(t, (long)b * heads, Group, 1, EventProfiler);
 
         var kt = PackTiles("attention.kT", kB, b, t, kvHeads, headDim, bk);
         var vt = PackTiles("attention.vT", vB, b, t, kvHeads, headDim, bk);
         Kernel("attention.cl", "attention_backward_dq", knobs).Call()
             .Arg(Buf(dq, nameof(dq))).Arg(doutB).Arg(qB).Arg(kB).Arg(kt).Arg(vt).Arg(lseB).Arg(delta)
             .Arg(b).Arg(t).Arg(heads).Arg(kvHeads).Arg(tp).Arg(scale)
-            .Launch(DivUp(t, bq) * (bq / rows), (long)b * heads, bq / rows, 1, Profiler);
+            .Launch(DivUp(t, bq) * (bq / rows), (long)b * heads, bq / rows, 1, EventProfiler);
 
         var qt = PackTiles("attention.qT", qB, b, t, heads, headDim, bq);
         var doutT = PackTiles("attention.doutT", doutB, b, t, heads, headDim, bq);
         Kernel("attention.cl", "attention_backward_dkdv", knobs).Call()
             .Arg(Buf(dk, nameof(dk))).Arg(Buf(dv, nameof(dv))).Arg(kB).Arg(vB).Arg(qB).Arg(qt).Arg(doutB).Arg(doutT).Arg(lseB).Arg(delta)
             .Arg(b).Arg(t).Arg(heads).Arg(kvHeads).Arg(tp).Arg(scale)
-            .Launch(DivUp(t, bk) * (bk / rows), (long)b * kvHeads, bk / rows, 1, Profiler);
-    }
-
-    static void CheckHeads(int heads, int kvHeads)
-    {
-        if (kvHeads <= 0 || heads % kvHeads != 0)
-            throw new ArgumentException($"attention needs the query heads ({heads}) to be a multiple of the kv heads ({kvHeads})");
+            .Launch(DivUp(t, bk) * (bk / rows), (long)b * kvHeads, bk / rows, 1, EventProfiler);
     }
 
     // ---- SwiGLU -------------------------------------------------------------------------------
 
-    public void SwiGluForward(DeviceBuffer output, DeviceBuffer gate, DeviceBuffer up, long count)
+    protected override void SwiGluForwardCore(DeviceBuffer output, DeviceBuffer gate, DeviceBuffer up, long count)
         => Kernel("swiglu.cl", "swiglu_forward").Call()
             .Arg(Buf(output, nameof(output))).Arg(Buf(gate, nameof(gate))).Arg(Buf(up, nameof(up))).Arg(count)
-            .Launch(count, Group, Profiler);
+            .Launch(count, Group, EventProfiler);
 
-    public void SwiGluBackward(DeviceBuffer dgate, DeviceBuffer dup, DeviceBuffer dout, DeviceBuffer gate, DeviceBuffer up, long count)
+    protected override void SwiGluBackwardCore(DeviceBuffer dgate, DeviceBuffer dup, DeviceBuffer dout, DeviceBuffer gate, DeviceBuffer up, long count)
         => Kernel("swiglu.cl", "swiglu_backward").Call()
             .Arg(Buf(dgate, nameof(dgate))).Arg(Buf(dup, nameof(dup))).Arg(Buf(dout, nameof(dout)))
             .Arg(Buf(gate, nameof(gate))).Arg(Buf(up, nameof(up))).Arg(count)
-            .Launch(count, Group, Profiler);
+            .Launch(count, Group, EventProfiler);
 
     // ---- residual -----------------------------------------------------------------------------
 
-    public void Add(DeviceBuffer output, DeviceBuffer a, DeviceBuffer b, long count)
+    protected override void AddCore(DeviceBuffer output, DeviceBuffer a, DeviceBuffer b, long count)
         => Kernel("residual.cl", "add").Call()
             .Arg(Buf(output, nameof(output))).Arg(Buf(a, nameof(a))).Arg(Buf(b, nameof(b))).Arg(count)
-            .Launch(count, Group, Profiler);
+            .Launch(count, Group, EventProfiler);
 
-    public void AddInPlace(DeviceBuffer acc, DeviceBuffer x, long count)
+    protected override void AddInPlaceCore(DeviceBuffer acc, DeviceBuffer x, long count)
         => Kernel("residual.cl", "add_inplace").Call()
             .Arg(Buf(acc, nameof(acc))).Arg(Buf(x, nameof(x))).Arg(count)
-            .Launch(count, Group, Profiler);
-
-    public void Scale(DeviceBuffer x, float s, long count)
-        => Kernel("residual.cl", "scale").Call()
-            .Arg(Buf(x, nameof(x))).Arg(s).Arg(count)
-            .Launch(count, Group, Profiler);
+            .Launch(count, Group, EventProfiler);
 
     // ---- cross-entropy ------------------------------------------------------------------------
 
-    public void CrossEntropyForward(DeviceBuffer logZ, DeviceBuffer targetLogit, DeviceBuffer logits, DeviceBuffer targets, int n, int v, int vocabStart)
+    protected override void CrossEntropyForwardCore(DeviceBuffer logZ, DeviceBuffer targetLogit, DeviceBuffer logits, DeviceBuffer targets, int n, int v, int vocabStart)
     {
         if (n == 0) return;
         Kernel("crossentropy.cl", "crossentropy_forward", $"-D CE_WG={Tuning.RowGroup}").Call()
             .Arg(Buf(logZ, nameof(logZ))).Arg(Buf(targetLogit, nameof(targetLogit))).Arg(Buf(logits, nameof(logits))).Arg(Buf(targets, nameof(targets)))
             .Arg(deviceErrors).Arg(n).Arg(v).Arg(vocabStart)
-            .Launch((long)n * Tuning.RowGroup, Tuning.RowGroup, Profiler);
+            .Launch((long)n * Tuning.RowGroup, Tuning.RowGroup, EventProfiler);
     }
 
-    public void CrossEntropyBackward(DeviceBuffer dlogits, DeviceBuffer logits, DeviceBuffer logZ, DeviceBuffer targets,
+    protected override void CrossEntropyBackwardCore(DeviceBuffer dlogits, DeviceBuffer logits, DeviceBuffer logZ, DeviceBuffer targets,
                                      float scale, float zLoss, int n, int v, int vocabStart)
         => Kernel("crossentropy.cl", "crossentropy_backward", $"-D CE_WG={Tuning.RowGroup}").Call()
             .Arg(Buf(dlogits, nameof(dlogits))).Arg(Buf(logits, nameof(logits))).Arg(Buf(logZ, nameof(logZ))).Arg(Buf(targets, nameof(targets)))
             .Arg(scale).Arg(zLoss).Arg(n).Arg(v).Arg(vocabStart)
-            .Launch(DivUp(v, 16), n, Group, 1, Profiler);
+            .Launch(DivUp(v, 16), n, Group, 1, EventProfiler);
 
-    public void LogSumExpShift(DeviceBuffer output, DeviceBuffer logZ, DeviceBuffer max, long n)
+    protected override void LogSumExpShiftCore(DeviceBuffer output, DeviceBuffer logZ, DeviceBuffer max, long n)
     {
         if (n == 0) return;
         Kernel("crossentropy.cl", "logsumexp_shift", $"-D CE_WG={Tuning.RowGroup}").Call()
             .Arg(Buf(output, nameof(output))).Arg(Buf(logZ, nameof(logZ))).Arg(Buf(max, nameof(max))).Arg(n)
-            .Launch(n, Group, Profiler);
+            .Launch(n, Group, EventProfiler);
     }
 
-    public void LogSumExpFinish(DeviceBuffer logZ, DeviceBuffer max, DeviceBuffer sumExp, long n)
+    protected override void LogSumExpFinishCore(DeviceBuffer logZ, DeviceBuffer max, DeviceBuffer sumExp, long n)
     {
         if (n == 0) return;
         Kernel("crossentropy.cl", "logsumexp_finish", $"-D CE_WG={Tuning.RowGroup}").Call()
             .Arg(Buf(logZ, nameof(logZ))).Arg(Buf(max, nameof(max))).Arg(Buf(sumExp, nameof(sumExp))).Arg(n)
-            .Launch(n, Group, Profiler);
+            .Launch(n, Group, EventProfiler);
     }
 
     // ---- reductions and optimizer -------------------------------------------------------------
@@ -497,26 +439,24 @@ public sealed class OpenClBackend : IBackend
     int RealBytes => Device.HasFp64 ? 8 : 4;
     string ReduceKnobs => $"-D SUMSQ_RUN={SumSquaresRun} -D SUMSQ_WG={SumSquaresGroup}";
 
-    public double SumOfSquares(DeviceBuffer x, long count)
+    protected override double SumOfSquaresCore(DeviceBuffer x, long count)
     {
         if (count == 0) return 0;
         var xB = Buf(x, nameof(x));
-        CheckRange(xB, 0, count, "sum of squares over");
         long runs = DivUp(count, SumSquaresRun);
         var partial = Scratch("sumsq.partial", runs * RealBytes / 4);
         var total = Scratch("sumsq.total", 2);
-        Kernel("reduce.cl", "sum_squares_partial", ReduceKnobs).Call().Arg(partial).Arg(xB).Arg(count).Launch(runs, Group, Profiler);
-        Kernel("reduce.cl", "sum_partials", ReduceKnobs).Call().Arg(total).Arg(partial).Arg(runs).Launch(SumSquaresGroup, SumSquaresGroup, Profiler);
+        Kernel("reduce.cl", "sum_squares_partial", ReduceKnobs).Call().Arg(partial).Arg(xB).Arg(count).Launch(runs, Group, EventProfiler);
+        Kernel("reduce.cl", "sum_partials", ReduceKnobs).Call().Arg(total).Arg(partial).Arg(runs).Launch(SumSquaresGroup, SumSquaresGroup, EventProfiler);
         Span<byte> bytes = stackalloc byte[8];
         context.Queue.Read(total, 0, bytes[..RealBytes]);
         ThrowDeviceErrors();
         return RealAt(bytes, 0);
     }
 
-    public void SumOfSquaresSegments(DeviceBuffer x, IReadOnlyList<Segment> segments, Span<double> sums)
+    protected override void SumOfSquaresSegmentsCore(DeviceBuffer x, IReadOnlyList<Segment> segments, Span<double> sums)
     {
         var xB = Buf(x, nameof(x));
-        Segments.Validate("sum of squares", segments, xB.Length, sums.Length);
         int count = segments.Count;
         if (count == 0) return;
         var (table, runs) = SegmentTable("sumsq.table", segments, SumSquaresRun);
@@ -525,10 +465,10 @@ public sealed class OpenClBackend : IBackend
         var totals = Scratch("sumsq.segment_totals", (long)count * RealBytes / 4);
         Kernel("reduce.cl", "sum_squares_segment_runs", ReduceKnobs).Call()
             .Arg(partial).Arg(xB).Arg(table).Arg(count).Arg(runs)
-            .Launch(runs, Group, Profiler);
+            .Launch(runs, Group, EventProfiler);
         Kernel("reduce.cl", "sum_squares_segment_totals", ReduceKnobs).Call()
             .Arg(totals).Arg(partial).Arg(table).Arg(count).Arg(runs)
-            .Launch((long)count * SumSquaresGroup, SumSquaresGroup, Profiler);
+            .Launch((long)count * SumSquaresGroup, SumSquaresGroup, EventProfiler);
         ReadReals(totals, count, sums);
     }
 
@@ -558,13 +498,11 @@ public sealed class OpenClBackend : IBackend
         for (int i = 0; i < count; i++) dst[i] = RealAt(bytes, i);
     }
 
-    public void AdafactorUpdate(DeviceBuffer param, DeviceBuffer grad, AdafactorBuffers state, int rows, int cols, in AdafactorStep step)
+    protected override void AdafactorUpdateCore(DeviceBuffer param, DeviceBuffer grad, AdafactorBuffers state, int rows, int cols, in AdafactorStep step)
     {
         long count = (long)rows * cols;
         if (count == 0) return;
         bool factored = state.SecondMoment is null;
-        if (factored && (state.RowMoment is null || state.ColMoment is null))
-            throw new ArgumentException("Adafactor: factored state needs row and column moments");
         var p = Buf(param, nameof(param));
         var g = Buf(grad, nameof(grad));
         var unused = Scratch("adafactor.unused", 1);
@@ -578,28 +516,27 @@ public sealed class OpenClBackend : IBackend
         {
             Kernel("adafactor.cl", "adafactor_row_moments", AdafactorKnobs).Call()
                 .Arg(vRow).Arg(g).Arg(step.GradScale).Arg(step.Beta2).Arg(step.Epsilon1).Arg(rows).Arg(cols)
-                .Launch(rows, Group, Profiler);
+                .Launch(rows, Group, EventProfiler);
             Kernel("adafactor.cl", "adafactor_col_moments", AdafactorKnobs).Call()
                 .Arg(vCol).Arg(g).Arg(step.GradScale).Arg(step.Beta2).Arg(step.Epsilon1).Arg(rows).Arg(cols)
-                .Launch(cols, Group, Profiler);
+                .Launch(cols, Group, EventProfiler);
             Kernel("adafactor.cl", "adafactor_row_mean", AdafactorKnobs).Call()
                 .Arg(scalars).Arg(vRow).Arg(rows)
-                .Launch(AdafactorGroup, AdafactorGroup, Profiler);
+                .Launch(AdafactorGroup, AdafactorGroup, EventProfiler);
         }
         var (partial, chunks) = AdafactorPass1(p, g, v, vRow, vCol, scalars, cols, count, factored, step);
         Kernel("adafactor.cl", "adafactor_finish", AdafactorKnobs).Call()
             .Arg(scalars).Arg(partial).Arg(chunks).Arg(count).Arg(step.ClipThreshold).Arg(step.Epsilon2).Arg(step.LearningRate)
-            .Launch(AdafactorGroup, AdafactorGroup, Profiler);
+            .Launch(AdafactorGroup, AdafactorGroup, EventProfiler);
         AdafactorPass2(p, g, momentum, v, vRow, vCol, scalars, cols, count, factored, step);
     }
 
-    public void AdafactorSums(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer secondMoment, IReadOnlyList<Segment> segments,
+    protected override void AdafactorSumsCore(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer secondMoment, IReadOnlyList<Segment> segments,
                               in AdafactorStep step, Span<double> sumU2, Span<double> sumP2)
     {
         var p = Buf(param, nameof(param));
         var g = Buf(grad, nameof(grad));
         var v = Buf(secondMoment, "second moment");
-        Segments.Validate("Adafactor sums", segments, Math.Min(Math.Min(p.Length, g.Length), v.Length), sumU2.Length, sumP2.Length);
         int count = segments.Count;
         if (count == 0) return;
         var (table, chunks) = SegmentTable("adafactor.table", segments, AdafactorChunk);
@@ -608,16 +545,16 @@ public sealed class OpenClBackend : IBackend
         var totals = Scratch("adafactor.segment_totals", 2L * count * RealBytes / 4);
         Kernel("adafactor.cl", "adafactor_segment_pass1", AdafactorKnobs).Call()
             .Arg(partial).Arg(v).Arg(p).Arg(g).Arg(table).Arg(count).Arg(step.GradScale).Arg(step.Beta2).Arg(step.Epsilon1)
-            .Launch(chunks * AdafactorGroup, AdafactorGroup, Profiler);
+            .Launch(chunks * AdafactorGroup, AdafactorGroup, EventProfiler);
         Kernel("adafactor.cl", "adafactor_segment_totals", AdafactorKnobs).Call()
             .Arg(totals).Arg(partial).Arg(table).Arg(count).Arg(chunks)
-            .Launch((long)count * AdafactorGroup, AdafactorGroup, Profiler);
+            .Launch((long)count * AdafactorGroup, AdafactorGroup, EventProfiler);
         var both = new double[2 * count];
         ReadReals(totals, 2 * count, both);
         for (int i = 0; i < count; i++) { sumU2[i] = both[2 * i]; sumP2[i] = both[2 * i + 1]; }
     }
 
-    public void AdafactorApply(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer? momentum, DeviceBuffer secondMoment,
+    protected override void AdafactorApplyCore(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer? momentum, DeviceBuffer secondMoment,
                                IReadOnlyList<Segment> segments, ReadOnlySpan<double> sumU2, ReadOnlySpan<double> sumP2,
                                ReadOnlySpan<long> tensorCounts, in AdafactorStep step)
     {
@@ -626,8 +563,6 @@ public sealed class OpenClBackend : IBackend
         var v = Buf(secondMoment, "second moment");
         var m = momentum is null ? null : Buf(momentum, nameof(momentum));
         long length = Math.Min(Math.Min(p.Length, g.Length), Math.Min(v.Length, m?.Length ?? long.MaxValue));
-        Segments.Validate("Adafactor apply", segments, length, sumU2.Length, sumP2.Length, tensorCounts.Length);
-        Segments.ValidateCounts("Adafactor apply", segments, tensorCounts);
         if (step.Beta1 > 0 && m is null) throw new ArgumentException("Adafactor: β1 > 0 needs a momentum buffer");
         int count = segments.Count;
         if (count == 0) return;
@@ -641,7 +576,7 @@ public sealed class OpenClBackend : IBackend
         Kernel("adafactor.cl", "adafactor_segment_pass2", AdafactorKnobs).Call()
             .Arg(p).Arg(m ?? Scratch("adafactor.unused", 1)).Arg(g).Arg(v).Arg(table).Arg(factorBuffer).Arg(count)
             .Arg(step.GradScale).Arg(step.Beta1).Arg(step.WeightDecay).Arg(m is null ? 0 : 1)
-            .Launch(chunks * AdafactorGroup, AdafactorGroup, Profiler);
+            .Launch(chunks * AdafactorGroup, AdafactorGroup, EventProfiler);
     }
 
     string AdafactorKnobs => $"-D ADA_CHUNK={AdafactorChunk} -D ADA_WG={AdafactorGroup}";
@@ -655,7 +590,7 @@ public sealed class OpenClBackend : IBackend
         Kernel("adafactor.cl", "adafactor_pass1", AdafactorKnobs).Call()
             .Arg(partial).Arg(v).Arg(p).Arg(g).Arg(vRow).Arg(vCol).Arg(scalars)
             .Arg(step.GradScale).Arg(step.Beta2).Arg(step.Epsilon1).Arg(cols).Arg(count).Arg(factored ? 1 : 0)
-            .Launch((long)chunks * AdafactorGroup, AdafactorGroup, Profiler);
+            .Launch((long)chunks * AdafactorGroup, AdafactorGroup, EventProfiler);
         return (partial, chunks);
     }
 
@@ -667,7 +602,7 @@ public sealed class OpenClBackend : IBackend
             .Arg(p).Arg(momentum ?? Scratch("adafactor.unused", 1)).Arg(g).Arg(v).Arg(vRow).Arg(vCol).Arg(scalars)
             .Arg(step.GradScale).Arg(step.Beta1).Arg(step.WeightDecay).Arg(cols).Arg(count)
             .Arg(factored ? 1 : 0).Arg(momentum is null ? 0 : 1)
-            .Launch(count, Group, Profiler);
+            .Launch(count, Group, EventProfiler);
     }
 
     /// <summary>The index-th REAL (double with fp64, else float) of bytes read back from a reduction scratch.</summary>
@@ -687,10 +622,10 @@ public sealed class OpenClBackend : IBackend
         if (count == 0) return;
         Kernel("collectives.cl", "reduce_ranks", $"-D RR_PER_ITEM={ReduceRanksPerItem}").Call()
             .Arg(dst).Arg(dstOffset).Arg(stage).Arg(ranks).Arg(count).Arg(stride).Arg(max ? 1 : 0)
-            .Launch(DivUp(count, ReduceRanksPerItem), Group, Profiler);
+            .Launch(DivUp(count, ReduceRanksPerItem), Group, EventProfiler);
     }
 
-    public void Dispose()
+    public override void Dispose()
     {
         if (disposed) return;
         disposed = true;

@@ -89,6 +89,7 @@ public sealed class OpenClDevice
         MaxAllocationBytes = (long)Scalar<ulong>(DeviceMaxMemAllocSize);
         LocalMemoryBytes = (long)Scalar<ulong>(DeviceLocalMemSize);
         MaxWorkGroupSize = (long)Scalar<nuint>(DeviceMaxWorkGroupSize);
+        BaseAddressAlignBits = Scalar<uint>(DeviceMemBaseAddrAlign);
         CorrectlyRoundedDivideSqrt = (Scalar<ulong>(DeviceSingleFpConfig) & FpCorrectlyRoundedDivideSqrt) != 0;
         HasFp64 = Extensions.Contains("cl_khr_fp64") || Scalar<ulong>(DeviceDoubleFpConfig) != 0;
     }
@@ -111,6 +112,10 @@ public sealed class OpenClDevice
     public long MaxAllocationBytes { get; }
     public long LocalMemoryBytes { get; }
     public long MaxWorkGroupSize { get; }
+    /// <summary>CL_DEVICE_MEM_BASE_ADDR_ALIGN: a sub-buffer's origin must be a multiple of this many bits.</summary>
+    public uint BaseAddressAlignBits { get; }
+    /// <summary>The sub-buffer origin alignment in 4-byte elements (at least 1).</summary>
+    public long BaseAddressAlignElements => Math.Max(1, BaseAddressAlignBits / 32);
     public bool HasFp64 { get; }
     /// <summary>The device can round fp32 divide and sqrt correctly (-cl-fp32-correctly-rounded-divide-sqrt).</summary>
     public bool CorrectlyRoundedDivideSqrt { get; }

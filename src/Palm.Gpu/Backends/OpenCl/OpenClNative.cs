@@ -29,6 +29,8 @@ internal static unsafe partial class OpenClNative
 
     public const ulong QueueProfilingEnable = 1 << 1;
     public const ulong MemReadWrite = 1 << 0;
+    public const uint BufferCreateTypeRegion = 0x1220;
+    public const uint DeviceMemBaseAddrAlign = 0x1019;
 
     public const uint ProgramBuildStatus = 0x1181, ProgramBuildLog = 0x1183;
     public const uint KernelWorkGroupSize = 0x11B0;
@@ -53,6 +55,7 @@ internal static unsafe partial class OpenClNative
     // ---- buffers ------------------------------------------------------------------------------
     [LibraryImport(Library)] public static partial nint clCreateBuffer(nint context, ulong flags, nuint size, void* hostPtr, int* status);
     [LibraryImport(Library)] public static partial int clReleaseMemObject(nint memory);
+    [LibraryImport(Library)] public static partial nint clCreateSubBuffer(nint buffer, ulong flags, uint createType, void* info, int* status);
     [LibraryImport(Library)] public static partial int clEnqueueReadBuffer(nint queue, nint buffer, uint blocking, nuint offset, nuint size, void* ptr,
                                                                            uint numEvents, nint* waitList, nint* evt);
     [LibraryImport(Library)] public static partial int clEnqueueWriteBuffer(nint queue, nint buffer, uint blocking, nuint offset, nuint size, void* ptr,

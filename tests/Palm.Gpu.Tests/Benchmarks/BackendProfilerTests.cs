@@ -8,8 +8,8 @@ using Xunit;
 
 namespace Palm.Gpu.Tests.Benchmarks;
 
-/// <summary>The profiling decorator changes nothing it forwards, times every kernel, and counts memory exactly.</summary>
-public class ProfilingBackendTests
+/// <summary>The backends' profiler hook changes no result, times every call, and the base counts memory exactly.</summary>
+public class BackendProfilerTests
 {
     static float[] TrainThreeSteps(IBackend be, ModelConfig c, int batch)
     {
@@ -38,44 +38,52 @@ public class ProfilingBackendTests
     [Theory]
     [InlineData(BlockKind.Parallel, false)]
     [InlineData(BlockKind.Serial, true)]
-    public void WrappedTrainingGivesTheSameBitsAsTheInnerBackend(BlockKind block, bool remat)
+    public void ProfiledTrainingGivesTheSameBitsAsUnprofiled(BlockKind block, bool remat)
     {
         var c = ModelConfig.Preset("tiny") with { Block = block, Rematerialize = remat, SeqLen = 17 };
         using var plain = new CpuBackend(2);
-        using var prof = new ProfilingBackend(new CpuBackend(2)) { Enabled = true };
+        using var profiled = new CpuBackend(2);
+        var prof = new BackendProfiler();
+        profiled.Profiler = prof;
         var expected = TrainThreeSteps(plain, c, 3);
-        var actual = TrainThreeSteps(prof, c, 3);
+        var actual = TrainThreeSteps(profiled, c, 3);
         Assert.True(expected.AsSpan().SequenceEqual(actual), "profiling changed the weights");
         Assert.NotEmpty(prof.Snapshot());
-        Assert.Equal(0, prof.LiveBytes); // everything the model and optimizer allocated was disposed
-        Assert.Equal(0, prof.LiveBuffers);
+        Assert.Empty(new BackendProfiler().Snapshot());
+        Assert.Equal(0, profiled.LiveBytes); // everything the model and optimizer allocated was disposed
+        Assert.Equal(0, profiled.LiveBuffers);
+        Assert.True(profiled.HighWaterBytes > 0);
     }
 
     [Fact]
     public void DisabledProfilerRecordsNothingAndEnabledRecordsEachCallOnce()
     {
-        using var prof = new ProfilingBackend(new CpuBackend(1));
-        var a = prof.Allocate("a", 100);
-        var b = prof.Allocate("b", 100);
-        prof.Add(a, a, b, 100);
+        using var be = new CpuBackend(1);
+        var prof = new BackendProfiler();
+        var a = be.Allocate("a", 100);
+        var b = be.Allocate("b", 100);
+        be.Add(a, a, b, 100);
         Assert.Empty(prof.Snapshot());
 
-        prof.Enabled = true;
+        be.Profiler = prof;
         prof.Phase = ProfilePhase.Backward;
-        prof.Add(a, a, b, 100);
-        prof.Add(a, a, b, 50);
+        be.Add(a, a, b, 100);
+        be.Add(a, a, b, 50);
         prof.Phase = ProfilePhase.Forward;
-        prof.Scale(a, 2f, 100);
-        double ss = prof.SumOfSquares(b, 100);
+        be.AddInPlace(a, b, 100);
+        double ss = be.SumOfSquares(b, 100);
         prof.Record("all_reduce", ProfilePhase.Collectives, 0.25, bytes: 800);
+        be.Profiler = null;
+        be.Add(a, a, b, 100);   // detached: not recorded
 
         var ops = prof.Snapshot();
         var add = Assert.Single(ops, o => o.Kernel == "add");
         Assert.Equal((ProfilePhase.Backward, 2L, 150.0, 4.0 * 3 * 150), (add.Phase, add.Calls, add.Flops, add.Bytes));
-        Assert.Equal(ProfilePhase.Forward, Assert.Single(ops, o => o.Kernel == "scale").Phase);
+        Assert.Equal(ProfilePhase.Forward, Assert.Single(ops, o => o.Kernel == "add_in_place").Phase);
+        Assert.Equal(ProfilePhase.Forward, Assert.Single(ops, o => o.Kernel == "sum_of_squares").Phase);
         Assert.Equal(0.25, Assert.Single(ops, o => o.Kernel == "all_reduce" && o.Phase == ProfilePhase.Collectives).Seconds);
         Assert.All(ops.Where(o => o.Kernel != "all_reduce"), o => Assert.True(o.Seconds > 0));
-        Assert.Equal(0, ss); // b was never written: zeros, and the result comes back through the decorator
+        Assert.Equal(0, ss); // b was never written: zeros, and the result comes back through the hook
 
         prof.Reset();
         Assert.Empty(prof.Snapshot());
@@ -84,7 +92,7 @@ public class ProfilingBackendTests
     [Fact]
     public void LiveBytesAndHighWaterFollowAllocationsAndDisposal()
     {
-        using var prof = new ProfilingBackend(new CpuBackend(1));
+        using var prof = new CpuBackend(1);
         var a = prof.Allocate("a", 1000);
         var t = prof.Allocate("tokens", 10, ElementType.I32);
         Assert.Equal(4040, prof.LiveBytes);
@@ -97,6 +105,10 @@ public class ProfilingBackendTests
         prof.ResetHighWater();
         Assert.Equal(2040, prof.HighWaterBytes);
         Assert.Equal(2, prof.LiveBuffers);
+        var view = b.Slice(16, 100);   // a view holds no storage of its own
+        Assert.Equal(2040, prof.LiveBytes);
+        view.Dispose();
+        Assert.Equal(2040, prof.LiveBytes);
         b.Dispose();
         t.Dispose();
         Assert.Equal(0, prof.LiveBytes);
@@ -121,5 +133,17 @@ public class ProfilingBackendTests
         var rows = StepBreakdown.Rows(r);
         Assert.Equal(r.Ops.Select(o => o.Kernel).Distinct().Count(), rows.Count);
         Assert.Contains("matmul", StepBreakdown.Text(r));
+    }
+
+    [Fact]
+    public void StepBenchmarkCountsTheHostSynchronisationsOfAStep()
+    {
+        var c = ModelConfig.Preset("tiny");
+        using var cpu = new CpuBackend(2);
+        var r = StepBenchmark.Run(cpu, c, batch: 2, warmup: 1, steps: 2, profiledSteps: 0, peakGflops: 100);
+        // Today: one sum-of-squares read-back per parameter tensor (the global norm), the inputs and targets uploaded,
+        // the losses and logZ downloaded. The benchmark's own end-of-step Synchronize is not counted.
+        using var model = new PalmModel(cpu, c, 2);
+        Assert.Equal(model.Parameters.Count + 4, r.HostSyncsPerStep);
     }
 }
