@@ -37,7 +37,8 @@ public sealed partial class PalmModel : IDisposable
     readonly IBackend _be;
     readonly RankContext _rank;
     readonly ModelActivations _a;
-    readonly ParameterPiece[] _pieces;     // what this rank keeps between steps, per tensor
+    readonly ParameterPiece[] _pieces;     // what this rank keeps between steps, per tensor: views of the two arenas
+    readonly DeviceBuffer _values, _grads; // flat parameter and gradient memory (ArenaLayout)
     readonly Parameter?[] _live;           // tensors usable now (all, or the gathered units when fully sharded)
     readonly Dictionary<long, Stack<(DeviceBuffer Value, DeviceBuffer Grad)>> _workspace = [];
     readonly DeviceBuffer? _stage, _stageSlice;                 // fully sharded: gather / reduce-scatter staging
@@ -69,19 +70,27 @@ public sealed partial class PalmModel : IDisposable
         var buffers = new List<DeviceBuffer>();
         try
         {
-            _pieces = new ParameterPiece[LocalSchema.Tensors.Count];
-            _live = new Parameter?[_pieces.Length];
+            int count = LocalSchema.Tensors.Count;
+            _pieces = new ParameterPiece[count];
+            _live = new Parameter?[count];
+            // What each tensor keeps here: the model shard, or its 1/P slice when fully sharded (padded to equal slices).
+            var lengths = LocalSchema.Tensors.Select(t => ShardWeights ? (t.Count + P - 1) / P : t.Count).ToArray();
+            Layout = new ArenaLayout(lengths, _be.ViewAlignment);
+            _values = _be.Allocate(ShardWeights ? "parameter slices" : "parameters", Layout.Length);
+            buffers.Add(_values);
+            _grads = _be.Allocate(ShardWeights ? "gradient slices" : "gradients", Layout.Length);
+            buffers.Add(_grads);
+            _be.Fill(_values, 0f, Layout.Length);
+            _be.Fill(_grads, 0f, Layout.Length);
             long stage = 0;
-            for (int i = 0; i < _pieces.Length; i++)
+            for (int i = 0; i < count; i++)
             {
                 var t = LocalSchema.Tensors[i];
-                long n = ShardWeights ? (t.Count + P - 1) / P : t.Count;
+                long n = lengths[i];
                 long off = ShardWeights ? Math.Min(t.Count, rank.DataRank * n) : 0;
-                var v = _be.Allocate(ShardWeights ? "slice." + t.Name : t.Name, n);
-                var g = _be.Allocate((ShardWeights ? "grad.slice." : "grad.") + t.Name, n);
+                var v = Layout.View(_values, i);
+                var g = Layout.View(_grads, i);
                 buffers.Add(v); buffers.Add(g);
-                _be.Fill(v, 0f, n);
-                _be.Fill(g, 0f, n);
                 _pieces[i] = new ParameterPiece(v, g, n, off, Math.Min(n, t.Count - off));
                 if (!ShardWeights) _live[i] = new Parameter(t, v, g);
                 stage = Math.Max(stage, n * P);
@@ -102,7 +111,7 @@ public sealed partial class PalmModel : IDisposable
         }
         catch
         {
-            foreach (var b in buffers) b.Dispose();
+            foreach (var b in Enumerable.Reverse(buffers)) b.Dispose();
             _stage?.Dispose();
             _stageSlice?.Dispose();
             _a?.Dispose();
@@ -125,10 +134,14 @@ public sealed partial class PalmModel : IDisposable
     /// <summary>Bytes held by activation and scratch buffers (weights and gradients excluded).</summary>
     public long ActivationBytes => _a.Bytes;
     /// <summary>Bytes of weights this rank keeps between steps (its slice when fully sharded).</summary>
-    public long WeightBytes => _pieces.Sum(p => 4 * p.Length);
+    public long WeightBytes => _values.Bytes;
 
     /// <summary>What this rank keeps of every tensor between steps.</summary>
     internal IReadOnlyList<ParameterPiece> Pieces => _pieces;
+    /// <summary>Where each tensor's piece sits in the flat parameter and gradient memory (and the optimizer's).</summary>
+    public ArenaLayout Layout { get; }
+    internal DeviceBuffer Values => _values;
+    internal DeviceBuffer Gradients => _grads;
 
     /// <summary>Every parameter, usable by kernels (one device, or a mesh rank that is not fully sharded).</summary>
     public IReadOnlyList<Parameter> Parameters => ShardWeights
@@ -271,18 +284,15 @@ public sealed partial class PalmModel : IDisposable
     /// </summary>
     void SynchronizeGradients()
     {
-        for (int i = 0; i < _pieces.Length; i++)
-        {
-            var p = _pieces[i];
-            if (LocalSchema.Tensors[i].PartialOverModel && _rank.ModelSize > 1) _rank.ModelGroup.AllReduce(p.Grad, p.Length);
-            if (_rank.DataSize > 1 && !ShardWeights) _rank.DataGroup.AllReduce(p.Grad, p.Length);
-        }
+        if (_rank.ModelSize > 1)
+            for (int i = 0; i < _pieces.Length; i++)
+                if (LocalSchema.Tensors[i].PartialOverModel) _rank.ModelGroup.AllReduce(_pieces[i].Grad, _pieces[i].Length);
+        // One all-reduce of the whole gradient arena (padding is zero): element-wise, so the same bits as per tensor.
+        if (_rank.DataSize > 1 && !ShardWeights) _rank.DataGroup.AllReduce(_grads, _grads.Length);
     }
 
-    public void ZeroGradients()
-    {
-        foreach (var p in _pieces) _be.Fill(p.Grad, 0f, p.Length);
-    }
+    /// <summary>One fill over the gradient arena.</summary>
+    public void ZeroGradients() => _be.Fill(_grads, 0f, _grads.Length);
 
     // ---- fully sharded: gather before use, reduce-scatter and free after --------------------------
 
@@ -421,6 +431,8 @@ public sealed partial class PalmModel : IDisposable
     public void Dispose()
     {
         foreach (var p in _pieces) { p.Value.Dispose(); p.Grad.Dispose(); }
+        _values.Dispose();
+        _grads.Dispose();
         foreach (var (v, g) in _workspace.Values.SelectMany(x => x)) { v.Dispose(); g.Dispose(); }
         if (ShardWeights) foreach (var p in _live.OfType<Parameter>()) { p.Value.Dispose(); p.Grad.Dispose(); }
         _stage?.Dispose();

@@ -65,14 +65,19 @@ public sealed record AdafactorConfig
 
 /// <summary>
 /// Adafactor as PaLM used it, on one rank of a mesh (one device is the 1 × 1 case): global-norm clipping, then the
-/// update of every tensor this rank holds (see CpuAdafactor.cs for the maths). State lives on the device, laid out
-/// like the rank's weights.
+/// update of every tensor this rank holds (see CpuAdafactor.cs for the maths). The state lives on the device in the
+/// model's flat layout (<see cref="PalmModel.Layout"/>): momentum and second moments are one allocation each, every
+/// tensor a view, so a step is a few launches whatever the number of tensors:
 ///
-/// A tensor this rank holds whole runs the backend's fused kernel. A tensor in pieces over several ranks (split on
-/// the model axis, sliced on the data axis when fully sharded, or both) needs the whole tensor's RMS(u) and RMS(p):
-/// each piece runs pass 1 (second moment, Σu², Σp²), the sums are added over the group that holds the pieces in
-/// rank order (two numbers per tensor cross to the host, never the tensor), and each piece runs pass 2 with them.
-/// Every copy of a tensor sees the same inputs, so replicas stay bit-identical.
+///   norm     SumOfSquaresSegments over the gradient arena              one launch, one read-back of S sums
+///   pass 1   AdafactorSums over every segment (v updated, Σu², Σp²)   one launch, one read-back of 2·S sums
+///   sums     pieces of a split tensor add their sums over the group that holds them, in rank order (host values)
+///   pass 2   AdafactorApply over every segment with the whole tensors' sums              one launch
+///
+/// A tensor in pieces over several ranks (split on the model axis, sliced on the data axis when fully sharded, or
+/// both) thus gets the RMS(u) and RMS(p) of the whole tensor without its values ever meeting on one device; a tensor
+/// held whole gets the fused update's bits. Every copy of a tensor sees the same inputs, so replicas stay bit-identical.
+/// Factored second moments (an option; PaLM trained unfactored) need whole tensors and run the fused per-tensor kernel.
 /// </summary>
 public sealed class AdafactorOptimizer : IDisposable
 {
@@ -80,10 +85,15 @@ public sealed class AdafactorOptimizer : IDisposable
 
     readonly PalmModel _model;
     readonly IBackend _be;
-    readonly AdafactorBuffers[] _state;
+    readonly DeviceBuffer? _momentum, _second;          // arenas in the model's layout (second: unfactored only)
+    readonly AdafactorBuffers[] _state;                 // per tensor: views of the arenas, or factored row/column moments
+    readonly List<DeviceBuffer> _factoredMoments = [];
     readonly Holding[] _holding;
-    readonly bool[] _countsInNorm;
+    readonly Segment[] _segments;                       // every tensor's valid range in the arena
+    readonly Segment[] _normSegments;                   // the tensors this rank counts in the global norm
+    readonly int[] _normTensors;
     readonly long[] _fullCount;
+    readonly bool _factored;
 
     public AdafactorOptimizer(PalmModel model, AdafactorConfig config)
     {
@@ -93,14 +103,19 @@ public sealed class AdafactorOptimizer : IDisposable
         var rank = model.Rank;
         var specs = model.LocalSchema.Tensors;
         var pieces = model.Pieces;
-        int M = rank.ModelSize;
-        _state = new AdafactorBuffers[specs.Count];
-        _holding = new Holding[specs.Count];
-        _countsInNorm = new bool[specs.Count];
-        _fullCount = new long[specs.Count];
+        var layout = model.Layout;
+        int M = rank.ModelSize, n = specs.Count;
+        _factored = config.Factored;
+        _state = new AdafactorBuffers[n];
+        _holding = new Holding[n];
+        _fullCount = new long[n];
+        _segments = new Segment[n];
+        var norm = new List<int>();
         try
         {
-            for (int i = 0; i < specs.Count; i++)
+            if (config.Beta1 > 0) _momentum = Zeroed("adafactor.m", layout.Length);
+            if (!_factored) _second = Zeroed("adafactor.v", layout.Length);
+            for (int i = 0; i < n; i++)
             {
                 var t = specs[i];
                 bool split = t.Axis != ShardAxis.Replicated && M > 1;
@@ -113,17 +128,17 @@ public sealed class AdafactorOptimizer : IDisposable
                 };
                 // The norm counts one copy of every tensor: the pieces of data index 0 (all data slices when fully
                 // sharded), and of model index 0 for tensors every model rank holds whole.
-                _countsInNorm[i] = (split || rank.ModelRank == 0) && (model.ShardWeights || rank.DataRank == 0);
+                if ((split || rank.ModelRank == 0) && (model.ShardWeights || rank.DataRank == 0)) norm.Add(i);
                 _fullCount[i] = t.Count * (split ? M : 1);
-                bool factor = config.Factored && !t.IsVector && t.Rows > 1 && t.Cols > 1;
-                if (factor && _holding[i] != Holding.Whole)
+                _segments[i] = new Segment(layout.Offsets[i], pieces[i].Valid);
+                bool factor = _factored && !t.IsVector && t.Rows > 1 && t.Cols > 1;
+                if (_factored && _holding[i] != Holding.Whole)
                     throw new ConfigException($"factored Adafactor is not supported when {t.Name} is split over devices (its row/column moments span pieces); train unfactored (PaLM's setting)");
-                long n = pieces[i].Length;
                 _state[i] = new AdafactorBuffers(
-                    config.Beta1 > 0 ? Zeroed("adafactor.m." + t.Name, n) : null,
-                    factor ? null : Zeroed("adafactor.v." + t.Name, n),
-                    factor ? Zeroed("adafactor.v_row." + t.Name, t.Rows) : null,
-                    factor ? Zeroed("adafactor.v_col." + t.Name, t.Cols) : null);
+                    _momentum is null ? null : layout.View(_momentum, i),
+                    _second is not null ? layout.View(_second, i) : factor ? null : Factored("adafactor.v." + t.Name, t.Count),
+                    factor ? Factored("adafactor.v_row." + t.Name, t.Rows) : null,
+                    factor ? Factored("adafactor.v_col." + t.Name, t.Cols) : null);
             }
         }
         catch
@@ -131,15 +146,17 @@ public sealed class AdafactorOptimizer : IDisposable
             Dispose();
             throw;
         }
+        _normTensors = norm.ToArray();
+        _normSegments = norm.Select(i => new Segment(layout.Offsets[i], pieces[i].Length)).ToArray();   // slice padding is zero
     }
 
     public AdafactorConfig Config { get; }
 
-    /// <summary>Optimizer-state buffers in a fixed order, named for checkpoints.</summary>
+    /// <summary>Optimizer-state tensors (views) in a fixed order, named for checkpoints.</summary>
     public IEnumerable<DeviceBuffer> StateBuffers => _state.Where(s => s is not null).SelectMany(Kinds).Select(k => k.Buffer).OfType<DeviceBuffer>();
 
-    /// <summary>Bytes of optimizer state this rank holds.</summary>
-    public long StateBytes => StateBuffers.Sum(b => b.Bytes);
+    /// <summary>Bytes of optimizer state this rank holds (the arenas, padding included, and any factored moments).</summary>
+    public long StateBytes => (_momentum?.Bytes ?? 0) + (_second?.Bytes ?? 0) + _factoredMoments.Sum(b => b.Bytes);
 
     /// <summary>
     /// Global L2 norm of the synchronised gradients over the whole mesh: one copy of every tensor, per-tensor sums added
@@ -147,10 +164,10 @@ public sealed class AdafactorOptimizer : IDisposable
     /// </summary>
     public double GradientNorm()
     {
-        var pieces = _model.Pieces;
-        var sums = new double[pieces.Count];
-        for (int i = 0; i < sums.Length; i++)
-            if (_countsInNorm[i]) sums[i] = _be.SumOfSquares(pieces[i].Grad, pieces[i].Length); // slice padding is zero
+        var own = new double[_normSegments.Length];
+        _be.SumOfSquaresSegments(_model.Gradients, _normSegments, own);
+        var sums = new double[_segments.Length];
+        for (int k = 0; k < own.Length; k++) sums[_normTensors[k]] = own[k];
         _model.Rank.World.SumHost(sums);
         double total = 0;
         foreach (double s in sums) total += s;
@@ -164,36 +181,34 @@ public sealed class AdafactorOptimizer : IDisposable
         var step = Config.StepFor(k, gradNorm);
         var pieces = _model.Pieces;
         var specs = _model.LocalSchema.Tensors;
-        int n = pieces.Count;
-        // Pass 1 on every piece of a split tensor; whole tensors run the fused kernel.
-        var sums = new double[4][];   // per holding kind: Σu² at 2i, Σp² at 2i+1
-        for (int i = 0; i < n; i++)
+        int n = _segments.Length;
+        if (_factored)
         {
-            var p = pieces[i];
-            var st = _state[i];
-            if (_holding[i] == Holding.Whole)
-            {
-                _be.AdafactorUpdate(p.Value, p.Grad, st, specs[i].Rows, specs[i].Cols, step);
-                continue;
-            }
-            var kind = sums[(int)_holding[i]] ??= new double[2 * n];
-            _be.AdafactorSums(p.Value, p.Grad, st.SecondMoment!, [new Segment(0, p.Valid)], step, kind.AsSpan(2 * i, 1), kind.AsSpan(2 * i + 1, 1));
+            for (int i = 0; i < n; i++) _be.AdafactorUpdate(pieces[i].Value, pieces[i].Grad, _state[i], specs[i].Rows, specs[i].Cols, step);
+            return step.LearningRate;
         }
-        // Each tensor's sums over the ranks that hold its pieces, in rank order: the same totals on every piece. Every
-        // rank has the same tensors of each kind, so all ranks of a group make the same calls.
+        var u2 = new double[n];
+        var p2 = new double[n];
+        _be.AdafactorSums(_model.Values, _model.Gradients, _second!, _segments, step, u2, p2);
+        // Each split tensor's sums over the ranks that hold its pieces, in rank order: the same totals on every piece.
+        // Every rank has the same tensors of each kind, so all ranks of a group make the same calls.
         var rank = _model.Rank;
-        if (sums[(int)Holding.OverModel] is { } overModel) rank.ModelGroup.SumHost(overModel);
-        if (sums[(int)Holding.OverData] is { } overData) rank.DataGroup.SumHost(overData);
-        if (sums[(int)Holding.OverWorld] is { } overWorld) rank.World.SumHost(overWorld);
-        for (int i = 0; i < n; i++)
-        {
-            if (_holding[i] == Holding.Whole) continue;
-            var total = sums[(int)_holding[i]]!;
-            var p = pieces[i];
-            var st = _state[i];
-            _be.AdafactorApply(p.Value, p.Grad, st.Momentum, st.SecondMoment!, [new Segment(0, p.Valid)], total.AsSpan(2 * i, 1), total.AsSpan(2 * i + 1, 1), [_fullCount[i]], step);
-        }
+        SumOver(Holding.OverModel, rank.ModelGroup, u2, p2);
+        SumOver(Holding.OverData, rank.DataGroup, u2, p2);
+        SumOver(Holding.OverWorld, rank.World, u2, p2);
+        _be.AdafactorApply(_model.Values, _model.Gradients, _momentum, _second!, _segments, u2, p2, _fullCount, step);
         return step.LearningRate;
+    }
+
+    void SumOver(Holding kind, Sharding.IGroupCommunicator group, double[] u2, double[] p2)
+    {
+        if (group.Size == 1 || Array.IndexOf(_holding, kind) < 0) return;
+        var both = new double[2 * u2.Length];
+        for (int i = 0; i < u2.Length; i++)
+            if (_holding[i] == kind) { both[2 * i] = u2[i]; both[2 * i + 1] = p2[i]; }
+        group.SumHost(both);
+        for (int i = 0; i < u2.Length; i++)
+            if (_holding[i] == kind) { u2[i] = both[2 * i]; p2[i] = both[2 * i + 1]; }
     }
 
     // ---- checkpoints: state pieces named as the single-device optimizer names them --------------------
@@ -256,8 +271,23 @@ public sealed class AdafactorOptimizer : IDisposable
         return b;
     }
 
+    DeviceBuffer Factored(string name, long n)
+    {
+        var b = Zeroed(name, n);
+        _factoredMoments.Add(b);
+        return b;
+    }
+
     public void Dispose()
     {
-        foreach (var b in StateBuffers) b.Dispose();
+        foreach (var s in _state)
+        {
+            if (s is null) continue;
+            if (s.Momentum?.IsView == true) s.Momentum.Dispose();
+            if (s.SecondMoment?.IsView == true) s.SecondMoment.Dispose();
+        }
+        foreach (var b in _factoredMoments) b.Dispose();
+        _momentum?.Dispose();
+        _second?.Dispose();
     }
 }

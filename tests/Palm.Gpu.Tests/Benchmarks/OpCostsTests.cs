@@ -95,11 +95,15 @@ public class OpCostsTests
         Assert.Equal(remat ? c.Layers * attF : 0, Flops("attention.forward", ProfilePhase.Backward));
         Assert.Equal(c.Layers * OpCosts.AttentionBackward(batch, c.SeqLen, c.Heads, c.KvHeads, c.HeadDim).Flops, Flops("attention.backward", ProfilePhase.Backward));
 
-        // Every parameter tensor gets one optimizer update and one sum of squares, in the optimizer phase only.
-        int tensors = model.Parameters.Count;
-        Assert.Equal(tensors, ops.Where(o => o.Kernel == "adafactor").Sum(o => o.Calls));
-        Assert.Equal(tensors, ops.Single(o => o.Kernel == "sum_of_squares").Calls);
-        Assert.All(ops.Where(o => o.Kernel is "adafactor" or "sum_of_squares"), o => Assert.Equal(ProfilePhase.Optimizer, o.Phase));
+        // Flat memory: the optimizer is one segmented norm, one pass-1 and one pass-2 launch for all tensors together,
+        // in the optimizer phase only; no per-tensor launch remains.
+        Assert.Equal(1, ops.Single(o => o.Kernel == "sum_of_squares.segments").Calls);
+        Assert.Equal(1, ops.Single(o => o.Kernel == "adafactor.sums").Calls);
+        Assert.Equal(1, ops.Single(o => o.Kernel == "adafactor.apply").Calls);
+        Assert.DoesNotContain(ops, o => o.Kernel is "adafactor" or "sum_of_squares");
+        long all = model.Parameters.Sum(p => p.Count);
+        Assert.Equal(2.0 * all, ops.Single(o => o.Kernel == "sum_of_squares.segments").Flops);
+        Assert.All(ops.Where(o => o.Kernel.StartsWith("adafactor") || o.Kernel.StartsWith("sum_of_squares")), o => Assert.Equal(ProfilePhase.Optimizer, o.Phase));
         Assert.DoesNotContain(ops, o => o.Phase == ProfilePhase.Forward && o.Kernel.EndsWith(".backward"));
 
         // Every kernel the profiler saw has a description in the catalog.
