@@ -52,11 +52,11 @@ public abstract class BackendProvider
     public virtual bool DevicesShareMachine => false;
 
     /// <summary>
-    /// Opens <paramref name="count"/> devices for a mesh (rank order). <paramref name="deviceCollectives"/>: open them so
-    /// that <see cref="CreateDeviceCollectives"/> can serve them where the hardware allows (Auto falls back quietly).
+    /// Opens <paramref name="count"/> devices for a mesh (rank order). Unless <paramref name="transport"/> is Host, open
+    /// them so that <see cref="CreateDeviceCollectives"/> can serve them where the hardware allows (Auto falls back quietly).
     /// The default opens devices 0 .. count−1 with <paramref name="threadsPerDevice"/> each.
     /// </summary>
-    public virtual IReadOnlyList<IBackend> CreateMesh(int count, int threadsPerDevice, CollectiveTransport deviceCollectives)
+    public virtual IReadOnlyList<IBackend> CreateMesh(int count, int threadsPerDevice, CollectiveTransport transport)
     {
         var list = new List<IBackend>();
         try
@@ -181,7 +181,7 @@ sealed class CpuProvider : BackendProvider
     public override string? WhyNoDeviceCollectives(int count) =>
         "the CPU backend's logical devices always combine on the host (device collectives copy between OpenCL devices of one context; use --backend opencl)";
 
-    public override IReadOnlyList<IBackend> CreateMesh(int count, int threadsPerDevice, CollectiveTransport deviceCollectives)
+    public override IReadOnlyList<IBackend> CreateMesh(int count, int threadsPerDevice, CollectiveTransport transport)
     {
         if (count > DeviceMesh.MaxCpuDevices)
             throw new ConfigException($"{count} logical CPU devices were asked for; at most {DeviceMesh.MaxCpuDevices} are supported");
@@ -226,7 +226,7 @@ sealed class OpenClProvider : BackendProvider
     /// are all on one platform of OpenCL ≥ 1.2 and the transport is not Host. Under Auto a driver that refuses the shared
     /// context gets separate contexts (and host collectives); under Device its error propagates.
     /// </summary>
-    public override IReadOnlyList<IBackend> CreateMesh(int count, int threadsPerDevice, CollectiveTransport deviceCollectives)
+    public override IReadOnlyList<IBackend> CreateMesh(int count, int threadsPerDevice, CollectiveTransport transport)
     {
         var all = OpenClDevice.All();
         if (count > all.Count)
@@ -235,7 +235,7 @@ sealed class OpenClProvider : BackendProvider
         var devices = new List<IBackend>();
         try
         {
-            if (deviceCollectives != CollectiveTransport.Host && OpenClCollectives.WhyNotShareable(chosen) is null) OpenShared(chosen, devices, deviceCollectives);
+            if (transport != CollectiveTransport.Host && OpenClCollectives.WhyNotShareable(chosen) is null) OpenShared(chosen, devices, transport);
             if (devices.Count == 0)
                 foreach (var d in chosen) devices.Add(new OpenClBackend(d));
         }

@@ -50,6 +50,7 @@ public interface IBackend : IDisposable
     void Upload(DeviceBuffer dst, ReadOnlySpan<float> src, long dstOffset = 0);
     void Upload(DeviceBuffer dst, ReadOnlySpan<int> src, long dstOffset = 0);
     void Download(DeviceBuffer src, Span<float> dst, long srcOffset = 0);
+    /// <summary>Reads int32 elements (token ids), for tests and tools.</summary>
     void Download(DeviceBuffer src, Span<int> dst, long srcOffset = 0);
     /// <summary>dst[0..n) = value.</summary>
     void Fill(DeviceBuffer dst, float value, long n);
