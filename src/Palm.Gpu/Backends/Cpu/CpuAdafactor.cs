@@ -96,7 +96,7 @@ internal static class CpuAdafactor
             long start = (long)c * Chunk, end = Math.Min(count, start + Chunk);
             double u2 = 0, p2 = 0;
             long from = start;   // the eight-lane loop takes whole blocks; the scalar loop below the rest
-            if (!factored && Vector256.IsHardwareAccelerated) from = SumsUnfactored256(param, grad, v!, start, end, s, ref u2, ref p2);
+            if (!factored && CpuSimd.Use256) from = SumsUnfactored256(param, grad, v!, start, end, s, ref u2, ref p2);
             long row = from / cols, col = from % cols; // walked alongside idx: no division per element
             for (long idx = from; idx < end; idx++, col = col + 1 == cols ? 0 : col + 1, row += col == 0 ? 1 : 0)
             {
@@ -130,7 +130,7 @@ internal static class CpuAdafactor
         CpuParallel.For(threads, chunks, c =>
         {
             long start = (long)c * Chunk, end = Math.Min(count, start + Chunk);
-            long from = !factored && Vector256.IsHardwareAccelerated ? ApplyUnfactored256(param, grad, momentum, v!, start, end, clip, stepSize, s) : start;
+            long from = !factored && CpuSimd.Use256 ? ApplyUnfactored256(param, grad, momentum, v!, start, end, clip, stepSize, s) : start;
             long row = from / cols, col = from % cols;
             for (long idx = from; idx < end; idx++, col = col + 1 == cols ? 0 : col + 1, row += col == 0 ? 1 : 0)
             {
