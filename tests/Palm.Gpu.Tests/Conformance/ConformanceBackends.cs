@@ -83,13 +83,21 @@ public sealed class ConformanceFixture : IDisposable
         }
     }
 
-    /// <summary>Runs the op twice on the backend; every output must be the same bits both times.</summary>
+    /// <summary>
+    /// Runs the op twice on the backend; every output must be the same bits both times, and the CPU's bits where the
+    /// backend promises them (so "cpu-1thread" against "cpu" checks that the thread count changes nothing).
+    /// </summary>
     public void AssertDeterministic(string backend, OpCase op, Action<IBackend, Func<string, Palm.Gpu.Tensors.DeviceBuffer>> call, params string[] outputs)
     {
         var be = Get(backend);
         var first = op.Run(be, t => call(be, t), outputs);
         var second = op.Run(be, t => call(be, t), outputs);
         foreach (var name in outputs) Bits.AssertIdentical(first[name], second[name], $"{backend}: {name} on a second run");
+        if (backend != "cpu" && SameBitsAsCpu(backend))
+        {
+            var cpu = op.Run(Cpu, t => call(Cpu, t), outputs);
+            foreach (var name in outputs) Bits.AssertIdentical(cpu[name], first[name], $"{backend}: {name} vs cpu");
+        }
     }
 
     public void Dispose()
