@@ -489,8 +489,14 @@ internal static unsafe class CpuAttention
             var p7 = Vector256.Exp(Vector256.Load(row + 56) - m); p7.Store(row + 56);
             return CpuSimd.Fold((p0 + p2) + (p4 + p6), (p1 + p3) + (p5 + p7));
         }
+        return ExpRowScalar(row, max);
+    }
+
+    // Kept out of ExpRow so the vector paths carry no lane array in their frame.
+    static float ExpRowScalar(float* row, float max)
+    {
         for (int j = 0; j < KeyTile; j++) row[j] = CpuSimd.Exp(row[j] - max);
-        float* lanes = stackalloc float[16];
+        var lanes = new CpuSimd.Lanes16();
         for (int l = 0; l < 16; l++) lanes[l] = (row[l] + row[16 + l]) + (row[32 + l] + row[48 + l]);
         return CpuSimd.Fold16(lanes);
     }
@@ -564,16 +570,18 @@ internal static unsafe class CpuAttention
             }
             total = CpuSimd.Fold(acc0, acc1);
         }
-        else
-        {
-            float* lanes = stackalloc float[16];
-            for (int l = 0; l < 16; l++) lanes[l] = 0;
-            for (; i + 16 <= n; i += 16)
-                for (int l = 0; l < 16; l++) lanes[l] = MathF.FusedMultiplyAdd(x[i + l], y[i + l], lanes[l]);
-            total = CpuSimd.Fold16(lanes);
-        }
+        else total = DotScalar(x, y, n, ref i);
         for (; i < n; i++) total += x[i] * y[i];
         return total;
+    }
+
+    // The whole 16-blocks of Dot on the scalar path, out of line like ExpRowScalar.
+    static float DotScalar(float* x, float* y, int n, ref int i)
+    {
+        var lanes = new CpuSimd.Lanes16();
+        for (; i + 16 <= n; i += 16)
+            for (int l = 0; l < 16; l++) lanes[l] = MathF.FusedMultiplyAdd(x[i + l], y[i + l], lanes[l]);
+        return CpuSimd.Fold16(lanes);
     }
 
     // ---- tile kernels -----------------------------------------------------------------------------------------

@@ -137,9 +137,8 @@ internal static unsafe class CpuCrossEntropy
         }
         else
         {
-            double* total = stackalloc double[8];
-            float* a = stackalloc float[16], b = stackalloc float[16];
-            for (int l = 0; l < 8; l++) total[l] = 0;
+            var total = new CpuSimd.Lanes16D();   // 8 used
+            CpuSimd.Lanes16 a = default, b = default;
             while (j <= v - 16)
             {
                 int blockEnd = Math.Min(v, j + FlushEvery);

@@ -128,8 +128,7 @@ internal static unsafe class CpuLayerNorm
         }
         else
         {
-            float* lg = stackalloc float[16], lgx = stackalloc float[16];
-            for (int l = 0; l < 16; l++) { lg[l] = 0; lgx[l] = 0; }
+            CpuSimd.Lanes16 lg = default, lgx = default;
             for (; j <= d - 16; j += 16)
                 for (int l = 0; l < 16; l++)
                 {
@@ -202,8 +201,7 @@ internal static unsafe class CpuLayerNorm
         }
         else
         {
-            float* lanes = stackalloc float[16];
-            for (int l = 0; l < 16; l++) lanes[l] = 0;
+            var lanes = new CpuSimd.Lanes16();
             for (; j <= d - 16; j += 16) for (int l = 0; l < 16; l++) lanes[l] += x[j + l];
             s = CpuSimd.Fold16(lanes);
         }
@@ -235,8 +233,7 @@ internal static unsafe class CpuLayerNorm
         }
         else
         {
-            float* lanes = stackalloc float[16];
-            for (int l = 0; l < 16; l++) lanes[l] = 0;
+            var lanes = new CpuSimd.Lanes16();
             for (; j <= d - 16; j += 16) for (int l = 0; l < 16; l++) { float c = x[j + l] - mu; lanes[l] += c * c; }
             s = CpuSimd.Fold16(lanes);
         }

@@ -62,8 +62,7 @@ internal static unsafe class CpuReduce
         }
         else
         {
-            double* acc = stackalloc double[16];
-            for (int l = 0; l < 16; l++) acc[l] = 0;
+            var acc = new CpuSimd.Lanes16D();
             for (; i <= n - 16; i += 16)
                 for (int l = 0; l < 16; l++) { double v = x[i + l]; acc[l] += v * v; }
             for (int l = 0; l < 8; l++) acc[l] += acc[l + 8];

@@ -56,8 +56,18 @@ internal static class CpuSimd
         return a + b;
     }
 
-    /// <summary>Scalar form of the same fold over a 16-float lane array (destroys it).</summary>
-    public static unsafe float Fold16(float* lanes)
+    /// <summary>
+    /// 16 lanes for the scalar path, held in the frame rather than stackalloc'd: a method with stackalloc is not
+    /// eligible for on-stack replacement and would run unoptimised until tiering promotes it.
+    /// </summary>
+    [InlineArray(Lanes)]
+    public struct Lanes16 { float element; }
+
+    [InlineArray(Lanes)]
+    public struct Lanes16D { double element; }
+
+    /// <summary>Scalar form of the same fold over the 16 lanes (destroys them).</summary>
+    public static float Fold16(Span<float> lanes)
     {
         for (int w = Lanes / 2; w >= 1; w /= 2)
             for (int l = 0; l < w; l++) lanes[l] += lanes[l + w];
@@ -76,7 +86,7 @@ internal static class CpuSimd
     }
 
     /// <summary>Scalar form of the fold over an array of <paramref name="count"/> double lanes (a power of two; destroys it).</summary>
-    public static unsafe double Fold(double* lanes, int count)
+    public static double Fold(Span<double> lanes, int count)
     {
         for (int w = count / 2; w >= 1; w /= 2)
             for (int l = 0; l < w; l++) lanes[l] += lanes[l + w];
