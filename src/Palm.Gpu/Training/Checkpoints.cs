@@ -30,6 +30,7 @@ public sealed record CheckpointManifest
     public bool ShardWeights { get; init; }                      // weights and optimizer state sliced over the data axis
     public Dictionary<string, TensorLayout>? Layout { get; init; } // how shard files form full tensors; null: whole tensors
     public string Backend { get; init; } = "cpu";
+    public string? HostSimd { get; init; }                       // information only: the CPU vector path that wrote it (results do not depend on it)
     public List<double> RecentLosses { get; init; } = [];
     public List<double> RecentGradNorms { get; init; } = [];
     public List<RollbackEvent> Rollbacks { get; init; } = [];
@@ -135,7 +136,7 @@ public sealed class CheckpointStore
                 files[weights] = Describe(Path.Combine(tmp, weights));
                 files[optimizer] = Describe(Path.Combine(tmp, optimizer));
             }
-            var manifest = s.Manifest with { Files = files, CreatedUtc = DateTime.UtcNow };
+            var manifest = s.Manifest with { Files = files, CreatedUtc = DateTime.UtcNow, HostSimd = Backends.Cpu.CpuSimd.Description };
             AtomicFile.WriteText(Path.Combine(tmp, ManifestFile), JsonSerializer.Serialize(manifest, Trainer.Json));
             if (System.IO.Directory.Exists(final)) System.IO.Directory.Delete(final, recursive: true);
             System.IO.Directory.Move(tmp, final);

@@ -37,51 +37,8 @@ public class RopeTests
         { 1, 300, 2, 256 },
     };
 
-    [Theory]
-    [MemberData(nameof(Shapes))]
-    public void Forward_matches_reference(int b, int t, int heads, int kd)
-    {
-        var x = TestData.Uniform(t + kd, b * t * heads * kd);
-        var expected = Reference(TestData.ToDouble(x), b, t, heads, kd);
-        var y = new float[x.Length];
-        CpuRope.Forward(2, y, x, b, t, heads, kd);
-        Tolerance.AssertClose(expected, y, 1e-6, 1e-5, "rope out");
-    }
 
-    [Theory]
-    [InlineData(2, 5, 3, 6)]
-    [InlineData(1, 6, 2, 24)]
-    [InlineData(1, 4, 1, 40)]
-    public void Backward_matches_finite_differences(int b, int t, int heads, int kd)
-    {
-        var x = TestData.Uniform(3, b * t * heads * kd);
-        var w = TestData.Uniform(4, x.Length);
-        var wd = TestData.ToDouble(w);
-        var numeric = TestData.NumericGradient(xd => TestData.Dot(wd, Reference(xd, b, t, heads, kd)), TestData.ToDouble(x));
-        var dx = TestData.Uniform(5, x.Length, 5f);   // garbage: backward must overwrite
-        CpuRope.Backward(2, dx, w, b, t, heads, kd);
-        Tolerance.AssertClose(numeric, dx, 1e-6, 1e-5, "rope dinp");
-    }
 
-    [Theory]
-    [InlineData(2, 9, 3, 6)]
-    [InlineData(2, 40, 4, 40)]
-    public void In_place_matches_out_of_place(int b, int t, int heads, int kd)
-    {
-        var x = TestData.Uniform(6, b * t * heads * kd);
-        var separate = new float[x.Length];
-        CpuRope.Forward(2, separate, x, b, t, heads, kd);
-        var inPlace = (float[])x.Clone();
-        CpuRope.Forward(2, inPlace, inPlace, b, t, heads, kd);
-        Assert.Equal(separate, inPlace);
-
-        var backSeparate = new float[x.Length];
-        CpuRope.Backward(2, backSeparate, separate, b, t, heads, kd);
-        CpuRope.Backward(2, inPlace, inPlace, b, t, heads, kd);
-        Assert.Equal(backSeparate, inPlace);
-        // Backward is the inverse rotation: it undoes forward.
-        Tolerance.AssertClose(x, backSeparate, 1e-6, 1e-5, "backward(forward(x))");
-    }
 
     [Fact]
     public void Rotation_preserves_the_norm_of_each_pair()

@@ -189,7 +189,7 @@ internal static class CpuAdafactor
     {
         float gs = s.GradScale, b2 = s.Beta2, e1 = s.Epsilon1;
         double u2 = 0, p2 = 0;
-        long idx = Vector256.IsHardwareAccelerated ? SumsUnfactored256(param, grad, v, start, end, s, ref u2, ref p2) : start;
+        long idx = CpuSimd.Use256 ? SumsUnfactored256(param, grad, v, start, end, s, ref u2, ref p2) : start;
         for (; idx < end; idx++)
         {
             float g = grad[idx] * gs;
@@ -206,7 +206,7 @@ internal static class CpuAdafactor
     static void ChunkApply(CpuView<float> param, CpuView<float> grad, CpuView<float> momentum, CpuView<float> v, long start, long end, float clip, float stepSize, in AdafactorStep s)
     {
         float gs = s.GradScale, b1 = s.Beta1, wd = s.WeightDecay;
-        long idx = Vector256.IsHardwareAccelerated ? ApplyUnfactored256(param, grad, momentum, v, start, end, clip, stepSize, s) : start;
+        long idx = CpuSimd.Use256 ? ApplyUnfactored256(param, grad, momentum, v, start, end, clip, stepSize, s) : start;
         for (; idx < end; idx++)
         {
             float g = grad[idx] * gs;

@@ -21,7 +21,7 @@ namespace Palm.Gpu.Backends.Cpu;
 //   backward pass 1  (b, g, key tile):    every later query block in order; writes dk and dv for the tile
 //   backward pass 2  (b, g, query block): recomputes P and dS per key tile; writes dq
 // Each output element is written by exactly one item and summed in a fixed order; the fused and two-pass schemes
-// add the same terms in the same order. Same bits for any thread count, no atomics.
+// add the same terms in the same order. Same bits for any thread count and vector width (CpuSimd), no atomics.
 //
 // Tiles live in per-thread scratch. Query-side rows are packed (rows × Kp), Kp = K rounded up to 16 and
 // zero-padded, queries pre-scaled by 1/√K. Keys for the score kernel are packed transposed (K × 64): the kernel
@@ -34,9 +34,8 @@ internal static unsafe class CpuAttention
     /// <summary>Target query rows (time steps × heads of one kv group) per work item.</summary>
     const int RowsPerBlock = 128;
 
-    /// <summary>Widest vector path this machine runs natively: 512, 256 or 0 (scalar).</summary>
-    internal static readonly int BestVectorBits =
-        Vector512.IsHardwareAccelerated ? 512 : Vector256.IsHardwareAccelerated ? 256 : 0;
+    /// <summary>The vector path the public entry points take: CpuSimd.Bits (512, 256 or 0). Every path gives the same bits.</summary>
+    internal static int BestVectorBits => CpuSimd.Bits;
 
     [ThreadStatic] static float[]? t_scratch;
 
@@ -462,7 +461,10 @@ internal static unsafe class CpuAttention
         return MathF.Max(MathF.Max(m[0], m[1]), MathF.Max(m[2], m[3]));
     }
 
-    /// <summary>row = exp(row − max) in place (masked −∞ entries become 0); returns the row sum.</summary>
+    /// <summary>
+    /// row = exp(row − max) in place (masked −∞ entries become 0); returns the row sum, on CpuSimd's 16 lanes:
+    /// the four 16-blocks added as (b0 + b1) + (b2 + b3), then folded, at every width.
+    /// </summary>
     static float ExpRow(int vb, float* row, float max)
     {
         if (vb >= 512)
@@ -472,23 +474,31 @@ internal static unsafe class CpuAttention
             var p1 = Vector512.Exp(Vector512.Load(row + 16) - m); p1.Store(row + 16);
             var p2 = Vector512.Exp(Vector512.Load(row + 32) - m); p2.Store(row + 32);
             var p3 = Vector512.Exp(Vector512.Load(row + 48) - m); p3.Store(row + 48);
-            return Vector512.Sum((p0 + p1) + (p2 + p3));
+            return CpuSimd.Fold((p0 + p1) + (p2 + p3));
         }
         if (vb >= 256)
         {
             var m = Vector256.Create(max);
-            var sum = Vector256<float>.Zero;
-            for (int j = 0; j < KeyTile; j += 8)
-            {
-                var p = Vector256.Exp(Vector256.Load(row + j) - m);
-                p.Store(row + j);
-                sum += p;
-            }
-            return Vector256.Sum(sum);
+            var p0 = Vector256.Exp(Vector256.Load(row) - m); p0.Store(row);
+            var p1 = Vector256.Exp(Vector256.Load(row + 8) - m); p1.Store(row + 8);
+            var p2 = Vector256.Exp(Vector256.Load(row + 16) - m); p2.Store(row + 16);
+            var p3 = Vector256.Exp(Vector256.Load(row + 24) - m); p3.Store(row + 24);
+            var p4 = Vector256.Exp(Vector256.Load(row + 32) - m); p4.Store(row + 32);
+            var p5 = Vector256.Exp(Vector256.Load(row + 40) - m); p5.Store(row + 40);
+            var p6 = Vector256.Exp(Vector256.Load(row + 48) - m); p6.Store(row + 48);
+            var p7 = Vector256.Exp(Vector256.Load(row + 56) - m); p7.Store(row + 56);
+            return CpuSimd.Fold((p0 + p2) + (p4 + p6), (p1 + p3) + (p5 + p7));
         }
-        float total = 0;
-        for (int j = 0; j < KeyTile; j++) { row[j] = MathF.Exp(row[j] - max); total += row[j]; }
-        return total;
+        return ExpRowScalar(row, max);
+    }
+
+    // Kept out of ExpRow so the vector paths carry no lane array in their frame.
+    static float ExpRowScalar(float* row, float max)
+    {
+        for (int j = 0; j < KeyTile; j++) row[j] = CpuSimd.Exp(row[j] - max);
+        var lanes = new CpuSimd.Lanes16();
+        for (int l = 0; l < 16; l++) lanes[l] = (row[l] + row[16 + l]) + (row[32 + l] + row[48 + l]);
+        return CpuSimd.Fold16(lanes);
     }
 
     /// <summary>For rows [r0, r1): scores → P = exp(S − lse) (masked), dP → dS = P ⊙ (dP − D); invisible rows zeroed.</summary>
@@ -531,7 +541,7 @@ internal static unsafe class CpuAttention
             {
                 for (int j = 0; j < KeyTile; j++)
                 {
-                    float pj = MathF.Exp(p[j] - l);
+                    float pj = CpuSimd.Exp(p[j] - l);
                     p[j] = pj;
                     ds[j] = pj * (ds[j] - dd);
                 }
@@ -539,24 +549,39 @@ internal static unsafe class CpuAttention
         }
     }
 
+    /// <summary>Σ x·y on CpuSimd's 16 lanes (fused per lane, folded by halving), then the tail in order.</summary>
     static float Dot(int vb, float* x, float* y, int n)
     {
         int i = 0;
-        float total = 0;
-        if (vb >= 512 && n >= 16)
+        float total;
+        if (vb >= 512)
         {
             var acc = Vector512<float>.Zero;
             for (; i + 16 <= n; i += 16) acc = Vector512.FusedMultiplyAdd(Vector512.Load(x + i), Vector512.Load(y + i), acc);
-            total = Vector512.Sum(acc);
+            total = CpuSimd.Fold(acc);
         }
-        else if (vb >= 256 && n >= 8)
+        else if (vb >= 256)
         {
-            var acc = Vector256<float>.Zero;
-            for (; i + 8 <= n; i += 8) acc = Vector256.FusedMultiplyAdd(Vector256.Load(x + i), Vector256.Load(y + i), acc);
-            total = Vector256.Sum(acc);
+            Vector256<float> acc0 = default, acc1 = default;
+            for (; i + 16 <= n; i += 16)
+            {
+                acc0 = Vector256.FusedMultiplyAdd(Vector256.Load(x + i), Vector256.Load(y + i), acc0);
+                acc1 = Vector256.FusedMultiplyAdd(Vector256.Load(x + i + 8), Vector256.Load(y + i + 8), acc1);
+            }
+            total = CpuSimd.Fold(acc0, acc1);
         }
+        else total = DotScalar(x, y, n, ref i);
         for (; i < n; i++) total += x[i] * y[i];
         return total;
+    }
+
+    // The whole 16-blocks of Dot on the scalar path, out of line like ExpRowScalar.
+    static float DotScalar(float* x, float* y, int n, ref int i)
+    {
+        var lanes = new CpuSimd.Lanes16();
+        for (; i + 16 <= n; i += 16)
+            for (int l = 0; l < 16; l++) lanes[l] = MathF.FusedMultiplyAdd(x[i + l], y[i + l], lanes[l]);
+        return CpuSimd.Fold16(lanes);
     }
 
     // ---- tile kernels -----------------------------------------------------------------------------------------
@@ -644,7 +669,7 @@ internal static unsafe class CpuAttention
             {
                 float x = ar[d];
                 float* bp = bt + d * KeyTile;
-                for (int j = 0; j < KeyTile; j++) o[j] += x * bp[j];
+                for (int j = 0; j < KeyTile; j++) o[j] = MathF.FusedMultiplyAdd(x, bp[j], o[j]);   // fused, as the vector kernels
             }
         }
     }
@@ -787,7 +812,7 @@ internal static unsafe class CpuAttention
             {
                 float e = w[(long)i * wRow + (long)j * wCol];
                 float* mj = m + (long)j * ldm;
-                for (int x = 0; x < kp; x++) ci[x] += e * mj[x];
+                for (int x = 0; x < kp; x++) ci[x] = MathF.FusedMultiplyAdd(e, mj[x], ci[x]);
             }
         }
     }

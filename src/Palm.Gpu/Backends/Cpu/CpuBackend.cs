@@ -8,7 +8,7 @@ namespace Palm.Gpu.Backends.Cpu;
 /// against. <see cref="BackendBase"/> validates every call; this class only dispatches the cores to the op
 /// files (CpuMatmul.cs, CpuAttention.cs, ...), forward and backward side by side.
 /// </summary>
-public sealed class CpuBackend : BackendBase
+public class CpuBackend : BackendBase
 {
     public CpuBackend(int threads = 0)
     {

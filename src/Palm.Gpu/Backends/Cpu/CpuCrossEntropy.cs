@@ -80,13 +80,13 @@ internal static unsafe class CpuCrossEntropy
     {
         int j = 0;
         float m = float.NegativeInfinity;
-        if (Vector512.IsHardwareAccelerated && v >= Vector512<float>.Count)
+        if (CpuSimd.Use512 && v >= Vector512<float>.Count)
         {
             var acc = Vector512.Create(float.NegativeInfinity);
             for (; j <= v - Vector512<float>.Count; j += Vector512<float>.Count) acc = Vector512.Max(acc, Vector512.Load(x + j));
             for (int k = 0; k < Vector512<float>.Count; k++) m = MathF.Max(m, acc[k]);
         }
-        else if (Vector256.IsHardwareAccelerated && v >= Vector256<float>.Count)
+        else if (CpuSimd.Use256 && v >= Vector256<float>.Count)
         {
             var acc = Vector256.Create(float.NegativeInfinity);
             for (; j <= v - Vector256<float>.Count; j += Vector256<float>.Count) acc = Vector256.Max(acc, Vector256.Load(x + j));
@@ -98,45 +98,82 @@ internal static unsafe class CpuCrossEntropy
 
     // Σ exp(x − max): the exponentials are float (each in (0, 1]) and are summed in float over short
     // blocks of FlushEvery elements, then in double, which costs far less than widening every vector.
+    // The order is fixed on CpuSimd's 16 lanes for every width: within a block, 32-element steps add their
+    // two 16-blocks to two chains (a last lone 16-block to the first), the block's chains are added and
+    // widened into 8 double lanes (lane l gets float lanes l and l + 8), and the tail past the last whole
+    // 16-block is added in order after the fold.
     static double SumExp(float* x, float max, int v)
     {
         int j = 0;
-        double s = 0;
-        if (Vector512.IsHardwareAccelerated)
+        double s;
+        if (CpuSimd.Use512)
         {
             var vmax = Vector512.Create(max);
             var total = Vector512<double>.Zero;
-            while (j <= v - Vector512<float>.Count)
+            while (j <= v - 16)
             {
                 // Each float lane adds at most FlushEvery/16 terms in (0,1] before the block is widened into double.
                 int blockEnd = Math.Min(v, j + FlushEvery);
                 var acc0 = Vector512<float>.Zero; var acc1 = Vector512<float>.Zero; // two chains keep two exps in flight
-                for (; j <= blockEnd - 2 * Vector512<float>.Count; j += 2 * Vector512<float>.Count)
+                for (; j <= blockEnd - 32; j += 32)
                 {
                     acc0 += Vector512.Exp(Vector512.Load(x + j) - vmax);
-                    acc1 += Vector512.Exp(Vector512.Load(x + j + Vector512<float>.Count) - vmax);
+                    acc1 += Vector512.Exp(Vector512.Load(x + j + 16) - vmax);
                 }
-                for (; j <= blockEnd - Vector512<float>.Count; j += Vector512<float>.Count) acc0 += Vector512.Exp(Vector512.Load(x + j) - vmax);
+                for (; j <= blockEnd - 16; j += 16) acc0 += Vector512.Exp(Vector512.Load(x + j) - vmax);
                 var (lo, hi) = Vector512.Widen(acc0 + acc1);
                 total += lo + hi;
             }
-            s = Vector512.Sum(total);
+            s = CpuSimd.Fold(total);
         }
-        else if (Vector256.IsHardwareAccelerated)
+        else if (CpuSimd.Use256)
         {
             var vmax = Vector256.Create(max);
-            var total = Vector256<double>.Zero;
-            while (j <= v - Vector256<float>.Count)
+            Vector256<double> total0 = default, total1 = default;   // double lanes 0-3, 4-7
+            while (j <= v - 16)
             {
                 int blockEnd = Math.Min(v, j + FlushEvery);
-                var acc = Vector256<float>.Zero;
-                for (; j <= blockEnd - Vector256<float>.Count; j += Vector256<float>.Count) acc += Vector256.Exp(Vector256.Load(x + j) - vmax);
-                var (lo, hi) = Vector256.Widen(acc);
-                total += lo + hi;
+                Vector256<float> a0 = default, a1 = default, b0 = default, b1 = default;   // chain 0 lanes 0-7, 8-15; chain 1 likewise
+                for (; j <= blockEnd - 32; j += 32)
+                {
+                    a0 += Vector256.Exp(Vector256.Load(x + j) - vmax);
+                    a1 += Vector256.Exp(Vector256.Load(x + j + 8) - vmax);
+                    b0 += Vector256.Exp(Vector256.Load(x + j + 16) - vmax);
+                    b1 += Vector256.Exp(Vector256.Load(x + j + 24) - vmax);
+                }
+                for (; j <= blockEnd - 16; j += 16)
+                {
+                    a0 += Vector256.Exp(Vector256.Load(x + j) - vmax);
+                    a1 += Vector256.Exp(Vector256.Load(x + j + 8) - vmax);
+                }
+                var (l0, l1) = Vector256.Widen(a0 + b0);   // float lanes 0-3, 4-7
+                var (h0, h1) = Vector256.Widen(a1 + b1);   // float lanes 8-11, 12-15
+                total0 += l0 + h0;
+                total1 += l1 + h1;
             }
-            s = Vector256.Sum(total);
+            s = CpuSimd.Fold(total0 + total1);
         }
-        for (; j < v; j++) s += MathF.Exp(x[j] - max);
+        else
+        {
+            var total = new CpuSimd.Lanes16D();   // 8 used
+            CpuSimd.Lanes16 a = default, b = default;
+            while (j <= v - 16)
+            {
+                int blockEnd = Math.Min(v, j + FlushEvery);
+                for (int l = 0; l < 16; l++) { a[l] = 0; b[l] = 0; }
+                for (; j <= blockEnd - 32; j += 32)
+                    for (int l = 0; l < 16; l++)
+                    {
+                        a[l] += CpuSimd.Exp(x[j + l] - max);
+                        b[l] += CpuSimd.Exp(x[j + 16 + l] - max);
+                    }
+                for (; j <= blockEnd - 16; j += 16)
+                    for (int l = 0; l < 16; l++) a[l] += CpuSimd.Exp(x[j + l] - max);
+                for (int l = 0; l < 8; l++) total[l] += (double)(a[l] + b[l]) + (a[l + 8] + b[l + 8]);
+            }
+            s = CpuSimd.Fold(total, 8);
+        }
+        for (; j < v; j++) s += CpuSimd.Exp(x[j] - max);
         return s;
     }
 
@@ -144,18 +181,18 @@ internal static unsafe class CpuCrossEntropy
     static void ScaledSoftmax(float* d, float* x, float lz, float factor, int v)
     {
         int j = 0;
-        if (Vector512.IsHardwareAccelerated)
+        if (CpuSimd.Use512)
         {
             var vlz = Vector512.Create(lz); var vf = Vector512.Create(factor);
             for (; j <= v - Vector512<float>.Count; j += Vector512<float>.Count)
                 Vector512.Store(Vector512.Exp(Vector512.Load(x + j) - vlz) * vf, d + j);
         }
-        else if (Vector256.IsHardwareAccelerated)
+        else if (CpuSimd.Use256)
         {
             var vlz = Vector256.Create(lz); var vf = Vector256.Create(factor);
             for (; j <= v - Vector256<float>.Count; j += Vector256<float>.Count)
                 Vector256.Store(Vector256.Exp(Vector256.Load(x + j) - vlz) * vf, d + j);
         }
-        for (; j < v; j++) d[j] = MathF.Exp(x[j] - lz) * factor;
+        for (; j < v; j++) d[j] = CpuSimd.Exp(x[j] - lz) * factor;
     }
 }

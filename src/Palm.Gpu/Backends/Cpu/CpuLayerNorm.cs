@@ -14,7 +14,8 @@ namespace Palm.Gpu.Backends.Cpu;
 //     dweight = Σ_rows dout · x̂
 //
 // The variance is computed around the mean (two passes over the row) so a large common offset costs no
-// precision. dweight is deterministic: rows are cut into fixed chunks of RowsPerChunk, each chunk sums
+// precision. Row sums use CpuSimd's 16 logical lanes, so AVX-512, AVX2 and scalar give the same bits.
+// dweight is deterministic: rows are cut into fixed chunks of RowsPerChunk, each chunk sums
 // its rows in order into its own partial vector, and the partials are added to dweight in chunk order.
 // Within a row every reduction finishes before dinp is written, so dinp may alias dout.
 internal static unsafe class CpuLayerNorm
@@ -84,15 +85,16 @@ internal static unsafe class CpuLayerNorm
     }
 
     // One row: pass 1 forms the two row means and this row's dweight contribution, pass 2 writes dinp.
+    // The row sums use CpuSimd's 16 lanes, so every vector width adds in the same order.
     static void BackwardRow(float* dinp, float* dw, float* dout, float* x, float* w, float mu, float r, int d, bool accumulate)
     {
         int j = 0;
-        float sumG = 0, sumGX = 0;
-        if (Vector512.IsHardwareAccelerated)
+        float sumG, sumGX;
+        if (CpuSimd.Use512)
         {
             var vmu = Vector512.Create(mu); var vr = Vector512.Create(r);
             var accG = Vector512<float>.Zero; var accGX = Vector512<float>.Zero;
-            for (; j <= d - Vector512<float>.Count; j += Vector512<float>.Count)
+            for (; j <= d - 16; j += 16)
             {
                 var xhat = (Vector512.Load(x + j) - vmu) * vr;
                 var vd = Vector512.Load(dout + j);
@@ -101,22 +103,41 @@ internal static unsafe class CpuLayerNorm
                 accGX += g * xhat;
                 Vector512.Store(Vector512.Load(dw + j) + vd * xhat, dw + j);
             }
-            sumG = Vector512.Sum(accG); sumGX = Vector512.Sum(accGX);
+            sumG = CpuSimd.Fold(accG); sumGX = CpuSimd.Fold(accGX);
         }
-        else if (Vector256.IsHardwareAccelerated)
+        else if (CpuSimd.Use256)
         {
             var vmu = Vector256.Create(mu); var vr = Vector256.Create(r);
-            var accG = Vector256<float>.Zero; var accGX = Vector256<float>.Zero;
-            for (; j <= d - Vector256<float>.Count; j += Vector256<float>.Count)
+            Vector256<float> accG0 = default, accG1 = default, accGX0 = default, accGX1 = default;
+            for (; j <= d - 16; j += 16)
             {
                 var xhat = (Vector256.Load(x + j) - vmu) * vr;
                 var vd = Vector256.Load(dout + j);
                 var g = vd * Vector256.Load(w + j);
-                accG += g;
-                accGX += g * xhat;
+                accG0 += g;
+                accGX0 += g * xhat;
                 Vector256.Store(Vector256.Load(dw + j) + vd * xhat, dw + j);
+                xhat = (Vector256.Load(x + j + 8) - vmu) * vr;
+                vd = Vector256.Load(dout + j + 8);
+                g = vd * Vector256.Load(w + j + 8);
+                accG1 += g;
+                accGX1 += g * xhat;
+                Vector256.Store(Vector256.Load(dw + j + 8) + vd * xhat, dw + j + 8);
             }
-            sumG = Vector256.Sum(accG); sumGX = Vector256.Sum(accGX);
+            sumG = CpuSimd.Fold(accG0, accG1); sumGX = CpuSimd.Fold(accGX0, accGX1);
+        }
+        else
+        {
+            CpuSimd.Lanes16 lg = default, lgx = default;
+            for (; j <= d - 16; j += 16)
+                for (int l = 0; l < 16; l++)
+                {
+                    float xhat = (x[j + l] - mu) * r, g = dout[j + l] * w[j + l];
+                    lg[l] += g;
+                    lgx[l] += g * xhat;
+                    dw[j + l] += dout[j + l] * xhat;
+                }
+            sumG = CpuSimd.Fold16(lg); sumGX = CpuSimd.Fold16(lgx);
         }
         for (; j < d; j++)
         {
@@ -128,7 +149,7 @@ internal static unsafe class CpuLayerNorm
         float meanG = sumG / d, meanGX = sumGX / d;
 
         j = 0;
-        if (Vector512.IsHardwareAccelerated)
+        if (CpuSimd.Use512)
         {
             var vmu = Vector512.Create(mu); var vr = Vector512.Create(r);
             var vmg = Vector512.Create(meanG); var vmgx = Vector512.Create(meanGX);
@@ -141,7 +162,7 @@ internal static unsafe class CpuLayerNorm
                 Vector512.Store(value, dinp + j);
             }
         }
-        else if (Vector256.IsHardwareAccelerated)
+        else if (CpuSimd.Use256)
         {
             var vmu = Vector256.Create(mu); var vr = Vector256.Create(r);
             var vmg = Vector256.Create(meanG); var vmgx = Vector256.Create(meanGX);
@@ -165,18 +186,24 @@ internal static unsafe class CpuLayerNorm
     static float Sum(float* x, int d)
     {
         int j = 0;
-        float s = 0;
-        if (Vector512.IsHardwareAccelerated)
+        float s;
+        if (CpuSimd.Use512)
         {
             var acc = Vector512<float>.Zero;
-            for (; j <= d - Vector512<float>.Count; j += Vector512<float>.Count) acc += Vector512.Load(x + j);
-            s = Vector512.Sum(acc);
+            for (; j <= d - 16; j += 16) acc += Vector512.Load(x + j);
+            s = CpuSimd.Fold(acc);
         }
-        else if (Vector256.IsHardwareAccelerated)
+        else if (CpuSimd.Use256)
         {
-            var acc = Vector256<float>.Zero;
-            for (; j <= d - Vector256<float>.Count; j += Vector256<float>.Count) acc += Vector256.Load(x + j);
-            s = Vector256.Sum(acc);
+            Vector256<float> acc0 = default, acc1 = default;
+            for (; j <= d - 16; j += 16) { acc0 += Vector256.Load(x + j); acc1 += Vector256.Load(x + j + 8); }
+            s = CpuSimd.Fold(acc0, acc1);
+        }
+        else
+        {
+            var lanes = new CpuSimd.Lanes16();
+            for (; j <= d - 16; j += 16) for (int l = 0; l < 16; l++) lanes[l] += x[j + l];
+            s = CpuSimd.Fold16(lanes);
         }
         for (; j < d; j++) s += x[j];
         return s;
@@ -185,20 +212,30 @@ internal static unsafe class CpuLayerNorm
     static float SumSquaredDeviation(float* x, float mu, int d)
     {
         int j = 0;
-        float s = 0;
-        if (Vector512.IsHardwareAccelerated)
+        float s;
+        if (CpuSimd.Use512)
         {
             var vmu = Vector512.Create(mu);
             var acc = Vector512<float>.Zero;
-            for (; j <= d - Vector512<float>.Count; j += Vector512<float>.Count) { var c = Vector512.Load(x + j) - vmu; acc += c * c; }
-            s = Vector512.Sum(acc);
+            for (; j <= d - 16; j += 16) { var c = Vector512.Load(x + j) - vmu; acc += c * c; }
+            s = CpuSimd.Fold(acc);
         }
-        else if (Vector256.IsHardwareAccelerated)
+        else if (CpuSimd.Use256)
         {
             var vmu = Vector256.Create(mu);
-            var acc = Vector256<float>.Zero;
-            for (; j <= d - Vector256<float>.Count; j += Vector256<float>.Count) { var c = Vector256.Load(x + j) - vmu; acc += c * c; }
-            s = Vector256.Sum(acc);
+            Vector256<float> acc0 = default, acc1 = default;
+            for (; j <= d - 16; j += 16)
+            {
+                var c0 = Vector256.Load(x + j) - vmu; acc0 += c0 * c0;
+                var c1 = Vector256.Load(x + j + 8) - vmu; acc1 += c1 * c1;
+            }
+            s = CpuSimd.Fold(acc0, acc1);
+        }
+        else
+        {
+            var lanes = new CpuSimd.Lanes16();
+            for (; j <= d - 16; j += 16) for (int l = 0; l < 16; l++) { float c = x[j + l] - mu; lanes[l] += c * c; }
+            s = CpuSimd.Fold16(lanes);
         }
         for (; j < d; j++) { float c = x[j] - mu; s += c * c; }
         return s;
@@ -207,13 +244,13 @@ internal static unsafe class CpuLayerNorm
     static void Normalize(float* o, float* x, float* w, float mu, float r, int d)
     {
         int j = 0;
-        if (Vector512.IsHardwareAccelerated)
+        if (CpuSimd.Use512)
         {
             var vmu = Vector512.Create(mu); var vr = Vector512.Create(r);
             for (; j <= d - Vector512<float>.Count; j += Vector512<float>.Count)
                 Vector512.Store((Vector512.Load(x + j) - vmu) * vr * Vector512.Load(w + j), o + j);
         }
-        else if (Vector256.IsHardwareAccelerated)
+        else if (CpuSimd.Use256)
         {
             var vmu = Vector256.Create(mu); var vr = Vector256.Create(r);
             for (; j <= d - Vector256<float>.Count; j += Vector256<float>.Count)

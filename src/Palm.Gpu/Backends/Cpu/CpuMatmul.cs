@@ -30,7 +30,7 @@ namespace Palm.Gpu.Backends.Cpu;
 // C = alpha·acc (first block, no accumulate) or C = fma(acc, alpha, C). Nothing in that depends on the thread
 // count, the tile the element falls in, or the instruction path: the Vector512, Vector256, Vector128 and scalar kernels
 // perform the same fused operations in the same order, so all give the same bits. (Without hardware FMA only
-// the scalar path runs, with a separate multiply and add.) A, B and C must not overlap.
+// the scalar path runs, still fused, through the runtime's software fma.) A, B and C must not overlap.
 
 /// <summary>Which micro-kernel runs; the best accelerated one is the default.</summary>
 internal enum GemmPath { Scalar, Vector128, Vector256, Vector512 }
@@ -57,10 +57,11 @@ internal static unsafe class CpuMatmul
     /// <summary>Fused multiply-add in hardware. The vector paths need it; without it only the scalar path runs, unfused.</summary>
     private static bool HasFma => Fma.IsSupported || AdvSimd.IsSupported;
 
+    /// <summary>The widest supported path within CpuSimd.Bits (every path gives the same bits; this only picks the speed).</summary>
     public static GemmPath BestPath =>
-        IsSupported(GemmPath.Vector512) ? GemmPath.Vector512 :
-        IsSupported(GemmPath.Vector256) ? GemmPath.Vector256 :
-        IsSupported(GemmPath.Vector128) ? GemmPath.Vector128 : GemmPath.Scalar;
+        CpuSimd.Bits >= 512 && IsSupported(GemmPath.Vector512) ? GemmPath.Vector512 :
+        CpuSimd.Bits >= 256 && IsSupported(GemmPath.Vector256) ? GemmPath.Vector256 :
+        CpuSimd.Bits >= 128 && IsSupported(GemmPath.Vector128) ? GemmPath.Vector128 : GemmPath.Scalar;
 
     public static bool IsSupported(GemmPath path) => path switch
     {
@@ -70,9 +71,12 @@ internal static unsafe class CpuMatmul
         _ => true,
     };
 
-    /// <summary>a·b + c, fused wherever the hardware fuses, so that scalar code rounds exactly like the vector kernels.</summary>
+    /// <summary>
+    /// a·b + c with one rounding, so that scalar code rounds exactly like the vector kernels. Always fused: without
+    /// hardware FMA (e.g. DOTNET_EnableAVX2=0) the runtime's software fma is slower but gives the same bits.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float MulAdd(float a, float b, float c) => HasFma ? MathF.FusedMultiplyAdd(a, b, c) : a * b + c;
+    private static float MulAdd(float a, float b, float c) => MathF.FusedMultiplyAdd(a, b, c);
 
     /// <summary>Micro-tile rows (MR, broadcast from packed A) and columns (NR, vector loads from packed B).</summary>
     public static (int Mr, int Nr) TileOf(GemmPath path) => path switch

@@ -9,7 +9,7 @@ namespace Palm.Gpu.Backends.Cpu;
 //   SumOfSquaresSegments  x (flat), segments (S) -> Σ x² per segment (S)
 //
 // Deterministic: the range is cut into fixed-size chunks (independent of the thread count), each chunk is
-// summed in double with a fixed lane order, and the chunk sums are added in index order.
+// summed in double with a fixed lane order (the same at every vector width), and the chunk sums are added in index order.
 internal static unsafe class CpuReduce
 {
     const long Chunk = 1 << 16;
@@ -28,34 +28,46 @@ internal static unsafe class CpuReduce
         return total;
     }
 
-    // Squares are formed in double (exact for a float input), so only the additions round.
+    // Squares are formed in double (exact for a float input), so only the additions round. Sixteen double lanes
+    // (element i of a whole 16-block in lane i mod 16) folded by halving, then the tail in order: the same
+    // additions at every vector width (CpuSimd).
     static double SumOfSquaresRange(float* x, long n)
     {
         long i = 0;
-        double sum = 0;
-        if (Vector512.IsHardwareAccelerated)
+        double sum;
+        if (CpuSimd.Use512)
         {
             var acc0 = Vector512<double>.Zero;
             var acc1 = Vector512<double>.Zero;
-            for (; i <= n - Vector512<float>.Count; i += Vector512<float>.Count)
+            for (; i <= n - 16; i += 16)
             {
                 var (lo, hi) = Vector512.Widen(Vector512.Load(x + i));
                 acc0 += lo * lo;
                 acc1 += hi * hi;
             }
-            sum = Vector512.Sum(acc0 + acc1);
+            sum = CpuSimd.Fold(acc0 + acc1);
         }
-        else if (Vector256.IsHardwareAccelerated)
+        else if (CpuSimd.Use256)
         {
-            var acc0 = Vector256<double>.Zero;
-            var acc1 = Vector256<double>.Zero;
-            for (; i <= n - Vector256<float>.Count; i += Vector256<float>.Count)
+            Vector256<double> acc0 = default, acc1 = default, acc2 = default, acc3 = default;   // lanes 0-3, 4-7, 8-11, 12-15
+            for (; i <= n - 16; i += 16)
             {
-                var (lo, hi) = Vector256.Widen(Vector256.Load(x + i));
-                acc0 += lo * lo;
-                acc1 += hi * hi;
+                var (a, b) = Vector256.Widen(Vector256.Load(x + i));
+                var (c, d) = Vector256.Widen(Vector256.Load(x + i + 8));
+                acc0 += a * a;
+                acc1 += b * b;
+                acc2 += c * c;
+                acc3 += d * d;
             }
-            sum = Vector256.Sum(acc0 + acc1);
+            sum = CpuSimd.Fold((acc0 + acc2) + (acc1 + acc3));
+        }
+        else
+        {
+            var acc = new CpuSimd.Lanes16D();
+            for (; i <= n - 16; i += 16)
+                for (int l = 0; l < 16; l++) { double v = x[i + l]; acc[l] += v * v; }
+            for (int l = 0; l < 8; l++) acc[l] += acc[l + 8];
+            sum = CpuSimd.Fold(acc, 8);
         }
         for (; i < n; i++) { double v = x[i]; sum += v * v; }
         return sum;

@@ -31,10 +31,10 @@ internal static unsafe class CpuResidual
     internal static void AddRange(float* o, float* a, float* b, long n)
     {
         long i = 0;
-        if (Vector512.IsHardwareAccelerated)
+        if (CpuSimd.Use512)
             for (; i <= n - Vector512<float>.Count; i += Vector512<float>.Count)
                 Vector512.Store(Vector512.Load(a + i) + Vector512.Load(b + i), o + i);
-        else if (Vector256.IsHardwareAccelerated)
+        else if (CpuSimd.Use256)
             for (; i <= n - Vector256<float>.Count; i += Vector256<float>.Count)
                 Vector256.Store(Vector256.Load(a + i) + Vector256.Load(b + i), o + i);
         for (; i < n; i++) o[i] = a[i] + b[i];

@@ -77,7 +77,7 @@ internal static class CpuRope
     static unsafe void RotateHead(float* dst, float* src, float* cos, float* sin, int half, bool inverse)
     {
         int i = 0;
-        if (Vector512.IsHardwareAccelerated)
+        if (CpuSimd.Use512)
             for (; i + 16 <= half; i += 16)
             {
                 var x1 = Vector512.Load(src + i); var x2 = Vector512.Load(src + half + i);
@@ -86,7 +86,7 @@ internal static class CpuRope
                 (x1 * c - x2 * s).Store(dst + i);
                 (x2 * c + x1 * s).Store(dst + half + i);
             }
-        if (Vector256.IsHardwareAccelerated)
+        if (CpuSimd.Use256)
             for (; i + 8 <= half; i += 8)
             {
                 var x1 = Vector256.Load(src + i); var x2 = Vector256.Load(src + half + i);

@@ -31,13 +31,13 @@ internal static unsafe class CpuSwiGlu
     static void ForwardRange(float* o, float* g, float* u, long n)
     {
         long i = 0;
-        if (Vector512.IsHardwareAccelerated)
+        if (CpuSimd.Use512)
             for (; i <= n - Vector512<float>.Count; i += Vector512<float>.Count)
             {
                 var vg = Vector512.Load(g + i);
                 Vector512.Store(vg * Sigmoid(vg) * Vector512.Load(u + i), o + i);
             }
-        else if (Vector256.IsHardwareAccelerated)
+        else if (CpuSimd.Use256)
             for (; i <= n - Vector256<float>.Count; i += Vector256<float>.Count)
             {
                 var vg = Vector256.Load(g + i);
@@ -49,7 +49,7 @@ internal static unsafe class CpuSwiGlu
     static void BackwardRange(float* dg, float* du, float* dout, float* g, float* u, long n)
     {
         long i = 0;
-        if (Vector512.IsHardwareAccelerated)
+        if (CpuSimd.Use512)
         {
             var one = Vector512<float>.One;
             for (; i <= n - Vector512<float>.Count; i += Vector512<float>.Count)
@@ -62,7 +62,7 @@ internal static unsafe class CpuSwiGlu
                 Vector512.Store(vd * vg * s, du + i);
             }
         }
-        else if (Vector256.IsHardwareAccelerated)
+        else if (CpuSimd.Use256)
         {
             var one = Vector256<float>.One;
             for (; i <= n - Vector256<float>.Count; i += Vector256<float>.Count)
@@ -85,7 +85,7 @@ internal static unsafe class CpuSwiGlu
 
     static float Sigmoid(float x)
     {
-        float e = MathF.Exp(-MathF.Abs(x));
+        float e = CpuSimd.Exp(-MathF.Abs(x));   // the vector lanes' exp, so tails match them
         float r = 1f / (1f + e);
         return x >= 0 ? r : e * r;
     }

@@ -1,0 +1,95 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
+namespace Palm.Gpu.Backends.Cpu;
+
+// The vector width the CPU kernels run at, and the pieces that make their results independent of it.
+//
+// Every reduction in the CPU kernels is defined on 16 logical float lanes (8 or 16 double lanes where it sums
+// in double): element i of a run of whole 16-blocks goes to lane i mod 16, the lanes are folded by halving
+// (lane l += lane l + w for w = 8, 4, 2, 1), and the elements past the last whole block are added one by one
+// in index order. AVX-512 holds the 16 lanes in one Vector512, AVX2 in two Vector256, the scalar path in a
+// 16-float array; all three do the same IEEE operations per lane, so all give the same bits. exp comes from
+// one implementation for every lane and every tail element (the runtime's vector exp, which is lane-wise the
+// same at 128, 256 and 512 bits, unlike MathF.Exp), and products that the vector code fuses are fused
+// (MathF.FusedMultiplyAdd) on the scalar path too.
+internal static class CpuSimd
+{
+    /// <summary>Widest path this machine runs natively: 512, 256 or 0 (scalar).</summary>
+    public static readonly int Hardware =
+        Vector512.IsHardwareAccelerated ? 512 : Vector256.IsHardwareAccelerated ? 256 : 0;
+
+    /// <summary>
+    /// The path the kernels take. Tests lower it to run every path on one machine; since every path gives the
+    /// same bits, changing it never changes a result, only the speed.
+    /// </summary>
+    internal static int Bits = Hardware;
+
+    public static bool Use512 => Bits >= 512;
+    public static bool Use256 => Bits >= 256;
+
+    /// <summary>"AVX-512", "AVX2" or "scalar": the path in use, for logs and manifests.</summary>
+    public static string Description => Bits >= 512 ? "AVX-512" : Bits >= 256 ? "AVX2" : "scalar";
+
+    /// <summary>Logical lanes of every float reduction.</summary>
+    public const int Lanes = 16;
+
+    /// <summary>exp(x) with the bits of one lane of Vector512.Exp / Vector256.Exp.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Exp(float x) =>
+        Vector128.IsHardwareAccelerated ? Vector128.Exp(Vector128.Create(x)).ToScalar() : MathF.Exp(x);
+
+    // ---- folds: 16 lanes to one by halving ------------------------------------------------------------------
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Fold(Vector512<float> v) => Fold(v.GetLower() + v.GetUpper());
+
+    /// <summary>The 16 lanes lo (0..7) and hi (8..15) held as two halves.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Fold(Vector256<float> lo, Vector256<float> hi) => Fold(lo + hi);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Fold(Vector256<float> v)
+    {
+        var h = v.GetLower() + v.GetUpper();
+        float a = h.GetElement(0) + h.GetElement(2), b = h.GetElement(1) + h.GetElement(3);
+        return a + b;
+    }
+
+    /// <summary>
+    /// 16 lanes for the scalar path, held in the frame rather than stackalloc'd: a method with stackalloc is not
+    /// eligible for on-stack replacement and would run unoptimised until tiering promotes it.
+    /// </summary>
+    [InlineArray(Lanes)]
+    public struct Lanes16 { float element; }
+
+    [InlineArray(Lanes)]
+    public struct Lanes16D { double element; }
+
+    /// <summary>Scalar form of the same fold over the 16 lanes (destroys them).</summary>
+    public static float Fold16(Span<float> lanes)
+    {
+        for (int w = Lanes / 2; w >= 1; w /= 2)
+            for (int l = 0; l < w; l++) lanes[l] += lanes[l + w];
+        return lanes[0];
+    }
+
+    /// <summary>Eight double lanes (0..7) to one by halving.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static double Fold(Vector512<double> v) => Fold(v.GetLower() + v.GetUpper());
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static double Fold(Vector256<double> v)
+    {
+        var h = v.GetLower() + v.GetUpper();
+        return h.GetElement(0) + h.GetElement(1);
+    }
+
+    /// <summary>Scalar form of the fold over an array of <paramref name="count"/> double lanes (a power of two; destroys it).</summary>
+    public static double Fold(Span<double> lanes, int count)
+    {
+        for (int w = count / 2; w >= 1; w /= 2)
+            for (int l = 0; l < w; l++) lanes[l] += lanes[l + w];
+        return lanes[0];
+    }
+}
