@@ -40,6 +40,7 @@ public class OpenClKernelTests(OpenClFixture fx)
         var tokens = TestData.Tokens(11, n, v);
         tokens[n - 1] = tokens[0] = v0 + rows - 1;   // guarantee a repeated row in the scatter-add
         if (n > 2) tokens[1] = v + 3;                 // past the vocabulary: nobody's row
+        if (n > 4) { tokens[2] = v0 + rows; tokens[3] = Math.Max(0, v0 - 1); }   // the rows just past each end of the shard
         var op = new OpCase()
             .I("tokens", tokens)
             .F("table", TestData.Uniform(12, rows * d))
