@@ -222,6 +222,10 @@ public class OpenClKernelTests(OpenClFixture fx)
         var one = new double[1];
         fx.Ocl.SumOfSquaresSegments(whole, [new Segment(0, 70001)], one);
         Assert.Equal(fx.Ocl.SumOfSquares(whole, 70001), one[0]);
+        fx.Ocl.SumOfSquaresSegments(whole, [], []);                  // no segments: no work
+        one[0] = 5;
+        fx.Ocl.SumOfSquaresSegments(whole, [new Segment(9, 0)], one);   // only empty ones: zero
+        Assert.Equal(0, one[0]);
     }
 
     // ---- Adafactor ----------------------------------------------------------------------------
