@@ -1,3 +1,5 @@
+using Palm.Gpu.Tensors;
+
 namespace Palm.Gpu.Backends;
 
 /// <summary>
@@ -53,5 +55,36 @@ public static class Segments
             if (first[mid] <= t) lo = mid; else hi = mid - 1;
         }
         return lo;
+    }
+}
+
+/// <summary>Length checks of the public kernel entry points that index with offsets (vocabulary shards).</summary>
+public static class BufferChecks
+{
+    /// <summary>Throws unless <paramref name="buffer"/> holds at least <paramref name="count"/> elements.</summary>
+    public static void Need(DeviceBuffer buffer, long count, string op, string role)
+    {
+        if (buffer.Length < count)
+            throw new ArgumentException($"{op}: {role} '{buffer.Name}' has {buffer.Length} elements, the call needs {count}", role);
+    }
+
+    /// <summary>The shape checks of the vocabulary-sharded embedding: tokens (N), table (Vl,D), rows (N,D).</summary>
+    public static void Embedding(string op, DeviceBuffer tokens, DeviceBuffer table, DeviceBuffer rows, int n, int d, int vocabStart, int vocabRows)
+    {
+        if (n < 0 || d < 0 || vocabStart < 0 || vocabRows < 0)
+            throw new ArgumentOutOfRangeException(nameof(n), $"{op}: n {n}, d {d}, vocabStart {vocabStart}, vocabRows {vocabRows} must not be negative");
+        Need(tokens, n, op, "tokens");
+        Need(table, (long)vocabRows * d, op, "table");
+        Need(rows, (long)n * d, op, "rows");
+    }
+
+    /// <summary>The shape checks of the vocabulary-sharded cross-entropy: logits (N,V), targets (N), per-row (N).</summary>
+    public static void CrossEntropy(string op, DeviceBuffer logits, DeviceBuffer targets, DeviceBuffer perRow, int n, int v, int vocabStart)
+    {
+        if (n < 0 || v < 0 || vocabStart < 0)
+            throw new ArgumentOutOfRangeException(nameof(n), $"{op}: n {n}, v {v}, vocabStart {vocabStart} must not be negative");
+        Need(logits, (long)n * v, op, "logits");
+        Need(targets, n, op, "targets");
+        Need(perRow, n, op, "logZ");
     }
 }

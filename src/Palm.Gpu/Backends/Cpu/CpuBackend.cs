@@ -45,9 +45,15 @@ public sealed class CpuBackend : IBackend
         => CpuMatmul.Run(Threads, F(c), F(a), F(b), m, n, k, transA, transB, alpha, accumulate);
 
     public void EmbeddingForward(DeviceBuffer output, DeviceBuffer tokens, DeviceBuffer table, int n, int d, int vocabStart, int vocabRows)
-        => CpuEmbedding.Forward(Threads, F(output), I(tokens), F(table), n, d, vocabStart, vocabRows);
+    {
+        BufferChecks.Embedding("embedding forward", tokens, table, output, n, d, vocabStart, vocabRows);
+        CpuEmbedding.Forward(Threads, F(output), I(tokens), F(table), n, d, vocabStart, vocabRows);
+    }
     public void EmbeddingBackward(DeviceBuffer dtable, DeviceBuffer tokens, DeviceBuffer dout, int n, int d, int vocabStart, int vocabRows)
-        => CpuEmbedding.Backward(Threads, F(dtable), I(tokens), F(dout), n, d, vocabStart, vocabRows);
+    {
+        BufferChecks.Embedding("embedding backward", tokens, dtable, dout, n, d, vocabStart, vocabRows);
+        CpuEmbedding.Backward(Threads, F(dtable), I(tokens), F(dout), n, d, vocabStart, vocabRows);
+    }
 
     public void LayerNormForward(DeviceBuffer output, DeviceBuffer mean, DeviceBuffer rstd, DeviceBuffer input, DeviceBuffer weight, int n, int d)
         => CpuLayerNorm.Forward(Threads, F(output), F(mean), F(rstd), F(input), F(weight), n, d);
@@ -77,14 +83,28 @@ public sealed class CpuBackend : IBackend
     public void Scale(DeviceBuffer x, float s, long count) => CpuResidual.Scale(Threads, F(x), s, count);
 
     public void CrossEntropyForward(DeviceBuffer logZ, DeviceBuffer targetLogit, DeviceBuffer logits, DeviceBuffer targets, int n, int v, int vocabStart)
-        => CpuCrossEntropy.Forward(Threads, F(logZ), F(targetLogit), F(logits), I(targets), n, v, vocabStart);
+    {
+        BufferChecks.CrossEntropy("cross-entropy forward", logits, targets, logZ, n, v, vocabStart);
+        BufferChecks.Need(targetLogit, n, "cross-entropy forward", nameof(targetLogit));
+        CpuCrossEntropy.Forward(Threads, F(logZ), F(targetLogit), F(logits), I(targets), n, v, vocabStart);
+    }
     public void CrossEntropyBackward(DeviceBuffer dlogits, DeviceBuffer logits, DeviceBuffer logZ, DeviceBuffer targets,
                                      float scale, float zLoss, int n, int v, int vocabStart)
-        => CpuCrossEntropy.Backward(Threads, F(dlogits), F(logits), F(logZ), I(targets), scale, zLoss, n, v, vocabStart);
+    {
+        BufferChecks.CrossEntropy("cross-entropy backward", logits, targets, logZ, n, v, vocabStart);
+        BufferChecks.Need(dlogits, (long)n * v, "cross-entropy backward", nameof(dlogits));
+        CpuCrossEntropy.Backward(Threads, F(dlogits), F(logits), F(logZ), I(targets), scale, zLoss, n, v, vocabStart);
+    }
     public void LogSumExpShift(DeviceBuffer output, DeviceBuffer logZ, DeviceBuffer max, long n)
-        => CpuCrossEntropy.LogSumExpShift(Threads, F(output), F(logZ), F(max), n);
+    {
+        foreach (var b in new[] { output, logZ, max }) BufferChecks.Need(b, n, "log-sum-exp shift", b.Name);
+        CpuCrossEntropy.LogSumExpShift(Threads, F(output), F(logZ), F(max), n);
+    }
     public void LogSumExpFinish(DeviceBuffer logZ, DeviceBuffer max, DeviceBuffer sumExp, long n)
-        => CpuCrossEntropy.LogSumExpFinish(Threads, F(logZ), F(max), F(sumExp), n);
+    {
+        foreach (var b in new[] { logZ, max, sumExp }) BufferChecks.Need(b, n, "log-sum-exp finish", b.Name);
+        CpuCrossEntropy.LogSumExpFinish(Threads, F(logZ), F(max), F(sumExp), n);
+    }
 
     public double SumOfSquares(DeviceBuffer x, long count) => CpuReduce.SumOfSquares(Threads, F(x), count);
     public void SumOfSquaresSegments(DeviceBuffer x, IReadOnlyList<Segment> segments, Span<double> sums)

@@ -277,6 +277,7 @@ public sealed class OpenClBackend : IBackend
 
     public void EmbeddingForward(DeviceBuffer output, DeviceBuffer tokens, DeviceBuffer table, int n, int d, int vocabStart, int vocabRows)
     {
+        BufferChecks.Embedding("embedding forward", tokens, table, output, n, d, vocabStart, vocabRows);
         if (n == 0 || d == 0) return;
         Kernel("embedding.cl", "embedding_forward", EmbeddingKnobs).Call()
             .Arg(Buf(output, nameof(output))).Arg(Buf(tokens, nameof(tokens))).Arg(Buf(table, nameof(table))).Arg(deviceErrors)
@@ -286,6 +287,7 @@ public sealed class OpenClBackend : IBackend
 
     public void EmbeddingBackward(DeviceBuffer dtable, DeviceBuffer tokens, DeviceBuffer dout, int n, int d, int vocabStart, int vocabRows)
     {
+        BufferChecks.Embedding("embedding backward", tokens, dtable, dout, n, d, vocabStart, vocabRows);
         if (n == 0 || d == 0 || vocabRows == 0) return;
         // A work-group per (EMB_WG columns, EMB_ROWS table rows): the tokens in order, no atomics (embedding.cl).
         Kernel("embedding.cl", "embedding_backward", EmbeddingKnobs).Call()
@@ -462,6 +464,8 @@ public sealed class OpenClBackend : IBackend
 
     public void CrossEntropyForward(DeviceBuffer logZ, DeviceBuffer targetLogit, DeviceBuffer logits, DeviceBuffer targets, int n, int v, int vocabStart)
     {
+        BufferChecks.CrossEntropy("cross-entropy forward", logits, targets, logZ, n, v, vocabStart);
+        BufferChecks.Need(targetLogit, n, "cross-entropy forward", nameof(targetLogit));
         if (n == 0) return;
         Kernel("crossentropy.cl", "crossentropy_forward", $"-D CE_WG={Tuning.RowGroup}").Call()
             .Arg(Buf(logZ, nameof(logZ))).Arg(Buf(targetLogit, nameof(targetLogit))).Arg(Buf(logits, nameof(logits))).Arg(Buf(targets, nameof(targets)))
@@ -471,13 +475,18 @@ public sealed class OpenClBackend : IBackend
 
     public void CrossEntropyBackward(DeviceBuffer dlogits, DeviceBuffer logits, DeviceBuffer logZ, DeviceBuffer targets,
                                      float scale, float zLoss, int n, int v, int vocabStart)
-        => Kernel("crossentropy.cl", "crossentropy_backward", $"-D CE_WG={Tuning.RowGroup}").Call()
+    {
+        BufferChecks.CrossEntropy("cross-entropy backward", logits, targets, logZ, n, v, vocabStart);
+        BufferChecks.Need(dlogits, (long)n * v, "cross-entropy backward", nameof(dlogits));
+        Kernel("crossentropy.cl", "crossentropy_backward", $"-D CE_WG={Tuning.RowGroup}").Call()
             .Arg(Buf(dlogits, nameof(dlogits))).Arg(Buf(logits, nameof(logits))).Arg(Buf(logZ, nameof(logZ))).Arg(Buf(targets, nameof(targets)))
             .Arg(scale).Arg(zLoss).Arg(n).Arg(v).Arg(vocabStart)
             .Launch(DivUp(v, 16), n, Group, 1, Profiler);
+    }
 
     public void LogSumExpShift(DeviceBuffer output, DeviceBuffer logZ, DeviceBuffer max, long n)
     {
+        foreach (var b in new[] { output, logZ, max }) BufferChecks.Need(b, n, "log-sum-exp shift", b.Name);
         if (n == 0) return;
         Kernel("crossentropy.cl", "logsumexp_shift", $"-D CE_WG={Tuning.RowGroup}").Call()
             .Arg(Buf(output, nameof(output))).Arg(Buf(logZ, nameof(logZ))).Arg(Buf(max, nameof(max))).Arg(n)
@@ -486,6 +495,7 @@ public sealed class OpenClBackend : IBackend
 
     public void LogSumExpFinish(DeviceBuffer logZ, DeviceBuffer max, DeviceBuffer sumExp, long n)
     {
+        foreach (var b in new[] { logZ, max, sumExp }) BufferChecks.Need(b, n, "log-sum-exp finish", b.Name);
         if (n == 0) return;
         Kernel("crossentropy.cl", "logsumexp_finish", $"-D CE_WG={Tuning.RowGroup}").Call()
             .Arg(Buf(logZ, nameof(logZ))).Arg(Buf(max, nameof(max))).Arg(Buf(sumExp, nameof(sumExp))).Arg(n)
