@@ -16,7 +16,8 @@
 // work-group of ADA_WG: all lanes compute their element's v, u², p² (loads, divide, sqrt) into local
 // memory a tile at a time, and lanes 0 and 1 add the previous tile's u² and p² in order while the others
 // compute the next tile (two buffers). The same holds for the chunk totals and the mean of vRow: the
-// work-group loads in parallel, one lane adds in order.
+// work-group loads in parallel, one lane adds in order. On CPU devices (ADA_WG 1) a work-item is a core's
+// loop and walks its chunk alone. The order, hence the bits, is the same for every ADA_WG.
 //
 // Segmented (a flat arena, unfactored): table (S,3) longs: offset, count, first chunk of each segment;
 // chunks are cut from each segment's start, so every segment gets the fused update's bits.
@@ -38,7 +39,7 @@
 #endif
 
 #ifndef ADA_WG
-#define ADA_WG 128        // work-items per chunk (a power of two, at least 2)
+#define ADA_WG 128        // work-items per chunk: 1 (CPU devices) or a power of two ≥ 2 (OpenClTuning.ReductionGroup)
 #endif
 
 #ifdef PALM_FP64
@@ -106,12 +107,30 @@ inline float factored_u(const float g, const long idx, const int C, __global con
     return g * row_scale * col_scale;
 }
 
-// One chunk [start, end) by the work-group: v updated when unfactored; (Σu², Σp²) in index order in lanes 0 and 1.
-inline REAL chunk_pass1(__local REAL (*tiles)[2][ADA_WG], __global float* v, __global const float* param, __global const float* grad,
-                        __global const float* vRow, __global const float* vCol, const float sqrt_mean,
+// One chunk [start, end) by the work-group: v updated when unfactored; out[0] = Σu², out[1] = Σp², in index order.
+// With ADA_WG 1 (CPU devices, where a work-item is a core's loop) the one work-item walks the chunk itself.
+inline void chunk_pass1(__global REAL* out, __local REAL (*tiles)[2][ADA_WG], __global float* v, __global const float* param,
+                        __global const float* grad, __global const float* vRow, __global const float* vCol, const float sqrt_mean,
                         const float gs, const float b2, const float e1, const int C, const long start, const long end, const int factored)
 {
     const int lid = get_local_id(0);
+#if ADA_WG == 1
+    REAL u2 = 0, p2 = 0;
+    for (long idx = start; idx < end; idx++) {
+        const float g = grad[idx] * gs;
+        float u;
+        if (factored) u = factored_u(g, idx, C, vRow, vCol, sqrt_mean);
+        else {
+            const float vv = b2 * v[idx] + (1 - b2) * (g * g + e1);
+            v[idx] = vv;
+            u = g / sqrt(vv);
+        }
+        u2 += (REAL)u * u;
+        p2 += (REAL)param[idx] * param[idx];
+    }
+    out[0] = u2;
+    out[1] = p2;
+#else
     REAL acc = 0;   // lane 0: Σu², lane 1: Σp²
     for (long base = start, t = 0; ; base += ADA_WG, t++) {
         const int buf = (int)(t & 1);
@@ -136,7 +155,8 @@ inline REAL chunk_pass1(__local REAL (*tiles)[2][ADA_WG], __global float* v, __g
         barrier(CLK_LOCAL_MEM_FENCE);
         if (base >= end) break;
     }
-    return acc;
+    if (lid < 2) out[lid] = acc;
+#endif
 }
 
 __kernel __attribute__((reqd_work_group_size(ADA_WG, 1, 1)))
@@ -149,23 +169,33 @@ void adafactor_pass1(__global REAL* partial, __global float* v, __global const f
     const long start = chunk * ADA_CHUNK;
     const long end = min(count, start + ADA_CHUNK);
     const float sqrt_mean = factored ? scalars[0] : 0.0f;
-    const REAL acc = chunk_pass1(tiles, v, param, grad, vRow, vCol, sqrt_mean, gs, b2, e1, C, start, end, factored);
-    const int lid = get_local_id(0);
-    if (lid < 2) partial[2 * chunk + lid] = acc;
+    chunk_pass1(partial + 2 * chunk, tiles, v, param, grad, vRow, vCol, sqrt_mean, gs, b2, e1, C, start, end, factored);
 }
 
-// Σ over chunks [first, next) of partial (chunks, 2) in chunk order, by the work-group: (Σu², Σp²) in lanes 0 and 1.
-inline REAL ordered_chunk_sums(__local REAL (*tile)[ADA_WG], __global const REAL* partial, const long first, const long next)
+// Σ over chunks [first, next) of partial (chunks, 2) in chunk order, by the work-group (tiles loaded in parallel,
+// lanes 0 and 1 add; with ADA_WG 1 the one work-item adds both): total[0] = Σu², total[1] = Σp², seen by every lane.
+inline void ordered_chunk_sums(__local REAL* total, __local REAL (*tile)[ADA_WG], __global const REAL* partial, const long first, const long next)
 {
     const int lid = get_local_id(0);
-    REAL acc = 0;
+    REAL acc = 0, acc2 = 0;
     for (long base = first; base < next; base += ADA_WG) {
         if (base + lid < next) { tile[0][lid] = partial[2 * (base + lid)]; tile[1][lid] = partial[2 * (base + lid) + 1]; }
         barrier(CLK_LOCAL_MEM_FENCE);
-        if (lid < 2) for (int k = 0; k < (int)min((long)ADA_WG, next - base); k++) acc += tile[lid][k];
+        const int n = (int)min((long)ADA_WG, next - base);
+#if ADA_WG == 1
+        for (int k = 0; k < n; k++) { acc += tile[0][k]; acc2 += tile[1][k]; }
+#else
+        if (lid < 2) for (int k = 0; k < n; k++) acc += tile[lid][k];
+#endif
         barrier(CLK_LOCAL_MEM_FENCE);
     }
-    return acc;
+#if ADA_WG == 1
+    total[0] = acc;
+    total[1] = acc2;
+#else
+    if (lid < 2) total[lid] = acc;
+#endif
+    barrier(CLK_LOCAL_MEM_FENCE);
 }
 
 __kernel __attribute__((reqd_work_group_size(ADA_WG, 1, 1)))
@@ -173,13 +203,11 @@ void adafactor_finish(__global float* scalars, __global const REAL* partial, con
                       const float clip_threshold, const float eps2, const float lr)
 {
     __local REAL tile[2][ADA_WG];
-    const int lid = get_local_id(0);
-    const REAL acc = ordered_chunk_sums(tile, partial, 0, chunks);
-    if (lid < 2) tile[lid][0] = acc;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    if (lid != 0) return;
-    const float rms_u = (float)REAL_SQRT(tile[0][0] / count);
-    const float rms_p = (float)REAL_SQRT(tile[1][0] / count);
+    __local REAL total[2];
+    ordered_chunk_sums(total, tile, partial, 0, chunks);
+    if (get_local_id(0) != 0) return;
+    const float rms_u = (float)REAL_SQRT(total[0] / count);
+    const float rms_p = (float)REAL_SQRT(total[1] / count);
     scalars[1] = 1.0f / max_nan(1.0f, rms_u / clip_threshold);
     scalars[2] = max_nan(eps2, rms_p) * lr;
 }
@@ -205,9 +233,7 @@ void adafactor_segment_pass1(__global REAL* partial, __global float* v, __global
     const int s = segment_of(table, S, chunk);
     const long start = table[3 * s] + (chunk - table[3 * s + 2]) * ADA_CHUNK;
     const long end = min(table[3 * s] + table[3 * s + 1], start + ADA_CHUNK);
-    const REAL acc = chunk_pass1(tiles, v, param, grad, v, v, 0.0f, gs, b2, e1, 1, start, end, 0);
-    const int lid = get_local_id(0);
-    if (lid < 2) partial[2 * chunk + lid] = acc;
+    chunk_pass1(partial + 2 * chunk, tiles, v, param, grad, v, v, 0.0f, gs, b2, e1, 1, start, end, 0);
 }
 
 // One work-group per segment.
@@ -215,10 +241,11 @@ __kernel __attribute__((reqd_work_group_size(ADA_WG, 1, 1)))
 void adafactor_segment_totals(__global REAL* sums, __global const REAL* partial, __global const long* table, const int S, const long chunks)
 {
     __local REAL tile[2][ADA_WG];
+    __local REAL total[2];
     const int s = get_group_id(0), lid = get_local_id(0);
     const long first = table[3 * s + 2], next = s + 1 < S ? table[3 * (s + 1) + 2] : chunks;
-    const REAL acc = ordered_chunk_sums(tile, partial, first, next);
-    if (lid < 2) sums[2 * s + lid] = acc;
+    ordered_chunk_sums(total, tile, partial, first, next);
+    if (lid == 0) { sums[2 * s] = total[0]; sums[2 * s + 1] = total[1]; }
 }
 
 // One work-group per chunk of any segment; lanes stride the chunk.

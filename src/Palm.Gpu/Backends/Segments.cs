@@ -1,3 +1,5 @@
+using Palm.Gpu.Tensors;
+
 namespace Palm.Gpu.Backends;
 
 /// <summary>

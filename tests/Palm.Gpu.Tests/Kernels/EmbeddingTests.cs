@@ -1,4 +1,6 @@
+using Palm.Gpu.Backends;
 using Palm.Gpu.Backends.Cpu;
+using Palm.Gpu.Tensors;
 using Palm.Gpu.Tests.Support;
 using Xunit;
 
@@ -126,5 +128,20 @@ public class EmbeddingTests
         Assert.Contains("-1", e.Message);
         Assert.Equal(before, dtable);
         Assert.Throws<IndexOutOfRangeException>(() => CpuEmbedding.Forward(Threads, new float[n * d], tokens, table, n, d, 0, v));
+    }
+
+    // The backend entry points check the shard's table and rows against the sizes before any pointer arithmetic.
+    [Fact]
+    public void Backend_RejectsBuffersTooSmallForTheShard()
+    {
+        using var be = new CpuBackend(2);
+        using var tokens = be.Allocate("tokens", 4, ElementType.I32);
+        using var table = be.Allocate("table", 3 * 8);
+        using var rows = be.Allocate("rows", 4 * 8);
+        be.EmbeddingBackward(table, tokens, rows, 4, 8, 5, 3);
+        var e = Assert.Throws<ArgumentException>(() => be.EmbeddingBackward(table, tokens, rows, 4, 8, 5, 4));
+        Assert.Contains("table", e.Message);
+        Assert.Throws<ArgumentException>(() => be.EmbeddingForward(rows, tokens, table, 5, 8, 0, 3));
+        Assert.Throws<ArgumentOutOfRangeException>(() => be.EmbeddingForward(rows, tokens, table, 4, 8, -1, 3));
     }
 }

@@ -1,4 +1,5 @@
 using Palm.Gpu.Backends;
+using Palm.Gpu.Backends.OpenCl;
 using Palm.Gpu.Tensors;
 using Palm.Gpu.Tests.Support;
 using Xunit;
@@ -16,10 +17,18 @@ namespace Palm.Gpu.Tests.OpenCl;
 public class OpenClKernelTests(OpenClFixture fx)
 {
     (Dictionary<string, float[]> Cpu, Dictionary<string, float[]> Ocl) Both(OpCase op, Action<IBackend, Func<string, DeviceBuffer>> call, params string[] outputs)
+        => Both(fx.Ocl, op, call, outputs);
+
+    (Dictionary<string, float[]> Cpu, Dictionary<string, float[]> Ocl) Both(OpenClBackend oclBackend, OpCase op, Action<IBackend, Func<string, DeviceBuffer>> call,
+                                                                           params string[] outputs)
     {
-        var ocl = op.Run(fx.Ocl, t => call(fx.Ocl, t), outputs);   // OpenCL first: its failures are the ones under test
+        var ocl = op.Run(oclBackend, t => call(oclBackend, t), outputs);   // OpenCL first: its failures are the ones under test
         return (op.Run(fx.Cpu, t => call(fx.Cpu, t), outputs), ocl);
     }
+
+    // The GPU tuning selects other work-group shapes in the same kernels (Adafactor's tiled chunks, the embedding
+    // backward's row blocks); on PoCL both run, and both must give the CPU's bits.
+    OpenClBackend Tuned(bool gpu) => gpu ? new OpenClBackend(fx.Ocl.Device, OpenClTuning.Gpu) : fx.Ocl;
 
     static void Close(Dictionary<string, float[]> cpu, Dictionary<string, float[]> ocl, double atol, double rtol, string what)
     {
@@ -31,26 +40,31 @@ public class OpenClKernelTests(OpenClFixture fx)
     // One device (v0 0, all rows) and shards of a vocabulary: tokens of other shards (and ids past the vocabulary)
     // give zero rows and no gradient. The scatter-add adds in token order on both backends: exact.
     [Theory]
-    [InlineData(7, 13, 5, 0, 5)]        // odd sizes, tokens repeat
-    [InlineData(64, 128, 50, 0, 50)]
-    [InlineData(300, 70, 400, 130, 200)]   // a shard, several row blocks and token loads, ids on both sides of it
-    [InlineData(33, 9, 40, 39, 1)]      // a one-row shard at the end
-    public void Embedding_ForwardAndBackward_MatchCpuExactly(int n, int d, int v, int v0, int rows)
+    [InlineData(7, 13, 5, 0, 5, false)]        // odd sizes, tokens repeat
+    [InlineData(64, 128, 50, 0, 50, false)]
+    [InlineData(300, 70, 400, 130, 200, false)]   // a shard, several row blocks and token loads, ids on both sides of it
+    [InlineData(300, 70, 400, 130, 200, true)]
+    [InlineData(33, 9, 40, 39, 1, false)]      // a one-row shard at the end
+    [InlineData(33, 9, 40, 39, 1, true)]
+    public void Embedding_ForwardAndBackward_MatchCpuExactly(int n, int d, int v, int v0, int rows, bool gpuTuning)
     {
+        var be = Tuned(gpuTuning);
         var tokens = TestData.Tokens(11, n, v);
         tokens[n - 1] = tokens[0] = v0 + rows - 1;   // guarantee a repeated row in the scatter-add
         if (n > 2) tokens[1] = v + 3;                 // past the vocabulary: nobody's row
+        if (n > 4) { tokens[2] = v0 + rows; tokens[3] = Math.Max(0, v0 - 1); }   // the rows just past each end of the shard
         var op = new OpCase()
             .I("tokens", tokens)
             .F("table", TestData.Uniform(12, rows * d))
             .F("dout", TestData.Uniform(13, n * d))
             .F("out", TestData.Uniform(15, n * d))       // every row is written
             .F("dtable", TestData.Uniform(14, rows * d));   // backward accumulates into existing values
-        var (cpu, ocl) = Both(op, (be, t) =>
+        var (cpu, ocl) = Both(be, op, (b, t) =>
         {
-            be.EmbeddingForward(t("out"), t("tokens"), t("table"), n, d, v0, rows);
-            be.EmbeddingBackward(t("dtable"), t("tokens"), t("dout"), n, d, v0, rows);
+            b.EmbeddingForward(t("out"), t("tokens"), t("table"), n, d, v0, rows);
+            b.EmbeddingBackward(t("dtable"), t("tokens"), t("dout"), n, d, v0, rows);
         }, "out", "dtable");
+        if (gpuTuning) be.Dispose();
         Close(cpu, ocl, 0, 0, "embedding");
     }
 
@@ -221,23 +235,31 @@ public class OpenClKernelTests(OpenClFixture fx)
         var one = new double[1];
         fx.Ocl.SumOfSquaresSegments(whole, [new Segment(0, 70001)], one);
         Assert.Equal(fx.Ocl.SumOfSquares(whole, 70001), one[0]);
+        fx.Ocl.SumOfSquaresSegments(whole, [], []);                  // no segments: no work
+        one[0] = 5;
+        fx.Ocl.SumOfSquaresSegments(whole, [new Segment(9, 0)], one);   // only empty ones: zero
+        Assert.Equal(0, one[0]);
     }
 
     // ---- Adafactor ----------------------------------------------------------------------------
 
     [Theory]
-    [InlineData(37, 29, false, true)]     // unfactored with momentum
-    [InlineData(37, 29, true, false)]     // factored, no momentum
-    [InlineData(3, 20001, false, false)]  // several 16384-element chunks
-    [InlineData(5, 7001, true, true)]
-    public void Adafactor_ThreeSteps_MatchCpu(int rows, int cols, bool factored, bool momentum)
+    [InlineData(37, 29, false, true, false)]     // unfactored with momentum
+    [InlineData(37, 29, true, false, false)]     // factored, no momentum
+    [InlineData(3, 20001, false, false, false)]  // several 16384-element chunks
+    [InlineData(3, 20001, false, false, true)]
+    [InlineData(5, 7001, true, true, false)]
+    [InlineData(5, 7001, true, true, true)]
+    [InlineData(300, 7, true, false, true)]      // more rows than a tile of the row mean
+    public void Adafactor_ThreeSteps_MatchCpu(int rows, int cols, bool factored, bool momentum, bool gpuTuning)
     {
+        var ocl0 = Tuned(gpuTuning);
         int count = rows * cols;
         var op = new OpCase()
             .F("param", TestData.Uniform(81, count, 0.5f))
             .F("g1", TestData.Uniform(82, count, 0.1f)).F("g2", TestData.Uniform(83, count, 0.1f)).F("g3", TestData.Uniform(84, count, 3f))
             .Zeros("m", count).Zeros("v", count).Zeros("vr", rows).Zeros("vc", cols);
-        var (cpu, ocl) = Both(op, (be, t) =>
+        var (cpu, ocl) = Both(ocl0, op, (be, t) =>
         {
             var state = new AdafactorBuffers(momentum ? t("m") : null, factored ? null : t("v"), factored ? t("vr") : null, factored ? t("vc") : null);
             for (int k = 1; k <= 3; k++)
@@ -248,6 +270,7 @@ public class OpenClKernelTests(OpenClFixture fx)
                 be.AdafactorUpdate(t("param"), t("g" + k), state, rows, cols, step);
             }
         }, "param", "m", "v", "vr", "vc");
+        if (gpuTuning) ocl0.Dispose();
         // Same float operations in the same order and double reductions in the same chunks: on a device with
         // fp64 and correctly rounded divide/sqrt (PoCL) the results are the CPU's to the last bit; elsewhere
         // allow a few ulps.
@@ -258,10 +281,13 @@ public class OpenClKernelTests(OpenClFixture fx)
     // An arena of tensors (1, 7, empty, 16385, 52130, 5 elements, gaps between): the segmented passes on OpenCL give the
     // CPU's bits, and per segment the fused update's (three steps, update clipping in the second).
     [Theory]
-    [InlineData(true)]
-    [InlineData(false)]
-    public void AdafactorSegments_MatchCpuAndFusedUpdate(bool momentum)
+    [InlineData(true, false)]
+    [InlineData(false, false)]
+    [InlineData(true, true)]
+    public void AdafactorSegments_MatchCpuAndFusedUpdate(bool momentum, bool gpuTuning)
     {
+        using var tuned = gpuTuning ? new OpenClBackend(fx.Ocl.Device, OpenClTuning.Gpu) : null;
+        var oclBackend = tuned ?? fx.Ocl;
         var (segments, length) = Kernels.AdafactorTests.Arena(Kernels.AdafactorTests.ArenaSizes);
         var counts = segments.Select(sg => sg.Count).ToArray();
         var op = new OpCase().F("p", TestData.Uniform(65, length, 0.5f)).Zeros("m", length).Zeros("v", length);
@@ -276,7 +302,7 @@ public class OpenClKernelTests(OpenClFixture fx)
                                            Epsilon2: 1e-3f, ClipThreshold: k == 2 ? 0.05f : 1f, GradScale: 0.8f, WeightDecay: 1e-4f);
         string[] outputs = ["p", "m", "v", .. Enumerable.Range(0, segments.Length).SelectMany(i => new[] { "fp" + i, "fm" + i, "fv" + i })];
         var sums = new Dictionary<IBackend, List<long>>();
-        var (cpu, ocl) = Both(op, (be, t) =>
+        var (cpu, ocl) = Both(oclBackend, op, (be, t) =>
         {
             // The fused update of each tensor alone, on copies.
             for (int i = 0; i < segments.Length; i++)
@@ -302,7 +328,7 @@ public class OpenClKernelTests(OpenClFixture fx)
         }, outputs);
         bool exact = fx.Ocl.Device.HasFp64 && fx.Ocl.Device.CorrectlyRoundedDivideSqrt;
         Close(cpu, ocl, 0, exact ? 0 : 1e-6, "adafactor segments");
-        if (fx.Ocl.Device.HasFp64) Assert.Equal(sums[fx.Cpu], sums[fx.Ocl]);   // the sums too: the scalars' float rounding hides most reorderings
+        if (fx.Ocl.Device.HasFp64) Assert.Equal(sums[fx.Cpu], sums[oclBackend]);   // the sums too: the scalars' float rounding hides most reorderings
         foreach (var r in new[] { cpu, ocl })
             for (int i = 0; i < segments.Length; i++)
             {

@@ -21,8 +21,7 @@ public sealed class OpenClBackend : BackendBase
     const int SumSquaresRun = 1024, SumSquaresGroup = 64;   // SUMSQ_RUN, SUMSQ_WG in reduce.cl
     const int LayerNormRowsPerChunk = 64;                    // LN_ROWS_PER_CHUNK in layernorm.cl
     const int AdafactorChunk = 16384;                        // ADA_CHUNK in adafactor.cl (= CpuAdafactor)
-    const int AdafactorGroup = 128;                          // ADA_WG in adafactor.cl: work-items per chunk
-    const int EmbeddingGroup = 64, EmbeddingRows = 128;      // EMB_WG, EMB_ROWS in embedding.cl
+    const int EmbeddingGroup = 64;                           // EMB_WG in embedding.cl
     const int ReduceRanksPerItem = 4;                        // RR_PER_ITEM in collectives.cl
 
     readonly OpenClContext context;
@@ -243,14 +242,18 @@ public sealed class OpenClBackend : BackendBase
     protected override void EmbeddingBackwardCore(DeviceBuffer dtable, DeviceBuffer tokens, DeviceBuffer dout, int n, int d, int vocabStart, int vocabRows)
     {
         if (n == 0 || d == 0 || vocabRows == 0) return;
-        // A work-group per (EMB_WG columns, EMB_ROWS table rows): the tokens in order, no atomics (embedding.cl).
+        // A work-group per (EMB_WG columns, a block of table rows): the tokens in order, no atomics (embedding.cl).
+        // Every group reads all N tokens, so the row blocks are as few as keep the device busy.
+        long columnBlocks = DivUp(d, EmbeddingGroup);
+        long rowBlocks = Math.Clamp(DivUp((long)Device.ComputeUnits * Tuning.EmbeddingGroupsPerUnit, columnBlocks), 1, vocabRows);
+        int rowsPerGroup = (int)DivUp(vocabRows, rowBlocks);
         Kernel("embedding.cl", "embedding_backward", EmbeddingKnobs).Call()
             .Arg(Buf(dtable, nameof(dtable))).Arg(Buf(tokens, nameof(tokens))).Arg(Buf(dout, nameof(dout))).Arg(deviceErrors)
-            .Arg(n).Arg(d).Arg(vocabStart).Arg(vocabRows)
-            .Launch(d, DivUp(vocabRows, EmbeddingRows), EmbeddingGroup, 1, EventProfiler);
+            .Arg(n).Arg(d).Arg(vocabStart).Arg(vocabRows).Arg(rowsPerGroup)
+            .Launch(d, DivUp(vocabRows, rowsPerGroup), EmbeddingGroup, 1, EventProfiler);
     }
 
-    string EmbeddingKnobs => $"-D EMB_WG={EmbeddingGroup} -D EMB_ROWS={EmbeddingRows}";
+    string EmbeddingKnobs => $"-D EMB_WG={EmbeddingGroup}";
 
     // ---- layer norm ---------------------------------------------------------------------------
 
@@ -413,10 +416,12 @@ public sealed class OpenClBackend : BackendBase
 
     protected override void CrossEntropyBackwardCore(DeviceBuffer dlogits, DeviceBuffer logits, DeviceBuffer logZ, DeviceBuffer targets,
                                      float scale, float zLoss, int n, int v, int vocabStart)
-        => Kernel("crossentropy.cl", "crossentropy_backward", $"-D CE_WG={Tuning.RowGroup}").Call()
+    {
+        Kernel("crossentropy.cl", "crossentropy_backward", $"-D CE_WG={Tuning.RowGroup}").Call()
             .Arg(Buf(dlogits, nameof(dlogits))).Arg(Buf(logits, nameof(logits))).Arg(Buf(logZ, nameof(logZ))).Arg(Buf(targets, nameof(targets)))
             .Arg(scale).Arg(zLoss).Arg(n).Arg(v).Arg(vocabStart)
             .Launch(DivUp(v, 16), n, Group, 1, EventProfiler);
+    }
 
     protected override void LogSumExpShiftCore(DeviceBuffer output, DeviceBuffer logZ, DeviceBuffer max, long n)
     {
@@ -580,6 +585,7 @@ public sealed class OpenClBackend : BackendBase
     }
 
     string AdafactorKnobs => $"-D ADA_CHUNK={AdafactorChunk} -D ADA_WG={AdafactorGroup}";
+    int AdafactorGroup => Tuning.ReductionGroup;   // ADA_WG: work-items per chunk
 
     /// <summary>adafactor_pass1 over count elements: second moment updated, per-chunk Σu², Σp² into the returned scratch (chunks, 2).</summary>
     (OpenClBuffer Partial, int Chunks) AdafactorPass1(OpenClBuffer p, OpenClBuffer g, OpenClBuffer v, OpenClBuffer vRow, OpenClBuffer vCol,

@@ -28,6 +28,14 @@ public sealed record OpenClTuning
     public int AttentionRowsPerItem { get; init; } = 4;
     /// <summary>Work-group size of elementwise kernels.</summary>
     public int ElementwiseGroup { get; init; } = 64;
+    /// <summary>
+    /// Work-items per ordered reduction (Adafactor's chunks and totals, ADA_WG): 1 on CPU devices, where a work-item is
+    /// a core's loop; a power of two ≥ 2 on GPUs, whose lanes load and compute a tile while one lane adds in order. The
+    /// order, and so the bits, do not depend on it.
+    /// </summary>
+    public int ReductionGroup { get; init; } = 1;
+    /// <summary>Work-groups the embedding backward aims for per compute unit (each owns a block of table rows).</summary>
+    public int EmbeddingGroupsPerUnit { get; init; } = 4;
 
     public static OpenClTuning Cpu { get; } = new();
 
@@ -35,6 +43,7 @@ public sealed record OpenClTuning
     {
         MatmulRows = 4, MatmulVectorWidth = 4, MatmulVectors = 2, MatmulGroup0 = 16, MatmulGroup1 = 8,
         RowGroup = 256, AttentionQueryBlock = 16, AttentionKeyBlock = 16, AttentionRowsPerItem = 1, ElementwiseGroup = 256,
+        ReductionGroup = 128, EmbeddingGroupsPerUnit = 16,
     };
 
     public static OpenClTuning For(OpenClDevice device) => device.IsCpu ? Cpu : Gpu;
@@ -52,5 +61,8 @@ public sealed record OpenClTuning
         if (AttentionRowsPerItem < 1 || AttentionQueryBlock % AttentionRowsPerItem != 0 || AttentionKeyBlock % AttentionRowsPerItem != 0)
             throw new ArgumentException($"AttentionRowsPerItem ({AttentionRowsPerItem}) must divide both attention blocks");
         if (ElementwiseGroup < 1) throw new ArgumentException($"ElementwiseGroup must be ≥ 1, got {ElementwiseGroup}");
+        if (ReductionGroup != 1 && (ReductionGroup < 2 || !Pow2(ReductionGroup)))
+            throw new ArgumentException($"ReductionGroup must be 1 or a power of two ≥ 2, got {ReductionGroup}");
+        if (EmbeddingGroupsPerUnit < 1) throw new ArgumentException($"EmbeddingGroupsPerUnit must be ≥ 1, got {EmbeddingGroupsPerUnit}");
     }
 }
