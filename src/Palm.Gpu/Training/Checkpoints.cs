@@ -211,6 +211,15 @@ public sealed class CheckpointStore
         return text.Replace(SealField + ZeroSeal, SealField + Sha256Hex(text));
     }
 
+    /// <summary>Recomputes the seal of a manifest text that has a manifest_sha256 field (tests use it to judge edited fields on their own).</summary>
+    internal static string Reseal(string text)
+    {
+        int at = text.IndexOf(SealField, StringComparison.Ordinal);
+        if (at < 0 || at + SealField.Length + 64 > text.Length) return text;
+        string zeroed = string.Concat(text.AsSpan(0, at + SealField.Length), ZeroSeal, text.AsSpan(at + SealField.Length + 64));
+        return zeroed.Replace(SealField + ZeroSeal, SealField + Sha256Hex(zeroed));
+    }
+
     /// <summary>Null when the text's seal matches, else what is wrong.</summary>
     static string? CheckSeal(string text)
     {
@@ -260,7 +269,7 @@ public sealed class CheckpointStore
         {
             var pieces = tags.ToDictionary(t => t, t => SafeTensors.Read(Path.Combine(dir, FileFor(file, t))));
             try { return Sharding.ShardMath.Assemble(manifest.Layout, model, slices, (d, m) => pieces[TagFor(d, m)], $"checkpoint '{dir}', {file.Replace(".safetensors", ".*")}"); }
-            catch (Exception e) when (e is not InvalidDataException && IsMalformed(e))
+            catch (Exception e) when ((e is InvalidDataException || IsMalformed(e)) && !e.Message.Contains(dir))
             { throw new InvalidDataException($"checkpoint '{dir}': the manifest's tensor layout does not match its files ({e.Message})"); }
         }
         return new LoadedCheckpoint(dir, manifest, Join(WeightsFile), Join(OptimizerFile));
@@ -298,6 +307,7 @@ public sealed class CheckpointStore
             throw new InvalidDataException(Bad("lacks the model or training settings"));
         if (manifest.Files is null || manifest.RecentLosses is null || manifest.RecentGradNorms is null || manifest.Rollbacks is null || manifest.Mesh is null)
             throw new InvalidDataException(Bad("has a null list (files, recent_losses, recent_grad_norms, rollbacks) or mesh"));
+        _ = Ranks(manifest, dir);   // the mesh parses and implies no more shard files than are listed
         try
         {
             manifest.Model.Deserialize<Model.ModelConfig>(Trainer.Json)!.Validate();

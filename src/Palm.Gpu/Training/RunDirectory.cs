@@ -11,7 +11,7 @@ namespace Palm.Gpu.Training;
 /// </summary>
 public static class RunDirectory
 {
-    public const string LockFile = ".palm.lock";
+    public const string LockFile = ".palm.lock";   // and .palm.lock.pid, the holder's process id for messages
     /// <summary>What a run writes; --overwrite removes exactly these.</summary>
     public static readonly string[] RunFiles = ["config.json", "metrics.jsonl", "model.safetensors", "loss.svg", "checkpoints"];
 
@@ -50,14 +50,13 @@ public static class RunDirectory
         try { fs = new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None); }
         catch (IOException)
         {
+            // The holder's pid is in a file of its own: the locked file cannot be opened, even to read it.
             string holder = "another process";
-            try { holder = $"process {File.ReadAllText(path).Trim()}"; } catch (IOException) { } catch (UnauthorizedAccessException) { }
+            try { holder = $"process {File.ReadAllText(path + ".pid").Trim()}"; } catch (IOException) { } catch (UnauthorizedAccessException) { }
             throw new ConfigException($"'{dir}' is in use by another palm train ({holder}); wait for it to finish, or choose another --out");
         }
-        fs.SetLength(0);
-        var pid = System.Text.Encoding.ASCII.GetBytes(Environment.ProcessId.ToString());
-        fs.Write(pid);
-        fs.Flush();
+        try { File.WriteAllText(path + ".pid", Environment.ProcessId.ToString()); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }   // only a message depends on it
         return fs;
     }
 
