@@ -25,6 +25,7 @@ internal static class GenerateCommand
         var cmd = new Command("generate", "sample text from saved weights") { model, prompt, tokens, temperature, topK, seed, window, tokenizer, backend, device, threads };
         cmd.SetAction(r => Cli.Run(() =>
         {
+            Cli.CheckDevice(r.GetValue(backend)!, r.GetValue(device), r.GetResult(device) is { Implicit: false });
             string path = WeightsPath(r.GetValue(model)!);
             var tok = LoadTokenizer(r.GetValue(tokenizer) ?? ModelWeights.ReadMetadata(path).GetValueOrDefault("tokenizer", "bytes"));
             using var be = BackendFactory.Create(r.GetValue(backend)!, r.GetValue(device), r.GetValue(threads));

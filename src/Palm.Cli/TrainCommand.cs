@@ -66,6 +66,7 @@ internal static class TrainCommand
                 MaxSkip = r.GetValue(skipMax), MaxRollbacks = r.GetValue(maxRollbacks),
             };
             var meshShape = mesh.Parse(r);
+            if (r.GetValue(resume) is null || Given(backend)) Cli.CheckDevice(r.GetValue(backend)!, r.GetValue(device), Given(device));
             string? FullPath(string? p) => p is null ? null : Path.GetFullPath(p);
             string dir = r.GetValue(outDir)!;
             if (r.GetValue(resume) is { } from)

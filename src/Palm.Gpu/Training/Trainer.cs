@@ -56,6 +56,7 @@ public sealed class Trainer : IDisposable
         if (options.ShardWeights && options.Mesh is null) throw new ConfigException("--shard-weights needs --mesh DxM (it shards over the data axis D)");
         try
         {
+            RunInputs.CheckMemory(Config, options, Schedule);
             Engine = options.Mesh is null
                 ? new SingleDeviceEngine(BackendFactory.Create(options.Backend, options.Device, options.Threads), Config, Schedule.Max, options.Optimizer, options.Seed)
                 : Sharding.MeshTrainer.Create(Config, options, Schedule, options.Mesh, options.ShardWeights);
