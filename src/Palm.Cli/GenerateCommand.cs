@@ -17,7 +17,7 @@ internal static class GenerateCommand
         var temperature = new Option<float>("--temperature") { Description = "sampling temperature (0 = greedy)", DefaultValueFactory = _ => 0.8f };
         var topK = new Option<int>("--top-k") { Description = "sample among the k most likely tokens (0 = all)", DefaultValueFactory = _ => 40 };
         var seed = new Option<ulong>("--seed") { Description = "sampling seed", DefaultValueFactory = _ => 1 };
-        var window = new Option<int>("--window") { Description = "context window in tokens (at most the training length)", DefaultValueFactory = _ => 256 };
+        var window = new Option<int>("--window") { Description = "context window in tokens, 1 to the training length (default: 256, or the training length if shorter)" };
         var tokenizer = new Option<string?>("--tokenizer") { Description = "tokenizer file (default: the one recorded in the weights)" };
         var backend = Cli.Backend();
         var device = Cli.Device();

@@ -21,6 +21,7 @@ public sealed class TextGenerator : IDisposable
         if (tokenizer.VocabSize > config.Vocab)
             throw new ConfigException($"the tokenizer has {tokenizer.VocabSize} tokens but the model's vocab is {config.Vocab}; use the tokenizer the model was trained with");
         // RoPE has no trained length limit, but quality beyond the training length is untested: the window stops there.
+        if (window == 0) window = Math.Min(256, config.SeqLen);   // the default: 256 tokens, or the training length if shorter
         if (window < 1 || window > config.SeqLen)
             throw new ConfigException($"--window must be 1 to {config.SeqLen} (the model's training length), got {window}");
         _window = window;
