@@ -123,7 +123,7 @@ internal static class Cli
     /// <summary>Errors of the user's input or environment (the exception types palm raises for them), as opposed to defects.</summary>
     public static bool IsUserError(Exception e) => e is ConfigException or DataException or InvalidDataException or FileNotFoundException
         or DirectoryNotFoundException or IOException or UnauthorizedAccessException or Palm.Gpu.Backends.OpenCl.OpenClException
-        or Palm.Gpu.Training.SpikeGuardException;
+        or Palm.Gpu.Backends.OpenCl.OpenClUnavailableException or PlatformNotSupportedException or Palm.Gpu.Training.SpikeGuardException;
 
     /// <summary>A parser message without .NET type names: "as expected type 'System.Nullable`1[System.Int64]'" → "as a whole number".</summary>
     public static string PlainParseError(string message) =>

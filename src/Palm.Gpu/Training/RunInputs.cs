@@ -72,7 +72,8 @@ public static class RunInputs
                 available = all.Skip(first).Take(devices).Min(d => d.GlobalMemoryBytes);
                 where = $"the global memory of OpenCL device {first}{(devices > 1 ? $" (the smallest of devices {first}..{first + devices - 1})" : "")}";
             }
-            catch (Exception e) when (e is Backends.OpenCl.OpenClException or DllNotFoundException or EntryPointNotFoundException) { return; }
+            catch (Exception e) when (e is Backends.OpenCl.OpenClException or Backends.OpenCl.OpenClUnavailableException or DllNotFoundException or EntryPointNotFoundException)
+            { return; }   // no runtime: creating the backend says so, with what to install
         }
         // CPU logical devices all live in host memory; OpenCL devices each have their own.
         long need = cpu ? perDevice * devices : perDevice;

@@ -226,6 +226,7 @@ public sealed class Trainer : IDisposable
         var previous = _rollbacks.ToList();
         Restore(target, keepRollbacks: true);
         Checkpoints.DeleteAfter(Step);
+        LastCheckpointStep = Step;   // the newer ones are gone; the restored one is the newest on disk
         // Skip the batches from the restored point through the spike plus a margin; repeated spikes widen it.
         long first = _cursor.Batch;
         long needed = at.BatchIndex - first + 1 + g.SkipMargin;
