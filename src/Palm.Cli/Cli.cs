@@ -9,8 +9,24 @@ internal static class Cli
 {
     public static Option<string> Preset() => new("--preset") { Description = "model shape: tiny, small, palm-8b, palm-62b, palm-540b", DefaultValueFactory = _ => "small" };
     public static Option<string> Backend() => new("--backend") { Description = "cpu or opencl", DefaultValueFactory = _ => "cpu" };
-    public static Option<int> Device() => new("--device") { Description = "device index within the backend (see `palm devices`)" };
-    public static Option<int> Threads() => new("--threads") { Description = "CPU worker threads (0 = all cores)" };
+    public static Option<int> Device() => Checked(new Option<int>("--device") { Description = "device index within the backend (see `palm devices`)" },
+                                                   v => v >= 0 ? null : $"--device must be ≥ 0, got {v}");
+    public static Option<int> Threads() => Checked(new Option<int>("--threads") { Description = "CPU worker threads (0 = all cores)" },
+                                                    v => { try { CheckThreads(v); return null; } catch (ConfigException e) { return e.Message; } });
+
+    /// <summary>Adds a value check to an option: a bad value is a parse error ("palm: error: ...", exit 2) before the verb runs.</summary>
+    public static Option<T> Checked<T>(Option<T> option, Func<T, string?> problem)
+    {
+        option.Validators.Add(result =>
+        {
+            if (result.Tokens.Count == 0) return;
+            T? value;
+            try { value = result.GetValueOrDefault<T>(); }
+            catch (InvalidOperationException) { return; }   // not parseable: reported by the parser itself
+            if (value is not null && problem(value) is { } message) result.AddError(message);
+        });
+        return option;
+    }
     public static Option<string?> Block() => new("--block") { Description = "parallel (PaLM) or serial blocks" };
     public static Option<string?> Attention() => new("--attention") { Description = "multi-query (PaLM) or multi-head" };
     public static Option<bool> Remat() => new("--remat") { Description = "rematerialise block internals in backward (less memory, ~1/3 more compute)" };
@@ -36,7 +52,8 @@ internal static class Cli
         }).Validate();
     }
 
-    public static Option<double> PeakGflops() => new("--peak-gflops") { Description = "fp32 peak in GFLOP/s for MFU: the device's, or all mesh devices' together (default: measured)" };
+    public static Option<double> PeakGflops() => Checked(new Option<double>("--peak-gflops") { Description = "fp32 peak in GFLOP/s for MFU: the device's, or all mesh devices' together (default: measured)" },
+                                                          v => double.IsFinite(v) && v >= 0 ? null : $"--peak-gflops must be a finite number ≥ 0 (0 = measure), got {v}");
 
     /// <summary>Applies the shape overrides a verb was given to a preset.</summary>
     public static ModelConfig Resolve(string preset, string? block, string? attention, bool remat, int? seq, int? vocab = null)
@@ -68,17 +85,25 @@ internal static class Cli
         return c.Validate();
     }
 
-    /// <summary>Runs a verb; a user error prints one line "palm: error: ..." and exits 2, anything else exits 1 with details.</summary>
+    /// <summary>
+    /// Runs a verb. A user error — bad input, a missing or malformed file, a full disk, a device that is not there —
+    /// prints one line "palm: error: ..." and exits 2. Anything else is a defect in palm: it prints the trace and
+    /// asks for a report, and exits 1 (so an internal bug never passes for a user's mistake).
+    /// </summary>
     public static int Run(Func<int> body)
     {
         try
         {
             return body();
         }
-        catch (Exception e) when (e is ConfigException or DataException or InvalidDataException or FileNotFoundException
-                                      or DirectoryNotFoundException or IOException or ArgumentException or UnauthorizedAccessException or NotSupportedException or Palm.Gpu.Backends.OpenCl.OpenClException)
+        catch (Exception e) when (IsUserError(e))
         {
             Console.Error.WriteLine($"palm: error: {e.Message}");
+            return 2;
+        }
+        catch (OutOfMemoryException)
+        {
+            Console.Error.WriteLine("palm: error: out of memory; use a smaller model (--preset, --layers, --d-model), a smaller --batch or --seq, or --remat (`palm plan` shows what fits)");
             return 2;
         }
         catch (OperationCanceledException)
@@ -86,5 +111,51 @@ internal static class Cli
             Console.Error.WriteLine("palm: interrupted");
             return 130;
         }
+        catch (Exception e)
+        {
+            Console.Error.WriteLine($"palm: internal error: {e.GetType().Name}: {e.Message}");
+            Console.Error.WriteLine("This is a bug in palm, not a problem with your input; please report it with the command line and this trace:");
+            Console.Error.WriteLine(e.ToString());
+            return 1;
+        }
+    }
+
+    /// <summary>Errors of the user's input or environment (the exception types palm raises for them), as opposed to defects.</summary>
+    public static bool IsUserError(Exception e) => e is ConfigException or DataException or InvalidDataException or FileNotFoundException
+        or DirectoryNotFoundException or IOException or UnauthorizedAccessException or Palm.Gpu.Backends.OpenCl.OpenClException
+        or Palm.Gpu.Backends.OpenCl.OpenClUnavailableException or PlatformNotSupportedException or Palm.Gpu.Training.SpikeGuardException;
+
+    /// <summary>A parser message without .NET type names: "as expected type 'System.Nullable`1[System.Int64]'" → "as a whole number".</summary>
+    public static string PlainParseError(string message) =>
+        System.Text.RegularExpressions.Regex.Replace(message, @"as expected type '([^']*)'", m =>
+        {
+            string t = m.Groups[1].Value;
+            string kind = t.Contains("Int") ? "a whole number" : t.Contains("Single") || t.Contains("Double") ? "a number" : t.Contains("Boolean") ? "true or false" : "the expected kind of value";
+            return $"as {kind}";
+        });
+
+    /// <summary>--threads: 0 (all cores) up to a bound that is still a sensible number of workers.</summary>
+    public static int CheckThreads(int threads)
+    {
+        int max = Math.Max(256, 4 * Environment.ProcessorCount);
+        if (threads < 0 || threads > max) throw new ConfigException($"--threads must be 0 (all cores) to {max}, got {threads}");
+        return threads;
+    }
+
+    /// <summary>--peak-gflops: 0 (measure) or a finite positive figure.</summary>
+    public static double CheckPeak(double peak)
+    {
+        if (!double.IsFinite(peak) || peak < 0) throw new ConfigException($"--peak-gflops must be a finite number ≥ 0 (0 = measure), got {peak}");
+        return peak;
+    }
+
+    /// <summary>--device means something only where a backend has several devices: the CPU backend has one, 0.</summary>
+    public static void CheckDevice(string backend, int device, bool given)
+    {
+        if (device < 0) throw new ConfigException($"--device must be ≥ 0, got {device}");
+        if (given && device != 0 && backend.Equals("cpu", StringComparison.OrdinalIgnoreCase))
+            throw new ConfigException($"--device {device}: the CPU backend has one device (0); use --threads for its cores, or --backend opencl for other devices (see `palm devices`)");
+        if (!Palm.Gpu.Backends.BackendFactory.Names.Contains(backend.ToLowerInvariant()))
+            throw new ConfigException($"unknown backend '{backend}'; choose one of: {string.Join(", ", Palm.Gpu.Backends.BackendFactory.Names)}");
     }
 }

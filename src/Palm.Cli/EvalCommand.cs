@@ -26,6 +26,7 @@ internal static class EvalCommand
         foreach (var o in mesh.All) cmd.Options.Add(o);
         cmd.SetAction(r => Cli.Run(() =>
         {
+            Cli.CheckDevice(r.GetValue(backend)!, r.GetValue(device), r.GetResult(device) is { Implicit: false });
             string path = GenerateCommand.WeightsPath(r.GetValue(model)!);
             var config = ModelWeights.ReadConfig(path);
             var tok = GenerateCommand.LoadTokenizer(r.GetValue(tokenizer) ?? ModelWeights.ReadMetadata(path).GetValueOrDefault("tokenizer", "bytes"));

@@ -17,7 +17,7 @@ internal static class GenerateCommand
         var temperature = new Option<float>("--temperature") { Description = "sampling temperature (0 = greedy)", DefaultValueFactory = _ => 0.8f };
         var topK = new Option<int>("--top-k") { Description = "sample among the k most likely tokens (0 = all)", DefaultValueFactory = _ => 40 };
         var seed = new Option<ulong>("--seed") { Description = "sampling seed", DefaultValueFactory = _ => 1 };
-        var window = new Option<int>("--window") { Description = "context window in tokens (at most the training length)", DefaultValueFactory = _ => 256 };
+        var window = new Option<int>("--window") { Description = "context window in tokens, 1 to the training length (default: 256, or the training length if shorter)" };
         var tokenizer = new Option<string?>("--tokenizer") { Description = "tokenizer file (default: the one recorded in the weights)" };
         var backend = Cli.Backend();
         var device = Cli.Device();
@@ -25,6 +25,7 @@ internal static class GenerateCommand
         var cmd = new Command("generate", "sample text from saved weights") { model, prompt, tokens, temperature, topK, seed, window, tokenizer, backend, device, threads };
         cmd.SetAction(r => Cli.Run(() =>
         {
+            Cli.CheckDevice(r.GetValue(backend)!, r.GetValue(device), r.GetResult(device) is { Implicit: false });
             string path = WeightsPath(r.GetValue(model)!);
             var tok = LoadTokenizer(r.GetValue(tokenizer) ?? ModelWeights.ReadMetadata(path).GetValueOrDefault("tokenizer", "bytes"));
             using var be = BackendRegistry.Create(r.GetValue(backend)!, r.GetValue(device), r.GetValue(threads));

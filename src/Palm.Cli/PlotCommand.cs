@@ -21,25 +21,33 @@ internal static class PlotCommand
             // rollback threw away (after the restored checkpoint) are drawn faded as an abandoned segment.
             var segments = new List<(List<(double, double)> Loss, List<(double, double)> Grad, bool Abandoned)> { ([], [], false) };
             var markers = new List<PlotMarker>();
-            int lineNo = 0;
-            foreach (var line in File.ReadLines(metrics))
+            // The run may still be writing: a last line without its newline is a line in progress, not an error.
+            string all = File.ReadAllText(metrics);
+            var lines = all.Split('\n');
+            int complete = lines.Length - 1;   // the piece after the last newline is empty, or a line still being written
+            for (int lineNo = 1; lineNo <= complete; lineNo++)
             {
-                lineNo++;
+                string line = lines[lineNo - 1];
                 if (string.IsNullOrWhiteSpace(line)) continue;
                 JsonElement j;
                 try { j = JsonDocument.Parse(line).RootElement; }
                 catch (JsonException) { throw new InvalidDataException($"{metrics}:{lineNo} is not JSON"); }
+                string Bad(string what) => $"{metrics}:{lineNo} {what}; it is not a line palm train writes";
+                if (j.ValueKind != JsonValueKind.Object) throw new InvalidDataException(Bad($"is a JSON {j.ValueKind.ToString().ToLowerInvariant()}, not an object"));
+                long Whole(string name) => j.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.Number && v.TryGetInt64(out long x)
+                    ? x : throw new InvalidDataException(Bad($"has no whole-number \"{name}\""));
                 if (j.TryGetProperty("event", out var ev))
                 {
-                    if (ev.GetString() == "resume")
+                    string? kind = ev.ValueKind == JsonValueKind.String ? ev.GetString() : null;
+                    if (kind == "resume")
                     {
-                        long at = j.GetProperty("step").GetInt64();
+                        long at = Whole("step");
                         markers.Add(new PlotMarker(at, $"resume at {at}", "#7f7f7f"));
                         segments.Add(([], [], false));
                     }
-                    if (ev.GetString() == "rollback")
+                    if (kind == "rollback")
                     {
-                        long spike = j.GetProperty("spike_step").GetInt64(), restored = j.GetProperty("restored_step").GetInt64();
+                        long spike = Whole("spike_step"), restored = Whole("restored_step");
                         markers.Add(new PlotMarker(spike, $"spike {spike}"));
                         markers.Add(new PlotMarker(restored, $"rollback to {restored}", "#1f77b4"));
                         var last = segments[^1];
@@ -49,9 +57,11 @@ internal static class PlotCommand
                     }
                     continue;
                 }
-                double step = j.GetProperty("step").GetDouble();
-                segments[^1].Loss.Add((step, Number(j.GetProperty("loss"))));
-                segments[^1].Grad.Add((step, Number(j.GetProperty("grad_norm"))));
+                double step = Whole("step");
+                if (!j.TryGetProperty("loss", out var loss) || !j.TryGetProperty("grad_norm", out var grad))
+                    throw new InvalidDataException(Bad("has no \"loss\" or \"grad_norm\""));
+                segments[^1].Loss.Add((step, Number(loss)));
+                segments[^1].Grad.Add((step, Number(grad)));
             }
             int steps = segments.Sum(x => x.Loss.Count);
             if (steps == 0) throw new InvalidDataException($"'{metrics}' holds no step lines yet");

@@ -13,4 +13,11 @@ root.Subcommands.Add(DevicesCommand.Create());
 root.Subcommands.Add(PlotCommand.Create());
 root.Subcommands.Add(TokenizerCommands.CreateTokenizerCommand());
 root.Subcommands.Add(TokenizerCommands.CreateTokenizeCommand());
-return root.Parse(args).Invoke();
+var parsed = root.Parse(args);
+// Parse errors read like every other user error: one line each, "palm: error:", exit 2, no .NET type names.
+if (parsed.Errors.Count > 0)
+{
+    foreach (var e in parsed.Errors) Console.Error.WriteLine($"palm: error: {Cli.PlainParseError(e.Message)}");
+    return 2;
+}
+return parsed.Invoke();

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Diagnostics;
 using Palm.Gpu.Data;
+using Palm.Gpu.Model;
 using Spectre.Console;
 
 namespace Palm.Cli;
@@ -44,8 +45,10 @@ public static class TokenizerCommands
         var threads = ThreadsOption();
         var command = new Command("train", "Train a lossless BPE tokenizer (digits split, byte fallback, whitespace kept) and save it as JSON");
         foreach (var o in new Option[] { data, vocab, output, user, coverage, minCount, threads }) command.Add(o);
-        command.SetAction(parse =>
+        command.SetAction(parse => Cli.Run(() =>
         {
+            double cov = parse.GetValue(coverage);
+            if (!(cov > 0 && cov <= 1)) throw new ConfigException($"--coverage must be in (0, 1], got {cov}");
             var options = new BpeTrainerOptions
             {
                 VocabSize = parse.GetValue(vocab),
@@ -65,7 +68,7 @@ public static class TokenizerCommands
             Console.WriteLine($"trained {tok.VocabSize:N0} tokens in {trainSeconds:F2} s → {outPath}");
             Console.WriteLine($"on the training data: {tokens:N0} tokens for {bytes:N0} bytes = {(double)tokens / Math.Max(1, bytes):F4} tokens/byte (byte tokenizer: 1.0000)");
             return 0;
-        });
+        }));
         return command;
     }
 
@@ -101,14 +104,14 @@ public static class TokenizerCommands
         var command = new Command("encode", "Read text from stdin; print one line of space-separated ids per input line (the layout of spm_encode --output_format=id)");
         command.Add(tokenizer);
         command.Add(threads);
-        command.SetAction(parse =>
+        command.SetAction(parse => Cli.Run(() =>
         {
             var tok = TokenizerLoader.Load(parse.GetValue(tokenizer));
             using var stdin = Console.OpenStandardInput();
             using var stdout = Console.OpenStandardOutput();
             LineCoder.EncodeLines(tok, stdin, stdout, Math.Max(1, parse.GetValue(threads)));
             return 0;
-        });
+        }));
         return command;
     }
 
@@ -117,14 +120,14 @@ public static class TokenizerCommands
         var tokenizer = TokenizerOption(required: true);
         var command = new Command("decode", "Read lines of space-separated ids from stdin; print the text of each line");
         command.Add(tokenizer);
-        command.SetAction(parse =>
+        command.SetAction(parse => Cli.Run(() =>
         {
             var tok = TokenizerLoader.Load(parse.GetValue(tokenizer));
             using var stdin = Console.OpenStandardInput();
             using var stdout = Console.OpenStandardOutput();
             LineCoder.DecodeLines(tok, stdin, stdout);
             return 0;
-        });
+        }));
         return command;
     }
 
@@ -136,7 +139,7 @@ public static class TokenizerCommands
         var threads = ThreadsOption();
         var command = new Command("tokenize", "Pre-tokenize a corpus once into a memory-mapped token file (uint16 or uint32 ids, [eod] between documents)");
         foreach (var o in new Option[] { data, tokenizer, output, threads }) command.Add(o);
-        command.SetAction(parse =>
+        command.SetAction(parse => Cli.Run(() =>
         {
             var tok = TokenizerLoader.Load(parse.GetValue(tokenizer));
             string dataPath = parse.GetValue(data)!, outPath = parse.GetValue(output)!;
@@ -176,7 +179,7 @@ public static class TokenizerCommands
             long bytes = Corpus.ListFiles(dataPath).Sum(f => new FileInfo(f).Length);
             Console.WriteLine($"{outPath}: {header.TokenCount:N0} tokens ({header.TokenBytes * 8}-bit), {header.DocumentCount:N0} documents, {tok.Kind} vocabulary of {header.VocabSize:N0}, {seconds:F2} s ({bytes / 1e6 / Math.Max(seconds, 1e-9):F1} MB/s)");
             return 0;
-        });
+        }));
         return command;
     }
 }

@@ -23,13 +23,38 @@ public static class Corpus
         if (File.Exists(path)) return [path];
         if (!Directory.Exists(path))
             throw new DataException($"data path '{path}' does not exist; pass --data with a UTF-8 text file, a .jsonl file or a directory of text files");
-        var files = Directory.EnumerateFiles(path, "*", SearchOption.AllDirectories)
-            .Where(f => TextExtensions.Contains(Path.GetExtension(f).ToLowerInvariant()))
-            .OrderBy(f => f, StringComparer.Ordinal)
-            .ToList();
+        // Sorted first, then the first name of each real file kept: the order never depends on the file system's.
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        var files = TextFilesUnder(path).OrderBy(f => f.Path, StringComparer.Ordinal).Where(f => seen.Add(f.Real)).Select(f => f.Path).ToList();
         if (files.Count == 0)
             throw new DataException($"directory '{path}' holds no text files ({string.Join(" ", TextExtensions)}); point --data at a text file or a directory containing some");
         return files;
+    }
+
+    /// <summary>
+    /// Text files under a directory. Symbolic links to directories are not followed — a link to an ancestor would
+    /// loop, and a link to ".." would read outside the corpus; a linked file is read, once, however many links
+    /// (or the file itself) name it.
+    /// </summary>
+    static IEnumerable<(string Path, string Real)> TextFilesUnder(string root)
+    {
+        var pending = new Stack<string>();
+        pending.Push(root);
+        var flat = new EnumerationOptions { RecurseSubdirectories = false, IgnoreInaccessible = false, AttributesToSkip = 0 };
+        while (pending.Count > 0)
+        {
+            string dir = pending.Pop();
+            foreach (var sub in Directory.EnumerateDirectories(dir, "*", flat))
+                if (new DirectoryInfo(sub).LinkTarget is null) pending.Push(sub);
+            foreach (var f in Directory.EnumerateFiles(dir, "*", flat))
+            {
+                if (!TextExtensions.Contains(Path.GetExtension(f).ToLowerInvariant())) continue;
+                var info = new FileInfo(f);
+                string real = info.LinkTarget is null ? Path.GetFullPath(f) : info.ResolveLinkTarget(returnFinalTarget: true)?.FullName ?? Path.GetFullPath(f);
+                if (!File.Exists(real)) continue;   // a dangling link
+                yield return (f, real);
+            }
+        }
     }
 
     public static bool IsJsonLines(string file) => Path.GetExtension(file).Equals(".jsonl", StringComparison.OrdinalIgnoreCase);

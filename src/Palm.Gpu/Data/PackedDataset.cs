@@ -116,5 +116,33 @@ public sealed class PackedDataset : IDisposable
         else _file!.Copy(start, d);
     }
 
+    string? _fingerprint;
+
+    /// <summary>
+    /// sha256 of the whole token stream (as little-endian int32, whatever the storage) and the sequence length:
+    /// what fixes every batch, so a resumed run can tell whether its data is the data it started on. Computed
+    /// once, in one pass over the tokens.
+    /// </summary>
+    public string Fingerprint()
+    {
+        if (_fingerprint is not null) return _fingerprint;
+        using var h = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
+        Span<byte> head = stackalloc byte[8];
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(head, SequenceLength);
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(head[4..], 0);
+        h.AppendData(head);
+        var chunk = new int[1 << 16];
+        for (long at = 0; at < TokenCount; at += chunk.Length)
+        {
+            int n = (int)Math.Min(chunk.Length, TokenCount - at);
+            var span = chunk.AsSpan(0, n);
+            if (_tokens != null) _tokens.AsSpan(checked((int)at), n).CopyTo(span);
+            else _file!.Copy(at, span);
+            if (!BitConverter.IsLittleEndian) for (int i = 0; i < n; i++) span[i] = System.Buffers.Binary.BinaryPrimitives.ReverseEndianness(span[i]);
+            h.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes(span));
+        }
+        return _fingerprint = Convert.ToHexStringLower(h.GetHashAndReset());
+    }
+
     public void Dispose() => _file?.Dispose();
 }

@@ -203,11 +203,18 @@ public sealed class TokenFileWriter : IDisposable
         return header;
     }
 
+    /// <summary>Without <see cref="Complete"/> (an error, a full disk) the temporary file is removed: nothing half-written stays behind.</summary>
     public void Dispose()
     {
         if (_done) return;
-        _stream.Dispose();
-        try { File.Delete(_tmp); } catch (IOException) { }
+        _done = true;
+        // Closing flushes the buffer, which fails again on a full disk: the file goes regardless.
+        try { _stream.Dispose(); }
+        catch (IOException) { }
+        finally
+        {
+            try { File.Delete(_tmp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        }
     }
 }
 

@@ -43,7 +43,14 @@ public static class ModelWeights
         { throw new InvalidDataException($"'{path}' is not a readable safetensors file: {e.Message}"); }
         if (!meta.TryGetValue("format", out var f) || f != Format || !meta.TryGetValue("config", out var json))
             throw new InvalidDataException($"'{path}' was not written by palm (no '{Format}' metadata); give the model.safetensors of a palm run");
-        return JsonSerializer.Deserialize<ModelConfig>(json, Trainer.Json)!.Validate();
+        try
+        {
+            return (JsonSerializer.Deserialize<ModelConfig>(json, Trainer.Json) ?? throw new JsonException("config is null")).Validate();
+        }
+        catch (Exception e) when (e is JsonException or InvalidOperationException or NotSupportedException or ConfigException or ArgumentException)
+        {
+            throw new InvalidDataException($"'{path}': the model config in its metadata is not a valid palm config ({e.Message})");
+        }
     }
 
     public static IReadOnlyDictionary<string, string> ReadMetadata(string path) => SafeTensors.ReadMetadata(path);

@@ -57,12 +57,57 @@ public static class SafeTensors
         });
     }
 
+    /// <summary>One tensor's header entry, checked: dtype F32, a shape of non-negative whole numbers, offsets that match it and the file.</summary>
+    readonly record struct Entry(string Name, long[] Shape, long Begin, long Count);
+
     public static Dictionary<string, NamedTensor> Read(string path)
     {
+        using var fs = OpenChecked(path);
+        var (header, dataStart) = ReadHeader(fs, path);
+        var result = new Dictionary<string, NamedTensor>();
+        foreach (var e in Entries(header, dataStart, fs.Length, path))
+        {
+            var data = new float[e.Count];
+            fs.Seek(dataStart + e.Begin, SeekOrigin.Begin);
+            fs.ReadExactly(MemoryMarshal.AsBytes(data.AsSpan()));
+            result[e.Name] = new NamedTensor(e.Name, e.Shape, data);
+        }
+        return result;
+    }
+
+    /// <summary>The header's __metadata__ (string values only, as the format requires); every tensor entry is checked too.</summary>
+    public static Dictionary<string, string> ReadMetadata(string path)
+    {
+        using var fs = OpenChecked(path);
+        var (header, dataStart) = ReadHeader(fs, path);
+        _ = Entries(header, dataStart, fs.Length, path);
+        if (header["__metadata__"] is not { } node) return [];
+        if (node is not JsonObject meta) throw new InvalidDataException($"'{path}': __metadata__ is not a JSON object of strings; the file is corrupt or not safetensors");
+        var result = new Dictionary<string, string>();
+        foreach (var (k, v) in meta)
+        {
+            if (v is not JsonValue jv || !jv.TryGetValue(out string? text))
+                throw new InvalidDataException($"'{path}': __metadata__ entry '{k}' is not a string; the file is corrupt or not safetensors");
+            result[k] = text;
+        }
+        return result;
+    }
+
+    static FileStream OpenChecked(string path)
+    {
         if (!File.Exists(path)) throw new InvalidDataException($"'{path}' does not exist");
-        using var fs = File.OpenRead(path);
+        var fs = File.OpenRead(path);
+        if (fs.Length < 8)
+        {
+            fs.Dispose();
+            throw new InvalidDataException($"'{path}' is {fs.Length} bytes, too short to be a safetensors file");
+        }
+        return fs;
+    }
+
+    static (JsonObject Header, long DataStart) ReadHeader(FileStream fs, string path)
+    {
         long fileLength = fs.Length;
-        if (fileLength < 8) throw new InvalidDataException($"'{path}' is {fileLength} bytes, too short to be a safetensors file");
         Span<byte> len = stackalloc byte[8];
         fs.ReadExactly(len);
         ulong headerLength = BinaryPrimitives.ReadUInt64LittleEndian(len);
@@ -70,42 +115,57 @@ public static class SafeTensors
             throw new InvalidDataException($"'{path}': header length {headerLength} exceeds the file size {fileLength}; the file is truncated or not safetensors");
         var headerBytes = new byte[headerLength];
         fs.ReadExactly(headerBytes);
-        JsonObject header;
-        try { header = JsonNode.Parse(headerBytes)!.AsObject(); }
+        JsonNode? node;
+        try { node = JsonNode.Parse(headerBytes, documentOptions: new JsonDocumentOptions { MaxDepth = 16 }); }
         catch (JsonException e) { throw new InvalidDataException($"'{path}': the header is not valid JSON ({e.Message})"); }
+        catch (ArgumentException e) { throw new InvalidDataException($"'{path}': the header is not valid UTF-8 JSON ({e.Message})"); }
+        if (node is not JsonObject header) throw new InvalidDataException($"'{path}': the header is {Kind(node)}, not a JSON object of tensors; the file is corrupt or not safetensors");
+        return (header, 8 + (long)headerLength);
+    }
 
-        long dataStart = 8 + (long)headerLength;
-        var result = new Dictionary<string, NamedTensor>();
+    static string Kind(JsonNode? n) => n switch { null => "null", JsonArray => "an array", JsonValue => "a single value", _ => "an object" };
+
+    static List<Entry> Entries(JsonObject header, long dataStart, long fileLength, string path)
+    {
+        var list = new List<Entry>();
+        long dataBytes = fileLength - dataStart;
         foreach (var (name, node) in header)
         {
             if (name == "__metadata__") continue;
-            var o = node!.AsObject();
-            string dtype = (string)o["dtype"]!;
+            string Bad(string what) => $"'{path}': tensor '{name}' {what}; the file is corrupt or not safetensors";
+            if (node is not JsonObject o) throw new InvalidDataException(Bad($"is {Kind(node)}, not an object with dtype, shape and data_offsets"));
+            if (o["dtype"] is not JsonValue dv || !dv.TryGetValue(out string? dtype)) throw new InvalidDataException(Bad("has no dtype string"));
             if (dtype != "F32") throw new InvalidDataException($"'{path}': tensor '{name}' has dtype {dtype}; only F32 is supported");
-            var shape = o["shape"]!.AsArray().Select(x => (long)x!).ToArray();
-            var offs = o["data_offsets"]!.AsArray().Select(x => (long)x!).ToArray();
-            long count = shape.Aggregate(1L, (a, b) => a * b);
-            if (offs.Length != 2 || offs[1] - offs[0] != 4 * count || dataStart + offs[1] > fileLength)
+            var shape = WholeNumbers(o["shape"], "shape", Bad);
+            var offs = WholeNumbers(o["data_offsets"], "data_offsets", Bad);
+            if (shape.Length > 8) throw new InvalidDataException(Bad($"has {shape.Length} dimensions"));
+            long count = 1;
+            foreach (long d in shape)
+            {
+                // The values must fit in the data that is there (and in one .NET array): this also bounds what is allocated.
+                if (d != 0 && count > dataBytes / 4 / d) throw new InvalidDataException(Bad($"has shape [{string.Join(",", shape)}], more values than the file holds ({fileLength} bytes)"));
+                count *= d;
+            }
+            if (count > Array.MaxLength) throw new InvalidDataException(Bad($"has {count} values, more than one array can hold"));
+            if (offs.Length != 2 || offs[0] > offs[1] || offs[1] - offs[0] != 4 * count || offs[1] > dataBytes)
                 throw new InvalidDataException($"'{path}': tensor '{name}' has offsets [{string.Join(",", offs)}] that do not fit its shape or the file ({fileLength} bytes); the file is truncated or corrupt");
-            var data = new float[count];
-            fs.Seek(dataStart + offs[0], SeekOrigin.Begin);
-            fs.ReadExactly(MemoryMarshal.AsBytes(data.AsSpan()));
-            result[name] = new NamedTensor(name, shape, data);
+            list.Add(new Entry(name, shape, offs[0], count));
         }
-        return result;
+        return list;
     }
 
-    public static Dictionary<string, string> ReadMetadata(string path)
+    static long[] WholeNumbers(JsonNode? node, string field, Func<string, string> bad)
     {
-        using var fs = File.OpenRead(path);
-        Span<byte> len = stackalloc byte[8];
-        fs.ReadExactly(len);
-        ulong headerLength = BinaryPrimitives.ReadUInt64LittleEndian(len);
-        if (headerLength > (ulong)fs.Length) throw new InvalidDataException($"'{path}' is truncated or not safetensors");
-        var headerBytes = new byte[headerLength];
-        fs.ReadExactly(headerBytes);
-        var meta = JsonNode.Parse(headerBytes)!.AsObject()["__metadata__"]?.AsObject();
-        return meta?.ToDictionary(kv => kv.Key, kv => (string)kv.Value!) ?? [];
+        if (node is not JsonArray a) throw new InvalidDataException(bad($"has no {field} array"));
+        if (a.Count > 64) throw new InvalidDataException(bad($"has a {field} of {a.Count} entries"));
+        var r = new long[a.Count];
+        for (int i = 0; i < a.Count; i++)
+        {
+            if (a[i] is not JsonValue v || !v.TryGetValue(out long x) || x < 0)
+                throw new InvalidDataException(bad($"has {field} [{string.Join(",", a.Select(e => e?.ToJsonString() ?? "null"))}]: entries must be whole numbers ≥ 0"));
+            r[i] = x;
+        }
+        return r;
     }
 }
 

@@ -24,6 +24,12 @@ public static class Evaluator
     /// </summary>
     public static double MeanLoss(BatchLoss loss, int seqLen, int maxBatch, int batchMultiple, long count, Action<long, Span<int>> getSequence)
     {
+        ArgumentNullException.ThrowIfNull(loss);
+        ArgumentNullException.ThrowIfNull(getSequence);
+        if (seqLen < 1) throw new ArgumentException($"seqLen must be ≥ 1, got {seqLen}", nameof(seqLen));
+        if (batchMultiple < 1) throw new ArgumentException($"batchMultiple must be ≥ 1, got {batchMultiple}", nameof(batchMultiple));
+        // A batch must hold at least one whole multiple, or no batch could ever be scored (and the loop would not end).
+        if (maxBatch < batchMultiple) throw new ArgumentException($"maxBatch {maxBatch} is smaller than batchMultiple {batchMultiple}: no batch can be scored", nameof(maxBatch));
         count -= count % batchMultiple;
         if (count <= 0) return double.NaN;
         int t = seqLen;

@@ -20,8 +20,11 @@ public sealed class TextGenerator : IDisposable
         var config = ModelWeights.ReadConfig(weightsPath);
         if (tokenizer.VocabSize > config.Vocab)
             throw new ConfigException($"the tokenizer has {tokenizer.VocabSize} tokens but the model's vocab is {config.Vocab}; use the tokenizer the model was trained with");
-        // RoPE has no trained length limit, but quality beyond the training length is untested: cap the window there.
-        _window = Math.Clamp(window, 1, config.SeqLen);
+        // RoPE has no trained length limit, but quality beyond the training length is untested: the window stops there.
+        if (window == 0) window = Math.Min(256, config.SeqLen);   // the default: 256 tokens, or the training length if shorter
+        if (window < 1 || window > config.SeqLen)
+            throw new ConfigException($"--window must be 1 to {config.SeqLen} (the model's training length), got {window}");
+        _window = window;
         _model = new PalmModel(backend, config with { SeqLen = _window }, maxBatch: 1);
         ModelWeights.Load(_model, weightsPath);
         _tokenizer = tokenizer;
@@ -32,8 +35,9 @@ public sealed class TextGenerator : IDisposable
     /// <summary>Generates up to maxTokens tokens after the prompt; stops early at [eod]. onToken sees each new piece of text.</summary>
     public string Generate(string prompt, int maxTokens, float temperature, int topK, ulong seed, Action<string>? onToken = null)
     {
-        if (maxTokens < 0) throw new ArgumentOutOfRangeException(nameof(maxTokens), "--tokens must be ≥ 0");
-        if (temperature < 0 || !float.IsFinite(temperature)) throw new ArgumentOutOfRangeException(nameof(temperature), "--temperature must be a finite number ≥ 0");
+        if (maxTokens < 0) throw new ConfigException($"--tokens must be ≥ 0, got {maxTokens}");
+        if (temperature < 0 || !float.IsFinite(temperature)) throw new ConfigException($"--temperature must be a finite number ≥ 0, got {temperature}");
+        if (topK < 0 || topK > _tokenizer.VocabSize) throw new ConfigException($"--top-k must be 0 (all) to {_tokenizer.VocabSize} (the vocabulary), got {topK}");
         var ids = new List<int> { _tokenizer.EodId };          // documents start after an [eod], as in training
         ids.AddRange(_tokenizer.Encode(prompt));
         int promptCount = ids.Count;
@@ -41,6 +45,18 @@ public sealed class TextGenerator : IDisposable
         var inputs = new int[_window];
         var targets = new int[_window];
         int vocab = _model.Config.Vocab;
+        // A character may span several tokens (each byte of "é" is its own byte token): text is handed out only once
+        // it decodes completely, so a trailing incomplete UTF-8 sequence (decoded as U+FFFD) waits for its next byte.
+        int emitted = 0;
+        void Emit(bool final)
+        {
+            if (onToken is null) return;
+            string text = _tokenizer.Decode(ids.Skip(promptCount).ToArray());
+            int end = text.Length;
+            if (!final) while (end > emitted && text[end - 1] == '\uFFFD') end--;
+            if (end > emitted) onToken(text[emitted..end]);
+            emitted = Math.Max(emitted, end);
+        }
         for (int i = 0; i < maxTokens; i++)
         {
             int start = Math.Max(0, ids.Count - _window);
@@ -52,8 +68,9 @@ public sealed class TextGenerator : IDisposable
             int next = Sample(logits, temperature, topK, ref rng);
             if (next == _tokenizer.EodId) break;
             ids.Add(next);
-            onToken?.Invoke(_tokenizer.Decode([next]));
+            Emit(final: false);
         }
+        Emit(final: true);
         return _tokenizer.Decode(ids.Skip(promptCount).ToArray());
     }
 

@@ -1,4 +1,6 @@
+using System.Collections.Concurrent;
 using System.Security.Cryptography;
+using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Palm.Gpu.IO;
@@ -19,7 +21,8 @@ public sealed record RollbackEvent(long SpikeStep, long RestoredStep, long SkipF
 public sealed record CheckpointManifest
 {
     // 1: one weights and one optimizer file. 2: adds the mesh layout (one file pair per device shard).
-    public const int CurrentFormatVersion = 2;
+    // 3: adds the manifest's own checksum, the data fingerprint and the measured peak.
+    public const int CurrentFormatVersion = 3;
 
     public int FormatVersion { get; init; } = CurrentFormatVersion;
     public long Step { get; init; }                              // optimizer steps completed
@@ -36,7 +39,13 @@ public sealed record CheckpointManifest
     public List<RollbackEvent> Rollbacks { get; init; } = [];
     public Dictionary<string, CheckpointFile> Files { get; init; } = [];
     public DateTime CreatedUtc { get; init; }
+    public string? DataFingerprint { get; init; }                // sha256 of the packed token stream the run trained on
+    public double MeasuredPeakGflops { get; init; }              // the peak the run measured (0: given or unknown), reused on resume
+    public string? ManifestSha256 { get; init; }                 // sha256 of this file with this field's value zeroed
 }
+
+/// <summary>How a background checkpoint save ended: Error is null when the checkpoint is complete on disk.</summary>
+public sealed record CheckpointResult(long Step, string Path, Exception? Error);
 
 /// <summary>
 /// What one device shard holds: its pieces of the weights and optimizer state, under the full tensors' names.
@@ -70,9 +79,33 @@ internal static class FaultInjection
     }
 }
 
-/// <summary>Which checkpoints to keep. The default keeps the newest 4, every 1000th step forever, and always one ≥ 100 steps old.</summary>
-public sealed record RetentionPolicy(int KeepLast = 4, long KeepEvery = 1000, long KeepOneOlderThan = 100);
-
+/// <summary>
+/// Which checkpoints to keep: the newest <paramref name="KeepLast"/>, every <paramref name="KeepEvery"/>th step forever,
+/// and enough older ones that a rollback of <paramref name="KeepOneOlderThan"/> steps (the spike guard's
+/// --rollback-steps) always finds a target no more than half that distance further back, whatever the cadence.
+/// </summary>
+public sealed record RetentionPolicy(int KeepLast = 4, long KeepEvery = 1000, long KeepOneOlderThan = 100)
+{
+    /// <summary>
+    /// Whether <paramref name="step"/> survives among <paramref name="all"/> (newest first). Besides the newest and the
+    /// milestones, the oldest checkpoint of every bucket of G = ⌈R/4⌉ steps (absolute, so the choice does not move as
+    /// the run advances) is kept while the bucket reaches back past newest − R − G: for any later spike at S the newest
+    /// checkpoint at or before S − R is then at most 2G steps older than S − R, and at most R/G + 3 extra are kept.
+    /// </summary>
+    public bool Keeps(long step, IReadOnlyList<long> all)
+    {
+        if (all.Count == 0) return true;
+        long newest = all[0];
+        if (all.Take(KeepLast).Contains(step)) return true;
+        if (KeepEvery > 0 && step % KeepEvery == 0) return true;
+        long r = Math.Max(1, KeepOneOlderThan), g = Math.Max(1, (r + 3) / 4);
+        // The target of a spike right now: the newest checkpoint at or before newest − R.
+        if (step == all.Where(s => s <= newest - r).DefaultIfEmpty(-1).Max()) return true;
+        long bucket = step / g;
+        bool oldestOfBucket = !all.Any(s => s < step && s / g == bucket);
+        return oldestOfBucket && (bucket + 1) * g > newest - r - g;
+    }
+}
 /// <summary>
 /// RUN/checkpoints/step-000000123/{weights.safetensors, optimizer.safetensors, manifest.json}; on a mesh one
 /// weights/optimizer pair per device shard (weights.d0-m1.safetensors, ...), replicas written once.
@@ -88,6 +121,7 @@ public sealed class CheckpointStore
     public const string ManifestFile = "manifest.json";
 
     Task _pending = Task.CompletedTask;
+    readonly ConcurrentQueue<CheckpointResult> _finished = new();
 
     public CheckpointStore(string directory, RetentionPolicy? retention = null)
     {
@@ -100,31 +134,48 @@ public sealed class CheckpointStore
 
     public static string NameFor(long step) => $"step-{step:D9}";
 
-    /// <summary>Writes the snapshot in the background; a second save first waits for the previous one.</summary>
+    /// <summary>
+    /// Writes the snapshot in the background. Saves are independent: one that fails (a full disk for a moment,
+    /// a blocked directory) is reported through <see cref="TakeFinished"/> and the next is attempted as usual.
+    /// At most one save runs at a time; call <see cref="WaitForPending"/> before taking the next snapshot so at
+    /// most one snapshot is held in memory.
+    /// </summary>
     public Task SaveInBackground(TrainingSnapshot snapshot)
     {
-        var previous = _pending;
-        _pending = Task.Run(async () =>
+        WaitForPending();
+        long step = snapshot.Manifest.Step;
+        _pending = Task.Run(() =>
         {
-            await previous;
-            Save(snapshot);
+            try { _finished.Enqueue(new CheckpointResult(step, Save(snapshot), null)); }
+            catch (Exception e) { _finished.Enqueue(new CheckpointResult(step, Path.Combine(Directory, NameFor(step)), e)); }
         });
         return _pending;
     }
 
-    /// <summary>Blocks until the last background save is on disk; rethrows its failure.</summary>
-    public void Flush() => _pending.GetAwaiter().GetResult();
+    /// <summary>Blocks until the background save (if any) has finished, successfully or not; never throws.</summary>
+    public void WaitForPending() => _pending.ContinueWith(_ => { }, TaskScheduler.Default).Wait();
+
+    /// <summary>Waits for the background save; its outcome is then available from <see cref="TakeFinished"/>.</summary>
+    public void Flush() => WaitForPending();
+
+    /// <summary>The outcomes of background saves finished since the last call, oldest first.</summary>
+    public List<CheckpointResult> TakeFinished()
+    {
+        var list = new List<CheckpointResult>();
+        while (_finished.TryDequeue(out var r)) list.Add(r);
+        return list;
+    }
 
     /// <summary>Writes one checkpoint synchronously and applies the retention policy; returns its directory.</summary>
     public string Save(TrainingSnapshot s)
     {
-        System.IO.Directory.CreateDirectory(Directory);
         string final = Path.Combine(Directory, NameFor(s.Manifest.Step));
         string tmp = Path.Combine(Directory, $".tmp-{NameFor(s.Manifest.Step)}-{Environment.ProcessId}");
-        if (System.IO.Directory.Exists(tmp)) System.IO.Directory.Delete(tmp, recursive: true);
-        System.IO.Directory.CreateDirectory(tmp);
         try
         {
+            System.IO.Directory.CreateDirectory(Directory);
+            if (System.IO.Directory.Exists(tmp)) System.IO.Directory.Delete(tmp, recursive: true);
+            System.IO.Directory.CreateDirectory(tmp);
             var files = new Dictionary<string, CheckpointFile>();
             foreach (var shard in s.Shards)
             {
@@ -136,19 +187,52 @@ public sealed class CheckpointStore
                 files[weights] = Describe(Path.Combine(tmp, weights));
                 files[optimizer] = Describe(Path.Combine(tmp, optimizer));
             }
-            var manifest = s.Manifest with { Files = files, CreatedUtc = DateTime.UtcNow, HostSimd = Backends.Cpu.CpuSimd.Description };
-            AtomicFile.WriteText(Path.Combine(tmp, ManifestFile), JsonSerializer.Serialize(manifest, Trainer.Json));
+            var manifest = s.Manifest with { FormatVersion = CheckpointManifest.CurrentFormatVersion, Files = files, CreatedUtc = DateTime.UtcNow, HostSimd = Backends.Cpu.CpuSimd.Description };
+            AtomicFile.WriteText(Path.Combine(tmp, ManifestFile), SealManifest(manifest));
             if (System.IO.Directory.Exists(final)) System.IO.Directory.Delete(final, recursive: true);
             System.IO.Directory.Move(tmp, final);
         }
-        catch (IOException e)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             TryDelete(tmp);
             throw new IOException($"could not write checkpoint {NameFor(s.Manifest.Step)} under '{Directory}': {e.Message} (the previous checkpoints are untouched)", e);
         }
-        ApplyRetention();
+        try { ApplyRetention(); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }   // the checkpoint is complete; pruning retries next time
         return final;
     }
+
+    const string SealField = "\"manifest_sha256\": \"";
+    static readonly string ZeroSeal = new('0', 64);
+
+    /// <summary>The manifest's JSON with its own sha256, computed over the text with the checksum zeroed, so an edit is detected.</summary>
+    static string SealManifest(CheckpointManifest m)
+    {
+        string text = JsonSerializer.Serialize(m with { ManifestSha256 = ZeroSeal }, Trainer.Json);
+        return text.Replace(SealField + ZeroSeal, SealField + Sha256Hex(text));
+    }
+
+    /// <summary>Recomputes the seal of a manifest text that has a manifest_sha256 field (tests use it to judge edited fields on their own).</summary>
+    internal static string Reseal(string text)
+    {
+        int at = text.IndexOf(SealField, StringComparison.Ordinal);
+        if (at < 0 || at + SealField.Length + 64 > text.Length) return text;
+        string zeroed = string.Concat(text.AsSpan(0, at + SealField.Length), ZeroSeal, text.AsSpan(at + SealField.Length + 64));
+        return zeroed.Replace(SealField + ZeroSeal, SealField + Sha256Hex(zeroed));
+    }
+
+    /// <summary>Null when the text's seal matches, else what is wrong.</summary>
+    static string? CheckSeal(string text)
+    {
+        int at = text.IndexOf(SealField, StringComparison.Ordinal);
+        if (at < 0 || at + SealField.Length + 64 > text.Length) return "it has no manifest_sha256";
+        string stored = text.Substring(at + SealField.Length, 64);
+        string zeroed = string.Concat(text.AsSpan(0, at + SealField.Length), ZeroSeal, text.AsSpan(at + SealField.Length + 64));
+        string actual = Sha256Hex(zeroed);
+        return stored == actual ? null : $"it fails its own checksum (sha256 {actual[..12]}…, recorded {stored[..Math.Min(12, stored.Length)]}…); it was edited or is corrupt";
+    }
+
+    static string Sha256Hex(string text) => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(text)));
 
     /// <summary>Complete checkpoint directories (by name), newest first. Says nothing about validity.</summary>
     public List<(long Step, string Path)> List()
@@ -161,35 +245,23 @@ public sealed class CheckpointStore
             .ToList();
     }
 
-    /// <summary>Loads and verifies one checkpoint directory.</summary>
+    /// <summary>
+    /// Loads and verifies one checkpoint directory. Anything wrong with it — a missing or edited manifest, a
+    /// malformed field, a file that fails its checksum — is an <see cref="InvalidDataException"/> naming it.
+    /// </summary>
     public static LoadedCheckpoint Load(string dir)
     {
-        string manifestPath = Path.Combine(dir, ManifestFile);
-        if (!File.Exists(manifestPath)) throw new InvalidDataException($"checkpoint '{dir}' has no {ManifestFile}; it is incomplete");
-        CheckpointManifest manifest;
-        try
-        {
-            var node = JsonNode.Parse(File.ReadAllText(manifestPath));
-            int version = node?["format_version"]?.GetValue<int>() ?? 0;
-            if (version > CheckpointManifest.CurrentFormatVersion)
-                throw new InvalidDataException($"checkpoint '{dir}' has format version {version}, newer than this palm understands ({CheckpointManifest.CurrentFormatVersion}); update palm to resume it");
-            if (version < 1) throw new InvalidDataException($"checkpoint '{dir}': manifest has no valid format_version");
-            manifest = node.Deserialize<CheckpointManifest>(Trainer.Json)!;
-        }
-        catch (JsonException e)
-        {
-            throw new InvalidDataException($"checkpoint '{dir}': {ManifestFile} is not valid JSON ({e.Message})");
-        }
+        var manifest = ReadManifest(dir);
         var tags = ShardTags(manifest, dir);
         foreach (var name in tags.SelectMany(t => new[] { FileFor(WeightsFile, t), FileFor(OptimizerFile, t) }))
         {
             string path = Path.Combine(dir, name);
-            if (!manifest.Files.TryGetValue(name, out var expected))
+            if (!manifest.Files.TryGetValue(name, out var expected) || expected is null || expected.Sha256 is null)
                 throw new InvalidDataException($"checkpoint '{dir}': the manifest lists no checksum for {name}");
             if (!File.Exists(path)) throw new InvalidDataException($"checkpoint '{dir}': {name} is missing");
             var actual = Describe(path);
             if (actual.Bytes != expected.Bytes || actual.Sha256 != expected.Sha256)
-                throw new InvalidDataException($"checkpoint '{dir}': {name} fails its checksum (sha256 {actual.Sha256[..12]}…, {actual.Bytes} bytes; manifest says {expected.Sha256[..12]}…, {expected.Bytes} bytes); the file is corrupt");
+                throw new InvalidDataException($"checkpoint '{dir}': {name} fails its checksum (sha256 {actual.Sha256[..12]}…, {actual.Bytes} bytes; manifest says {expected.Sha256[..Math.Min(12, expected.Sha256.Length)]}…, {expected.Bytes} bytes); the file is corrupt");
         }
         if (manifest.Layout is null)
             return new LoadedCheckpoint(dir, manifest, SafeTensors.Read(Path.Combine(dir, WeightsFile)), SafeTensors.Read(Path.Combine(dir, OptimizerFile)));
@@ -197,10 +269,62 @@ public sealed class CheckpointStore
         Dictionary<string, NamedTensor> Join(string file)
         {
             var pieces = tags.ToDictionary(t => t, t => SafeTensors.Read(Path.Combine(dir, FileFor(file, t))));
-            return Sharding.ShardMath.Assemble(manifest.Layout, model, slices, (d, m) => pieces[TagFor(d, m)], $"checkpoint '{dir}', {file.Replace(".safetensors", ".*")}");
+            try { return Sharding.ShardMath.Assemble(manifest.Layout, model, slices, (d, m) => pieces[TagFor(d, m)], $"checkpoint '{dir}', {file.Replace(".safetensors", ".*")}"); }
+            catch (Exception e) when ((e is InvalidDataException || IsMalformed(e)) && !e.Message.Contains(dir))
+            { throw new InvalidDataException($"checkpoint '{dir}': the manifest's tensor layout does not match its files ({e.Message})"); }
         }
         return new LoadedCheckpoint(dir, manifest, Join(WeightsFile), Join(OptimizerFile));
     }
+
+    /// <summary>Reads and checks manifest.json: its own checksum (format 3 on), version, and every field resume relies on.</summary>
+    public static CheckpointManifest ReadManifest(string dir)
+    {
+        string manifestPath = Path.Combine(dir, ManifestFile);
+        if (!File.Exists(manifestPath)) throw new InvalidDataException($"checkpoint '{dir}' has no {ManifestFile}; it is incomplete");
+        var info = new FileInfo(manifestPath);
+        if (info.Length > 64 << 20) throw new InvalidDataException($"checkpoint '{dir}': {ManifestFile} is {info.Length} bytes, too large to be a manifest");
+        string text = File.ReadAllText(manifestPath);
+        string Bad(string what) => $"checkpoint '{dir}': {ManifestFile} {what}";
+        CheckpointManifest? manifest;
+        try
+        {
+            var node = JsonNode.Parse(text) as JsonObject ?? throw new InvalidDataException(Bad("is not a JSON object"));
+            if (node["format_version"] is not JsonValue v || !v.TryGetValue(out int version))
+                throw new InvalidDataException(Bad("has no valid format_version (an integer)"));
+            if (version > CheckpointManifest.CurrentFormatVersion)
+                throw new InvalidDataException($"checkpoint '{dir}' has format version {version}, newer than this palm understands ({CheckpointManifest.CurrentFormatVersion}); update palm to resume it");
+            if (version < 1) throw new InvalidDataException(Bad($"has format_version {version}; valid versions are 1 to {CheckpointManifest.CurrentFormatVersion}"));
+            // Older formats carry no seal of their own; from format 3 on an edited manifest is refused.
+            if (version >= 3 && CheckSeal(text) is { } wrong) throw new InvalidDataException(Bad(wrong));
+            manifest = node.Deserialize<CheckpointManifest>(Trainer.Json);
+        }
+        catch (Exception e) when (e is not InvalidDataException && IsMalformed(e))
+        {
+            throw new InvalidDataException(Bad($"is malformed ({e.Message})"));
+        }
+        if (manifest is null) throw new InvalidDataException(Bad("is null"));
+        if (manifest.Step < 0) throw new InvalidDataException(Bad($"has step {manifest.Step}"));
+        if (manifest.Model is not JsonObject || manifest.Training is not JsonObject)
+            throw new InvalidDataException(Bad("lacks the model or training settings"));
+        if (manifest.Files is null || manifest.RecentLosses is null || manifest.RecentGradNorms is null || manifest.Rollbacks is null || manifest.Mesh is null)
+            throw new InvalidDataException(Bad("has a null list (files, recent_losses, recent_grad_norms, rollbacks) or mesh"));
+        _ = Ranks(manifest, dir);   // the mesh parses and implies no more shard files than are listed
+        try
+        {
+            manifest.Model.Deserialize<Model.ModelConfig>(Trainer.Json)!.Validate();
+            _ = manifest.Training.Deserialize<TrainOptions>(Trainer.Json) ?? throw new JsonException("training is null");
+            if (manifest.Cursor is not null) Data.DataCursor.FromJson(manifest.Cursor.ToJsonString());
+        }
+        catch (Exception e) when (IsMalformed(e) || e is Model.ConfigException or InvalidDataException or Data.DataException)
+        {
+            throw new InvalidDataException(Bad($"holds settings this palm cannot use ({e.Message})"));
+        }
+        return manifest;
+    }
+
+    /// <summary>Exceptions that mean "this file's content is not what it should be" rather than a bug here.</summary>
+    static bool IsMalformed(Exception e) => e is JsonException or InvalidOperationException or FormatException or OverflowException
+        or KeyNotFoundException or ArgumentException or NullReferenceException or InvalidCastException or NotSupportedException or IndexOutOfRangeException;
 
     /// <summary>weights.safetensors for a single device, weights.d0-m1.safetensors for a mesh shard.</summary>
     public static string FileFor(string file, string tag) => tag.Length == 0 ? file : file.Replace(".safetensors", $".{tag}.safetensors");
@@ -218,12 +342,15 @@ public sealed class CheckpointStore
     /// <summary>Model ranks, and data slices per model rank (the data ranks when sharded, else one), of the manifest's mesh.</summary>
     static (int Model, int Slices) Ranks(CheckpointManifest m, string dir)
     {
-        try
-        {
-            var (data, model) = Sharding.DeviceMesh.Parse(m.Mesh);
-            return (model, m.ShardWeights ? data : 1);
-        }
+        int data, model;
+        try { (data, model) = Sharding.DeviceMesh.Parse(m.Mesh); }
         catch (Model.ConfigException e) { throw new InvalidDataException($"checkpoint '{dir}': manifest mesh: {e.Message}"); }
+        // Each shard is two listed files: a mesh that implies more shards than the manifest lists is not this checkpoint's
+        // (and must not make the loader enumerate or allocate without bound).
+        long shards = (long)model * (m.ShardWeights ? data : 1);
+        if (shards > Math.Max(1, (m.Files?.Count ?? 0) / 2))
+            throw new InvalidDataException($"checkpoint '{dir}': manifest mesh {m.Mesh} implies {shards} shard file pairs but the manifest lists {m.Files?.Count ?? 0} files");
+        return (model, m.ShardWeights ? data : 1);
     }
 
     /// <summary>The newest checkpoint that verifies, optionally at or before a step; refused ones are reported through warn.</summary>
@@ -261,15 +388,8 @@ public sealed class CheckpointStore
     {
         var all = List();
         if (all.Count == 0) return;
-        long newest = all[0].Step;
-        var keep = new HashSet<long>(all.Take(Retention.KeepLast).Select(x => x.Step));
-        foreach (var (step, _) in all)
-            if (Retention.KeepEvery > 0 && step % Retention.KeepEvery == 0) keep.Add(step);
-        // Always keep the newest checkpoint that is at least KeepOneOlderThan steps behind the newest, so a rollback has a target.
-        var old = all.FirstOrDefault(x => x.Step <= newest - Retention.KeepOneOlderThan);
-        if (old.Path is not null) keep.Add(old.Step);
         foreach (var (step, path) in all)
-            if (!keep.Contains(step)) TryDelete(path);
+            if (!Retention.Keeps(step, all.Select(x => x.Step).ToList())) TryDelete(path);
         foreach (var stale in System.IO.Directory.EnumerateDirectories(Directory, ".tmp-*")) TryDelete(stale);
     }
 

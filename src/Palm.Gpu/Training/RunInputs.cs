@@ -34,4 +34,66 @@ public static class RunInputs
         }
         return dataset;
     }
+
+    /// <summary>
+    /// Refuses, before anything is allocated, a run whose weights, gradients, optimizer state and activations
+    /// (<see cref="Sharding.MeshPlan"/>'s figures) do not fit the memory there is: host memory for the CPU backend
+    /// (all its logical devices share it), each device's global memory for OpenCL. The message gives the figure
+    /// and what would fit.
+    /// </summary>
+    public static void CheckMemory(ModelConfig config, TrainOptions options, BatchSchedule schedule, long? availableOverride = null)
+    {
+        var (data, model) = options.Mesh is null ? (1, 1) : Sharding.DeviceMesh.Parse(options.Mesh);
+        int perRank = Math.Max(1, (schedule.Max + data - 1) / data);
+        long Need(ModelConfig c, int batch, bool remat)
+        {
+            try { return Sharding.MeshPlan.Of(c, data, model, options.ShardWeights, batch, remat).TotalBytes; }
+            catch (ConfigException) { return 0; }   // a mesh the engine will refuse with its own message
+        }
+        long perDevice = Need(config, perRank, config.Rematerialize);
+        if (perDevice == 0) return;
+        bool cpu = options.Backend.Equals("cpu", StringComparison.OrdinalIgnoreCase);
+        int devices = data * model;
+        long available;
+        string where;
+        if (availableOverride is { } a) { available = a; where = "the memory available"; }
+        else if (cpu)
+        {
+            available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+            where = "the host memory available to palm";
+        }
+        else
+        {
+            try
+            {
+                var all = Backends.OpenCl.OpenClDevice.All();
+                int first = options.Mesh is null ? options.Device : 0;
+                if (all.Count <= first) return;   // the backend reports the missing device itself
+                available = all.Skip(first).Take(devices).Min(d => d.GlobalMemoryBytes);
+                where = $"the global memory of OpenCL device {first}{(devices > 1 ? $" (the smallest of devices {first}..{first + devices - 1})" : "")}";
+            }
+            catch (Exception e) when (e is Backends.OpenCl.OpenClException or Backends.OpenCl.OpenClUnavailableException or DllNotFoundException or EntryPointNotFoundException)
+            { return; }   // no runtime: creating the backend says so, with what to install
+        }
+        // CPU logical devices all live in host memory; OpenCL devices each have their own.
+        long need = cpu ? perDevice * devices : perDevice;
+        long budget = (long)(available * 0.9);   // headroom for the runtime, the data and the host copies of a checkpoint
+        if (need <= budget) return;
+        static string G(double b) => $"{b / (1L << 30):F1} GiB";
+        var fits = new List<string>();
+        if (!config.Rematerialize && (cpu ? Need(config, perRank, true) * devices : Need(config, perRank, true)) is var r && r > 0 && r <= budget) fits.Add($"--remat ({G(r)})");
+        for (int b = schedule.Max / 2; b >= 1 && fits.Count < 2; b /= 2)
+        {
+            long nb = Need(config, Math.Max(1, (b + data - 1) / data), config.Rematerialize) * (cpu ? devices : 1);
+            if (nb > 0 && nb <= budget) { fits.Add($"--batch {b} ({G(nb)})"); break; }
+        }
+        for (int l = config.Layers / 2; l >= 1; l /= 2)
+        {
+            long nl = Need(config with { Layers = l }, perRank, config.Rematerialize) * (cpu ? devices : 1);
+            if (nl > 0 && nl <= budget) { fits.Add($"--layers {l} ({G(nl)})"); break; }
+        }
+        string advice = fits.Count > 0 ? $"what would fit: {string.Join(", ", fits)}" : "even one layer at batch 1 does not fit: choose a smaller --preset or --d-model";
+        throw new ConfigException($"this run needs about {G(need)} ({(cpu && devices > 1 ? $"{devices} devices × {G(perDevice)}: " : "")}weights, gradients, Adafactor state and activations, `palm plan` has the breakdown) " +
+                                  $"but {where} is {G(available)}; {advice}");
+    }
 }

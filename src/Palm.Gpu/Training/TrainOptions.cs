@@ -29,3 +29,54 @@ public sealed record TrainOptions
 public sealed record StepMetrics(
     long Step, double Loss, double ZLoss, double GradNorm, double Lr, int Batch, long Tokens,
     double TokensPerS, double Mfu, double StepSeconds, double ElapsedSeconds, long BatchIndex);
+
+/// <summary>
+/// What a resumed run may change about where and how it goes on; null keeps the checkpoint's value. The model,
+/// tokenizer, batch schedule, seed and optimizer are the checkpoint's and cannot be overridden (the data may
+/// move: <see cref="Data"/> is checked against the checkpoint's fingerprint).
+/// </summary>
+public sealed record ResumeOverrides
+{
+    public long? Steps { get; init; }
+    public string? OutDir { get; init; }
+    public string? Data { get; init; }                 // the same data at another path
+    public int? Threads { get; init; }
+    public double? PeakGflops { get; init; }
+    public string? Backend { get; init; }
+    public int? Device { get; init; }
+    public string? Mesh { get; init; }                 // "DxM"; setting it also sets ShardWeights (default off)
+    public bool? ShardWeights { get; init; }
+    public Sharding.CollectiveTransport? Collectives { get; init; }
+    public long? CheckpointEvery { get; init; }
+    public string? InjectSpike { get; init; }
+    public bool? SpikeGuardEnabled { get; init; }
+    public long? RollbackSteps { get; init; }
+    public long? MinSkip { get; init; }
+    public long? MaxSkip { get; init; }
+    public int? MaxRollbacks { get; init; }
+
+    /// <summary>The checkpoint's options with these changes.</summary>
+    public TrainOptions ApplyTo(TrainOptions saved) => saved with
+    {
+        Steps = Steps ?? saved.Steps,
+        OutDir = OutDir ?? saved.OutDir,
+        Data = Data ?? saved.Data,
+        Threads = Threads ?? saved.Threads,
+        PeakGflops = PeakGflops ?? saved.PeakGflops,
+        Backend = Backend ?? saved.Backend,
+        Device = Device ?? saved.Device,
+        Mesh = Mesh ?? saved.Mesh,
+        ShardWeights = Mesh is null ? ShardWeights ?? saved.ShardWeights : ShardWeights ?? false,
+        Collectives = Collectives ?? saved.Collectives,
+        CheckpointEvery = CheckpointEvery ?? saved.CheckpointEvery,
+        InjectSpike = InjectSpike ?? saved.InjectSpike,
+        SpikeGuard = saved.SpikeGuard with
+        {
+            Enabled = SpikeGuardEnabled ?? saved.SpikeGuard.Enabled,
+            RollbackSteps = RollbackSteps ?? saved.SpikeGuard.RollbackSteps,
+            MinSkip = MinSkip ?? saved.SpikeGuard.MinSkip,
+            MaxSkip = MaxSkip ?? saved.SpikeGuard.MaxSkip,
+            MaxRollbacks = MaxRollbacks ?? saved.SpikeGuard.MaxRollbacks,
+        },
+    };
+}

@@ -38,7 +38,10 @@ public sealed class Trainer : IDisposable
     readonly long _injectBatch = -1;
     readonly float _injectFactor = 1;
 
-    public Trainer(ModelConfig requested, TrainOptions options, bool vocabFromTokenizer)
+    public Trainer(ModelConfig requested, TrainOptions options, bool vocabFromTokenizer) : this(requested, options, vocabFromTokenizer, knownPeakGflops: 0) { }
+
+    /// <param name="knownPeakGflops">a peak measured earlier on the same devices (a resumed run's); &gt; 0 skips the measurement</param>
+    Trainer(ModelConfig requested, TrainOptions options, bool vocabFromTokenizer, double knownPeakGflops)
     {
         Options = options;
         Schedule = Training.BatchSchedule.Parse(options.BatchSchedule);
@@ -53,6 +56,7 @@ public sealed class Trainer : IDisposable
         if (options.ShardWeights && options.Mesh is null) throw new ConfigException("--shard-weights needs --mesh DxM (it shards over the data axis D)");
         try
         {
+            RunInputs.CheckMemory(Config, options, Schedule);
             Engine = Sharding.MeshTrainer.Create(Config, options, Schedule, options.Mesh, options.ShardWeights);
         }
         catch
@@ -65,8 +69,11 @@ public sealed class Trainer : IDisposable
         _inputs = new int[Schedule.Max * Config.SeqLen];
         _targets = new int[Schedule.Max * Config.SeqLen];
         FlopsPerToken = ModelMath.TrainingFlopsPerToken(Config);
-        PeakGflops = options.PeakGflops > 0 ? options.PeakGflops : Engine.MeasurePeakGflops();
-        Checkpoints = options.OutDir is null ? null : new CheckpointStore(Path.Combine(options.OutDir, "checkpoints"));
+        if (options.PeakGflops > 0) PeakGflops = options.PeakGflops;
+        else PeakGflops = MeasuredPeakGflops = knownPeakGflops > 0 ? knownPeakGflops : Engine.MeasurePeakGflops();
+        // Retention keeps what a rollback of this run's --rollback-steps needs.
+        Checkpoints = options.OutDir is null ? null
+            : new CheckpointStore(Path.Combine(options.OutDir, "checkpoints"), new RetentionPolicy(KeepOneOlderThan: Math.Max(1, options.SpikeGuard.RollbackSteps)));
     }
 
     public ModelConfig Config { get; }
@@ -80,6 +87,13 @@ public sealed class Trainer : IDisposable
     public double FlopsPerToken { get; }
     /// <summary>fp32 peak of all the run's devices together (MFU's denominator).</summary>
     public double PeakGflops { get; }
+    /// <summary>The peak when it was measured (not given), kept in checkpoints so a resume on the same devices skips the benchmark.</summary>
+    public double MeasuredPeakGflops { get; }
+    /// <summary>Step of the newest checkpoint known to be complete on disk (−1: none yet).</summary>
+    public long LastCheckpointStep { get; private set; } = -1;
+    /// <summary>Checkpoint saves that failed, with the reason; later saves were still attempted.</summary>
+    public IReadOnlyList<CheckpointResult> FailedCheckpoints => _failed;
+    readonly List<CheckpointResult> _failed = [];
     /// <summary>Optimizer steps taken so far.</summary>
     public long Step { get; private set; }
     public DataCursor Cursor => _cursor;
@@ -87,14 +101,16 @@ public sealed class Trainer : IDisposable
 
     /// <summary>
     /// Trains until <paramref name="untilStep"/> steps are done, checkpointing and guarding against spikes.
-    /// onStep sees every applied step; onEvent every checkpoint, spike and rollback.
+    /// onStep sees every applied step; onEvent every checkpoint (once it is complete on disk), failed checkpoint,
+    /// spike and rollback. When <paramref name="stop"/> is signalled the current step finishes and Run returns
+    /// (Step &lt; untilStep tells the caller); see <see cref="SaveCheckpointNow"/> to keep that state.
     /// </summary>
-    public void Run(long untilStep, Action<StepMetrics>? onStep = null, Action<TrainingEvent>? onEvent = null, Stopwatch? clock = null)
+    public void Run(long untilStep, Action<StepMetrics>? onStep = null, Action<TrainingEvent>? onEvent = null, Stopwatch? clock = null, CancellationToken stop = default)
     {
         clock ??= Stopwatch.StartNew();
         bool checkpointing = Checkpoints is not null && Options.CheckpointEvery > 0;
         if (checkpointing && Step == 0 && Checkpoints!.List().Count == 0) SaveCheckpoint(onEvent);
-        while (Step < untilStep)
+        while (Step < untilStep && !stop.IsCancellationRequested)
         {
             var (metrics, spike) = StepOnce(clock);
             if (spike is not null)
@@ -103,9 +119,55 @@ public sealed class Trainer : IDisposable
                 continue;
             }
             onStep?.Invoke(metrics);
+            ReportCheckpoints(onEvent);
             if (checkpointing && Step % Options.CheckpointEvery == 0) SaveCheckpoint(onEvent);
         }
         Checkpoints?.Flush();
+        ReportCheckpoints(onEvent);
+    }
+
+    /// <summary>
+    /// Writes a checkpoint of the current state now (synchronously) unless the newest complete one already is
+    /// this step; returns its directory, or null (with a checkpoint_failed event) when it could not be written.
+    /// </summary>
+    public string? SaveCheckpointNow(Action<TrainingEvent>? onEvent = null)
+    {
+        if (Checkpoints is null) throw new InvalidOperationException("this trainer has no run directory (TrainOptions.OutDir) to checkpoint into");
+        Checkpoints.Flush();
+        ReportCheckpoints(onEvent);
+        string path = Path.Combine(Checkpoints.Directory, CheckpointStore.NameFor(Step));
+        if (LastCheckpointStep == Step) return path;
+        try
+        {
+            path = Checkpoints.Save(Snapshot());
+            Report(new CheckpointResult(Step, path, null), onEvent);
+            return path;
+        }
+        catch (IOException e)
+        {
+            Report(new CheckpointResult(Step, path, e), onEvent);
+            return null;
+        }
+    }
+
+    void ReportCheckpoints(Action<TrainingEvent>? onEvent)
+    {
+        if (Checkpoints is null) return;
+        foreach (var r in Checkpoints.TakeFinished()) Report(r, onEvent);
+    }
+
+    void Report(CheckpointResult r, Action<TrainingEvent>? onEvent)
+    {
+        if (r.Error is null)
+        {
+            LastCheckpointStep = Math.Max(LastCheckpointStep, r.Step);
+            onEvent?.Invoke(new TrainingEvent("checkpoint", new JsonObject { ["step"] = r.Step, ["path"] = r.Path }, $"checkpoint at step {r.Step}"));
+            return;
+        }
+        _failed.Add(r);
+        string next = Options.CheckpointEvery > 0 ? $"training goes on and the next checkpoint (step {(r.Step / Options.CheckpointEvery + 1) * Options.CheckpointEvery}) will be attempted as usual" : "training goes on";
+        string msg = $"{r.Error.Message}; {next}";
+        onEvent?.Invoke(new TrainingEvent("checkpoint_failed", new JsonObject { ["step"] = r.Step, ["error"] = r.Error.Message }, msg));
     }
 
     /// <summary>Runs one optimizer step without the spike guard (the guard lives in Run); returns its metrics.</summary>
@@ -124,6 +186,11 @@ public sealed class Trainer : IDisposable
         int n = batch * Config.SeqLen;
         var (loss, gradNorm) = Engine.ComputeGradients(_inputs.AsSpan(0, n), _targets.AsSpan(0, n), batch, batchIndex == _injectBatch ? _injectFactor : 1f);
         var spike = guard && Options.SpikeGuard.Enabled ? _detector.Check(loss.CrossEntropy, gradNorm) : null;
+        // Without the guard a non-finite step would turn every weight into NaN and training would go on
+        // regardless: stop before the update instead, with the weights of the last good step intact.
+        if (guard && !Options.SpikeGuard.Enabled && !(double.IsFinite(loss.CrossEntropy) && double.IsFinite(gradNorm)))
+            throw new SpikeGuardException($"step {Step + 1}: the loss ({loss.CrossEntropy}) or gradient norm ({gradNorm}) is not finite and --no-spike-guard is set; " +
+                                          $"the update was not applied and training stops (the weights are those after step {Step}). Lower the learning rate, or train with the spike guard on");
         float lr = Options.Optimizer.LearningRate(Step + 1);
         if (spike is null)
         {
@@ -148,6 +215,7 @@ public sealed class Trainer : IDisposable
         if (Checkpoints is null || Options.CheckpointEvery == 0)
             throw new SpikeGuardException($"loss spike at step {spikeStep} ({spike.Reason}) and no checkpoints to roll back to; train with --out and --checkpoint-every N (e.g. 50) so the spike guard can restore an earlier state");
         Checkpoints.Flush();
+        ReportCheckpoints(onEvent);
         Action<string> warn = w => onEvent?.Invoke(new TrainingEvent("warning", new JsonObject { ["message"] = w }, w));
         // Early in a run there may be nothing that old: then the oldest checkpoint (step 0) is the best there is.
         var target = Checkpoints.LoadLatestValid(spikeStep - g.RollbackSteps, warn) ?? Checkpoints.LoadOldestValid(warn);
@@ -156,6 +224,7 @@ public sealed class Trainer : IDisposable
         var previous = _rollbacks.ToList();
         Restore(target, keepRollbacks: true);
         Checkpoints.DeleteAfter(Step);
+        LastCheckpointStep = Step;   // the newer ones are gone; the restored one is the newest on disk
         // Skip the batches from the restored point through the spike plus a margin; repeated spikes widen it.
         long first = _cursor.Batch;
         long needed = at.BatchIndex - first + 1 + g.SkipMargin;
@@ -192,17 +261,18 @@ public sealed class Trainer : IDisposable
             RecentLosses = [.. _detector.Losses],
             RecentGradNorms = [.. _detector.GradNorms],
             Rollbacks = [.. _rollbacks],
+            DataFingerprint = Dataset.Fingerprint(),
+            MeasuredPeakGflops = MeasuredPeakGflops,
         };
         return new TrainingSnapshot(manifest, Engine.SnapshotShards());
     }
 
     void SaveCheckpoint(Action<TrainingEvent>? onEvent)
     {
-        var snap = Snapshot();
-        long step = Step;
-        Checkpoints!.SaveInBackground(snap);
-        onEvent?.Invoke(new TrainingEvent("checkpoint", new JsonObject { ["step"] = step, ["path"] = Path.Combine(Checkpoints.Directory, CheckpointStore.NameFor(step)) },
-                                          $"checkpoint at step {step}"));
+        // One snapshot in memory at a time: wait for the previous save before taking the next one.
+        Checkpoints!.WaitForPending();
+        ReportCheckpoints(onEvent);
+        Checkpoints.SaveInBackground(Snapshot());
     }
 
     /// <summary>Restores weights, optimizer state, step, data cursor, spike window and rollback history from a checkpoint.</summary>
@@ -220,6 +290,38 @@ public sealed class Trainer : IDisposable
         {
             _rollbacks.Clear();
             _rollbacks.AddRange(c.Manifest.Rollbacks);
+        }
+    }
+
+    /// <summary>
+    /// A trainer that continues <paramref name="checkpoint"/>: the model, data order and optimizer are the checkpoint's,
+    /// <paramref name="overrides"/> changes where and how the run goes on. The data is checked against the
+    /// checkpoint's fingerprint, a peak measured on the same devices is reused, and the state is restored, so
+    /// on the same mesh and backend the continuation is bit-identical to an uninterrupted run.
+    /// </summary>
+    public static Trainer Resume(LoadedCheckpoint checkpoint, ResumeOverrides? overrides = null)
+    {
+        ArgumentNullException.ThrowIfNull(checkpoint);
+        var m = checkpoint.Manifest;
+        var config = m.Model.Deserialize<ModelConfig>(Json)!.Validate();
+        var saved = m.Training.Deserialize<TrainOptions>(Json)!;
+        var options = (overrides ?? new ResumeOverrides()).ApplyTo(saved);
+        if (options.Data is { } data && !File.Exists(data) && !System.IO.Directory.Exists(data))
+            throw new DataException($"the data this run trained on, '{data}', is not there; pass --data with its new location (its contents are checked against the checkpoint)");
+        bool sameDevices = options.Backend == saved.Backend && options.Device == saved.Device && (options.Mesh ?? "1x1") == (saved.Mesh ?? "1x1") && options.Threads == saved.Threads;
+        var t = new Trainer(config, options, vocabFromTokenizer: false, knownPeakGflops: sameDevices ? m.MeasuredPeakGflops : 0);
+        try
+        {
+            if (m.DataFingerprint is { } expected && t.Dataset.Fingerprint() != expected)
+                throw new DataException($"the data '{options.Data ?? "(built-in corpus)"}' is not the data checkpoint '{checkpoint.Directory}' trained on (token fingerprint {t.Dataset.Fingerprint()[..12]}…, the checkpoint's {expected[..Math.Min(12, expected.Length)]}…); " +
+                                        "the batches would differ from the run's, so it is refused: restore the original data, or start a new run");
+            t.Restore(checkpoint);
+            return t;
+        }
+        catch
+        {
+            t.Dispose();
+            throw;
         }
     }
 

@@ -81,13 +81,25 @@ public sealed class TokenizerCommandsTests : IDisposable
     }
 
     [Fact]
-    public void BadInputThrowsDataException()
+    public void BadInputIsOneUserErrorLineAndExit2()
     {
-        File.WriteAllText(Path.Combine(_dir, "empty.txt"), "");
-        Assert.Throws<DataException>(() => Run(TokenizerCommands.CreateTokenizeCommand(), "tokenize", "--data", Path.Combine(_dir, "empty.txt"), "--out", Path.Combine(_dir, "x.tokens")));
-        File.WriteAllBytes(Path.Combine(_dir, "bad.model"), [0x0A, 0xFF, 0x01]);
-        var e = Assert.Throws<DataException>(() => Run(TokenizerCommands.CreateTokenizeCommand(), "tokenize", "--data", Path.Combine(_dir, "empty.txt"), "--tokenizer", Path.Combine(_dir, "bad.model"), "--out", Path.Combine(_dir, "x.tokens")));
-        Assert.Contains("bad.model", e.Message);
-        Assert.Throws<DataException>(() => Run(TokenizerCommands.CreateTokenizerCommand(), "tokenizer", "train", "--data", Path.Combine(_dir, "missing"), "--out", Path.Combine(_dir, "t.json")));
+        // The verbs run under the CLI's error handler: a DataException is the one line "palm: error: ...", never an unhandled exception.
+        var stderr = new StringWriter();
+        var old = Console.Error;
+        Console.SetError(stderr);
+        try
+        {
+            File.WriteAllText(Path.Combine(_dir, "empty.txt"), "");
+            Assert.Equal(2, Run(TokenizerCommands.CreateTokenizeCommand(), "tokenize", "--data", Path.Combine(_dir, "empty.txt"), "--out", Path.Combine(_dir, "x.tokens")));
+            File.WriteAllBytes(Path.Combine(_dir, "bad.model"), [0x0A, 0xFF, 0x01]);
+            Assert.Equal(2, Run(TokenizerCommands.CreateTokenizeCommand(), "tokenize", "--data", Path.Combine(_dir, "empty.txt"), "--tokenizer", Path.Combine(_dir, "bad.model"), "--out", Path.Combine(_dir, "x.tokens")));
+            Assert.Equal(2, Run(TokenizerCommands.CreateTokenizerCommand(), "tokenizer", "train", "--data", Path.Combine(_dir, "missing"), "--out", Path.Combine(_dir, "t.json")));
+        }
+        finally { Console.SetError(old); }
+        var lines = stderr.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(3, lines.Length);
+        Assert.All(lines, l => Assert.StartsWith("palm: error: ", l));
+        Assert.Contains("bad.model", lines[1]);
+        Assert.Contains("does not exist", lines[2]);
     }
 }

@@ -97,8 +97,9 @@ public class CheckpointTests
         var opts = Options(dir, 40, every: 2);
         using (var t = new Trainer(Tiny, opts, true)) t.Run(40);
         var steps = new CheckpointStore(Path.Combine(dir, "checkpoints"), new RetentionPolicy()).List().Select(x => x.Step).ToList();
-        // Newest four, step 0 (multiple of 1000), and the newest ≥ 100 steps old — here step 0 again.
-        Assert.Equal([40L, 38, 36, 34, 0], steps);
+        // The run's --rollback-steps is 10: newest four, step 0 (multiple of 1000), the target of a spike now (30 = 40 − 10),
+        // and the oldest of each 3-step bucket (⌈10/4⌉) reaching back past 40 − 10 − 3 (28).
+        Assert.Equal([40L, 38, 36, 34, 30, 28, 0], steps);
     }
 
     [Fact]
