@@ -155,7 +155,7 @@ internal static class Cli
         if (device < 0) throw new ConfigException($"--device must be ≥ 0, got {device}");
         if (given && device != 0 && backend.Equals("cpu", StringComparison.OrdinalIgnoreCase))
             throw new ConfigException($"--device {device}: the CPU backend has one device (0); use --threads for its cores, or --backend opencl for other devices (see `palm devices`)");
-        if (!Palm.Gpu.Backends.BackendFactory.Names.Contains(backend.ToLowerInvariant()))
-            throw new ConfigException($"unknown backend '{backend}'; choose one of: {string.Join(", ", Palm.Gpu.Backends.BackendFactory.Names)}");
+        if (!Palm.Gpu.Backends.BackendRegistry.Names.Contains(backend.ToLowerInvariant()))
+            throw new ConfigException($"unknown backend '{backend}'; choose one of: {string.Join(", ", Palm.Gpu.Backends.BackendRegistry.Names)}");
     }
 }

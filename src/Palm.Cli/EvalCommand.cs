@@ -47,7 +47,7 @@ internal static class EvalCommand
                 int threadCount = r.GetValue(threads);
                 using var devices = DeviceMesh.Create(r.GetValue(backend)!, dataAxis, modelAxis, threadCount > 0 ? Math.Max(1, threadCount / (dataAxis * modelAxis)) : 0,
                                                 mesh.Transport(r));
-                using var sharded = new MeshTrainer(devices, config, b, optimizer: null, seed: 0, shardWeights: r.GetValue(mesh.ShardWeights));
+                using var sharded = new MeshTrainer(devices, config, b, optimizer: null, seed: null, shardWeights: r.GetValue(mesh.ShardWeights));
                 sharded.LoadWeights(ModelWeights.Read(config, path));
                 loss = Evaluator.MeanLoss((i, t, n) => sharded.Forward(i, t, n).CrossEntropy, config.SeqLen, b, dataAxis, ds, heldOut: false, count);
             }

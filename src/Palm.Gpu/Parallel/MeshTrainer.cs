@@ -22,8 +22,9 @@ public sealed class MeshTrainer : ITrainingEngine
 
     /// <param name="batch">the most sequences of one step over the whole mesh (a multiple of the data axis).</param>
     /// <param name="optimizer">Adafactor's settings; null for a mesh that only scores (no optimizer state).</param>
+    /// <param name="seed">PaLM's init from this seed; null leaves the weights zero for a <see cref="Load"/> or <see cref="LoadWeights"/> to fill.</param>
     /// <param name="shardWeights">fully sharded over the data axis (see <see cref="PalmModel"/>).</param>
-    public MeshTrainer(DeviceMesh mesh, ModelConfig config, int batch, AdafactorConfig? optimizer, ulong seed,
+    public MeshTrainer(DeviceMesh mesh, ModelConfig config, int batch, AdafactorConfig? optimizer, ulong? seed,
                        bool shardWeights = false, bool ownsMesh = false)
     {
         config.Validate();
@@ -40,7 +41,7 @@ public sealed class MeshTrainer : ITrainingEngine
             Run(r =>
             {
                 _models[r] = new PalmModel(mesh.Ranks[r], config, batch / mesh.Data, shardWeights);
-                _models[r].Initialize(seed);
+                if (seed is { } s) _models[r].Initialize(s);
                 if (optimizer is not null) _optimizers[r] = new AdafactorOptimizer(_models[r], optimizer);
             });
         }
@@ -55,7 +56,7 @@ public sealed class MeshTrainer : ITrainingEngine
     /// The engine for `palm train`: one device (<paramref name="mesh"/> null: --backend, --device, --threads) or a mesh
     /// "DxM", checked against the model and every batch of the schedule (and the device count) before allocating.
     /// </summary>
-    public static MeshTrainer Create(ModelConfig config, TrainOptions options, BatchSchedule schedule, string? mesh, bool shardWeights)
+    public static MeshTrainer Create(ModelConfig config, TrainOptions options, BatchSchedule schedule, string? mesh, bool shardWeights, bool initialize = true)
     {
         var (data, model) = mesh is null ? (1, 1) : DeviceMesh.Parse(mesh);
         DeviceMesh.Validate(config, data, model, schedule.Max);
@@ -67,7 +68,7 @@ public sealed class MeshTrainer : ITrainingEngine
         var devices = data * model == 1
             ? new DeviceMesh(1, 1, [BackendRegistry.Create(options.Backend, options.Device, options.Threads)], ownsDevices: true, options.Collectives)
             : DeviceMesh.Create(options.Backend, data, model, options.Threads > 0 ? Math.Max(1, options.Threads / (data * model)) : 0, options.Collectives);
-        try { return new MeshTrainer(devices, config, schedule.Max, options.Optimizer, options.Seed, shardWeights, ownsMesh: true); }
+        try { return new MeshTrainer(devices, config, schedule.Max, options.Optimizer, initialize ? options.Seed : null, shardWeights, ownsMesh: true); }
         catch
         {
             devices.Dispose();

@@ -38,10 +38,11 @@ public sealed class Trainer : IDisposable
     readonly long _injectBatch = -1;
     readonly float _injectFactor = 1;
 
-    public Trainer(ModelConfig requested, TrainOptions options, bool vocabFromTokenizer) : this(requested, options, vocabFromTokenizer, knownPeakGflops: 0) { }
+    public Trainer(ModelConfig requested, TrainOptions options, bool vocabFromTokenizer) : this(requested, options, vocabFromTokenizer, knownPeakGflops: 0, initialize: true) { }
 
     /// <param name="knownPeakGflops">a peak measured earlier on the same devices (a resumed run's); &gt; 0 skips the measurement</param>
-    Trainer(ModelConfig requested, TrainOptions options, bool vocabFromTokenizer, double knownPeakGflops)
+    /// <param name="initialize">draw PaLM's init; false when a checkpoint is loaded next (a resume)</param>
+    Trainer(ModelConfig requested, TrainOptions options, bool vocabFromTokenizer, double knownPeakGflops, bool initialize)
     {
         Options = options;
         Schedule = Training.BatchSchedule.Parse(options.BatchSchedule);
@@ -57,7 +58,7 @@ public sealed class Trainer : IDisposable
         try
         {
             RunInputs.CheckMemory(Config, options, Schedule);
-            Engine = Sharding.MeshTrainer.Create(Config, options, Schedule, options.Mesh, options.ShardWeights);
+            Engine = Sharding.MeshTrainer.Create(Config, options, Schedule, options.Mesh, options.ShardWeights, initialize);
         }
         catch
         {
@@ -309,7 +310,7 @@ public sealed class Trainer : IDisposable
         if (options.Data is { } data && !File.Exists(data) && !System.IO.Directory.Exists(data))
             throw new DataException($"the data this run trained on, '{data}', is not there; pass --data with its new location (its contents are checked against the checkpoint)");
         bool sameDevices = options.Backend == saved.Backend && options.Device == saved.Device && (options.Mesh ?? "1x1") == (saved.Mesh ?? "1x1") && options.Threads == saved.Threads;
-        var t = new Trainer(config, options, vocabFromTokenizer: false, knownPeakGflops: sameDevices ? m.MeasuredPeakGflops : 0);
+        var t = new Trainer(config, options, vocabFromTokenizer: false, knownPeakGflops: sameDevices ? m.MeasuredPeakGflops : 0, initialize: false);
         try
         {
             if (m.DataFingerprint is { } expected && t.Dataset.Fingerprint() != expected)
