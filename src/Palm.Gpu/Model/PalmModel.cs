@@ -82,7 +82,6 @@ public sealed partial class PalmModel : IDisposable
             buffers.Add(_grads);
             _be.Fill(_values, 0f, Layout.Length);
             _be.Fill(_grads, 0f, Layout.Length);
-            long stage = 0;
             for (int i = 0; i < count; i++)
             {
                 var t = LocalSchema.Tensors[i];
@@ -93,12 +92,13 @@ public sealed partial class PalmModel : IDisposable
                 buffers.Add(v); buffers.Add(g);
                 _pieces[i] = new ParameterPiece(v, g, n, off, Math.Min(n, t.Count - off));
                 if (!ShardWeights) _live[i] = new Parameter(t, v, g);
-                stage = Math.Max(stage, n * P);
             }
             if (ShardWeights)
             {
-                _stage = _be.Allocate("gather_stage", stage);
-                _stageSlice = _be.Allocate("gather_stage_slice", stage / P);
+                // One gather (and one scatter) per unit: its tensors' slices are one contiguous range of the arena.
+                long block = Units().Max(u => UnitRange(u).Length);
+                _stage = _be.Allocate("gather_stage", block * P);
+                _stageSlice = _be.Allocate("gather_stage_slice", block);
             }
             _a = new ModelActivations(_be, Local, max);
             if (M > 1)
@@ -301,39 +301,80 @@ public sealed partial class PalmModel : IDisposable
     int[] LayerUnit(int l) => LocalSchema.LayerIndices[l];
     int FinalNormIndex => LocalSchema.FinalNormIndex;
 
-    /// <summary>All-gathers a unit's tensors over the data axis into workspace buffers (gradients zeroed when <paramref name="grads"/>).</summary>
+    /// <summary>The units a fully sharded rank gathers: the embedding, each layer, the final norm (contiguous tensor indices).</summary>
+    IEnumerable<int[]> Units() => [EmbeddingUnit, .. LocalSchema.LayerIndices, FinalNormUnit];
+
+    /// <summary>The arena range [Start, Start + Length) holding a unit's slices (padding between them included).</summary>
+    (long Start, long Length) UnitRange(int[] unit)
+    {
+        long start = Layout.Offsets[unit[0]];
+        return (start, Layout.Offsets[unit[^1]] + Layout.Counts[unit[^1]] - start);
+    }
+
+    readonly Dictionary<int, (DeviceBuffer Values, DeviceBuffer Grads)> _unitViews = [];
+
+    (DeviceBuffer Values, DeviceBuffer Grads) UnitViews(int[] unit)
+    {
+        if (!_unitViews.TryGetValue(unit[0], out var v))
+        {
+            var (start, length) = UnitRange(unit);
+            _unitViews[unit[0]] = v = (_values.Slice(start, length), _grads.Slice(start, length));
+        }
+        return v;
+    }
+
+    /// <summary>
+    /// All-gathers a unit over the data axis with one collective — every rank's slice range of the arena, rank r's at
+    /// stage[r·block ..) — then copies each tensor's P slices into a workspace tensor (gradients zeroed when <paramref name="grads"/>).
+    /// </summary>
     void Gather(int[] unit, bool grads)
     {
         if (!ShardWeights) return;
+        var (start, block) = UnitRange(unit);
+        _rank.DataGroup.AllGather(_stage!, UnitViews(unit).Values, block);
         foreach (int i in unit)
         {
-            var spec = LocalSchema.Tensors[i];
-            var live = Borrow(spec);
+            var live = Borrow(LocalSchema.Tensors[i]);
             if (grads) _be.Fill(live.Grad, 0f, live.Count);
             _live[i] = live;
-            _rank.DataGroup.AllGather(_stage!, _pieces[i].Value, _pieces[i].Length);
-            _be.Copy(live.Value, _stage!, live.Count);
+            ForSlices(i, start, block, (r, n, full, staged) => _be.Copy(live.Value, _stage!, n, full, staged));
         }
     }
 
-    /// <summary>Frees a gathered unit; with grads, first reduce-scatters its gradients over the data axis into this rank's slice (+=).</summary>
+    /// <summary>
+    /// Frees a gathered unit; with grads, first lays its tensors' gradients out as the ranks' slice ranges and
+    /// reduce-scatters them over the data axis with one collective into this rank's range of the gradient arena (+=).
+    /// </summary>
     void Release(int[] unit, bool grads)
     {
         if (!ShardWeights) return;
-        int P = _rank.DataSize;
+        var (start, block) = UnitRange(unit);
+        if (grads)
+        {
+            _be.Fill(_stage!, 0f, block * _rank.DataSize);
+            foreach (int i in unit)
+            {
+                var live = _live[i]!;
+                ForSlices(i, start, block, (r, n, full, staged) => _be.Copy(_stage!, live.Grad, n, staged, full));
+            }
+            _rank.DataGroup.ReduceScatter(_stageSlice!, _stage!, block);
+            _be.AddInPlace(UnitViews(unit).Grads, _stageSlice!, block);
+        }
         foreach (int i in unit)
         {
-            var live = _live[i]!;
-            if (grads)
-            {
-                long n = _pieces[i].Length;
-                _be.Fill(_stage!, 0f, n * P);
-                _be.Copy(_stage!, live.Grad, live.Count);
-                _rank.DataGroup.ReduceScatter(_stageSlice!, _stage!, n);
-                _be.AddInPlace(_pieces[i].Grad, _stageSlice!, n);
-            }
-            Return(live);
+            Return(_live[i]!);
             _live[i] = null;
+        }
+    }
+
+    /// <summary>Rank r's slice of tensor i: its n valid values at <c>full</c> in the whole tensor and at <c>staged</c> in the gather stage.</summary>
+    void ForSlices(int i, long start, long block, Action<int, long, long, long> body)
+    {
+        long piece = _pieces[i].Length, count = LocalSchema.Tensors[i].Count;
+        for (int r = 0; r < _rank.DataSize; r++)
+        {
+            long n = Math.Min(piece, count - r * piece);
+            if (n > 0) body(r, n, r * piece, r * block + Layout.Offsets[i] - start);
         }
     }
 
@@ -431,6 +472,7 @@ public sealed partial class PalmModel : IDisposable
     public void Dispose()
     {
         foreach (var p in _pieces) { p.Value.Dispose(); p.Grad.Dispose(); }
+        foreach (var (v, g) in _unitViews.Values) { v.Dispose(); g.Dispose(); }
         _values.Dispose();
         _grads.Dispose();
         foreach (var (v, g) in _workspace.Values.SelectMany(x => x)) { v.Dispose(); g.Dispose(); }
