@@ -7,19 +7,23 @@ using Xunit;
 namespace Palm.Gpu.Tests.Conformance;
 
 // Adafactor on every backend, three steps: param (R,C), grad, momentum?, v (R,C) | vRow (R) + vCol (C) -> updated
-// in place; and the two passes over pieces of a split tensor. The same float operations in the same order with
-// double reductions in the same chunks: the CPU's bits on a device with fp64 and correctly rounded divide and
-// sqrt (PoCL), a few ulps elsewhere; and against a double-precision reference written from the paper.
+// in place; and the two passes (Σu², Σp² per segment, then the update) over pieces of a split tensor and over an
+// arena of tensors. The same float operations in the same order with double reductions in the same chunks: the
+// CPU's bits on a device with fp64 and correctly rounded divide and sqrt (PoCL), a few ulps elsewhere; and against
+// a double-precision reference written from the paper.
 [Collection(ConformanceCollection.Name)]
 public class AdafactorConformance(ConformanceFixture fx)
 {
+    // Pass-1 sums (doubles to the host) are the CPU's bits where the backend promises them or reduces in double.
+    bool SumsBitExact(string backend) => fx.SameBitsAsCpu(backend) || fx.Get(backend) is OpenClBackend { Device.HasFp64: true };
+
     double Rtol(string backend) => fx.Get(backend) is OpenClBackend o && !(o.Device.HasFp64 && o.Device.CorrectlyRoundedDivideSqrt) ? 1e-6 : 0;
 
     static AdafactorStep Step(int k, bool momentum, float clip = 1f, float gradScale = 1f) =>
         new(LearningRate: 1e-2f, Beta1: momentum ? 0.9f : 0f, Beta2: 1f - MathF.Pow(k, -0.8f), Epsilon1: 1e-30f, Epsilon2: 1e-3f,
             ClipThreshold: clip, GradScale: gradScale, WeightDecay: 1e-4f);
 
-    static OpCase Case(int rows, int cols)
+    internal static OpCase Case(int rows, int cols)
     {
         int count = rows * cols;
         return new OpCase().F("param", TestData.Uniform(81, count, 0.5f))
@@ -27,15 +31,16 @@ public class AdafactorConformance(ConformanceFixture fx)
             .Zeros("m", count).Zeros("v", count).Zeros("vr", rows).Zeros("vc", cols);
     }
 
-    static Action<IBackend, Func<string, Palm.Gpu.Tensors.DeviceBuffer>> Call(int rows, int cols, bool factored, bool momentum) => (be, t) =>
+    internal static Action<IBackend, Func<string, Palm.Gpu.Tensors.DeviceBuffer>> Call(int rows, int cols, bool factored, bool momentum) => (be, t) =>
     {
         var state = new AdafactorBuffers(momentum ? t("m") : null, factored ? null : t("v"), factored ? t("vr") : null, factored ? t("vc") : null);
         for (int k = 1; k <= 3; k++) be.AdafactorUpdate(t("param"), t("g" + k), state, rows, cols, Step(k, momentum, gradScale: k == 3 ? 0.25f : 1f));
     };
 
-    // Odd shapes; several 16384-element chunks; 16 × 64 aligned.
+    // Odd shapes; several 16384-element chunks; 16 × 64 aligned; more rows than a tile of the row mean.
     public static IEnumerable<object[]> Shapes => ConformanceBackends.Cross(
-        [37, 29, false, true], [37, 29, true, false], [3, 20001, false, false], [5, 7001, true, true], [16, 64, false, true], [16, 64, true, true]);
+        [37, 29, false, true], [37, 29, true, false], [3, 20001, false, false], [5, 7001, true, true], [16, 64, false, true], [16, 64, true, true],
+        [300, 7, true, false]);
 
     [Theory]
     [MemberData(nameof(Shapes))]
@@ -349,4 +354,215 @@ public class AdafactorConformance(ConformanceFixture fx)
     static void PieceApply(Palm.Gpu.Backends.IBackend be, Palm.Gpu.Tensors.DeviceBuffer p, Palm.Gpu.Tensors.DeviceBuffer g, Palm.Gpu.Tensors.DeviceBuffer m,
                            Palm.Gpu.Tensors.DeviceBuffer v, long n, double u2, double p2, long count, Palm.Gpu.Backends.AdafactorStep s) =>
         be.AdafactorApply(p, g, m, v, [new Palm.Gpu.Backends.Segment(0, n)], [u2], [p2], [count], s);
+
+    // ---- a flat arena: every tensor a segment, two passes over all of them --------------------------------
+
+    /// <summary>Segments of the given sizes laid out in one arena with gaps of 2 to 4 elements before, between and after them.</summary>
+    internal static (Segment[] Segments, int Length) Arena(params int[] sizes)
+    {
+        var segments = new Segment[sizes.Length];
+        long at = 3;
+        for (int i = 0; i < sizes.Length; i++) { segments[i] = new Segment(at, sizes[i]); at += sizes[i] + 2 + i % 3; }
+        return (segments, (int)at + 1);
+    }
+
+    // 1, 7, an empty segment, 16385 (a chunk and one), 52130 (four chunks), 5.
+    internal static readonly int[] ArenaSizes = [1, 7, 0, 16385, 130 * 401, 5];
+
+    static float[] ArenaOf(int seed, int length, Segment[] segments, float scale, float sentinel)
+    {
+        var x = new float[length];
+        Array.Fill(x, sentinel);
+        var values = TestData.Uniform(seed, length, scale);
+        foreach (var sg in segments) Array.Copy(values, sg.Offset, x, sg.Offset, sg.Count);
+        return x;
+    }
+
+    static float[] Of(float[] x, Segment sg) => x[(int)sg.Offset..(int)(sg.Offset + sg.Count)];
+
+    /// <summary>
+    /// The arena (param, momentum, v hold 7 in the gaps, the gradients NaN: a gap read as data poisons the sums) and,
+    /// per non-empty segment, host copies of its tensor for the fused update of that tensor alone.
+    /// </summary>
+    internal static OpCase SegmentsCase(out Segment[] segments, out string[] outputs)
+    {
+        var (sg, length) = Arena(ArenaSizes);
+        segments = sg;
+        var param = ArenaOf(61, length, sg, 0.05f, 7f);
+        var op = new OpCase().F("p", param).F("m", ArenaOf(62, length, sg, 0f, 7f)).F("v", ArenaOf(63, length, sg, 0f, 7f));
+        var grads = Enumerable.Range(1, 3).Select(k => ArenaOf(70 + k, length, sg, 1f, float.NaN)).ToArray();
+        for (int k = 1; k <= 3; k++) op.F("g" + k, grads[k - 1]);
+        var names = new List<string> { "p", "m", "v" };
+        for (int i = 0; i < sg.Length; i++)
+        {
+            if (sg[i].Count == 0) continue;
+            op.F("fp" + i, Of(param, sg[i])).Zeros("fm" + i, sg[i].Count).Zeros("fv" + i, sg[i].Count);
+            for (int k = 1; k <= 3; k++) op.F($"fg{i}.{k}", Of(grads[k - 1], sg[i]));
+            names.AddRange(["fp" + i, "fm" + i, "fv" + i]);
+        }
+        outputs = [.. names];
+        return op;
+    }
+
+    /// <summary>Three steps (update clipping in the second) of the two passes over the arena, and of the fused update per tensor; the sums go to <paramref name="sums"/>.</summary>
+    internal static void SegmentsCall(IBackend be, Func<string, Palm.Gpu.Tensors.DeviceBuffer> t, Segment[] segments, bool momentum, List<double> sums)
+    {
+        var u2 = new double[segments.Length];
+        var p2 = new double[segments.Length];
+        var counts = segments.Select(sg => sg.Count).ToArray();
+        for (int k = 1; k <= 3; k++)
+        {
+            var s = StepAt(k, momentum, k == 2 ? 0.05f : 1f);
+            be.AdafactorSums(t("p"), t("g" + k), t("v"), segments, s, u2, p2);
+            sums.AddRange(u2); sums.AddRange(p2);
+            be.AdafactorApply(t("p"), t("g" + k), momentum ? t("m") : null, t("v"), segments, u2, p2, counts, s);
+            for (int i = 0; i < segments.Length; i++)
+                if (segments[i].Count > 0)
+                    be.AdafactorUpdate(t("fp" + i), t($"fg{i}.{k}"), new AdafactorBuffers(momentum ? t("fm" + i) : null, t("fv" + i), null, null),
+                                       1, (int)segments[i].Count, s);
+        }
+    }
+
+    /// <summary>Per segment the fused update's bits; an empty segment sums to zero; nothing between segments is written.</summary>
+    internal static void AssertSegmentsAreFused(Dictionary<string, float[]> r, Segment[] segments, bool momentum, List<double> sums, string what)
+    {
+        for (int i = 0; i < segments.Length; i++)
+        {
+            var sg = segments[i];
+            if (sg.Count == 0)
+            {
+                for (int k = 0; k < 3; k++) { Assert.Equal(0, sums[2 * k * segments.Length + i]); Assert.Equal(0, sums[(2 * k + 1) * segments.Length + i]); }
+                continue;
+            }
+            Bits.AssertIdentical(r["fp" + i], Of(r["p"], sg), $"{what} segment {i}: param, segmented vs fused");
+            Bits.AssertIdentical(r["fv" + i], Of(r["v"], sg), $"{what} segment {i}: second moment, segmented vs fused");
+            if (momentum) Bits.AssertIdentical(r["fm" + i], Of(r["m"], sg), $"{what} segment {i}: momentum, segmented vs fused");
+        }
+        for (int i = 0; i < r["p"].Length; i++)
+            if (!segments.Any(sg => i >= sg.Offset && i < sg.Offset + sg.Count))
+                Assert.True(r["p"][i] == 7f && r["m"][i] == 7f && r["v"][i] == 7f, $"{what}: element {i} between segments was written");
+    }
+
+    public static IEnumerable<object[]> Momentum => ConformanceBackends.Cross([true], [false]);
+
+    // The two passes over an arena of tensors give, per segment, the bits of the fused update of that tensor alone, and
+    // the CPU's bits (sums included: the scalars' float rounding hides most reorderings) where promised.
+    [Theory]
+    [MemberData(nameof(Momentum))]
+    public void Segments_match_the_fused_update_bit_for_bit(string backend, bool momentum)
+    {
+        var op = SegmentsCase(out var segments, out var outputs);
+        var be = fx.Get(backend);
+        List<double> sums = [], cpuSums = [];
+        var actual = op.Run(be, t => SegmentsCall(be, t, segments, momentum, sums), outputs);
+        var cpu = op.Run(fx.Cpu, t => SegmentsCall(fx.Cpu, t, segments, momentum, cpuSums), outputs);
+        AssertSegmentsAreFused(actual, segments, momentum, sums, backend);
+        fx.AssertMatchesCpu(backend, actual, cpu, 0, Rtol(backend), "adafactor segments");
+        if (SumsBitExact(backend)) Assert.Equal(cpuSums.Select(BitConverter.DoubleToInt64Bits), sums.Select(BitConverter.DoubleToInt64Bits));
+        else Tolerance.AssertClose(cpuSums.ToArray(), sums.ToArray(), 0, 1e-6, $"{backend}: segment sums vs cpu");
+    }
+
+    /// <summary>Runs pass 1 alone over the arena on the backend; returns the sums and the updated v.</summary>
+    (double[] U2, double[] P2, float[] V) Sums(string backend, float[] param, float[] grad, float[] v, Segment[] segments, AdafactorStep s)
+    {
+        var be = fx.Get(backend);
+        var u2 = new double[segments.Length];
+        var p2 = new double[segments.Length];
+        var r = new OpCase().F("p", param).F("g", grad).F("v", v).Run(be, t => be.AdafactorSums(t("p"), t("g"), t("v"), segments, s, u2, p2), "v");
+        return (u2, p2, r["v"]);
+    }
+
+    // The segment sums are the double sums of u² and p² (within rounding): the passes against the paper's arithmetic
+    // rather than against each other.
+    [Theory]
+    [MemberData(nameof(ConformanceBackends.Names), MemberType = typeof(ConformanceBackends))]
+    public void Segment_sums_match_the_scalar_reference(string backend)
+    {
+        var (segments, length) = Arena(ArenaSizes);
+        var param = ArenaOf(64, length, segments, 0.05f, 3f);
+        var grad = ArenaOf(65, length, segments, 1f, 3f);
+        var v0 = ArenaOf(66, length, segments, 0.01f, 3f);
+        for (int i = 0; i < v0.Length; i++) v0[i] = Math.Abs(v0[i]);
+        var s = StepAt(3, momentum: false, 1f);
+        var (u2, p2, _) = Sums(backend, param, grad, v0, segments, s);
+        for (int i = 0; i < segments.Length; i++)
+        {
+            double eu = 0, ep = 0;
+            for (long j = segments[i].Offset; j < segments[i].Offset + segments[i].Count; j++)
+            {
+                double g = (double)s.GradScale * grad[j];
+                double vv = s.Beta2 * (double)v0[j] + (1 - s.Beta2) * (g * g + s.Epsilon1);
+                eu += g * g / vv;
+                ep += (double)param[j] * param[j];
+            }
+            Tolerance.AssertClose(new[] { eu, ep }, new[] { u2[i], p2[i] }, 1e-12, 1e-5, $"{backend}: segment {i} sums");
+        }
+    }
+
+    /// <summary>
+    /// Σu², Σp² of a segment in the order the fused update sums a tensor (chunks of 16384 from the segment's start, each
+    /// in index order, then the chunks in order), in scalar code, updating v as pass 1 does. The clip factor and step
+    /// size round the sums to float, so a reordering rarely shows in the weights; the sums themselves must match.
+    /// </summary>
+    static (double U2, double P2) OrderedSums(float[] param, float[] grad, float[] v, Segment sg, in AdafactorStep s)
+    {
+        double tu = 0, tp = 0;
+        for (long c0 = sg.Offset; c0 < sg.Offset + sg.Count; c0 += 16384)
+        {
+            double u2 = 0, p2 = 0;
+            for (long i = c0; i < Math.Min(sg.Offset + sg.Count, c0 + 16384); i++)
+            {
+                float g = grad[i] * s.GradScale;
+                float vv = s.Beta2 * v[i] + (1 - s.Beta2) * (g * g + s.Epsilon1);
+                v[i] = vv;
+                float u = g / MathF.Sqrt(vv);
+                u2 += (double)u * u;
+                p2 += (double)param[i] * param[i];
+            }
+            tu += u2;
+            tp += p2;
+        }
+        return (tu, tp);
+    }
+
+    [Theory]
+    [MemberData(nameof(ConformanceBackends.Names), MemberType = typeof(ConformanceBackends))]
+    public void Segment_sums_follow_the_fused_order_to_the_bit(string backend)
+    {
+        var (segments, length) = Arena(ArenaSizes);
+        var param = ArenaOf(67, length, segments, 0.05f, 3f);
+        var grad = ArenaOf(68, length, segments, 1f, 3f);
+        for (int i = 0; i < grad.Length; i += 101) grad[i] *= 300f;   // a wide range, so order shows in the bits
+        var v = ArenaOf(69, length, segments, 0.01f, 3f);
+        for (int i = 0; i < v.Length; i++) v[i] = Math.Abs(v[i]);
+        var vRef = (float[])v.Clone();
+        var s = StepAt(2, momentum: false, 1f);
+        var (u2, p2, vOut) = Sums(backend, param, grad, v, segments, s);
+        bool exact = SumsBitExact(backend);
+        for (int i = 0; i < segments.Length; i++)
+        {
+            var (eu, ep) = OrderedSums(param, grad, vRef, segments[i], s);
+            if (exact)
+            {
+                Assert.Equal(BitConverter.DoubleToInt64Bits(eu), BitConverter.DoubleToInt64Bits(u2[i]));
+                Assert.Equal(BitConverter.DoubleToInt64Bits(ep), BitConverter.DoubleToInt64Bits(p2[i]));
+            }
+            else Tolerance.AssertClose(new[] { eu, ep }, new[] { u2[i], p2[i] }, 0, 1e-6, $"{backend}: segment {i} sums");
+        }
+        if (Rtol(backend) == 0) Bits.AssertIdentical(vRef, vOut, $"{backend}: v after pass 1");
+        else Tolerance.AssertClose(vRef, vOut, 0, Rtol(backend), $"{backend}: v after pass 1");
+    }
+
+    [Theory]
+    [MemberData(nameof(ConformanceBackends.Names), MemberType = typeof(ConformanceBackends))]
+    public void Segments_empty_list_does_nothing(string backend)
+    {
+        var be = fx.Get(backend);
+        var r = new OpCase().F("p", [1f, 2f]).F("g", [3f, 4f]).F("m", [5f, 6f]).F("v", [7f, 8f]).Run(be, t =>
+        {
+            be.AdafactorSums(t("p"), t("g"), t("v"), [], StepAt(1, false, 1f), [], []);
+            be.AdafactorApply(t("p"), t("g"), t("m"), t("v"), [], [], [], [], StepAt(1, true, 1f));
+        }, "p", "g", "m", "v");
+        Assert.Equal([1f, 2f], r["p"]); Assert.Equal([3f, 4f], r["g"]); Assert.Equal([5f, 6f], r["m"]); Assert.Equal([7f, 8f], r["v"]);
+    }
 }

@@ -13,7 +13,7 @@ public class MatmulConformance(ConformanceFixture fx)
     const double Unit = 5.9604644775390625e-8;   // 2^-24
 
     // Reference and tolerance: twice the worst-case fp32 error (K+2)·u·max(|alpha|·Σ|a·b| + |C0|).
-    static (double[] Expected, double Atol) Reference(float[] a, float[] b, float[]? c0, int m, int n, int k, bool transA, bool transB, float alpha)
+    internal static (double[] Expected, double Atol) Reference(float[] a, float[] b, float[]? c0, int m, int n, int k, bool transA, bool transB, float alpha)
     {
         var expected = new double[m * n];
         double worst = 0;

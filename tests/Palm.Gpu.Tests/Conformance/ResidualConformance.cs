@@ -10,7 +10,7 @@ namespace Palm.Gpu.Tests.Conformance;
 [Collection(ConformanceCollection.Name)]
 public class ResidualConformance(ConformanceFixture fx)
 {
-    public static IEnumerable<object[]> Sizes => ConformanceBackends.Cross([1], [37], [64], [2 * 65536 + 19]);
+    public static IEnumerable<object[]> Sizes => ConformanceBackends.Cross([1], [37], [64], [1001], [2 * 65536 + 19]);
 
     [Theory]
     [MemberData(nameof(Sizes))]
@@ -43,16 +43,18 @@ public class ResidualConformance(ConformanceFixture fx)
     {
         const int count = 53;
         var op = new OpCase().F("a", TestData.Uniform(6, count)).F("b", TestData.Uniform(7, count)).Zeros("out", count)
-            .F("a2", TestData.Uniform(6, count)).F("b2", TestData.Uniform(7, count));
+            .F("a2", TestData.Uniform(6, count)).F("b2", TestData.Uniform(7, count)).F("acc", TestData.Uniform(8, count));
         var r = op.Run(fx.Get(backend), t =>
         {
             var be = fx.Get(backend);
             be.Add(t("out"), t("a"), t("b"), count);
             be.Add(t("a"), t("a"), t("b"), count);
             be.Add(t("b2"), t("a2"), t("b2"), count);
-        }, "out", "a", "b2");
+            be.AddInPlace(t("acc"), t("acc"), count);   // acc aliases x
+        }, "out", "a", "b2", "acc");
         Bits.AssertIdentical(r["out"], r["a"], $"{backend}: into a");
         Bits.AssertIdentical(r["out"], r["b2"], $"{backend}: into b");
+        Bits.AssertIdentical(TestData.Uniform(8, count).Select(x => x + x).ToArray(), r["acc"], $"{backend}: acc += acc");
     }
 
     // L = Σ w ⊙ (a + b): da and db (already holding values) += w, against finite differences.

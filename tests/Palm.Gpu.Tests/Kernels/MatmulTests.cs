@@ -10,7 +10,6 @@ namespace Palm.Gpu.Tests.Kernels;
 public class MatmulTests
 {
     private const float Alpha = 0.37f;
-    private const double Unit = 5.96e-8; // fp32 unit roundoff, 2^-24
 
     /// <summary>Blocking small enough that modest sizes cross many K, M and N blocks.</summary>
     private static readonly GemmBlocking Tiny = new(Kc: 16, McPanels: 2, Nc: 64);
@@ -20,32 +19,10 @@ public class MatmulTests
     private static IEnumerable<GemmPath> SupportedPaths() =>
         Enum.GetValues<GemmPath>().Where(CpuMatmul.IsSupported);
 
-    /// <summary>
-    /// Double-precision C = alpha·op(A)·op(B) [+ C0], plus the tolerance: the worst-case error of an fp32 sum of K
-    /// products (then the alpha multiply and the add) is (K+2)·u·max(|alpha|·Σ|a·b| + |C0|); twice that is allowed.
-    /// </summary>
+    // Double-precision C = alpha·op(A)·op(B) [+ C0] and twice the worst-case fp32 error: the conformance suite's.
     private static (double[] Expected, double Atol) Reference(float[] a, float[] b, float[]? c0, int m, int n, int k,
                                                               bool transA, bool transB, float alpha)
-    {
-        var expected = new double[m * n];
-        double worst = 0;
-        for (int i = 0; i < m; i++)
-            for (int j = 0; j < n; j++)
-            {
-                double s = 0, abs = 0;
-                for (int p = 0; p < k; p++)
-                {
-                    double av = transA ? a[p * m + i] : a[i * k + p];
-                    double bv = transB ? b[j * k + p] : b[p * n + j];
-                    s += av * bv;
-                    abs += Math.Abs(av * bv);
-                }
-                double prior = c0 is null ? 0 : c0[i * n + j];
-                expected[i * n + j] = alpha * s + prior;
-                worst = Math.Max(worst, Math.Abs(alpha) * abs + Math.Abs(prior));
-            }
-        return (expected, 2 * (k + 2) * Unit * worst + 1e-30);
-    }
+        => Conformance.MatmulConformance.Reference(a, b, c0, m, n, k, transA, transB, alpha);
 
     /// <summary>Runs the kernel into a C that has a NaN sentinel tail, checks the tail survived and returns the M·N result.</summary>
     private static float[] RunMatmul(int threads, float[] a, float[] b, float[]? c0, int m, int n, int k, bool transA, bool transB,
