@@ -41,8 +41,7 @@ public sealed record ModelConfig
         Positive(HeadDim, "head_dim"); Positive(DFf, "d_ff"); Positive(SeqLen, "seq");
         if (HeadDim % 2 != 0)
             throw new ConfigException($"head_dim {HeadDim} is odd; RoPE rotates pairs of dimensions, so head_dim must be even");
-        if (DModel % Heads != 0)
-            throw new ConfigException($"heads {Heads} does not divide d_model {DModel}; pick heads so that d_model / heads is a whole number (PaLM: d_model = heads · 256, or 384 for 540B)");
+        // Nothing ties heads to d_model: the projections are (D, H·K) and (H·K, D), so H·K need not equal D.
         if (ZLoss < 0 || !float.IsFinite(ZLoss)) throw new ConfigException($"z_loss must be a finite number ≥ 0, got {ZLoss}");
         return this;
 

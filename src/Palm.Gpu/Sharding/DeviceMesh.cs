@@ -129,7 +129,7 @@ public sealed class DeviceMesh : IDisposable
         var problems = new List<string>();
         if (c.Heads % model != 0) problems.Add($"heads {c.Heads}");
         if (c.DFf % model != 0) problems.Add($"d_ff {c.DFf}");
-        if (c.Vocab % model != 0) problems.Add($"vocab {c.Vocab}");
+        if (c.Vocab % model != 0) problems.Add($"vocab {c.Vocab} (pad it: --vocab {MeshPlan.PaddedVocab(c.Vocab, model)})");
         if (problems.Count > 0)
             throw new ConfigException($"model axis {model} of mesh {data}x{model} does not divide {string.Join(", ", problems)}; each model rank needs a whole share of query heads, MLP width and vocabulary");
         if (batch % data != 0)

@@ -10,11 +10,17 @@ namespace Palm.Gpu.Training;
 /// </summary>
 public static class RunInputs
 {
-    /// <summary>Loads the tokenizer and resolves the model's vocabulary (the tokenizer's, rounded up to 64, unless fixed).</summary>
+    /// <summary>
+    /// Loads the tokenizer and resolves the model's vocabulary: unless fixed, the tokenizer's, rounded up to a multiple
+    /// of 64 that the mesh's model axis also divides (as `palm plan` pads it; the extra rows are never targets).
+    /// </summary>
     public static (ITokenizer Tokenizer, ModelConfig Config) ResolveModel(ModelConfig requested, TrainOptions options, bool vocabFromTokenizer)
     {
         var tokenizer = options.Tokenizer is null ? new ByteTokenizer() : TokenizerLoader.Load(options.Tokenizer);
-        var config = (vocabFromTokenizer ? requested with { Vocab = (tokenizer.VocabSize + 63) / 64 * 64 } : requested).Validate();
+        int model = 1;
+        if (options.Mesh is not null) model = Sharding.DeviceMesh.Parse(options.Mesh).Model;
+        long multiple = 64L * model / (long)System.Numerics.BigInteger.GreatestCommonDivisor(64, model);
+        var config = (vocabFromTokenizer ? requested with { Vocab = (int)((tokenizer.VocabSize + multiple - 1) / multiple * multiple) } : requested).Validate();
         if (tokenizer.VocabSize > config.Vocab)
             throw new ConfigException($"the tokenizer has {tokenizer.VocabSize} tokens but the model's vocab is {config.Vocab}; raise --vocab or drop it to follow the tokenizer");
         return (tokenizer, config);

@@ -46,7 +46,6 @@ public class CliTests
         { "empty data", ["--data", "@empty"], "empty" },
         { "directory without text", ["--data", "@emptydir"], "no text files" },
         { "binary data", ["--data", "@binary"], "binary" },
-        { "heads not dividing d_model", ["--heads", "5"], "does not divide d_model" },
         { "odd head_dim", ["--head-dim", "7"], "head_dim 7 is odd" },
         { "seq longer than the data", ["--data", "@short", "--seq", "512"], "--seq" },
         { "unknown preset", ["--preset", "huge"], "unknown preset" },
@@ -60,7 +59,22 @@ public class CliTests
         { "negative weight-decay exponent", ["--weight-decay-exponent", "-2"], "--weight-decay-exponent" },
         { "negative warmup", ["--warmup-steps", "-5"], "--warmup-steps" },
         { "negative beta2 decay", ["--beta2-decay", "-0.8"], "--beta2-decay" },
+        { "explicit vocab the model axis does not divide", ["--vocab", "320", "--mesh", "1x3", "--heads", "3", "--d-ff", "129"], "--vocab 321" },
     };
+
+    [Fact]
+    public void HeadsNeedNotDivideDModelAndTheMeshPadsTheTokenizersVocabulary()
+    {
+        // H·K need not equal D (the projections are (D, H·K)); and a model axis of 3 gets the tokenizer's vocabulary
+        // padded to a multiple of lcm(64, 3) = 192, as `palm plan` pads it, instead of a refusal.
+        string dir = CliRunner.TempDir();
+        var heads = CliRunner.Run("train", "--preset", "tiny", "--heads", "5", "--steps", "2", "--out", Path.Combine(dir, "h5"), "--peak-gflops", "100");
+        Assert.True(heads.ExitCode == 0, heads.Stderr);
+        var mesh = CliRunner.Run("train", "--preset", "tiny", "--mesh", "1x3", "--heads", "3", "--d-ff", "129", "--steps", "2", "--out", Path.Combine(dir, "m3"), "--peak-gflops", "100");
+        Assert.True(mesh.ExitCode == 0, mesh.Stderr);
+        using var cfg = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "m3", "config.json")));
+        Assert.Equal(384, cfg.RootElement.GetProperty("model").GetProperty("vocab").GetInt32());
+    }
 
     [Theory]
     [MemberData(nameof(BadInputs))]
