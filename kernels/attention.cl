@@ -338,3 +338,64 @@ void attention_backward_dkdv(__global float* dk, __global float* dv, __global co
             }
         }
 }
+
+// attention_decode: q (B,H,K), k_cache, v_cache (B,Tmax,G,K), lengths (B) -> out (B,H,K), scores scratch (B,H,Tmax)
+// One query row per sequence (incremental decoding) against cache rows [0, lengths[b]). One work-group of DECODE_WG
+// per (b, h): item i scores rows i, i + DECODE_WG, ... (dot over d in order), the max and Σ exp are fixed
+// tree reductions in local memory, and item i owns output dims i, i + DECODE_WG, ..., summing rows in order.
+#ifndef DECODE_WG
+#define DECODE_WG 64
+#endif
+__kernel __attribute__((reqd_work_group_size(DECODE_WG, 1, 1)))
+void attention_decode(__global float* out, __global float* scores, __global const float* q,
+                      __global const float* k_cache, __global const float* v_cache, __global const int* lengths,
+                      const int B, const int Tmax, const int H, const int G, const float scale)
+{
+    __local float red[DECODE_WG];
+    const int lid = get_local_id(0);
+    const int bh = get_group_id(1);              // b·H + h
+    const int b = bh / H, h = bh - b * H, g = h / (H / G);
+    const int len = clamp(lengths[b], 1, Tmax);
+    __global const float* qr = q + (long)bh * HEAD_DIM;
+    __global float* sr = scores + (long)bh * Tmax;
+    float m = -INFINITY;
+    for (int j = lid; j < len; j += DECODE_WG)
+    {
+        __global const float* kr = k_cache + (((long)b * Tmax + j) * G + g) * HEAD_DIM;
+        float dot = 0.0f;
+        for (int d = 0; d < HEAD_DIM; d++) dot = fma(qr[d], kr[d], dot);
+        dot *= scale;
+        sr[j] = dot;
+        m = fmax(m, dot);
+    }
+    red[lid] = m;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int w = DECODE_WG / 2; w > 0; w /= 2)
+    {
+        if (lid < w) red[lid] = fmax(red[lid], red[lid + w]);
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    m = red[0];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    float l = 0.0f;
+    for (int j = lid; j < len; j += DECODE_WG)
+    {
+        const float p = exp(sr[j] - m);
+        sr[j] = p;
+        l += p;
+    }
+    red[lid] = l;
+    barrier(CLK_LOCAL_MEM_FENCE | CLK_GLOBAL_MEM_FENCE);
+    for (int w = DECODE_WG / 2; w > 0; w /= 2)
+    {
+        if (lid < w) red[lid] += red[lid + w];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const float inv = 1.0f / red[0];
+    for (int d = lid; d < HEAD_DIM; d += DECODE_WG)
+    {
+        float acc = 0.0f;
+        for (int j = 0; j < len; j++) acc = fma(sr[j], v_cache[(((long)b * Tmax + j) * G + g) * HEAD_DIM + d], acc);
+        out[(long)bh * HEAD_DIM + d] = acc * inv;
+    }
+}

@@ -46,3 +46,27 @@ __kernel void rope(__global float* out, __global const float* inp, __global cons
     out[base + i] = x1 * c - x2 * s;
     out[base + i + half_k] = x2 * c + x1 * s;
 }
+
+// rope_at: inp (B,Hs,K), positions (B) -> out (B,Hs,K): one token per sequence (decoding), sequence b at
+// position positions[b]; cos and sin computed as rope_table computes them, so the bits match rope at that t.
+__kernel void rope_at(__global float* out, __global const float* inp, __global const int* positions,
+                      const int B, const int Hs, const int K)
+{
+    const int half_k = K / 2;
+    const long gid = get_global_id(0);           // (b·Hs + head)·K/2 + i
+    if (gid >= (long)B * Hs * half_k) return;
+    const long row = gid / half_k;               // b·Hs + head
+    const int i = (int)(gid - row * half_k);
+    const int t = positions[row / Hs];
+#ifdef PALM_FP64
+    const double angle = (double)t * pow(10000.0, -2.0 * (double)i / (double)K);
+    const float c = (float)cos(angle), s = (float)sin(angle);
+#else
+    const float angle = (float)t * pow(10000.0f, -2.0f * (float)i / (float)K);
+    const float c = cos(angle), s = sin(angle);
+#endif
+    const long base = row * K;
+    const float x1 = inp[base + i], x2 = inp[base + i + half_k];
+    out[base + i] = x1 * c - x2 * s;
+    out[base + i + half_k] = x2 * c + x1 * s;
+}

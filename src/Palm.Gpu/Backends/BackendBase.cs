@@ -429,6 +429,40 @@ public abstract class BackendBase : IBackend
     protected abstract void AttentionBackwardCore(DeviceBuffer dq, DeviceBuffer dk, DeviceBuffer dv, DeviceBuffer dout, DeviceBuffer q, DeviceBuffer k,
                                                   DeviceBuffer v, DeviceBuffer output, DeviceBuffer lse, int b, int t, int heads, int kvHeads, int headDim);
 
+    // ---- decoding with a KV cache ------------------------------------------------------------------
+
+    public void RopeForwardAt(DeviceBuffer output, DeviceBuffer input, DeviceBuffer positions, int b, int heads, int headDim)
+    {
+        const string op = "rope forward at";
+        CheckRope(op, output, nameof(output), input, nameof(input), b, 1, heads, headDim);
+        Need(op, positions, nameof(positions), b, "b", ElementType.I32);
+        long t0 = Begin();
+        RopeForwardAtCore(output, input, positions, b, heads, headDim);
+        End(t0, OpCosts.RopeForwardAt(b, heads, headDim));
+    }
+
+    public void AttentionDecode(DeviceBuffer output, DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer lengths,
+                                int b, int tMax, int heads, int kvHeads, int headDim)
+    {
+        const string op = "attention decode";
+        NonNegative(op, tMax, nameof(tMax));
+        var (nq, _, _) = AttentionSizes(op, b, 1, heads, kvHeads, headDim);
+        long nkv = (long)b * tMax * kvHeads * headDim;
+        Need(op, output, nameof(output), nq, "b·heads·headDim");
+        Need(op, q, nameof(q), nq, "b·heads·headDim");
+        Need(op, kCache, nameof(kCache), nkv, "b·tMax·kvHeads·headDim");
+        Need(op, vCache, nameof(vCache), nkv, "b·tMax·kvHeads·headDim");
+        Need(op, lengths, nameof(lengths), b, "b", ElementType.I32);
+        DistinctFrom(op, output, nq, nameof(output), new(q, nq, nameof(q)), new(kCache, nkv, nameof(kCache)), new(vCache, nkv, nameof(vCache)));
+        long t0 = Begin();
+        AttentionDecodeCore(output, q, kCache, vCache, lengths, b, tMax, heads, kvHeads, headDim);
+        End(t0, OpCosts.AttentionDecode(b, tMax, heads, kvHeads, headDim));
+    }
+
+    protected abstract void RopeForwardAtCore(DeviceBuffer output, DeviceBuffer input, DeviceBuffer positions, int b, int heads, int headDim);
+    protected abstract void AttentionDecodeCore(DeviceBuffer output, DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer lengths,
+                                                int b, int tMax, int heads, int kvHeads, int headDim);
+
     // ---- SwiGLU ------------------------------------------------------------------------------------
 
     public void SwiGluForward(DeviceBuffer output, DeviceBuffer gate, DeviceBuffer up, long count)

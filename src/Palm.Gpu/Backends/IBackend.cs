@@ -110,6 +110,20 @@ public interface IBackend : IDisposable
                            DeviceBuffer q, DeviceBuffer k, DeviceBuffer v, DeviceBuffer output, DeviceBuffer lse,
                            int b, int t, int heads, int kvHeads, int headDim);
 
+    // ---- decoding with a KV cache ---------------------------------------------------------------
+    /// <summary>
+    /// inp (B,Hs,K), positions (B) -> out (B,Hs,K): one token per sequence, sequence b rotated at position
+    /// positions[b] (≥ 0), the same rotation and bits as <see cref="RopeForward"/> at that t. out may alias inp.
+    /// </summary>
+    void RopeForwardAt(DeviceBuffer output, DeviceBuffer input, DeviceBuffer positions, int b, int heads, int headDim);
+    /// <summary>
+    /// q (B,H,K), kCache (B,Tmax,G,K), vCache (B,Tmax,G,K), lengths (B) -> out (B,H,K): the one query row of each
+    /// sequence attends to cache rows [0, lengths[b]) (1 ≤ lengths[b] ≤ Tmax), scores q·k/√K, query head h reads
+    /// kv head h / (H/G). Keys are visited in order with an online softmax; no lse is kept (no backward).
+    /// </summary>
+    void AttentionDecode(DeviceBuffer output, DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer lengths,
+                         int b, int tMax, int heads, int kvHeads, int headDim);
+
     // ---- SwiGLU -------------------------------------------------------------------------------
     /// <summary>gate (N,F), up (N,F) -> out (N,F) = gate·sigmoid(gate) ⊙ up</summary>
     void SwiGluForward(DeviceBuffer output, DeviceBuffer gate, DeviceBuffer up, long count);

@@ -97,6 +97,21 @@ public static class OpCosts
         new(AttentionBackwardOp.Kernel, 10.0 * headDim * CausalPairs(b, t, heads),
             F32 * (4.0 * b * t * heads * headDim + 4.0 * b * t * kvHeads * headDim + (double)b * heads * t));
 
+    // ---- decoding with a KV cache ---------------------------------------------------------------
+    // One token per sequence; cos and sin are computed per (b, i), counted as reads of a table row.
+    public static readonly OpDescription RopeForwardAtOp = new("rope.forward_at", "inp (B,Hs,K), positions (B) -> out (B,Hs,K)", "3·B·Hs·K", "8·B·Hs·K + 4·B·K + 4·B");
+    public static OpCost RopeForwardAt(long b, long heads, long headDim)
+    {
+        double count = (double)b * heads * headDim;
+        return new(RopeForwardAtOp.Kernel, 3 * count, F32 * (2 * count + (double)b * headDim + b));
+    }
+
+    // Counted at full caches (Tmax rows), the bound: q·k and p·v, 2·K each per (head, row); K/V read once per kv head.
+    public static readonly OpDescription AttentionDecodeOp = new("attention.decode", "q (B,H,K), kCache, vCache (B,Tmax,G,K), lengths (B) -> out (B,H,K)", "4·K·B·H·Tmax", "8·B·H·K + 8·B·Tmax·G·K + 4·B");
+    public static OpCost AttentionDecode(long b, long tMax, long heads, long kvHeads, long headDim) =>
+        new(AttentionDecodeOp.Kernel, 4.0 * headDim * b * heads * tMax,
+            F32 * (2.0 * b * heads * headDim + 2.0 * b * tMax * kvHeads * headDim + b));
+
     // ---- SwiGLU ---------------------------------------------------------------------------------
     // σ(g): exp, add, divide 3; g·σ 1; ·up 1.
     public static readonly OpDescription SwiGluForwardOp = new("swiglu.forward", "gate, up (N,F) -> out (N,F)", "5·n", "12·n");
@@ -158,7 +173,7 @@ public static class OpCosts
     public static readonly IReadOnlyList<OpDescription> Catalog =
     [
         MatmulOp, EmbeddingForwardOp, EmbeddingBackwardOp, LayerNormForwardOp, LayerNormBackwardOp,
-        RopeForwardOp, RopeBackwardOp, AttentionForwardOp, AttentionBackwardOp, SwiGluForwardOp, SwiGluBackwardOp,
+        RopeForwardOp, RopeBackwardOp, AttentionForwardOp, AttentionBackwardOp, RopeForwardAtOp, AttentionDecodeOp, SwiGluForwardOp, SwiGluBackwardOp,
         AddOp, AddInPlaceOp, CrossEntropyForwardOp, CrossEntropyBackwardOp, LogSumExpShiftOp, LogSumExpFinishOp,
         SumOfSquaresOp, SumOfSquaresSegmentsOp, AdafactorOp, AdafactorSumsOp, AdafactorApplyOp, FillOp, CopyOp, UploadOp, DownloadOp,
     ];

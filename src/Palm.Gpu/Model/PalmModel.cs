@@ -462,6 +462,14 @@ public sealed partial class PalmModel : IDisposable
 
     float LogitScale => 1f / MathF.Sqrt(Config.DModel);
 
+    // ---- for incremental decoding (Inference/KvCacheGenerator): one device, weights in place ----------------
+    internal BlockParameters DecodeBlock(int l) => Block(l);
+    internal DeviceBuffer DecodeEmbedding => Live(ParameterSchema.EmbeddingIndex).Value;
+    internal DeviceBuffer DecodeFinalNorm => Live(FinalNormIndex).Value;
+    internal float DecodeLogitScale => LogitScale;
+    /// <summary>Layer l's keys and values after RoPE from the last forward, (B,T,G,K) each.</summary>
+    internal (DeviceBuffer K, DeviceBuffer V) LayerKeysValues(int l) => (_a.For(l).K, _a.For(l).V);
+
     void CheckTokens(ReadOnlySpan<int> ids, string what)
     {
         foreach (int t in ids)

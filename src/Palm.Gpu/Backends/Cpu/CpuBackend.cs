@@ -64,6 +64,12 @@ public class CpuBackend : BackendBase
     protected override void RopeBackwardCore(DeviceBuffer dinput, DeviceBuffer dout, int b, int t, int heads, int headDim)
         => CpuRope.Backward(Threads, F(dinput), F(dout), b, t, heads, headDim);
 
+    protected override void RopeForwardAtCore(DeviceBuffer output, DeviceBuffer input, DeviceBuffer positions, int b, int heads, int headDim)
+        => CpuRope.ForwardAt(F(output), F(input), I(positions), b, heads, headDim);
+    protected override void AttentionDecodeCore(DeviceBuffer output, DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer lengths,
+                                                int b, int tMax, int heads, int kvHeads, int headDim)
+        => CpuDecode.Attention(Threads, F(output), F(q), F(kCache), F(vCache), I(lengths), b, tMax, heads, kvHeads, headDim);
+
     protected override void AttentionForwardCore(DeviceBuffer output, DeviceBuffer lse, DeviceBuffer q, DeviceBuffer k, DeviceBuffer v,
                                                  int b, int t, int heads, int kvHeads, int headDim)
         => CpuAttention.Forward(Threads, F(output), F(lse), F(q), F(k), F(v), b, t, heads, kvHeads, headDim);

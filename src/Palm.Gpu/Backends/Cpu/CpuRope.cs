@@ -73,6 +73,34 @@ internal static class CpuRope
         });
     }
 
+    /// <summary>
+    /// inp (B,Hs,K), positions (B) -> out (B,Hs,K): one token per sequence at its own position. cos and sin are
+    /// computed as the table computes them (double angle, rounded once), so the bits equal <see cref="Forward"/> at t.
+    /// </summary>
+    public static unsafe void ForwardAt(CpuView<float> output, CpuView<float> input, CpuView<int> positions, int b, int heads, int headDim)
+    {
+        int half = headDim / 2, rowFloats = heads * headDim;
+        var cos = new float[half];
+        var sin = new float[half];
+        for (int s = 0; s < b; s++)
+        {
+            int pos = positions[s];
+            if (pos < 0) throw new ArgumentOutOfRangeException(nameof(positions), $"rope forward at: position {pos} of sequence {s} is negative");
+            for (int i = 0; i < half; i++)
+            {
+                double a = pos * Math.Pow(10000.0, -2.0 * i / headDim);
+                cos[i] = (float)Math.Cos(a);
+                sin[i] = (float)Math.Sin(a);
+            }
+            fixed (float* pd = output, ps = input, pc = cos, pn = sin)
+                for (int h = 0; h < heads; h++)
+                {
+                    long o = (long)s * rowFloats + (long)h * headDim;
+                    RotateHead(pd + o, ps + o, pc, pn, half, inverse: false);
+                }
+        }
+    }
+
     /// <summary>One head: both halves are loaded before either is stored, so dst may equal src.</summary>
     static unsafe void RotateHead(float* dst, float* src, float* cos, float* sin, int half, bool inverse)
     {

@@ -314,6 +314,15 @@ public sealed class OpenClBackend : BackendBase
             .Launch((long)b * t * heads * (headDim / 2), Group, EventProfiler);
     }
 
+    protected override void RopeForwardAtCore(DeviceBuffer output, DeviceBuffer input, DeviceBuffer positions, int b, int heads, int headDim)
+    {
+        if (b == 0 || heads == 0) return;
+        Kernel("rope.cl", "rope_at").Call()
+            .Arg(Buf(output, nameof(output))).Arg(Buf(input, nameof(input))).Arg(Buf(positions, nameof(positions)))
+            .Arg(b).Arg(heads).Arg(headDim)
+            .Launch((long)b * heads * (headDim / 2), Group, EventProfiler);
+    }
+
     // ---- attention ----------------------------------------------------------------------------
 
     static float AttentionScale(int headDim) => (float)(1.0 / Math.Sqrt(headDim));
@@ -343,6 +352,20 @@ public sealed class OpenClBackend : BackendBase
             .Arg(Buf(q, nameof(q))).Arg(kt).Arg(Buf(v, nameof(v)))
             .Arg(b).Arg(t).Arg(heads).Arg(kvHeads).Arg((int)PaddedTime(t)).Arg(AttentionScale(headDim))
             .Launch(DivUp(t, bq) * (bq / rows), (long)b * heads, bq / rows, 1, EventProfiler);
+    }
+
+    const int DecodeGroup = 64;   // DECODE_WG in attention.cl
+
+    protected override void AttentionDecodeCore(DeviceBuffer output, DeviceBuffer q, DeviceBuffer kCache, DeviceBuffer vCache, DeviceBuffer lengths,
+                                                int b, int tMax, int heads, int kvHeads, int headDim)
+    {
+        if (b == 0 || heads == 0 || tMax == 0) return;
+        var scores = Scratch("attention.decode.scores", (long)b * heads * tMax);
+        Kernel("attention.cl", "attention_decode", AttentionKnobs(headDim) + $" -D DECODE_WG={DecodeGroup}").Call()
+            .Arg(Buf(output, nameof(output))).Arg(scores).Arg(Buf(q, nameof(q)))
+            .Arg(Buf(kCache, nameof(kCache))).Arg(Buf(vCache, nameof(vCache))).Arg(Buf(lengths, nameof(lengths)))
+            .Arg(b).Arg(tMax).Arg(heads).Arg(kvHeads).Arg(AttentionScale(headDim))
+            .Launch(DecodeGroup, (long)b * heads, DecodeGroup, 1, EventProfiler);
     }
 
     protected override void AttentionBackwardCore(DeviceBuffer dq, DeviceBuffer dk, DeviceBuffer dv, DeviceBuffer dout, DeviceBuffer q, DeviceBuffer k,
