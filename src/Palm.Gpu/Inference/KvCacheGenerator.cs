@@ -134,19 +134,8 @@ public sealed class KvCacheGenerator : IDisposable
     /// </summary>
     public string[] Generate(IReadOnlyList<string> prompts, int maxTokens, in SamplingOptions sampling, ulong seed, Action<int, string>? onToken = null)
     {
+        var ids = Validate(prompts, maxTokens, sampling);
         int b = prompts.Count;
-        if (b < 1 || b > _maxBatch) throw new ConfigException($"{b} prompts, but the generator was built for 1 to {_maxBatch}");
-        if (maxTokens < 1) throw new ConfigException($"--tokens must be ≥ 1, got {maxTokens}");
-        sampling.Validate(_tokenizer.VocabSize);
-        var ids = new List<int>[b];
-        for (int s = 0; s < b; s++)
-        {
-            ids[s] = [_tokenizer.EodId];                  // documents start after an [eod], as in training
-            ids[s].AddRange(_tokenizer.Encode(prompts[s]));
-            if (ids[s].Count + maxTokens > _tMax)
-                throw new ConfigException($"the prompt ({ids[s].Count - 1} tokens) plus --tokens {maxTokens} is longer than the context of {_tMax} tokens " +
-                                          $"(the model's training length); shorten them, or use --no-kv-cache to slide a window");
-        }
         var promptCounts = ids.Select(x => x.Count).ToArray();
         var rngs = Enumerable.Range(0, b).Select(s => new SplitMix64(seed + 0x9E3779B97F4A7C15UL * (ulong)s)).ToArray();
         var done = new bool[b];
@@ -195,6 +184,28 @@ public sealed class KvCacheGenerator : IDisposable
         LastTiming = (prefill, clock.Elapsed.TotalSeconds, decoded);
         for (int s = 0; s < b; s++) Emit(s, final: true);
         return ids.Select((x, s) => _tokenizer.Decode(x.Skip(promptCounts[s]).ToArray())).ToArray();
+    }
+
+    /// <summary>
+    /// Checks a Generate call without running it (one clear line per mistake); returns each context's ids
+    /// ([eod] + prompt).
+    /// </summary>
+    public List<int>[] Validate(IReadOnlyList<string> prompts, int maxTokens, in SamplingOptions sampling)
+    {
+        int b = prompts.Count;
+        if (b < 1 || b > _maxBatch) throw new ConfigException($"{b} prompts, but the generator was built for 1 to {_maxBatch}");
+        if (maxTokens < 1) throw new ConfigException($"--tokens must be ≥ 1, got {maxTokens}");
+        sampling.Validate(_tokenizer.VocabSize);
+        var ids = new List<int>[b];
+        for (int s = 0; s < b; s++)
+        {
+            ids[s] = [_tokenizer.EodId];                  // documents start after an [eod], as in training
+            ids[s].AddRange(_tokenizer.Encode(prompts[s]));
+            if (ids[s].Count + maxTokens > _tMax)
+                throw new ConfigException($"the prompt ({ids[s].Count - 1} tokens) plus --tokens {maxTokens} is longer than the context of {_tMax} tokens " +
+                                          $"(the training length, or --window); shorten them, or use --no-kv-cache to slide a window");
+        }
+        return ids;
     }
 
     /// <summary>Runs every context token but the last through the model's forward and keeps its keys and values.</summary>

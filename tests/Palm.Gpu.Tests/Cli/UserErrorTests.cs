@@ -72,6 +72,11 @@ public class UserErrorTests
         AssertOneErrorLine(CliRunner.Run("generate", "--model", run, "--window", "100000", "--tokens", "2"), "--window", "window past the training length");
         AssertOneErrorLine(CliRunner.Run("generate", "--model", run, "--top-k", "-3", "--tokens", "2"), "--top-k", "negative top-k");
         AssertOneErrorLine(CliRunner.Run("generate", "--model", run, "--top-k", "100000", "--tokens", "2"), "--top-k", "top-k past the vocabulary");
+        AssertOneErrorLine(CliRunner.Run("generate", "--model", run, "--top-p", "0", "--tokens", "2"), "--top-p", "top-p of 0");
+        AssertOneErrorLine(CliRunner.Run("generate", "--model", run, "--tokens", "0"), "--tokens", "no tokens to generate");
+        var tooLong = CliRunner.Run("generate", "--model", run, "--prompt", "abc", "--tokens", "1000");
+        AssertOneErrorLine(tooLong, "longer than the context", "a context past the training length");
+        Assert.Equal("", tooLong.Stdout);   // refused before any output
     }
 
     [Fact]
@@ -83,10 +88,15 @@ public class UserErrorTests
         string run = Path.Combine(dir, "run");
         var t = CliRunner.Run("train", "--data", data, "--preset", "tiny", "--seq", "32", "--batch", "4", "--steps", "150", "--lr", "0.02", "--out", run, "--peak-gflops", "100");
         Assert.True(t.ExitCode == 0, t.Stderr);
-        var g = CliRunner.Run("generate", "--model", run, "--prompt", "café crème, ", "--tokens", "24", "--temperature", "0");
-        Assert.True(g.ExitCode == 0, g.Stderr);
-        Assert.DoesNotContain("\uFFFD", g.Stdout);
-        Assert.Contains("é", g.Stdout[12..]);   // the model learned the text: the generated part has the accented letter, whole
+        // With the KV cache the context ([eod], 14 prompt bytes, 17 new) fills the training length; without, the window slides.
+        foreach (var args in new[] { new[] { "--tokens", "17" }, ["--tokens", "24", "--no-kv-cache"] })
+        {
+            var g = CliRunner.Run(["generate", "--model", run, "--prompt", "café crème, ", "--temperature", "0", .. args]);
+            Assert.True(g.ExitCode == 0, g.Stderr);
+            Assert.DoesNotContain("\uFFFD", g.Stdout);
+            Assert.Contains("é", g.Stdout[12..]);   // the model learned the text: the generated part has the accented letter, whole
+            Assert.Contains("tokens/s", g.Stderr);
+        }
     }
 
     [Fact]
