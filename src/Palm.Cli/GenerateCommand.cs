@@ -18,6 +18,7 @@ internal static class GenerateCommand
         var temperature = new Option<float>("--temperature") { Description = "sampling temperature (0 = greedy)", DefaultValueFactory = _ => 0.8f };
         var topK = new Option<int>("--top-k") { Description = "sample among the k most likely tokens (0 = all)", DefaultValueFactory = _ => 40 };
         var topP = new Option<float>("--top-p") { Description = "sample among the most likely tokens holding this much probability (1 = all)", DefaultValueFactory = _ => 1f };
+        var prompts = new Option<string?>("--prompts") { Description = "file of prompts, one per line, generated together as one batch; prints one JSON line {prompt, text} per prompt" };
         var noCache = new Option<bool>("--no-kv-cache") { Description = "run a full forward over the window for every token (the slow reference path; slides the window past the training length)" };
         var seed = new Option<ulong>("--seed") { Description = "sampling seed", DefaultValueFactory = _ => 1 };
         var window = new Option<int>("--window") { Description = "context in tokens, 1 to the training length (default: the training length; with --no-kv-cache 256, or the training length if shorter)" };
@@ -25,7 +26,7 @@ internal static class GenerateCommand
         var backend = Cli.Backend();
         var device = Cli.Device();
         var threads = Cli.Threads();
-        var cmd = new Command("generate", "sample text from saved weights") { model, prompt, tokens, temperature, topK, topP, noCache, seed, window, tokenizer, backend, device, threads };
+        var cmd = new Command("generate", "sample text from saved weights") { model, prompt, prompts, tokens, temperature, topK, topP, noCache, seed, window, tokenizer, backend, device, threads };
         cmd.SetAction(r => Cli.Run(() =>
         {
             Cli.CheckDevice(r.GetValue(backend)!, r.GetValue(device), r.GetResult(device) is { Implicit: false });
@@ -37,7 +38,24 @@ internal static class GenerateCommand
             if (n < 1) throw new ConfigException($"--tokens must be ≥ 1, got {n}");
             var clock = new System.Diagnostics.Stopwatch();
             string text;
-            if (r.GetValue(noCache))
+            if (r.GetValue(prompts) is { } file)
+            {
+                if (r.GetValue(noCache)) throw new ConfigException("--prompts needs the KV-cache path; drop --no-kv-cache");
+                if (r.GetResult(prompt) is { Implicit: false }) throw new ConfigException("give --prompt or --prompts, not both");
+                if (!File.Exists(file)) throw new FileNotFoundException($"--prompts: '{file}' does not exist");
+                var lines = File.ReadAllLines(file).Where(l => l.Length > 0).ToArray();
+                if (lines.Length == 0) throw new ConfigException($"--prompts: '{file}' holds no prompt (one per line)");
+                using var gen = new KvCacheGenerator(be, path, tok, r.GetValue(window), maxBatch: lines.Length);
+                var sampling = new SamplingOptions(r.GetValue(temperature), r.GetValue(topK), r.GetValue(topP));
+                gen.Validate(lines, n, sampling);
+                var texts = gen.Generate(lines, n, sampling, r.GetValue(seed));
+                for (int i = 0; i < lines.Length; i++)
+                    Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(new { prompt = lines[i], text = texts[i] }));
+                var (prefill, decode, decoded) = gen.LastTiming;
+                Console.Error.WriteLine($"{lines.Length} prompts: {decoded} tokens decoded in {decode:F2} s: {decoded / Math.Max(decode, 1e-9):F1} tokens/s " +
+                                        $"(prefill {prefill:F2} s; KV cache {gen.CacheBytesPerToken} bytes per token per sequence)");
+            }
+            else if (r.GetValue(noCache))
             {
                 if (r.GetValue(topP) != 1f) throw new ConfigException("--top-p needs the KV-cache path; drop --no-kv-cache");
                 using var gen = new TextGenerator(be, path, tok, r.GetValue(window));

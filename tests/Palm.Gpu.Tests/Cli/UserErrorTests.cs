@@ -77,6 +77,30 @@ public class UserErrorTests
         var tooLong = CliRunner.Run("generate", "--model", run, "--prompt", "abc", "--tokens", "1000");
         AssertOneErrorLine(tooLong, "longer than the context", "a context past the training length");
         Assert.Equal("", tooLong.Stdout);   // refused before any output
+        string empty = Path.Combine(CliRunner.TempDir(), "empty.txt");
+        File.WriteAllText(empty, "\n\n");
+        AssertOneErrorLine(CliRunner.Run("generate", "--model", run, "--prompts", empty, "--tokens", "2"), "holds no prompt", "an empty prompt file");
+    }
+
+    [Fact]
+    public void GeneratePromptsFileDecodesABatchAsEachPromptAlone()
+    {
+        string dir = CliRunner.TempDir();
+        string run = Path.Combine(dir, "run");
+        Assert.Equal(0, CliRunner.Run("train", "--preset", "tiny", "--steps", "1", "--batch", "2", "--out", run, "--peak-gflops", "100").ExitCode);
+        string file = Path.Combine(dir, "prompts.txt");
+        File.WriteAllLines(file, ["to be", "", "x"]);
+        var batch = CliRunner.Run("generate", "--model", run, "--prompts", file, "--tokens", "6", "--temperature", "0");
+        Assert.True(batch.ExitCode == 0, batch.Stderr);
+        var lines = batch.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(2, lines.Length);   // the empty line is skipped
+        foreach (var (line, p) in lines.Zip(new[] { "to be", "x" }))
+        {
+            using var doc = System.Text.Json.JsonDocument.Parse(line);
+            Assert.Equal(p, doc.RootElement.GetProperty("prompt").GetString());
+            var alone = CliRunner.Run("generate", "--model", run, "--prompt", p, "--tokens", "6", "--temperature", "0");
+            Assert.Equal(p + doc.RootElement.GetProperty("text").GetString() + "\n", alone.Stdout.ReplaceLineEndings("\n"));
+        }
     }
 
     [Fact]
