@@ -15,6 +15,35 @@ namespace Palm.Cli;
 /// </summary>
 internal static class BenchCommand
 {
+    /// <summary>
+    /// KV-cache generation on random weights: b prompts of a quarter of the window, then decoding (temperature 1,
+    /// every token) until the window is full; one untimed warm-up call first. One JSON line.
+    /// </summary>
+    static string BenchGenerate(IBackend be, ModelConfig c, int b, string preset)
+    {
+        var tok = new ByteTokenizer();
+        if (c.Vocab < tok.VocabSize) throw new ConfigException($"bench --generate uses the byte tokenizer ({tok.VocabSize} tokens); the shape's vocab is {c.Vocab}");
+        using var model = new PalmModel(be, c with { Rematerialize = false }, b);
+        model.Initialize(1);
+        using var gen = new Palm.Gpu.Inference.KvCacheGenerator(model, tok);
+        string text = string.Concat(Enumerable.Repeat("ROMEO: ", c.SeqLen / 4 / 7 + 1))[..Math.Max(1, c.SeqLen / 4)];
+        var prompts = Enumerable.Repeat(text, b).ToArray();
+        int tokens = c.SeqLen - 1 - tok.Encode(text).Length;
+        var sampling = new Palm.Gpu.Inference.SamplingOptions(1f);
+        gen.Generate(prompts, Math.Min(tokens, 4), sampling, 1);   // warm-up: kernels compiled, buffers touched
+        gen.Generate(prompts, tokens, sampling, 1);
+        var (prefill, decode, decoded) = gen.LastTiming;
+        return JsonSerializer.Serialize(new
+        {
+            bench = "generate", preset, backend = be.Name, device = be.DeviceName, attention = c.Attention.ToString(), batch = b,
+            d_model = c.DModel, layers = c.Layers, heads = c.Heads, kv_heads = c.KvHeads, head_dim = c.HeadDim, window = c.SeqLen,
+            prompt_tokens = b * (tok.Encode(text).Length + 1), prefill_s = prefill,
+            prefill_tokens_per_s = b * (tok.Encode(text).Length + 1) / Math.Max(prefill, 1e-9),
+            decoded_tokens = decoded, decode_s = decode, decode_tokens_per_s = decoded / Math.Max(decode, 1e-9),
+            kv_cache_bytes_per_token = gen.CacheBytesPerToken, kv_cache_bytes = gen.CacheBytes,
+        });
+    }
+
     public static Command Create()
     {
         var preset = Cli.Preset();
@@ -31,9 +60,10 @@ internal static class BenchCommand
         var peak = Cli.PeakGflops();
         var profileSteps = new Option<int>("--profile-steps") { Description = "steps of the separate profiled pass (every kernel timed); 0 skips it", DefaultValueFactory = _ => 1 };
         var noTable = new Option<bool>("--no-table") { Description = "print only the JSON line" };
+        var generate = new Option<bool>("--generate") { Description = "measure KV-cache generation instead (random weights): prefill and decode tokens/s, KV-cache bytes per token; one JSON line" };
         var cmd = new Command("bench", "measure training throughput and MFU, with a per-kernel time breakdown and the memory high-water mark")
         {
-            preset, batch, warmup, steps, seq, block, attention, remat, backend, device, threads, peak, profileSteps, noTable,
+            preset, batch, warmup, steps, seq, block, attention, remat, backend, device, threads, peak, profileSteps, noTable, generate,
         };
         var shape = new Cli.ShapeOptions();
         foreach (var o in shape.All) cmd.Options.Add(o);
@@ -48,6 +78,12 @@ internal static class BenchCommand
             if (mesh.Parse(r) is { } m)
                 return BenchMesh(c, b, warm, timed, r.GetValue(backend)!, r.GetValue(threads), r.GetValue(peak), m.Data, m.Model, r.GetValue(mesh.ShardWeights), r.GetValue(preset)!,
                                  mesh.Transport(r));
+            if (r.GetValue(generate))
+            {
+                using var gbe = BackendRegistry.Create(r.GetValue(backend)!, r.GetValue(device), r.GetValue(threads));
+                Console.WriteLine(BenchGenerate(gbe, c, b, r.GetValue(preset)!));
+                return 0;
+            }
             using var be = BackendRegistry.Create(r.GetValue(backend)!, r.GetValue(device), r.GetValue(threads));
             double peakGflops = r.GetValue(peak) > 0 ? r.GetValue(peak) : BackendRegistry.MeasurePeakGflops(be);
             var res = StepBenchmark.Run(be, c, b, warm, timed, profiled, peakGflops);

@@ -210,6 +210,27 @@ public class CliTests
         Assert.Contains("collectives:", r.Stderr);
     }
 
+    // Multi-query keeps one K/V head: H/G = 2 times fewer cache bytes per token than multi-head at the same width.
+    [Fact]
+    public void BenchGenerateReportsDecodeSpeedAndCacheBytesPerToken()
+    {
+        string[] shape = ["bench", "--generate", "--preset", "small", "--layers", "1", "--d-model", "64", "--heads", "2", "--head-dim", "32", "--d-ff", "128", "--seq", "48", "--batch", "2"];
+        var bytes = new Dictionary<string, long>();
+        foreach (var attention in new[] { "multi-query", "multi-head" })
+        {
+            var r = CliRunner.Run([.. shape, "--attention", attention]);
+            Assert.True(r.ExitCode == 0, r.Stderr);
+            using var j = JsonDocument.Parse(r.Stdout.Split('\n')[0]);
+            Assert.Equal("generate", j.RootElement.GetProperty("bench").GetString());
+            Assert.True(j.RootElement.GetProperty("decode_tokens_per_s").GetDouble() > 0);
+            Assert.True(j.RootElement.GetProperty("prefill_tokens_per_s").GetDouble() > 0);
+            Assert.True(j.RootElement.GetProperty("decoded_tokens").GetInt64() > 0);
+            bytes[attention] = j.RootElement.GetProperty("kv_cache_bytes_per_token").GetInt64();
+        }
+        Assert.Equal(2L * 1 * 1 * 32 * 4, bytes["multi-query"]);
+        Assert.Equal(2L * 1 * 2 * 32 * 4, bytes["multi-head"]);
+    }
+
     [Fact]
     public void PlanPrintsThePaperParameterCounts()
     {
