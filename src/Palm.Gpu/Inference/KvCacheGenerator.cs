@@ -27,6 +27,7 @@ public sealed class KvCacheGenerator : IDisposable
     readonly bool _ownsModel;
     readonly IBackend _be;
     readonly ITokenizer _tokenizer;
+    readonly Utf8Guard? _utf8;   // only valid UTF-8 is ever drawn (byte-level vocabularies)
     readonly int _maxBatch, _tMax, _d, _h, _g, _k, _f, _v;
     readonly DeviceBuffer[] _kCache, _vCache;
     readonly DeviceBuffer _x, _y, _x1, _hn, _h2, _mean, _rstd, _q, _kNew, _vNew, _att, _gate, _up, _act, _logits, _tokens, _positions, _lengths;
@@ -67,6 +68,7 @@ public sealed class KvCacheGenerator : IDisposable
         _ownsModel = ownsModel;
         _be = model.Backend;
         _tokenizer = tokenizer;
+        _utf8 = Utf8Guard.For(tokenizer);
         var c = model.Config;
         (_maxBatch, _tMax, _d, _h, _g, _k, _f, _v) = (model.MaxBatch, c.SeqLen, c.DModel, c.Heads, c.KvHeads, c.HeadDim, c.DFf, c.Vocab);
         try
@@ -139,6 +141,8 @@ public sealed class KvCacheGenerator : IDisposable
         var promptCounts = ids.Select(x => x.Count).ToArray();
         var rngs = Enumerable.Range(0, b).Select(s => new SplitMix64(seed + 0x9E3779B97F4A7C15UL * (ulong)s)).ToArray();
         var done = new bool[b];
+        // The guard's state after each generated token, per sequence (prompts end on a character boundary).
+        var utf8 = Enumerable.Range(0, b).Select(_ => new List<int> { Utf8Guard.Boundary }).ToArray();
         var emitted = new int[b];
         void Emit(int s, bool final)
         {
@@ -171,9 +175,12 @@ public sealed class KvCacheGenerator : IDisposable
             for (int s = 0; s < b; s++)
             {
                 if (done[s]) continue;
-                int next = Sampler.Sample(host.AsSpan(s * _v, _tokenizer.VocabSize), sampling, ref rngs[s]);
+                var row = host.AsSpan(s * _v, _tokenizer.VocabSize);
+                _utf8?.Mask(row, utf8[s][^1]);
+                int next = Sampler.Sample(row, sampling, ref rngs[s]);
                 decoded++;
                 if (next == _tokenizer.EodId) { done[s] = true; continue; }
+                if (_utf8 is not null) utf8[s].Add(_utf8.Advance(utf8[s][^1], next));
                 ids[s].Add(next);
                 last[s] = next;
                 Emit(s, final: false);
@@ -182,6 +189,10 @@ public sealed class KvCacheGenerator : IDisposable
             if (!any) break;
         }
         LastTiming = (prefill, clock.Elapsed.TotalSeconds, decoded);
+        // Out of tokens in the middle of a character: drop its first bytes rather than end on an invalid sequence.
+        if (_utf8 is not null)
+            for (int s = 0; s < b; s++)
+                while (utf8[s].Count > 1 && utf8[s][^1] != Utf8Guard.Boundary) { utf8[s].RemoveAt(utf8[s].Count - 1); ids[s].RemoveAt(ids[s].Count - 1); }
         for (int s = 0; s < b; s++) Emit(s, final: true);
         return ids.Select((x, s) => _tokenizer.Decode(x.Skip(promptCounts[s]).ToArray())).ToArray();
     }

@@ -13,6 +13,7 @@ public sealed class TextGenerator : IDisposable
 {
     readonly PalmModel _model;
     readonly ITokenizer _tokenizer;
+    readonly Utf8Guard? _utf8;   // only valid UTF-8 is ever drawn (byte-level vocabularies)
     readonly int _window;
 
     public TextGenerator(IBackend backend, string weightsPath, ITokenizer tokenizer, int window)
@@ -28,6 +29,7 @@ public sealed class TextGenerator : IDisposable
         _model = new PalmModel(backend, config with { SeqLen = _window }, maxBatch: 1);
         ModelWeights.Load(_model, weightsPath);
         _tokenizer = tokenizer;
+        _utf8 = Utf8Guard.For(tokenizer);
     }
 
     public ModelConfig Config => _model.Config;
@@ -57,6 +59,7 @@ public sealed class TextGenerator : IDisposable
             if (end > emitted) onToken(text[emitted..end]);
             emitted = Math.Max(emitted, end);
         }
+        var utf8 = new List<int> { Utf8Guard.Boundary };   // the guard's state after each generated token
         for (int i = 0; i < maxTokens; i++)
         {
             int start = Math.Max(0, ids.Count - _window);
@@ -65,11 +68,16 @@ public sealed class TextGenerator : IDisposable
             for (int j = 0; j < len; j++) inputs[j] = ids[start + j];
             _model.Forward(inputs, targets, 1);
             var logits = _model.DownloadLogits(len).AsSpan((len - 1) * vocab, vocab);
+            _utf8?.Mask(logits, utf8[^1]);
             int next = Sample(logits, temperature, topK, ref rng);
             if (next == _tokenizer.EodId) break;
+            if (_utf8 is not null) utf8.Add(_utf8.Advance(utf8[^1], next));
             ids.Add(next);
             Emit(final: false);
         }
+        // Out of tokens in the middle of a character: drop its first bytes rather than end on an invalid sequence.
+        if (_utf8 is not null)
+            while (utf8.Count > 1 && utf8[^1] != Utf8Guard.Boundary) { utf8.RemoveAt(utf8.Count - 1); ids.RemoveAt(ids.Count - 1); }
         Emit(final: true);
         return _tokenizer.Decode(ids.Skip(promptCount).ToArray());
     }
