@@ -213,6 +213,20 @@ void adafactor_finish(__global float* scalars, __global const REAL* partial, con
 }
 
 // The segment that owns global chunk c: the last s with first[s] ≤ c (table column 2).
+// Pass 2's update of one element from its unscaled update u: clip, momentum, the step and the decoupled decay.
+inline void apply_update(__global float* param, __global float* momentum, const long idx, float u, const float clip, const float step,
+                         const float b1, const float wd, const int has_momentum)
+{
+    u *= clip;
+    float m = u;
+    if (has_momentum) {
+        m = b1 * momentum[idx] + (1 - b1) * u;
+        momentum[idx] = m;
+    }
+    const float p = param[idx];
+    param[idx] = p - step * m - wd * p;
+}
+
 inline int segment_of(__global const long* table, const int S, const long c)
 {
     int lo = 0, hi = S - 1;
@@ -259,18 +273,8 @@ void adafactor_segment_pass2(__global float* param, __global float* momentum, __
     const long start = table[3 * s] + (chunk - table[3 * s + 2]) * ADA_CHUNK;
     const long end = min(table[3 * s] + table[3 * s + 1], start + ADA_CHUNK);
     const float clip = factors[2 * s], step = factors[2 * s + 1];
-    for (long idx = start + get_local_id(0); idx < end; idx += ADA_WG) {
-        const float g = grad[idx] * gs;
-        float u = g / sqrt(v[idx]);
-        u *= clip;
-        float m = u;
-        if (has_momentum) {
-            m = b1 * momentum[idx] + (1 - b1) * u;
-            momentum[idx] = m;
-        }
-        const float p = param[idx];
-        param[idx] = p - step * m - wd * p;
-    }
+    for (long idx = start + get_local_id(0); idx < end; idx += ADA_WG)
+        apply_update(param, momentum, idx, grad[idx] * gs / sqrt(v[idx]), clip, step, b1, wd, has_momentum);
 }
 
 __kernel void adafactor_pass2(__global float* param, __global float* momentum, __global const float* grad, __global const float* v,
@@ -282,13 +286,5 @@ __kernel void adafactor_pass2(__global float* param, __global float* momentum, _
     if (idx >= count) return;
     const float clip = scalars[1], step = scalars[2];
     const float g = grad[idx] * gs;
-    float u = factored ? factored_u(g, idx, C, vRow, vCol, scalars[0]) : g / sqrt(v[idx]);
-    u *= clip;
-    float m = u;
-    if (has_momentum) {
-        m = b1 * momentum[idx] + (1 - b1) * u;
-        momentum[idx] = m;
-    }
-    const float p = param[idx];
-    param[idx] = p - step * m - wd * p;
+    apply_update(param, momentum, idx, factored ? factored_u(g, idx, C, vRow, vCol, scalars[0]) : g / sqrt(v[idx]), clip, step, b1, wd, has_momentum);
 }

@@ -170,16 +170,7 @@ internal static class CpuAdafactor
             long row = start / cols, col = start % cols;
             for (long idx = start; idx < end; idx++, col = col + 1 == cols ? 0 : col + 1, row += col == 0 ? 1 : 0)
             {
-                float u = grad[idx] * gs * rowScale![row] * colScale![col];
-                u *= clip;
-                float m = u;
-                if (!momentum.IsNull)
-                {
-                    m = b1 * momentum[idx] + (1 - b1) * u;
-                    momentum[idx] = m;
-                }
-                float p = param[idx];
-                param[idx] = p - stepSize * m - wd * p;
+                ApplyElement(param, momentum, idx, grad[idx] * gs * rowScale![row] * colScale![col], clip, stepSize, b1, wd);
             }
         });
     }
@@ -210,17 +201,22 @@ internal static class CpuAdafactor
         for (; idx < end; idx++)
         {
             float g = grad[idx] * gs;
-            float u = g / MathF.Sqrt(v[idx]);
-            u *= clip;
-            float m = u;
-            if (!momentum.IsNull)
-            {
-                m = b1 * momentum[idx] + (1 - b1) * u;
-                momentum[idx] = m;
-            }
-            float p = param[idx];
-            param[idx] = p - stepSize * m - wd * p;
+            ApplyElement(param, momentum, idx, g / MathF.Sqrt(v[idx]), clip, stepSize, b1, wd);
         }
+    }
+
+    // Pass 2's update of one element from its unscaled update u: clip, momentum, the step and the decoupled decay.
+    static void ApplyElement(CpuView<float> param, CpuView<float> momentum, long idx, float u, float clip, float stepSize, float b1, float wd)
+    {
+        u *= clip;
+        float m = u;
+        if (!momentum.IsNull)
+        {
+            m = b1 * momentum[idx] + (1 - b1) * u;
+            momentum[idx] = m;
+        }
+        float p = param[idx];
+        param[idx] = p - stepSize * m - wd * p;
     }
 
     // The unfactored passes eight lanes at a time over the whole blocks of [start, end), returning where they
