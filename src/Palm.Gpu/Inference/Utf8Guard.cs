@@ -89,7 +89,4 @@ public sealed class Utf8Guard
         int s = (uint)token < (uint)_next[state].Length ? _next[state][token] : Invalid;
         return s == Invalid ? Boundary : s;
     }
-
-    /// <summary>Whether a sequence may end in this state (a control token such as [eod] is only drawn at a boundary anyway).</summary>
-    public static bool AtBoundary(int state) => state == Boundary;
 }

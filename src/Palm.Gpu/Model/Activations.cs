@@ -102,7 +102,6 @@ internal sealed class ModelActivations : IDisposable
         Logits = be.Allocate("logits", n * max.V);
         TargetLogit = be.Allocate("target_logit", n);
         LogZ = be.Allocate("log_z", n);
-        HostLosses = new float[n];
         HostLogZ = new float[n];
         HostTargetLogit = new float[n];
     }
@@ -111,8 +110,8 @@ internal sealed class ModelActivations : IDisposable
     public readonly BlockActivations[] Blocks;
     public readonly BackwardScratch Scratch;
     public readonly DeviceBuffer Tokens, Targets, Hf, HfMean, HfRstd, Logits, TargetLogit, LogZ;
-    /// <summary>Host copies: per-token cross-entropy (logZ − target logit), logZ, target logit.</summary>
-    public readonly float[] HostLosses, HostLogZ, HostTargetLogit;
+    /// <summary>Host copies of logZ and the target logits, for the loss (per-token cross-entropy = logZ − target logit).</summary>
+    public readonly float[] HostLogZ, HostTargetLogit;
 
     public BlockActivations For(int layer) => Blocks[Blocks.Length == 1 ? 0 : layer];
 

@@ -205,9 +205,7 @@ public sealed partial class PalmModel : IDisposable
         double ce = 0, z2 = 0;
         for (int i = 0; i < n; i++)
         {
-            double loss = (double)_a.HostLogZ[i] - _a.HostTargetLogit[i];
-            _a.HostLosses[i] = (float)loss;
-            ce += loss;
+            ce += (double)_a.HostLogZ[i] - _a.HostTargetLogit[i];
             z2 += (double)_a.HostLogZ[i] * _a.HostLogZ[i];
         }
         sums[0] = ce;
@@ -448,9 +446,6 @@ public sealed partial class PalmModel : IDisposable
         var t = LocalSchema.Tensors[i];
         return new TensorLayout(ShardMath.Name(t.Axis), t.Shape.Select(x => (long)x).ToArray());
     }
-
-    /// <summary>Per-token cross-entropy of the last Forward on one device (N values).</summary>
-    public ReadOnlySpan<float> TokenLosses => _a.HostLosses.AsSpan(0, _batch * Config.SeqLen);
 
     /// <summary>Logits of the last Forward for the first <paramref name="rows"/> rows, (rows, Vl) on the host.</summary>
     public float[] DownloadLogits(int rows)

@@ -232,8 +232,6 @@ public sealed class RankContext
     public int ModelRank { get; }
     public int DataSize { get; }
     public int ModelSize { get; }
-    /// <summary>Rank index d·M + m.</summary>
-    public int Index => DataRank * ModelSize + ModelRank;
     public IGroupCommunicator ModelGroup { get; }
     public IGroupCommunicator DataGroup { get; }
     public IGroupCommunicator World { get; }

@@ -27,8 +27,6 @@ public sealed class ArenaLayout
     public long[] Offsets { get; }
     /// <summary>Elements of the allocation, padding included.</summary>
     public long Length { get; }
-    /// <summary>Elements between tensors that no tensor owns (kept zero).</summary>
-    public long Padding => Length - Counts.Sum();
 
     /// <summary>Tensor i of <paramref name="arena"/> (a buffer of <see cref="Length"/> elements) as a view.</summary>
     public DeviceBuffer View(DeviceBuffer arena, int i) => arena.Slice(Offsets[i], Counts[i]);
