@@ -6,7 +6,7 @@ namespace Palm.Gpu.Sharding;
 
 /// <summary>
 /// Collectives between OpenCL devices of one shared context (<see cref="OpenClContext.CreateShared"/>): data moves
-/// between the ranks' buffers with clEnqueueCopyBuffer and is combined by a small kernel (kernels/collectives.cl),
+/// between the ranks' buffers with clEnqueueCopyBuffer and is combined by a small kernel (kernels/collectives/collectives.cl),
 /// never through the host. Each rank keeps its own in-order queue; the phases of a collective are ordered across
 /// queues with events: every queue first enqueues a marker ("my buffers are ready"), every queue then puts a
 /// barrier on all those markers before reading other ranks' buffers, and so on for each phase, so no queue reads
