@@ -9,6 +9,7 @@ using Palm.Gpu.Benchmarks;
 //   --backends cpu,opencl          which backends (default every one that can be created here)
 // Verbs:
 //   gemm-quick [threads]           a fast GFLOP/s table of our GEMM vs OpenBLAS, without BenchmarkDotNet
+//   attention-quick [threads] [rounds]  a fast GFLOP/s table of the CPU attention kernels beside a GEMM peer
 //   board [--out DIR] [--machine NAME] [--preset P] [--batch B] [--seq T] [--passes N]
 //                                  regenerate the results board DIR/NAME.md (default benchmarks/results/<cpu>-<cores>c.md)
 //   list                           print every kernel case
@@ -50,6 +51,11 @@ static bool Skip(string backend)
 if (rest.Count > 0 && rest[0] == "gemm-quick")
 {
     GemmBenchmarks.Quick(rest.Count > 1 ? int.Parse(rest[1]) : Environment.ProcessorCount);
+    return;
+}
+if (rest.Count > 0 && rest[0] == "attention-quick")
+{
+    AttentionQuick.Run(rest.Count > 1 ? int.Parse(rest[1]) : Environment.ProcessorCount, rest.Count > 2 ? int.Parse(rest[2]) : 5);
     return;
 }
 if (rest.Count > 0 && rest[0] == "list")
