@@ -1,9 +1,11 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace Palm.Gpu.Backends.Cpu;
 
 // Causal self-attention, FlashAttention-style: tiled over query blocks and key tiles with an online softmax,
-// so the T×T score matrix never exists; a worker holds one (rows × 64) score tile at a time.
+// so the T×T score matrix never exists; a worker holds one (64 keys × rows) score tile at a time.
 // B batch, T time, H query heads, G kv heads (G = 1 multi-query, G = H multi-head), K head dim.
 // forward:  q (B,T,H,K), k (B,T,G,K), v (B,T,G,K) -> out (B,T,H,K), lse (B,H,T)
 // backward: dout (B,T,H,K), q, k, v, out, lse -> dq (B,T,H,K), dk (B,T,G,K), dv (B,T,G,K), all overwritten
@@ -13,7 +15,8 @@ namespace Palm.Gpu.Backends.Cpu;
 //   dv = Pᵀ·dout,  dP = dout·vᵀ,  dS = P ⊙ (dP − D) with D = rowsum(dout ⊙ out),  dq = dS·k/√K,  dk = dSᵀ·q/√K
 //
 // A "row" is one (time, query head) pair of a kv group. Rows of a query block are time-major, so the H/G heads
-// that share a kv head are processed against every K/V tile in one go (all H heads at once for multi-query).
+// that share a kv head are rows of one tile against each K/V tile (all H heads at once for multi-query): K and
+// V are read once per tile for all of them.
 // Work items:
 //   forward          (b, g, query block): key tiles 0..diagonal in order, online softmax; writes out and lse
 //   backward, fused  (b, g):              query blocks in order, key tiles in order; dk, dv for all keys in scratch
@@ -23,13 +26,19 @@ namespace Palm.Gpu.Backends.Cpu;
 // Each output element is written by exactly one item and summed in a fixed order; the fused and two-pass schemes
 // add the same terms in the same order. Same bits for any thread count and vector width (CpuSimd), no atomics.
 //
-// Tiles live in per-thread scratch. Query-side rows are packed (rows × Kp), Kp = K rounded up to 16 and
-// zero-padded, queries pre-scaled by 1/√K. Keys for the score kernel are packed transposed (K × 64): the kernel
-// broadcasts one query element and multiplies it into 64 keys at once, so no horizontal sums are needed.
-// Keys/values for the accumulate kernel are packed as rows (64 × Kp).
+// Score tiles are kept transposed, Sᵀ (keys × rows), so that everything the softmax does per query row (max,
+// exp, sum, rescale, mask) is lane-wise across 16 rows: no horizontal reductions, and every row sums its keys in
+// key order at any vector width. The tile products are register-blocked micro-kernels over packed operands:
+//   Sᵀ  = K·Qᵀ, dPᵀ = V·dOᵀ   (TileProduct: broadcast one key element, multiply 64 query rows of Qᵀ at once)
+//   O  += P·V,  dQ += dS·K,  dV += Pᵀ·dO,  dK += dSᵀ·Q   (Accumulate: broadcast one P element into a K/V/q/dout row)
+// Queries and douts are packed once per query block, as rows (rows × Kp) and transposed (Kp × rows), queries
+// pre-scaled by 1/√K; K and V are read where they lie when they are contiguous rows (G = 1, K a multiple of 16),
+// and packed zero-padded per tile otherwise or for a ragged last tile. On the diagonal only the keys up to the block's last
+// time step are computed (rounded up to 4), so causal work beyond the diagonal is at most a few keys per row.
+// exp is a polynomial of FMAs (ExpLanes), the same IEEE operations on every lane at every width.
 internal static unsafe class CpuAttention
 {
-    /// <summary>Keys per tile; the score kernels produce exactly this many columns (4 × 16 lanes).</summary>
+    /// <summary>Keys per tile (a multiple of 4: the score kernel makes 4 keys at a time).</summary>
     const int KeyTile = 64;
     /// <summary>Target query rows (time steps × heads of one kv group) per work item.</summary>
     const int RowsPerBlock = 128;
@@ -120,86 +129,107 @@ internal static unsafe class CpuAttention
     static void ForwardBlock(in Shape s, int vb, float* output, float* lse, float* q, float* k, float* v,
                              int bi, int g, int block, float* work)
     {
-        int t0 = block * s.BlockTime, t1 = Math.Min(s.T, t0 + s.BlockTime);
-        int rows = (t1 - t0) * s.HeadsPerGroup, rows4 = RoundUp(rows, 4), kp = s.Kp;
+        var blk = new Block(s, block);
+        int kp = s.Kp, ld = s.Ld;
         var scratch = new Carver(work);
-        float* qs = scratch.Take(rows4 * kp), acc = scratch.Take(rows4 * kp), scores = scratch.Take(rows4 * KeyTile);
-        float* kt = scratch.Take(s.K * KeyTile), vr = scratch.Take(KeyTile * kp);
-        float* rowMax = scratch.Take(rows4), rowSum = scratch.Take(rows4), rescale = scratch.Take(rows4);
+        float* qs = scratch.Take(s.Ld * kp), qt = scratch.Take(kp * ld), acc = scratch.Take(s.Ld * kp), st = scratch.Take(KeyTile * ld);
+        float* kr = scratch.Take(KeyTile * kp), vr = scratch.Take(KeyTile * kp);
+        float* rowTime = scratch.Take(ld), rowMax = scratch.Take(ld), rowSum = scratch.Take(ld), rescale = scratch.Take(ld);
 
-        PackRows(qs, q, s, bi, g, t0, t1, rows4, s.Scale);
-        new Span<float>(acc, rows4 * kp).Clear();
-        new Span<float>(rowMax, rows4).Fill(float.NegativeInfinity);
-        new Span<float>(rowSum, rows4).Clear();
+        PackRows(qs, q, s, bi, g, blk.T0, blk.T1, blk.Rows16, s.Scale);
+        Transpose(vb, qt, ld, qs, kp, blk.Rows16, kp);
+        RowTimes(rowTime, s, blk);
+        new Span<float>(acc, blk.Rows16 * kp).Clear();
+        new Span<float>(rowMax, ld).Fill(float.NegativeInfinity);
+        new Span<float>(rowSum, ld).Clear();
 
-        for (int j0 = 0; j0 < t1; j0 += KeyTile)
+        for (int j0 = 0; j0 < blk.T1; j0 += KeyTile)
         {
-            int keys = Math.Min(KeyTile, s.T - j0);
-            PackTransposed(kt, k, s, bi, g, j0, keys);
-            PackKvRows(vr, v, s, bi, g, j0, keys);
-            int r0 = FirstRow(s, t0, j0);
-            Scores(vb, qs, kp, kt, scores, r0, rows4, s.K);
-            for (int r = r0; r < rows4; r++)
-            {
-                float* sr = scores + r * KeyTile;
-                int visible = Visible(s, r, rows, t0, j0, keys);
-                if (visible == 0) { new Span<float>(sr, KeyTile).Clear(); rescale[r] = 1; continue; }
-                MaskTail(sr, visible);
-                // Online softmax: rescale what was accumulated under the old maximum.
-                float newMax = MathF.Max(rowMax[r], RowMax(vb, sr));
-                float c = MathF.Exp(rowMax[r] - newMax);
-                rowSum[r] = rowSum[r] * c + ExpRow(vb, sr, newMax);
-                rowMax[r] = newMax;
-                rescale[r] = c;
-            }
-            Accumulate(vb, acc, kp, scores, KeyTile, 1, vr, kp, r0, rows4, 0, Math.Min(keys, t1 - j0), rescale);
+            var tile = new KeyTileView(s, blk, bi, g, j0, k, v, kr, vr);
+            TileProduct(vb, tile.K, tile.Ld, qt, ld, st, ld, tile.Keys4, tile.R0, blk.Rows16, s.K);
+            Softmax(vb, st, ld, tile.Keys4, tile.R0, blk.Rows16, j0, tile.Diagonal, rowTime, rowMax, rowSum, rescale);
+            Accumulate(vb, acc, kp, st, 1, ld, tile.V, tile.Ld, tile.R0, blk.Rows16, 0, tile.Keys, rescale);
         }
 
         int row = 0;
-        for (int tt = t0; tt < t1; tt++)
+        for (int tt = blk.T0; tt < blk.T1; tt++)
             for (int hh = 0; hh < s.HeadsPerGroup; hh++, row++)
             {
                 int h = g * s.HeadsPerGroup + hh;
-                float inv = 1f / rowSum[row];
-                float* dst = output + s.QueryRow(bi, tt, h), src = acc + row * kp;
-                for (int d = 0; d < s.K; d++) dst[d] = src[d] * inv;
+                ScaleCopy(output + s.QueryRow(bi, tt, h), acc + row * kp, s.K, 1f / rowSum[row]);
                 lse[s.LseIndex(bi, h, tt)] = rowMax[row] + MathF.Log(rowSum[row]);
             }
     }
 
+    /// <summary>The query-side operands of one block for the backward: q and dout as rows and transposed, row statistics.</summary>
+    readonly struct BackwardBlock
+    {
+        public readonly float* Qs, Qt, Dos, Dot, RowTime, RowLse, RowD;
+
+        public BackwardBlock(in Shape s, int vb, in Block blk, float* q, float* dout, float* lse, float* rowDot, int bi, int g, ref Carver scratch)
+        {
+            int kp = s.Kp, ld = s.Ld;
+            Qs = scratch.Take(ld * kp); Qt = scratch.Take(kp * ld); Dos = scratch.Take(ld * kp); Dot = scratch.Take(kp * ld);
+            RowTime = scratch.Take(ld); RowLse = scratch.Take(ld); RowD = scratch.Take(ld);
+            Pack(s, vb, blk, q, dout, lse, rowDot, bi, g);
+        }
+
+        public void Pack(in Shape s, int vb, in Block blk, float* q, float* dout, float* lse, float* rowDot, int bi, int g)
+        {
+            PackRows(Qs, q, s, bi, g, blk.T0, blk.T1, blk.Rows16, s.Scale);
+            PackRows(Dos, dout, s, bi, g, blk.T0, blk.T1, blk.Rows16, 1f);
+            Transpose(vb, Qt, s.Ld, Qs, s.Kp, blk.Rows16, s.Kp);
+            Transpose(vb, Dot, s.Ld, Dos, s.Kp, blk.Rows16, s.Kp);
+            RowTimes(RowTime, s, blk);
+            // Padding rows get lse = +∞ and D = 0, so their P and dS are exactly 0.
+            new Span<float>(RowLse, blk.Rows16).Fill(float.PositiveInfinity);
+            new Span<float>(RowD, blk.Rows16).Clear();
+            int row = 0;
+            for (int tt = blk.T0; tt < blk.T1; tt++)
+                for (int hh = 0; hh < s.HeadsPerGroup; hh++, row++)
+                {
+                    int i = s.LseIndex(bi, g * s.HeadsPerGroup + hh, tt);
+                    RowLse[row] = lse[i];
+                    RowD[row] = rowDot[i];
+                }
+        }
+    }
+
+    /// <summary>Pᵀ and dSᵀ of one (block, key tile): the two score products and the elementwise step.</summary>
+    static void ProbabilityTile(in Shape s, int vb, in Block blk, in BackwardBlock qb, in KeyTileView tile, float* pt, float* dst)
+    {
+        TileProduct(vb, tile.K, tile.Ld, qb.Qt, s.Ld, pt, s.Ld, tile.Keys4, tile.R0, blk.Rows16, s.K);
+        TileProduct(vb, tile.V, tile.Ld, qb.Dot, s.Ld, dst, s.Ld, tile.Keys4, tile.R0, blk.Rows16, s.K);
+        Gradients(vb, pt, dst, s.Ld, tile.Keys4, tile.R0, blk.Rows16, tile.J0, tile.Diagonal, qb.RowTime, qb.RowLse, qb.RowD);
+    }
+
     /// <summary>dk and dv for one key tile of kv group g: all query heads of the group, query blocks in order.</summary>
     static void KeyValueGradTile(in Shape s, int vb, float* dk, float* dv, float* dout, float* q, float* k, float* v,
-                                 float* lse, float* rowDot, int bi, int g, int tile, float* work)
+                                 float* lse, float* rowDot, int bi, int g, int tileIndex, float* work)
     {
-        int j0 = tile * KeyTile, keys = Math.Min(KeyTile, s.T - j0), keys4 = RoundUp(keys, 4), kp = s.Kp, rowsMax = s.RowsMax;
+        int j0 = tileIndex * KeyTile, kp = s.Kp, ld = s.Ld;
         var scratch = new Carver(work);
-        float* qs = scratch.Take(rowsMax * kp), dos = scratch.Take(rowsMax * kp);
-        float* probs = scratch.Take(rowsMax * KeyTile), dscores = scratch.Take(rowsMax * KeyTile);
-        float* kt = scratch.Take(s.K * KeyTile), vt = scratch.Take(s.K * KeyTile);
+        float* pt = scratch.Take(KeyTile * ld), dst = scratch.Take(KeyTile * ld);
+        float* kr = scratch.Take(KeyTile * kp), vr = scratch.Take(KeyTile * kp);
         float* dkAcc = scratch.Take(KeyTile * kp), dvAcc = scratch.Take(KeyTile * kp);
-        float* rowLse = scratch.Take(rowsMax), rowD = scratch.Take(rowsMax);
-
-        PackTransposed(kt, k, s, bi, g, j0, keys);
-        PackTransposed(vt, v, s, bi, g, j0, keys);
         new Span<float>(dkAcc, KeyTile * kp).Clear();
         new Span<float>(dvAcc, KeyTile * kp).Clear();
+        BackwardBlock qb = default;
+        bool first = true;
 
         for (int block = j0 / s.BlockTime; block < s.QueryBlocks; block++)
         {
-            int t0 = block * s.BlockTime, t1 = Math.Min(s.T, t0 + s.BlockTime);
-            int rows = (t1 - t0) * s.HeadsPerGroup, rows4 = RoundUp(rows, 4);
-            PackRows(qs, q, s, bi, g, t0, t1, rows4, s.Scale);
-            PackRows(dos, dout, s, bi, g, t0, t1, rows4, 1f);
-            GatherRowStats(rowLse, rowD, lse, rowDot, s, bi, g, t0, t1);
-            int r0 = FirstRow(s, t0, j0);
-            Scores(vb, qs, kp, kt, probs, r0, rows4, s.K);
-            Scores(vb, dos, kp, vt, dscores, r0, rows4, s.K);
-            ProbabilityRows(vb, s, probs, dscores, rowLse, rowD, r0, rows4, rows, t0, j0, keys);
-            // dv[j] += Σ_r P[r][j]·dout[r];  dk[j] += Σ_r dS[r][j]·q[r]/√K  (P and dS read transposed)
-            Accumulate(vb, dvAcc, kp, probs, 1, KeyTile, dos, kp, 0, keys4, r0, rows4, null);
-            Accumulate(vb, dkAcc, kp, dscores, 1, KeyTile, qs, kp, 0, keys4, r0, rows4, null);
+            var blk = new Block(s, block);
+            if (first) { qb = new BackwardBlock(s, vb, blk, q, dout, lse, rowDot, bi, g, ref scratch); first = false; }
+            else qb.Pack(s, vb, blk, q, dout, lse, rowDot, bi, g);
+            var tile = new KeyTileView(s, blk, bi, g, j0, k, v, kr, vr);
+            ProbabilityTile(s, vb, blk, qb, tile, pt, dst);
+            // dv[j] += Σ_r P[j][r]·dout[r];  dk[j] += Σ_r dS[j][r]·q[r]/√K
+            Accumulate(vb, dvAcc, kp, pt, ld, 1, qb.Dos, kp, 0, tile.Keys4, tile.R0, blk.Rows16, null);
+            Accumulate(vb, dkAcc, kp, dst, ld, 1, qb.Qs, kp, 0, tile.Keys4, tile.R0, blk.Rows16, null);
         }
 
+        int keys = Math.Min(KeyTile, s.T - j0);
         for (int j = 0; j < keys; j++)
         {
             long o = s.KvRow(bi, j0 + j, g);
@@ -212,89 +242,50 @@ internal static unsafe class CpuAttention
     static void QueryGradBlock(in Shape s, int vb, float* dq, float* dout, float* q, float* k, float* v,
                                float* lse, float* rowDot, int bi, int g, int block, float* work)
     {
-        int t0 = block * s.BlockTime, t1 = Math.Min(s.T, t0 + s.BlockTime);
-        int rows = (t1 - t0) * s.HeadsPerGroup, rows4 = RoundUp(rows, 4), kp = s.Kp;
+        var blk = new Block(s, block);
+        int kp = s.Kp, ld = s.Ld;
         var scratch = new Carver(work);
-        float* qs = scratch.Take(rows4 * kp), dos = scratch.Take(rows4 * kp), dqAcc = scratch.Take(rows4 * kp);
-        float* probs = scratch.Take(rows4 * KeyTile), dscores = scratch.Take(rows4 * KeyTile);
-        float* kt = scratch.Take(s.K * KeyTile), vt = scratch.Take(s.K * KeyTile), kr = scratch.Take(KeyTile * kp);
-        float* rowLse = scratch.Take(rows4), rowD = scratch.Take(rows4);
+        var qb = new BackwardBlock(s, vb, blk, q, dout, lse, rowDot, bi, g, ref scratch);
+        float* dqAcc = scratch.Take(ld * kp), pt = scratch.Take(KeyTile * ld), dst = scratch.Take(KeyTile * ld);
+        float* kr = scratch.Take(KeyTile * kp), vr = scratch.Take(KeyTile * kp);
+        new Span<float>(dqAcc, blk.Rows16 * kp).Clear();
 
-        PackRows(qs, q, s, bi, g, t0, t1, rows4, s.Scale);
-        PackRows(dos, dout, s, bi, g, t0, t1, rows4, 1f);
-        GatherRowStats(rowLse, rowD, lse, rowDot, s, bi, g, t0, t1);
-        new Span<float>(dqAcc, rows4 * kp).Clear();
-
-        for (int j0 = 0; j0 < t1; j0 += KeyTile)
+        for (int j0 = 0; j0 < blk.T1; j0 += KeyTile)
         {
-            int keys = Math.Min(KeyTile, s.T - j0);
-            PackTransposed(kt, k, s, bi, g, j0, keys);
-            PackTransposed(vt, v, s, bi, g, j0, keys);
-            PackKvRows(kr, k, s, bi, g, j0, keys);
-            int r0 = FirstRow(s, t0, j0);
-            Scores(vb, qs, kp, kt, probs, r0, rows4, s.K);
-            Scores(vb, dos, kp, vt, dscores, r0, rows4, s.K);
-            ProbabilityRows(vb, s, probs, dscores, rowLse, rowD, r0, rows4, rows, t0, j0, keys);
-            Accumulate(vb, dqAcc, kp, dscores, KeyTile, 1, kr, kp, r0, rows4, 0, Math.Min(keys, t1 - j0), null);
+            var tile = new KeyTileView(s, blk, bi, g, j0, k, v, kr, vr);
+            ProbabilityTile(s, vb, blk, qb, tile, pt, dst);
+            Accumulate(vb, dqAcc, kp, dst, 1, ld, tile.K, tile.Ld, tile.R0, blk.Rows16, 0, tile.Keys, null);
         }
-
-        int row = 0;
-        for (int tt = t0; tt < t1; tt++)
-            for (int hh = 0; hh < s.HeadsPerGroup; hh++, row++)
-            {
-                float* dst = dq + s.QueryRow(bi, tt, g * s.HeadsPerGroup + hh), src = dqAcc + row * kp;
-                for (int d = 0; d < s.K; d++) dst[d] = src[d] * s.Scale;
-            }
+        StoreDq(s, dq, dqAcc, blk, bi, g);
     }
 
-    /// <summary>
-    /// dq, dk and dv for all rows and keys of (b, g) in one sweep: query blocks in order, key tiles in order within
-    /// each, with dk and dv for the whole sequence held in scratch. Same sums, same order as the two passes.
-    /// </summary>
+    /// <summary>dq, dk and dv of kv group g: query blocks in order, key tiles in order (the two passes' order).</summary>
     static void BackwardPair(in Shape s, int vb, float* dq, float* dk, float* dv, float* dout, float* q, float* k, float* v,
                              float* lse, float* rowDot, int bi, int g, float* work)
     {
-        int kp = s.Kp, rowsMax = s.RowsMax;
+        int kp = s.Kp, ld = s.Ld;
         var scratch = new Carver(work);
-        float* qs = scratch.Take(rowsMax * kp), dos = scratch.Take(rowsMax * kp), dqAcc = scratch.Take(rowsMax * kp);
-        float* probs = scratch.Take(rowsMax * KeyTile), dscores = scratch.Take(rowsMax * KeyTile);
-        float* kt = scratch.Take(s.K * KeyTile), vt = scratch.Take(s.K * KeyTile), kr = scratch.Take(KeyTile * kp);
-        float* rowLse = scratch.Take(rowsMax), rowD = scratch.Take(rowsMax);
+        var qb = new BackwardBlock(s, vb, new Block(s, 0), q, dout, lse, rowDot, bi, g, ref scratch);
+        float* dqAcc = scratch.Take(ld * kp), pt = scratch.Take(KeyTile * ld), dst = scratch.Take(KeyTile * ld);
+        float* kr = scratch.Take(KeyTile * kp), vr = scratch.Take(KeyTile * kp);
         float* dkAll = scratch.Take(s.KeyTiles * KeyTile * kp), dvAll = scratch.Take(s.KeyTiles * KeyTile * kp);
         new Span<float>(dkAll, s.KeyTiles * KeyTile * kp).Clear();
         new Span<float>(dvAll, s.KeyTiles * KeyTile * kp).Clear();
 
         for (int block = 0; block < s.QueryBlocks; block++)
         {
-            int t0 = block * s.BlockTime, t1 = Math.Min(s.T, t0 + s.BlockTime);
-            int rows = (t1 - t0) * s.HeadsPerGroup, rows4 = RoundUp(rows, 4);
-            PackRows(qs, q, s, bi, g, t0, t1, rows4, s.Scale);
-            PackRows(dos, dout, s, bi, g, t0, t1, rows4, 1f);
-            GatherRowStats(rowLse, rowD, lse, rowDot, s, bi, g, t0, t1);
-            new Span<float>(dqAcc, rows4 * kp).Clear();
-
-            for (int j0 = 0; j0 < t1; j0 += KeyTile)
+            var blk = new Block(s, block);
+            if (block > 0) qb.Pack(s, vb, blk, q, dout, lse, rowDot, bi, g);
+            new Span<float>(dqAcc, blk.Rows16 * kp).Clear();
+            for (int j0 = 0; j0 < blk.T1; j0 += KeyTile)
             {
-                int keys = Math.Min(KeyTile, s.T - j0), keys4 = RoundUp(keys, 4);
-                PackTransposed(kt, k, s, bi, g, j0, keys);
-                PackTransposed(vt, v, s, bi, g, j0, keys);
-                PackKvRows(kr, k, s, bi, g, j0, keys);
-                int r0 = FirstRow(s, t0, j0);
-                Scores(vb, qs, kp, kt, probs, r0, rows4, s.K);
-                Scores(vb, dos, kp, vt, dscores, r0, rows4, s.K);
-                ProbabilityRows(vb, s, probs, dscores, rowLse, rowD, r0, rows4, rows, t0, j0, keys);
-                Accumulate(vb, dvAll + j0 * kp, kp, probs, 1, KeyTile, dos, kp, 0, keys4, r0, rows4, null);
-                Accumulate(vb, dkAll + j0 * kp, kp, dscores, 1, KeyTile, qs, kp, 0, keys4, r0, rows4, null);
-                Accumulate(vb, dqAcc, kp, dscores, KeyTile, 1, kr, kp, r0, rows4, 0, Math.Min(keys, t1 - j0), null);
+                var tile = new KeyTileView(s, blk, bi, g, j0, k, v, kr, vr);
+                ProbabilityTile(s, vb, blk, qb, tile, pt, dst);
+                Accumulate(vb, dvAll + j0 * kp, kp, pt, ld, 1, qb.Dos, kp, 0, tile.Keys4, tile.R0, blk.Rows16, null);
+                Accumulate(vb, dkAll + j0 * kp, kp, dst, ld, 1, qb.Qs, kp, 0, tile.Keys4, tile.R0, blk.Rows16, null);
+                Accumulate(vb, dqAcc, kp, dst, 1, ld, tile.K, tile.Ld, tile.R0, blk.Rows16, 0, tile.Keys, null);
             }
-
-            int row = 0;
-            for (int tt = t0; tt < t1; tt++)
-                for (int hh = 0; hh < s.HeadsPerGroup; hh++, row++)
-                {
-                    float* dst = dq + s.QueryRow(bi, tt, g * s.HeadsPerGroup + hh), src = dqAcc + row * kp;
-                    for (int d = 0; d < s.K; d++) dst[d] = src[d] * s.Scale;
-                }
+            StoreDq(s, dq, dqAcc, blk, bi, g);
         }
 
         for (int j = 0; j < s.T; j++)
@@ -305,7 +296,15 @@ internal static unsafe class CpuAttention
         }
     }
 
-    // ---- shape, scratch, packing ---------------------------------------------------------------------------
+    static void StoreDq(in Shape s, float* dq, float* dqAcc, in Block blk, int bi, int g)
+    {
+        int row = 0;
+        for (int tt = blk.T0; tt < blk.T1; tt++)
+            for (int hh = 0; hh < s.HeadsPerGroup; hh++, row++)
+                ScaleCopy(dq + s.QueryRow(bi, tt, g * s.HeadsPerGroup + hh), dqAcc + row * s.Kp, s.K, s.Scale);
+    }
+
+    // ---- shape, blocks, tiles, scratch, packing ------------------------------------------------------------
 
     readonly struct Shape
     {
@@ -313,7 +312,9 @@ internal static unsafe class CpuAttention
         public readonly int HeadsPerGroup;   // H/G query heads per kv head
         public readonly int Kp;              // K rounded up to 16: packed row stride
         public readonly int BlockTime;       // time steps per query block (rows = BlockTime·H/G)
-        public readonly int QueryBlocks, KeyTiles, RowsMax;
+        public readonly int QueryBlocks, KeyTiles;
+        public readonly int Ld;              // stride of transposed tiles: rows of the largest block rounded up to 16, + 16
+        public readonly bool KvInPlace;      // K and V rows are read where they lie (G = 1, K a multiple of 16)
         public readonly float Scale;         // 1/√K
 
         public Shape(int b, int t, int h, int g, int k)
@@ -326,7 +327,12 @@ internal static unsafe class CpuAttention
             BlockTime = Math.Max(1, RowsPerBlock / HeadsPerGroup);
             QueryBlocks = (t + BlockTime - 1) / BlockTime;
             KeyTiles = (t + KeyTile - 1) / KeyTile;
-            RowsMax = RoundUp(Math.Min(BlockTime, Math.Max(t, 1)) * HeadsPerGroup, 4);
+            // One cache line more than the rows: a column walk of a transposed tile (stride Ld) then spreads over
+            // the L1 sets instead of landing on the few that a power-of-two stride maps to.
+            Ld = RoundUp(Math.Min(BlockTime, Math.Max(t, 1)) * HeadsPerGroup, 16) + 16;
+            // In place only when the rows of a tile are contiguous: with G > 1 their stride G·K is a large power
+            // of two for the usual K, which would fold a tile onto a few L1 sets; a packed copy costs ~3% of a tile.
+            KvInPlace = Kp == k && g == 1;
             Scale = (float)(1.0 / Math.Sqrt(k));
         }
 
@@ -343,10 +349,55 @@ internal static unsafe class CpuAttention
             if (a.Length < need) throw new ArgumentException($"attention: {name} has {a.Length} floats, needs {need}");
         }
 
-        /// <summary>Floats of scratch that any of the three work items carves out.</summary>
-        public int ScratchFloats =>
-            3 * RoundUp(RowsMax * Kp, 16) + 2 * RoundUp(RowsMax * KeyTile, 16) + 2 * K * KeyTile
-            + 3 * KeyTile * Kp + 3 * RoundUp(RowsMax, 16);
+        /// <summary>Floats of scratch that any of the three work items carves out (the largest, the backward ones).</summary>
+        public int ScratchFloats => 5 * Ld * Kp + 2 * KeyTile * Ld + 4 * KeyTile * Kp + 4 * Ld + 16 * 16;
+    }
+
+    /// <summary>One query block: time steps [T0, T1), Rows real rows, Rows16 = Rows rounded up to 16 (the rest zero padding).</summary>
+    readonly struct Block
+    {
+        public readonly int T0, T1, Rows, Rows16;
+        public Block(in Shape s, int block)
+        {
+            T0 = block * s.BlockTime;
+            T1 = Math.Min(s.T, T0 + s.BlockTime);
+            Rows = (T1 - T0) * s.HeadsPerGroup;
+            Rows16 = RoundUp(Rows, 16);
+        }
+    }
+
+    /// <summary>
+    /// One key tile as a block sees it: K and V rows (in place, or packed zero-padded), the keys computed (up to the
+    /// block's last time step; Keys4 rounded up to 4), the first row group that sees any of them, and whether the
+    /// causal mask cuts through the computed part.
+    /// </summary>
+    readonly struct KeyTileView
+    {
+        public readonly float* K, V;
+        public readonly int Ld, J0, Keys, Keys4, R0;
+        public readonly bool Diagonal;
+
+        public KeyTileView(in Shape s, in Block blk, int bi, int g, int j0, float* k, float* v, float* kr, float* vr)
+        {
+            J0 = j0;
+            Keys = Math.Min(KeyTile, blk.T1 - j0);
+            Keys4 = RoundUp(Keys, 4);
+            // Rows earlier in time than j0 see none of these keys; whole groups of 16 of them are skipped.
+            R0 = (Math.Max(0, j0 - blk.T0) * s.HeadsPerGroup) & ~15;
+            Diagonal = j0 + Keys4 - 1 > blk.T0;
+            if (s.KvInPlace && j0 + Keys4 <= s.T)
+            {
+                K = k + s.KvRow(bi, j0, g);
+                V = v + s.KvRow(bi, j0, g);
+                Ld = s.G * s.K;
+            }
+            else
+            {
+                PackKvRows(kr, k, s, bi, g, j0, Math.Min(Keys4, s.T - j0));
+                PackKvRows(vr, v, s, bi, g, j0, Math.Min(Keys4, s.T - j0));
+                K = kr; V = vr; Ld = s.Kp;
+            }
+        }
     }
 
     static float[] Scratch(in Shape s, int extra = 0)
@@ -366,15 +417,14 @@ internal static unsafe class CpuAttention
 
     static int RoundUp(int x, int m) => (x + m - 1) / m * m;
 
-    /// <summary>First row (rounded down to a group of 4) that sees any key ≥ j0; earlier rows are earlier in time.</summary>
-    static int FirstRow(in Shape s, int t0, int j0) => (Math.Max(0, j0 - t0) * s.HeadsPerGroup) & ~3;
+    /// <summary>Time step of each row of the block as a float (exact below 2^24); padding rows get −1, so every key is masked for them.</summary>
+    static void RowTimes(float* rowTime, in Shape s, in Block blk)
+    {
+        for (int r = 0; r < blk.Rows16; r++) rowTime[r] = r < blk.Rows ? blk.T0 + r / s.HeadsPerGroup : -1f;
+    }
 
-    /// <summary>How many keys of the tile at j0 row r may attend to (0 for padding rows).</summary>
-    static int Visible(in Shape s, int r, int rows, int t0, int j0, int keys)
-        => r >= rows ? 0 : Math.Clamp(t0 + r / s.HeadsPerGroup - j0 + 1, 0, keys);
-
-    /// <summary>rows × Kp rows of src (q or dout) for times [t0, t1) and the heads of group g, scaled, zero-padded.</summary>
-    static void PackRows(float* dst, float* src, in Shape s, int bi, int g, int t0, int t1, int rows4, float scale)
+    /// <summary>rows16 × Kp rows of src (q or dout) for times [t0, t1) and the heads of group g, scaled, zero-padded.</summary>
+    static void PackRows(float* dst, float* src, in Shape s, int bi, int g, int t0, int t1, int rows16, float scale)
     {
         int kp = s.Kp, row = 0;
         for (int tt = t0; tt < t1; tt++)
@@ -383,26 +433,25 @@ internal static unsafe class CpuAttention
             for (int hh = 0; hh < s.HeadsPerGroup; hh++, row++, from += s.K)
             {
                 float* to = dst + row * kp;
-                for (int d = 0; d < s.K; d++) to[d] = from[d] * scale;
+                ScaleCopy(to, from, s.K, scale);
                 for (int d = s.K; d < kp; d++) to[d] = 0;
             }
         }
-        new Span<float>(dst + row * kp, (rows4 - row) * kp).Clear();
+        new Span<float>(dst + row * kp, (rows16 - row) * kp).Clear();
     }
 
-    /// <summary>K × 64 transposed key (or value) tile: dst[d·64 + j] = src[j0 + j][d], zero past the last key.</summary>
-    static void PackTransposed(float* dst, float* src, in Shape s, int bi, int g, int j0, int keys)
+    /// <summary>dst[i] = src[i]·scale: one rounding per element, so the bits do not depend on the vector width used.</summary>
+    static void ScaleCopy(float* dst, float* src, int n, float scale)
     {
-        for (int j = 0; j < keys; j++)
-        {
-            float* from = src + s.KvRow(bi, j0 + j, g);
-            for (int d = 0; d < s.K; d++) dst[d * KeyTile + j] = from[d];
-        }
-        if (keys < KeyTile)
-            for (int d = 0; d < s.K; d++) new Span<float>(dst + d * KeyTile + keys, KeyTile - keys).Clear();
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+            for (var f = Vector512.Create(scale); i + 16 <= n; i += 16) (Vector512.Load(src + i) * f).Store(dst + i);
+        if (Vector256.IsHardwareAccelerated)
+            for (var f = Vector256.Create(scale); i + 8 <= n; i += 8) (Vector256.Load(src + i) * f).Store(dst + i);
+        for (; i < n; i++) dst[i] = src[i] * scale;
     }
 
-    /// <summary>64 × Kp key (or value) rows, zero-padded in both directions.</summary>
+    /// <summary>Rows of K (or V) [j0, j0 + keys) of group g as 64 × Kp rows, zero-padded in both directions.</summary>
     static void PackKvRows(float* dst, float* src, in Shape s, int bi, int g, int j0, int keys)
     {
         int kp = s.Kp;
@@ -415,137 +464,271 @@ internal static unsafe class CpuAttention
         new Span<float>(dst + keys * kp, (KeyTile - keys) * kp).Clear();
     }
 
-    static void GatherRowStats(float* rowLse, float* rowD, float* lse, float* rowDot, in Shape s, int bi, int g, int t0, int t1)
+    /// <summary>dst[c·ldd + r] = src[r·lds + c] for r &lt; rows, c &lt; cols (both multiples of 16). Data movement only.</summary>
+    static void Transpose(int vb, float* dst, int ldd, float* src, int lds, int rows, int cols)
     {
-        int row = 0;
-        for (int tt = t0; tt < t1; tt++)
-            for (int hh = 0; hh < s.HeadsPerGroup; hh++, row++)
-            {
-                int i = s.LseIndex(bi, g * s.HeadsPerGroup + hh, tt);
-                rowLse[row] = lse[i];
-                rowD[row] = rowDot[i];
-            }
+        if (vb >= 512 && Avx512F.IsSupported)
+        {
+            for (int r = 0; r < rows; r += 16)
+                for (int c = 0; c < cols; c += 16)
+                    Transpose16(dst + c * ldd + r, ldd, src + r * lds + c, lds);
+            return;
+        }
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++) dst[c * ldd + r] = src[r * lds + c];
     }
 
-    // ---- row operations on one 64-wide score row ------------------------------------------------------------
-
-    static void MaskTail(float* row, int visible)
+    /// <summary>One 16 × 16 block: unpack pairs of rows, then pairs of pairs, then two 128-bit lane shuffles.</summary>
+    static void Transpose16(float* dst, int ldd, float* src, int lds)
     {
-        for (int j = visible; j < KeyTile; j++) row[j] = float.NegativeInfinity;
+        var t = new Rows16();
+        for (int i = 0; i < 16; i += 2)
+        {
+            var a = Vector512.Load(src + i * lds); var b = Vector512.Load(src + (i + 1) * lds);
+            t[i] = Avx512F.UnpackLow(a, b); t[i + 1] = Avx512F.UnpackHigh(a, b);
+        }
+        var u = new Rows16();
+        for (int i = 0; i < 16; i += 4)
+        {
+            var a0 = t[i].AsDouble(); var a1 = t[i + 1].AsDouble(); var b0 = t[i + 2].AsDouble(); var b1 = t[i + 3].AsDouble();
+            u[i] = Avx512F.UnpackLow(a0, b0).AsSingle(); u[i + 1] = Avx512F.UnpackHigh(a0, b0).AsSingle();
+            u[i + 2] = Avx512F.UnpackLow(a1, b1).AsSingle(); u[i + 3] = Avx512F.UnpackHigh(a1, b1).AsSingle();
+        }
+        // u[4i + c] holds element c + 4·L of rows 4i..4i+3 in its 128-bit lane L.
+        for (int c = 0; c < 4; c++)
+        {
+            var v0 = Avx512F.Shuffle4x128(u[c], u[4 + c], 0x88); var w0 = Avx512F.Shuffle4x128(u[c], u[4 + c], 0xDD);
+            var v1 = Avx512F.Shuffle4x128(u[8 + c], u[12 + c], 0x88); var w1 = Avx512F.Shuffle4x128(u[8 + c], u[12 + c], 0xDD);
+            Avx512F.Shuffle4x128(v0, v1, 0x88).Store(dst + c * ldd);
+            Avx512F.Shuffle4x128(w0, w1, 0x88).Store(dst + (c + 4) * ldd);
+            Avx512F.Shuffle4x128(v0, v1, 0xDD).Store(dst + (c + 8) * ldd);
+            Avx512F.Shuffle4x128(w0, w1, 0xDD).Store(dst + (c + 12) * ldd);
+        }
     }
 
-    static float RowMax(int vb, float* row)
+    [InlineArray(16)]
+    struct Rows16 { Vector512<float> element; }
+
+    // ---- exp on lanes -----------------------------------------------------------------------------------------
+
+    // exp(x) = 2^n · p(r), n = round(x·log2 e) (by the 1.5·2^23 rounding trick), r = x − n·ln 2 in two parts
+    // (Cody–Waite), p the degree-7 Taylor-fitted polynomial of Cephes' expf (about 1 ulp). x < −87 gives 0 (the
+    // masked −∞ entries included); x is clamped to 88 above. Only adds, multiplies, FMAs, a compare and integer
+    // shifts: the same bits on every lane at every width, and several times cheaper than Vector512.Exp.
+    const float ExpLow = -87f, ExpHigh = 88f, Log2E = 1.44269504088896341f, Magic = 12582912f;
+    const float Ln2Hi = 0.693359375f, Ln2Lo = -2.12194440e-4f;
+    const float P0 = 1.9875691500e-4f, P1 = 1.3981999507e-3f, P2 = 8.3334519073e-3f, P3 = 4.1665795894e-2f, P4 = 1.6666665459e-1f, P5 = 5.0000001201e-1f;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<float> Exp(Vector512<float> x)
+    {
+        var xc = Vector512.Min(x, Vector512.Create(ExpHigh));
+        var t = Vector512.FusedMultiplyAdd(xc, Vector512.Create(Log2E), Vector512.Create(Magic));
+        var n = t - Vector512.Create(Magic);
+        var r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2Hi), xc);
+        r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2Lo), r);
+        var p = Vector512.FusedMultiplyAdd(Vector512.Create(P0), r, Vector512.Create(P1));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P2));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P3));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P4));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P5));
+        p = Vector512.FusedMultiplyAdd(p, r * r, r) + Vector512<float>.One;
+        var scale = ((t.AsInt32() + Vector512.Create(127)) << 23).AsSingle();
+        return Vector512.ConditionalSelect(Vector512.LessThan(x, Vector512.Create(ExpLow)), Vector512<float>.Zero, p * scale);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<float> Exp(Vector256<float> x)
+    {
+        var xc = Vector256.Min(x, Vector256.Create(ExpHigh));
+        var t = Vector256.FusedMultiplyAdd(xc, Vector256.Create(Log2E), Vector256.Create(Magic));
+        var n = t - Vector256.Create(Magic);
+        var r = Vector256.FusedMultiplyAdd(n, Vector256.Create(-Ln2Hi), xc);
+        r = Vector256.FusedMultiplyAdd(n, Vector256.Create(-Ln2Lo), r);
+        var p = Vector256.FusedMultiplyAdd(Vector256.Create(P0), r, Vector256.Create(P1));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(P2));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(P3));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(P4));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(P5));
+        p = Vector256.FusedMultiplyAdd(p, r * r, r) + Vector256<float>.One;
+        var scale = ((t.AsInt32() + Vector256.Create(127)) << 23).AsSingle();
+        return Vector256.ConditionalSelect(Vector256.LessThan(x, Vector256.Create(ExpLow)), Vector256<float>.Zero, p * scale);
+    }
+
+    static float Exp(float x)
+    {
+        float xc = MathF.Min(x, ExpHigh);
+        float t = MathF.FusedMultiplyAdd(xc, Log2E, Magic);
+        float n = t - Magic;
+        float r = MathF.FusedMultiplyAdd(n, -Ln2Hi, xc);
+        r = MathF.FusedMultiplyAdd(n, -Ln2Lo, r);
+        float p = MathF.FusedMultiplyAdd(P0, r, P1);
+        p = MathF.FusedMultiplyAdd(p, r, P2);
+        p = MathF.FusedMultiplyAdd(p, r, P3);
+        p = MathF.FusedMultiplyAdd(p, r, P4);
+        p = MathF.FusedMultiplyAdd(p, r, P5);
+        p = MathF.FusedMultiplyAdd(p, r * r, r) + 1f;
+        float scale = BitConverter.Int32BitsToSingle((BitConverter.SingleToInt32Bits(t) + 127) << 23);
+        return x < ExpLow ? 0f : p * scale;
+    }
+
+    // ---- lane-wise softmax steps on a transposed tile (keys × rows) ------------------------------------------
+
+    /// <summary>
+    /// Online softmax of one Sᵀ tile for rows [r0, r1) and keys [0, keys): masks keys past each row's time on the
+    /// diagonal (to −∞), raises the row maxima, rescale[r] = exp(old max − new max), Sᵀ → P = exp(S − max) in place,
+    /// and rowSum = rowSum·rescale + Σ_j P (keys added in order). A row that has seen no key yet keeps max −∞ and
+    /// subtracts 0 instead, so it stays at P = 0, rescale = 0 without NaN.
+    /// </summary>
+    static void Softmax(int vb, float* st, int ld, int keys, int r0, int r1, int j0, bool diagonal,
+                        float* rowTime, float* rowMax, float* rowSum, float* rescale)
     {
         if (vb >= 512)
         {
-            var m = Vector512.Max(Vector512.Max(Vector512.Load(row), Vector512.Load(row + 16)),
-                                  Vector512.Max(Vector512.Load(row + 32), Vector512.Load(row + 48)));
-            return HorizontalMax(Vector256.Max(m.GetLower(), m.GetUpper()));
+            var ninf = Vector512.Create(float.NegativeInfinity);
+            for (int r = r0; r < r1; r += 16)
+            {
+                var time = Vector512.Load(rowTime + r);
+                var oldMax = Vector512.Load(rowMax + r);
+                var max = oldMax;
+                for (int j = 0; j < keys; j++)
+                {
+                    float* p = st + j * ld + r;
+                    var x = Vector512.Load(p);
+                    if (diagonal)
+                    {
+                        x = Vector512.ConditionalSelect(Vector512.GreaterThan(Vector512.Create((float)(j0 + j)), time), ninf, x);
+                        x.Store(p);
+                    }
+                    max = Vector512.Max(max, x);
+                }
+                var sub = Vector512.ConditionalSelect(Vector512.Equals(max, ninf), Vector512<float>.Zero, max);
+                var c = Exp(oldMax - sub);
+                var sum = Vector512<float>.Zero;
+                for (int j = 0; j < keys; j++)
+                {
+                    float* p = st + j * ld + r;
+                    var e = Exp(Vector512.Load(p) - sub);
+                    e.Store(p);
+                    sum += e;
+                }
+                (Vector512.Load(rowSum + r) * c + sum).Store(rowSum + r);
+                max.Store(rowMax + r);
+                c.Store(rescale + r);
+            }
         }
-        if (vb >= 256)
+        else if (vb >= 256)
         {
-            var m = Vector256.Max(Vector256.Max(Vector256.Load(row), Vector256.Load(row + 8)),
-                                  Vector256.Max(Vector256.Load(row + 16), Vector256.Load(row + 24)));
-            m = Vector256.Max(m, Vector256.Max(Vector256.Max(Vector256.Load(row + 32), Vector256.Load(row + 40)),
-                                               Vector256.Max(Vector256.Load(row + 48), Vector256.Load(row + 56))));
-            return HorizontalMax(m);
+            var ninf = Vector256.Create(float.NegativeInfinity);
+            for (int r = r0; r < r1; r += 8)
+            {
+                var time = Vector256.Load(rowTime + r);
+                var oldMax = Vector256.Load(rowMax + r);
+                var max = oldMax;
+                for (int j = 0; j < keys; j++)
+                {
+                    float* p = st + j * ld + r;
+                    var x = Vector256.Load(p);
+                    if (diagonal)
+                    {
+                        x = Vector256.ConditionalSelect(Vector256.GreaterThan(Vector256.Create((float)(j0 + j)), time), ninf, x);
+                        x.Store(p);
+                    }
+                    max = Vector256.Max(max, x);
+                }
+                var sub = Vector256.ConditionalSelect(Vector256.Equals(max, ninf), Vector256<float>.Zero, max);
+                var c = Exp(oldMax - sub);
+                var sum = Vector256<float>.Zero;
+                for (int j = 0; j < keys; j++)
+                {
+                    float* p = st + j * ld + r;
+                    var e = Exp(Vector256.Load(p) - sub);
+                    e.Store(p);
+                    sum += e;
+                }
+                (Vector256.Load(rowSum + r) * c + sum).Store(rowSum + r);
+                max.Store(rowMax + r);
+                c.Store(rescale + r);
+            }
         }
-        float x = row[0];
-        for (int j = 1; j < KeyTile; j++) x = MathF.Max(x, row[j]);
-        return x;
-    }
-
-    static float HorizontalMax(Vector256<float> v)
-    {
-        var m = Vector128.Max(v.GetLower(), v.GetUpper());
-        return MathF.Max(MathF.Max(m[0], m[1]), MathF.Max(m[2], m[3]));
+        else
+        {
+            for (int r = r0; r < r1; r++)
+            {
+                float time = rowTime[r], oldMax = rowMax[r], max = oldMax;
+                for (int j = 0; j < keys; j++)
+                {
+                    float* p = st + j * ld + r;
+                    if (diagonal && j0 + j > time) *p = float.NegativeInfinity;
+                    max = MathF.Max(max, *p);
+                }
+                float sub = max == float.NegativeInfinity ? 0f : max;
+                float c = Exp(oldMax - sub), sum = 0;
+                for (int j = 0; j < keys; j++)
+                {
+                    float* p = st + j * ld + r;
+                    float e = Exp(*p - sub);
+                    *p = e;
+                    sum += e;
+                }
+                rowSum[r] = rowSum[r] * c + sum;
+                rowMax[r] = max;
+                rescale[r] = c;
+            }
+        }
     }
 
     /// <summary>
-    /// row = exp(row − max) in place (masked −∞ entries become 0); returns the row sum, on CpuSimd's 16 lanes:
-    /// the four 16-blocks added as (b0 + b1) + (b2 + b3), then folded, at every width.
+    /// Backward step of one tile for rows [r0, r1) and keys [0, keys): Sᵀ → P = exp(S − lse), dPᵀ → dS = P ⊙ (dP − D),
+    /// both 0 where the causal mask hides the key (diagonal tiles) and for padding rows (lse = +∞, D = 0).
     /// </summary>
-    static float ExpRow(int vb, float* row, float max)
+    static void Gradients(int vb, float* pt, float* dst, int ld, int keys, int r0, int r1, int j0, bool diagonal,
+                          float* rowTime, float* rowLse, float* rowD)
     {
         if (vb >= 512)
         {
-            var m = Vector512.Create(max);
-            var p0 = Vector512.Exp(Vector512.Load(row) - m); p0.Store(row);
-            var p1 = Vector512.Exp(Vector512.Load(row + 16) - m); p1.Store(row + 16);
-            var p2 = Vector512.Exp(Vector512.Load(row + 32) - m); p2.Store(row + 32);
-            var p3 = Vector512.Exp(Vector512.Load(row + 48) - m); p3.Store(row + 48);
-            return CpuSimd.Fold((p0 + p1) + (p2 + p3));
+            for (int r = r0; r < r1; r += 16)
+            {
+                var time = Vector512.Load(rowTime + r);
+                var l = Vector512.Load(rowLse + r);
+                var dd = Vector512.Load(rowD + r);
+                for (int j = 0; j < keys; j++)
+                {
+                    float* p = pt + j * ld + r, ds = dst + j * ld + r;
+                    var e = Exp(Vector512.Load(p) - l);
+                    if (diagonal) e = Vector512.ConditionalSelect(Vector512.GreaterThan(Vector512.Create((float)(j0 + j)), time), Vector512<float>.Zero, e);
+                    e.Store(p);
+                    (e * (Vector512.Load(ds) - dd)).Store(ds);
+                }
+            }
         }
-        if (vb >= 256)
+        else if (vb >= 256)
         {
-            var m = Vector256.Create(max);
-            var p0 = Vector256.Exp(Vector256.Load(row) - m); p0.Store(row);
-            var p1 = Vector256.Exp(Vector256.Load(row + 8) - m); p1.Store(row + 8);
-            var p2 = Vector256.Exp(Vector256.Load(row + 16) - m); p2.Store(row + 16);
-            var p3 = Vector256.Exp(Vector256.Load(row + 24) - m); p3.Store(row + 24);
-            var p4 = Vector256.Exp(Vector256.Load(row + 32) - m); p4.Store(row + 32);
-            var p5 = Vector256.Exp(Vector256.Load(row + 40) - m); p5.Store(row + 40);
-            var p6 = Vector256.Exp(Vector256.Load(row + 48) - m); p6.Store(row + 48);
-            var p7 = Vector256.Exp(Vector256.Load(row + 56) - m); p7.Store(row + 56);
-            return CpuSimd.Fold((p0 + p2) + (p4 + p6), (p1 + p3) + (p5 + p7));
+            for (int r = r0; r < r1; r += 8)
+            {
+                var time = Vector256.Load(rowTime + r);
+                var l = Vector256.Load(rowLse + r);
+                var dd = Vector256.Load(rowD + r);
+                for (int j = 0; j < keys; j++)
+                {
+                    float* p = pt + j * ld + r, ds = dst + j * ld + r;
+                    var e = Exp(Vector256.Load(p) - l);
+                    if (diagonal) e = Vector256.ConditionalSelect(Vector256.GreaterThan(Vector256.Create((float)(j0 + j)), time), Vector256<float>.Zero, e);
+                    e.Store(p);
+                    (e * (Vector256.Load(ds) - dd)).Store(ds);
+                }
+            }
         }
-        return ExpRowScalar(row, max);
-    }
-
-    // Kept out of ExpRow so the vector paths carry no lane array in their frame.
-    static float ExpRowScalar(float* row, float max)
-    {
-        for (int j = 0; j < KeyTile; j++) row[j] = CpuSimd.Exp(row[j] - max);
-        var lanes = new CpuSimd.Lanes16();
-        for (int l = 0; l < 16; l++) lanes[l] = (row[l] + row[16 + l]) + (row[32 + l] + row[48 + l]);
-        return CpuSimd.Fold16(lanes);
-    }
-
-    /// <summary>For rows [r0, r1): scores → P = exp(S − lse) (masked), dP → dS = P ⊙ (dP − D); invisible rows zeroed.</summary>
-    static void ProbabilityRows(int vb, in Shape s, float* probs, float* dscores, float* rowLse, float* rowD,
-                                int r0, int r1, int rows, int t0, int j0, int keys)
-    {
-        for (int r = r0; r < r1; r++)
+        else
         {
-            float* p = probs + r * KeyTile, ds = dscores + r * KeyTile;
-            int visible = Visible(s, r, rows, t0, j0, keys);
-            if (visible == 0)
-            {
-                new Span<float>(p, KeyTile).Clear();
-                new Span<float>(ds, KeyTile).Clear();
-                continue;
-            }
-            MaskTail(p, visible);
-            float l = rowLse[r], dd = rowD[r];
-            if (vb >= 512)
-            {
-                var vl = Vector512.Create(l); var vd = Vector512.Create(dd);
-                for (int j = 0; j < KeyTile; j += 16)
+            for (int r = r0; r < r1; r++)
+                for (int j = 0; j < keys; j++)
                 {
-                    var pj = Vector512.Exp(Vector512.Load(p + j) - vl);
-                    pj.Store(p + j);
-                    (pj * (Vector512.Load(ds + j) - vd)).Store(ds + j);
+                    float* p = pt + j * ld + r, ds = dst + j * ld + r;
+                    float e = diagonal && j0 + j > rowTime[r] ? 0f : Exp(*p - rowLse[r]);
+                    *p = e;
+                    *ds = e * (*ds - rowD[r]);
                 }
-            }
-            else if (vb >= 256)
-            {
-                var vl = Vector256.Create(l); var vd = Vector256.Create(dd);
-                for (int j = 0; j < KeyTile; j += 8)
-                {
-                    var pj = Vector256.Exp(Vector256.Load(p + j) - vl);
-                    pj.Store(p + j);
-                    (pj * (Vector256.Load(ds + j) - vd)).Store(ds + j);
-                }
-            }
-            else
-            {
-                for (int j = 0; j < KeyTile; j++)
-                {
-                    float pj = CpuSimd.Exp(p[j] - l);
-                    p[j] = pj;
-                    ds[j] = pj * (ds[j] - dd);
-                }
-            }
         }
     }
 
@@ -575,7 +758,7 @@ internal static unsafe class CpuAttention
         return total;
     }
 
-    // The whole 16-blocks of Dot on the scalar path, out of line like ExpRowScalar.
+    // The whole 16-blocks of Dot on the scalar path, out of line so the vector paths carry no lane array in their frame.
     static float DotScalar(float* x, float* y, int n, ref int i)
     {
         var lanes = new CpuSimd.Lanes16();
@@ -587,62 +770,84 @@ internal static unsafe class CpuAttention
     // ---- tile kernels -----------------------------------------------------------------------------------------
 
     /// <summary>
-    /// s[r][j] = Σ_{d&lt;kdim} a[r][d] · bt[d][j] for rows r in [r0, r1) (multiples of 4) and all 64 columns.
-    /// a has row stride lda; bt is K × 64; s is rows × 64.
+    /// s[i·lds + c] = Σ_{d&lt;kdim} a[i·lda + d] · bt[d·ldb + c] for rows i &lt; rows (a multiple of 4) and columns
+    /// c in [c0, c1) (multiples of 16): one key row of a against 64 transposed query rows at a time, so each output
+    /// element is one FMA chain over d in order at every width.
     /// </summary>
-    static void Scores(int vb, float* a, int lda, float* bt, float* s, int r0, int r1, int kdim)
+    static void TileProduct(int vb, float* a, int lda, float* bt, int ldb, float* s, int lds, int rows, int c0, int c1, int kdim)
     {
-        if (vb >= 512) Scores512(a, lda, bt, s, r0, r1, kdim);
-        else if (vb >= 256) Scores256(a, lda, bt, s, r0, r1, kdim);
-        else ScoresScalar(a, lda, bt, s, r0, r1, kdim);
+        if (vb >= 512) TileProduct512(a, lda, bt, ldb, s, lds, rows, c0, c1, kdim);
+        else if (vb >= 256) TileProduct256(a, lda, bt, ldb, s, lds, rows, c0, c1, kdim);
+        else TileProductScalar(a, lda, bt, ldb, s, lds, rows, c0, c1, kdim);
     }
 
-    static void Scores512(float* a, int lda, float* bt, float* s, int r0, int r1, int kdim)
+    static void TileProduct512(float* a, int lda, float* bt, int ldb, float* s, int lds, int rows, int c0, int c1, int kdim)
     {
-        for (int r = r0; r < r1; r += 4)
-        {
-            float* a0 = a + r * lda, a1 = a0 + lda, a2 = a1 + lda, a3 = a2 + lda;
-            Vector512<float> c00 = default, c01 = default, c02 = default, c03 = default;
-            Vector512<float> c10 = default, c11 = default, c12 = default, c13 = default;
-            Vector512<float> c20 = default, c21 = default, c22 = default, c23 = default;
-            Vector512<float> c30 = default, c31 = default, c32 = default, c33 = default;
-            float* bp = bt;
-            for (int d = 0; d < kdim; d++, bp += KeyTile)
+        int c = c0;
+        // Columns outer: a 64-column panel of bt (kdim × 64) stays in L1 while every key row passes over it.
+        for (; c + 64 <= c1; c += 64)
+            for (int i = 0; i < rows; i += 4)
             {
-                var b0 = Vector512.Load(bp); var b1 = Vector512.Load(bp + 16);
-                var b2 = Vector512.Load(bp + 32); var b3 = Vector512.Load(bp + 48);
-                var x = Vector512.Create(a0[d]);
-                c00 = Vector512.FusedMultiplyAdd(x, b0, c00); c01 = Vector512.FusedMultiplyAdd(x, b1, c01);
-                c02 = Vector512.FusedMultiplyAdd(x, b2, c02); c03 = Vector512.FusedMultiplyAdd(x, b3, c03);
-                x = Vector512.Create(a1[d]);
-                c10 = Vector512.FusedMultiplyAdd(x, b0, c10); c11 = Vector512.FusedMultiplyAdd(x, b1, c11);
-                c12 = Vector512.FusedMultiplyAdd(x, b2, c12); c13 = Vector512.FusedMultiplyAdd(x, b3, c13);
-                x = Vector512.Create(a2[d]);
-                c20 = Vector512.FusedMultiplyAdd(x, b0, c20); c21 = Vector512.FusedMultiplyAdd(x, b1, c21);
-                c22 = Vector512.FusedMultiplyAdd(x, b2, c22); c23 = Vector512.FusedMultiplyAdd(x, b3, c23);
-                x = Vector512.Create(a3[d]);
-                c30 = Vector512.FusedMultiplyAdd(x, b0, c30); c31 = Vector512.FusedMultiplyAdd(x, b1, c31);
-                c32 = Vector512.FusedMultiplyAdd(x, b2, c32); c33 = Vector512.FusedMultiplyAdd(x, b3, c33);
+                float* a0 = a + i * lda, a1 = a0 + lda, a2 = a1 + lda, a3 = a2 + lda;
+                Vector512<float> c00 = default, c01 = default, c02 = default, c03 = default;
+                Vector512<float> c10 = default, c11 = default, c12 = default, c13 = default;
+                Vector512<float> c20 = default, c21 = default, c22 = default, c23 = default;
+                Vector512<float> c30 = default, c31 = default, c32 = default, c33 = default;
+                float* bp = bt + c;
+                for (int d = 0; d < kdim; d++, bp += ldb)
+                {
+                    var b0 = Vector512.Load(bp); var b1 = Vector512.Load(bp + 16);
+                    var b2 = Vector512.Load(bp + 32); var b3 = Vector512.Load(bp + 48);
+                    var x = Vector512.Create(a0[d]);
+                    c00 = Vector512.FusedMultiplyAdd(x, b0, c00); c01 = Vector512.FusedMultiplyAdd(x, b1, c01);
+                    c02 = Vector512.FusedMultiplyAdd(x, b2, c02); c03 = Vector512.FusedMultiplyAdd(x, b3, c03);
+                    x = Vector512.Create(a1[d]);
+                    c10 = Vector512.FusedMultiplyAdd(x, b0, c10); c11 = Vector512.FusedMultiplyAdd(x, b1, c11);
+                    c12 = Vector512.FusedMultiplyAdd(x, b2, c12); c13 = Vector512.FusedMultiplyAdd(x, b3, c13);
+                    x = Vector512.Create(a2[d]);
+                    c20 = Vector512.FusedMultiplyAdd(x, b0, c20); c21 = Vector512.FusedMultiplyAdd(x, b1, c21);
+                    c22 = Vector512.FusedMultiplyAdd(x, b2, c22); c23 = Vector512.FusedMultiplyAdd(x, b3, c23);
+                    x = Vector512.Create(a3[d]);
+                    c30 = Vector512.FusedMultiplyAdd(x, b0, c30); c31 = Vector512.FusedMultiplyAdd(x, b1, c31);
+                    c32 = Vector512.FusedMultiplyAdd(x, b2, c32); c33 = Vector512.FusedMultiplyAdd(x, b3, c33);
+                }
+                float* o = s + i * lds + c;
+                c00.Store(o); c01.Store(o + 16); c02.Store(o + 32); c03.Store(o + 48); o += lds;
+                c10.Store(o); c11.Store(o + 16); c12.Store(o + 32); c13.Store(o + 48); o += lds;
+                c20.Store(o); c21.Store(o + 16); c22.Store(o + 32); c23.Store(o + 48); o += lds;
+                c30.Store(o); c31.Store(o + 16); c32.Store(o + 32); c33.Store(o + 48);
             }
-            float* o = s + r * KeyTile;
-            c00.Store(o); c01.Store(o + 16); c02.Store(o + 32); c03.Store(o + 48); o += KeyTile;
-            c10.Store(o); c11.Store(o + 16); c12.Store(o + 32); c13.Store(o + 48); o += KeyTile;
-            c20.Store(o); c21.Store(o + 16); c22.Store(o + 32); c23.Store(o + 48); o += KeyTile;
-            c30.Store(o); c31.Store(o + 16); c32.Store(o + 32); c33.Store(o + 48);
-        }
+        for (; c < c1; c += 16)   // a last panel narrower than 64 columns: one vector at a time
+            for (int i = 0; i < rows; i += 4)
+            {
+                float* a0 = a + i * lda, a1 = a0 + lda, a2 = a1 + lda, a3 = a2 + lda;
+                Vector512<float> x0 = default, x1 = default, x2 = default, x3 = default;
+                float* bp = bt + c;
+                for (int d = 0; d < kdim; d++, bp += ldb)
+                {
+                    var bv = Vector512.Load(bp);
+                    x0 = Vector512.FusedMultiplyAdd(Vector512.Create(a0[d]), bv, x0);
+                    x1 = Vector512.FusedMultiplyAdd(Vector512.Create(a1[d]), bv, x1);
+                    x2 = Vector512.FusedMultiplyAdd(Vector512.Create(a2[d]), bv, x2);
+                    x3 = Vector512.FusedMultiplyAdd(Vector512.Create(a3[d]), bv, x3);
+                }
+                float* o = s + i * lds + c;
+                x0.Store(o); x1.Store(o + lds); x2.Store(o + 2 * lds); x3.Store(o + 3 * lds);
+            }
     }
 
-    static void Scores256(float* a, int lda, float* bt, float* s, int r0, int r1, int kdim)
+    static void TileProduct256(float* a, int lda, float* bt, int ldb, float* s, int lds, int rows, int c0, int c1, int kdim)
     {
         // 2 rows × 32 columns per pass keeps 8 accumulators, within the 16 ymm registers.
-        for (int r = r0; r < r1; r += 2)
-            for (int half = 0; half < KeyTile; half += 32)
+        int c = c0;
+        for (; c + 32 <= c1; c += 32)
+            for (int i = 0; i < rows; i += 2)
             {
-                float* a0 = a + r * lda, a1 = a0 + lda;
+                float* a0 = a + i * lda, a1 = a0 + lda;
                 Vector256<float> c00 = default, c01 = default, c02 = default, c03 = default;
                 Vector256<float> c10 = default, c11 = default, c12 = default, c13 = default;
-                float* bp = bt + half;
-                for (int d = 0; d < kdim; d++, bp += KeyTile)
+                float* bp = bt + c;
+                for (int d = 0; d < kdim; d++, bp += ldb)
                 {
                     var b0 = Vector256.Load(bp); var b1 = Vector256.Load(bp + 8);
                     var b2 = Vector256.Load(bp + 16); var b3 = Vector256.Load(bp + 24);
@@ -653,31 +858,46 @@ internal static unsafe class CpuAttention
                     c10 = Vector256.FusedMultiplyAdd(x, b0, c10); c11 = Vector256.FusedMultiplyAdd(x, b1, c11);
                     c12 = Vector256.FusedMultiplyAdd(x, b2, c12); c13 = Vector256.FusedMultiplyAdd(x, b3, c13);
                 }
-                float* o = s + r * KeyTile + half;
-                c00.Store(o); c01.Store(o + 8); c02.Store(o + 16); c03.Store(o + 24); o += KeyTile;
+                float* o = s + i * lds + c;
+                c00.Store(o); c01.Store(o + 8); c02.Store(o + 16); c03.Store(o + 24); o += lds;
                 c10.Store(o); c11.Store(o + 8); c12.Store(o + 16); c13.Store(o + 24);
+            }
+        for (; c < c1; c += 8)
+            for (int i = 0; i < rows; i += 2)
+            {
+                float* a0 = a + i * lda, a1 = a0 + lda;
+                Vector256<float> x0 = default, x1 = default;
+                float* bp = bt + c;
+                for (int d = 0; d < kdim; d++, bp += ldb)
+                {
+                    var bv = Vector256.Load(bp);
+                    x0 = Vector256.FusedMultiplyAdd(Vector256.Create(a0[d]), bv, x0);
+                    x1 = Vector256.FusedMultiplyAdd(Vector256.Create(a1[d]), bv, x1);
+                }
+                float* o = s + i * lds + c;
+                x0.Store(o); x1.Store(o + lds);
             }
     }
 
-    static void ScoresScalar(float* a, int lda, float* bt, float* s, int r0, int r1, int kdim)
+    static void TileProductScalar(float* a, int lda, float* bt, int ldb, float* s, int lds, int rows, int c0, int c1, int kdim)
     {
-        for (int r = r0; r < r1; r++)
+        for (int i = 0; i < rows; i++)
         {
-            float* o = s + r * KeyTile, ar = a + r * lda;
-            for (int j = 0; j < KeyTile; j++) o[j] = 0;
+            float* o = s + i * lds, ar = a + i * lda;
+            for (int c = c0; c < c1; c++) o[c] = 0;
             for (int d = 0; d < kdim; d++)
             {
                 float x = ar[d];
-                float* bp = bt + d * KeyTile;
-                for (int j = 0; j < KeyTile; j++) o[j] = MathF.FusedMultiplyAdd(x, bp[j], o[j]);   // fused, as the vector kernels
+                float* bp = bt + d * ldb;
+                for (int c = c0; c < c1; c++) o[c] = MathF.FusedMultiplyAdd(x, bp[c], o[c]);   // fused, as the vector kernels
             }
         }
     }
 
     /// <summary>
-    /// c[i][:] = c[i][:]·scale[i] + Σ_{j0≤j&lt;j1} w[i·wRow + j·wCol] · m[j][:] for rows i in [i0, i1) (multiples of 4),
-    /// over all ldc = ldm = Kp columns (a multiple of 16). scale may be null (no rescaling). wRow = 1, wCol = 64 reads
-    /// a rows × 64 tile transposed.
+    /// c[i][:] = c[i][:]·scale[i] + Σ_{j0≤j&lt;j1} w[i·wRow + j·wCol] · m[j·ldm + :] for rows i in [i0, i1) (multiples of
+    /// 4), over all ldc = Kp columns (a multiple of 16). scale may be null (no rescaling). wRow = 1 reads a transposed
+    /// tile (P·V from Pᵀ), wCol = 1 a row of it (Pᵀ·dout). Each element is one FMA chain over j in order.
     /// </summary>
     static void Accumulate(int vb, float* c, int kp, float* w, int wRow, int wCol, float* m, int ldm,
                            int i0, int i1, int j0, int j1, float* scale)
