@@ -106,9 +106,9 @@ public class AttentionConformance(ConformanceFixture fx)
 
     // B, T, H, G, K, query scale: single step; odd K; grouped odd T; K below a vector; across query blocks and key
     // tiles (peaky softmax); K = 16 + 8; H/G = 3; scores of several hundred (a naive exp overflows); aligned.
-    // The CPU tiling's edges: K and V read in place (G = 1, K a multiple of 16) with a ragged last key tile and
-    // blocks of 42 time steps whose last key is not a multiple of 4 (H/G = 3); one head, so a 128-step block spans
-    // two key tiles and the second skips its first 64 rows.
+    // The CPU tiling's edges: K and V read in place (G = 1, K a multiple of 16) with a ragged last key tile, and
+    // blocks of 21 time steps that cross key tiles and end on a key that is not a multiple of 4 (H/G = 3); one head
+    // (64-step blocks, a last block of 22 rows: the score kernel's column tail).
     public static IEnumerable<object[]> Shapes => ConformanceBackends.Cross(
         [1, 1, 2, 1, 8, 1f], [2, 7, 3, 1, 6, 1f], [1, 37, 4, 2, 10, 1f], [2, 37, 2, 2, 5, 1f], [1, 130, 8, 1, 64, 3f],
         [1, 130, 2, 2, 24, 3f], [1, 200, 3, 1, 72, 1f], [1, 70, 2, 1, 16, 40f], [2, 32, 4, 2, 16, 1f],

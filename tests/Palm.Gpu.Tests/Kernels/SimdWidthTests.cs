@@ -124,7 +124,7 @@ public class SimdWidthTests
     [InlineData(1, 130, 2, 2, 72)]   // crosses query blocks and key tiles, K = 64 + 8
     [InlineData(1, 70, 3, 1, 40)]    // three heads per group, Dot tail of 8
     [InlineData(2, 101, 3, 1, 16)]   // K, V read in place, ragged last key tile, padding rows in the lane-wise softmax
-    [InlineData(1, 150, 1, 1, 64)]   // one head: a block spans two key tiles, the 16-column tail of the score kernel
+    [InlineData(1, 150, 1, 1, 64)]   // one head: 64-step blocks, a last block of 22 rows (the score kernel's column tail)
     public void Attention_same_bits_at_every_width(int b, int t, int h, int g, int kd)
     {
         int nq = b * t * h * kd, nkv = b * t * g * kd;
