@@ -108,12 +108,13 @@ public class AttentionConformance(ConformanceFixture fx)
     // tiles (peaky softmax); K = 16 + 8; H/G = 3; scores of several hundred (a naive exp overflows); aligned.
     // The CPU tiling's edges: K and V read in place (G = 1, K a multiple of 16) with a ragged last key tile, and
     // blocks of 21 time steps that cross key tiles and end on a key that is not a multiple of 4 (H/G = 3); one head
-    // (64-step blocks, a last block of 22 rows: the score kernel's column tail).
+    // (64-step blocks, a last block of 22 rows: the score kernel's column tail); 64 heads, so one-step blocks and
+    // the backward's dk, dv summed over three chunks of 64 blocks.
     public static IEnumerable<object[]> Shapes => ConformanceBackends.Cross(
         [1, 1, 2, 1, 8, 1f], [2, 7, 3, 1, 6, 1f], [1, 37, 4, 2, 10, 1f], [2, 37, 2, 2, 5, 1f], [1, 130, 8, 1, 64, 3f],
         [1, 130, 2, 2, 24, 3f], [1, 200, 3, 1, 72, 1f], [1, 70, 2, 1, 16, 40f], [2, 32, 4, 2, 16, 1f],
         [2, 13, 4, 1, 8, 1f], [1, 19, 2, 1, 6, 1f], [2, 100, 4, 2, 10, 2f], [1, 150, 2, 2, 24, 2f], [1, 97, 3, 1, 72, 2f],
-        [1, 101, 3, 1, 16, 2f], [1, 150, 1, 1, 16, 2f]);
+        [1, 101, 3, 1, 16, 2f], [1, 150, 1, 1, 16, 2f], [1, 150, 64, 1, 16, 1f]);
 
     [Theory]
     [MemberData(nameof(Shapes))]
@@ -166,7 +167,7 @@ public class AttentionConformance(ConformanceFixture fx)
         Tolerance.AssertClose(numDv, r["dv"], 1e-5, 1e-4, $"{backend}: dv");
     }
 
-    // B·G = 2 and 4: the CPU backend's 3 threads take the two-pass backward, 1 thread the fused one, so cpu vs
+    // B·G·chunks = 2 and 4: the CPU backend's 3 threads take the two-pass backward, 1 thread the fused one, so cpu vs
     // cpu-1thread also proves both schemes give the same bits.
     [Theory]
     [MemberData(nameof(ConformanceBackends.Names), MemberType = typeof(ConformanceBackends))]
@@ -175,5 +176,7 @@ public class AttentionConformance(ConformanceFixture fx)
         fx.AssertDeterministic(backend, Case(3, 2, 150, 4, 1, 24, 1f), Call(2, 150, 4, 1, 24), Outputs);
         fx.AssertDeterministic(backend, Case(3, 2, 150, 2, 2, 16, 1f), Call(2, 150, 2, 2, 16), Outputs);
         fx.AssertDeterministic(backend, Case(3, 2, 150, 4, 1, 16, 1f), Call(2, 150, 4, 1, 16), Outputs);   // K, V in place
+        // Two chunks of query blocks (64 heads: one-step blocks): 3 threads take the two passes, 1 thread the fused chunks.
+        fx.AssertDeterministic(backend, Case(4, 1, 100, 64, 1, 16, 1f), Call(1, 100, 64, 1, 16), Outputs);
     }
 }

@@ -125,6 +125,7 @@ public class SimdWidthTests
     [InlineData(1, 70, 3, 1, 40)]    // three heads per group, Dot tail of 8
     [InlineData(2, 101, 3, 1, 16)]   // K, V read in place, ragged last key tile, padding rows in the lane-wise softmax
     [InlineData(1, 150, 1, 1, 64)]   // one head: 64-step blocks, a last block of 22 rows (the score kernel's column tail)
+    [InlineData(1, 150, 64, 1, 16)]  // one-step blocks: the backward's dk, dv summed over three chunks
     public void Attention_same_bits_at_every_width(int b, int t, int h, int g, int kd)
     {
         int nq = b * t * h * kd, nkv = b * t * g * kd;

@@ -19,8 +19,9 @@ namespace Palm.Gpu.Backends.Cpu;
 // V are read once per tile for all of them.
 // Work items:
 //   forward          (b, g, query block): key tiles 0..diagonal in order, online softmax; writes out and lse
-//   backward, fused  (b, g):              query blocks in order, key tiles in order; dk, dv for all keys in scratch
-//   or, when B·G items would leave threads idle, two passes:
+//   backward, fused  (b, g, chunk):       the chunk's query blocks in order, key tiles in order; dq, and dk, dv
+//                                         for all keys in scratch (then summed over the chunks in order)
+//   or, when B·G·chunks items would leave threads idle, two passes:
 //   backward pass 1  (b, g, key tile):    every later query block in order; writes dk and dv for the tile
 //   backward pass 2  (b, g, query block): recomputes P and dS per key tile; writes dq
 // Each output element is written by exactly one item and summed in a fixed order; the fused and two-pass schemes
@@ -43,6 +44,12 @@ internal static unsafe class CpuAttention
     /// <summary>Target query rows (time steps × heads of one kv group) per work item: a 64-key × 64-row score tile and the
     /// transposed queries (64 × 80 floats each) stay in L1 together; 128 rows measured a few % slower on Zen 5.</summary>
     const int RowsPerBlock = 64;
+    /// <summary>
+    /// Query blocks per backward chunk: dk and dv are summed per chunk (in block order), then over the chunks in
+    /// order, so the fused backward has B·G·chunks items and one long sequence still fills the threads. 64 blocks
+    /// end on a key-tile boundary (64 · time steps per block) and hold the whole small preset (T 512) in one chunk.
+    /// </summary>
+    const int ChunkBlocks = 64;
 
     /// <summary>The vector path the public entry points take: CpuSimd.Bits (512, 256 or 0). Every path gives the same bits.</summary>
     internal static int BestVectorBits => CpuSimd.Bits;
@@ -94,17 +101,42 @@ internal static unsafe class CpuAttention
                 }
         });
 
-        // One item per (b, g) does 5 tile products per (query block, key tile) instead of the 7 of the two passes
-        // (which recompute S and dP for dq), but offers only B·G items. It adds in the same order as the two
-        // passes, so both give the same bits and the choice may follow the thread count.
-        int pairs = b * kvHeads, p = Math.Max(1, threads);
-        if ((double)pairs / (p * ((pairs + p - 1) / p)) >= 0.75)
+        // One item per (b, g, chunk of query blocks) does 5 tile products per (query block, key tile) instead of the
+        // 7 of the two passes (which recompute S and dP for dq), but offers only B·G·chunks items. Both add dk and
+        // dv per chunk in block order and then the chunks in order, so both give the same bits and the choice may
+        // follow the thread count.
+        int pairs = b * kvHeads, items = pairs * s.Chunks, p = Math.Max(1, threads);
+        if ((double)items / (p * ((items + p - 1) / p)) >= 0.75)
         {
-            CpuParallel.For(threads, pairs, bg =>
+            // With one chunk the item writes dk and dv itself; with several, each writes its partial sums here.
+            long partialFloats = (long)s.KeyTiles * KeyTile * s.Kp;
+            var partials = s.Chunks > 1 ? GC.AllocateUninitializedArray<float>(checked((int)(2 * items * partialFloats))) : null;
+            CpuParallel.For(threads, items, item =>
             {
-                fixed (float* pdq = dq, pdk = dk, pdv = dv, pdo = dout, pq = q, pk = k, pv = v, pl = lse, pd = rowDot,
+                int chunk = item % s.Chunks, bg = item / s.Chunks;
+                fixed (float* pdq = dq, pdk = dk, pdv = dv, pdo = dout, pq = q, pk = k, pv = v, pl = lse, pd = rowDot, ppart = partials,
                        work = Scratch(s, 2 * s.KeyTiles * KeyTile * s.Kp))
-                    BackwardPair(s, vectorBits, pdq, pdk, pdv, pdo, pq, pk, pv, pl, pd, bg / s.G, bg % s.G, work);
+                {
+                    float* dkOut = ppart == null ? null : ppart + 2 * item * partialFloats, dvOut = ppart == null ? null : dkOut + partialFloats;
+                    BackwardChunk(s, vectorBits, pdq, pdk, pdv, pdo, pq, pk, pv, pl, pd, bg / s.G, bg % s.G, chunk, dkOut, dvOut, work);
+                }
+            });
+            if (partials is null) return;
+            CpuParallel.For(threads, pairs * s.KeyTiles, item =>
+            {
+                int tile = item % s.KeyTiles, bg = item / s.KeyTiles;
+                fixed (float* pdk = dk, pdv = dv, ppart = partials)
+                {
+                    float* first = ppart + 2 * (bg * s.Chunks) * partialFloats + tile * KeyTile * s.Kp;
+                    int c0 = ChunkOfTile(s, tile), kp = s.Kp, n = KeyTile * kp;
+                    float* dkSum = first + 2 * c0 * partialFloats, dvSum = dkSum + partialFloats;
+                    for (int c = c0 + 1; c < s.Chunks; c++)
+                    {
+                        AddInto(dkSum, first + 2 * c * partialFloats, n);
+                        AddInto(dvSum, first + 2 * c * partialFloats + partialFloats, n);
+                    }
+                    StoreKv(s, pdk, pdv, dkSum, dvSum, bg / s.G, bg % s.G, tile * KeyTile, Math.Min(KeyTile, s.T - tile * KeyTile));
+                }
             });
             return;
         }
@@ -217,9 +249,13 @@ internal static unsafe class CpuAttention
         new Span<float>(dvAcc, KeyTile * kp).Clear();
         BackwardBlock qb = default;
         bool first = true;
+        // dk and dv are summed per chunk of query blocks, then chunk by chunk, as the fused scheme sums them.
+        float* dkSum = scratch.Take(KeyTile * kp), dvSum = scratch.Take(KeyTile * kp);
+        int firstBlock = j0 / s.BlockTime;
 
-        for (int block = j0 / s.BlockTime; block < s.QueryBlocks; block++)
+        for (int block = firstBlock; block < s.QueryBlocks; block++)
         {
+            if (block % ChunkBlocks == 0 && block > firstBlock) FoldChunk(dkSum, dvSum, dkAcc, dvAcc, KeyTile * kp, firstChunk: block - ChunkBlocks <= firstBlock);
             var blk = new Block(s, block);
             if (first) { qb = new BackwardBlock(s, vb, blk, q, dout, lse, rowDot, bi, g, ref scratch); first = false; }
             else qb.Pack(s, vb, blk, q, dout, lse, rowDot, bi, g);
@@ -230,12 +266,51 @@ internal static unsafe class CpuAttention
             Accumulate(vb, dkAcc, kp, dst, ld, 1, qb.Qs, kp, 0, tile.Keys4, tile.R0, blk.Rows16, null);
         }
 
-        int keys = Math.Min(KeyTile, s.T - j0);
+        if (ChunkOfTile(s, tileIndex) < s.Chunks - 1)
+        {
+            FoldChunk(dkSum, dvSum, dkAcc, dvAcc, KeyTile * kp, firstChunk: false);   // the last chunk, not the tile's first
+            dkAcc = dkSum; dvAcc = dvSum;
+        }
+        StoreKv(s, dk, dv, dkAcc, dvAcc, bi, g, j0, Math.Min(KeyTile, s.T - j0));
+    }
+
+    /// <summary>Ends one chunk's sums: the first becomes the total, later ones are added to it; acc starts again at 0.</summary>
+    static void FoldChunk(float* dkSum, float* dvSum, float* dkAcc, float* dvAcc, int n, bool firstChunk)
+    {
+        if (firstChunk)
+        {
+            new Span<float>(dkAcc, n).CopyTo(new Span<float>(dkSum, n));
+            new Span<float>(dvAcc, n).CopyTo(new Span<float>(dvSum, n));
+        }
+        else
+        {
+            AddInto(dkSum, dkAcc, n);
+            AddInto(dvSum, dvAcc, n);
+        }
+        new Span<float>(dkAcc, n).Clear();
+        new Span<float>(dvAcc, n).Clear();
+    }
+
+    /// <summary>sum[i] += x[i]: one rounding per element, the same bits at any vector width.</summary>
+    static void AddInto(float* sum, float* x, int n)
+    {
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+            for (; i + 16 <= n; i += 16) (Vector512.Load(sum + i) + Vector512.Load(x + i)).Store(sum + i);
+        for (; i < n; i++) sum[i] += x[i];
+    }
+
+    /// <summary>The chunk holding the first query block that sees key tile <paramref name="tile"/>.</summary>
+    static int ChunkOfTile(in Shape s, int tile) => tile * KeyTile / s.BlockTime / ChunkBlocks;
+
+    /// <summary>dk and dv rows [j0, j0 + keys) of group g from packed 64 × Kp tiles.</summary>
+    static void StoreKv(in Shape s, float* dk, float* dv, float* dkTile, float* dvTile, int bi, int g, int j0, int keys)
+    {
         for (int j = 0; j < keys; j++)
         {
             long o = s.KvRow(bi, j0 + j, g);
-            new Span<float>(dkAcc + j * kp, s.K).CopyTo(new Span<float>(dk + o, s.K));
-            new Span<float>(dvAcc + j * kp, s.K).CopyTo(new Span<float>(dv + o, s.K));
+            new Span<float>(dkTile + j * s.Kp, s.K).CopyTo(new Span<float>(dk + o, s.K));
+            new Span<float>(dvTile + j * s.Kp, s.K).CopyTo(new Span<float>(dv + o, s.K));
         }
     }
 
@@ -260,23 +335,28 @@ internal static unsafe class CpuAttention
         StoreDq(s, dq, dqAcc, blk, bi, g);
     }
 
-    /// <summary>dq, dk and dv of kv group g: query blocks in order, key tiles in order (the two passes' order).</summary>
-    static void BackwardPair(in Shape s, int vb, float* dq, float* dk, float* dv, float* dout, float* q, float* k, float* v,
-                             float* lse, float* rowDot, int bi, int g, float* work)
+    /// <summary>
+    /// dq of the query blocks of one chunk of kv group g, and their sums for dk and dv: query blocks in order, key
+    /// tiles in order (the two passes' order). Written to dk and dv when there is one chunk, else to dkOut, dvOut
+    /// (KeyTiles·64 × Kp, the tiles this chunk reaches).
+    /// </summary>
+    static void BackwardChunk(in Shape s, int vb, float* dq, float* dk, float* dv, float* dout, float* q, float* k, float* v,
+                              float* lse, float* rowDot, int bi, int g, int chunk, float* dkOut, float* dvOut, float* work)
     {
-        int kp = s.Kp, ld = s.Ld;
+        int kp = s.Kp, ld = s.Ld, block0 = chunk * ChunkBlocks, block1 = Math.Min(s.QueryBlocks, block0 + ChunkBlocks);
+        int tiles = (new Block(s, block1 - 1).T1 + KeyTile - 1) / KeyTile;
         var scratch = new Carver(work);
-        var qb = new BackwardBlock(s, vb, new Block(s, 0), q, dout, lse, rowDot, bi, g, ref scratch);
+        var qb = new BackwardBlock(s, vb, new Block(s, block0), q, dout, lse, rowDot, bi, g, ref scratch);
         float* dqAcc = scratch.Take(ld * kp), pt = scratch.Take(KeyTile * ld), dst = scratch.Take(KeyTile * ld);
         float* kr = scratch.Take(KeyTile * kp), vr = scratch.Take(KeyTile * kp);
         float* dkAll = scratch.Take(s.KeyTiles * KeyTile * kp), dvAll = scratch.Take(s.KeyTiles * KeyTile * kp);
-        new Span<float>(dkAll, s.KeyTiles * KeyTile * kp).Clear();
-        new Span<float>(dvAll, s.KeyTiles * KeyTile * kp).Clear();
+        new Span<float>(dkAll, tiles * KeyTile * kp).Clear();
+        new Span<float>(dvAll, tiles * KeyTile * kp).Clear();
 
-        for (int block = 0; block < s.QueryBlocks; block++)
+        for (int block = block0; block < block1; block++)
         {
             var blk = new Block(s, block);
-            if (block > 0) qb.Pack(s, vb, blk, q, dout, lse, rowDot, bi, g);
+            if (block > block0) qb.Pack(s, vb, blk, q, dout, lse, rowDot, bi, g);
             new Span<float>(dqAcc, blk.Rows16 * kp).Clear();
             for (int j0 = 0; j0 < blk.T1; j0 += KeyTile)
             {
@@ -289,12 +369,13 @@ internal static unsafe class CpuAttention
             StoreDq(s, dq, dqAcc, blk, bi, g);
         }
 
-        for (int j = 0; j < s.T; j++)
+        if (dkOut == null)
         {
-            long o = s.KvRow(bi, j, g);
-            new Span<float>(dkAll + j * kp, s.K).CopyTo(new Span<float>(dk + o, s.K));
-            new Span<float>(dvAll + j * kp, s.K).CopyTo(new Span<float>(dv + o, s.K));
+            StoreKv(s, dk, dv, dkAll, dvAll, bi, g, 0, s.T);
+            return;
         }
+        new Span<float>(dkAll, tiles * KeyTile * kp).CopyTo(new Span<float>(dkOut, tiles * KeyTile * kp));
+        new Span<float>(dvAll, tiles * KeyTile * kp).CopyTo(new Span<float>(dvOut, tiles * KeyTile * kp));
     }
 
     static void StoreDq(in Shape s, float* dq, float* dqAcc, in Block blk, int bi, int g)
@@ -313,7 +394,7 @@ internal static unsafe class CpuAttention
         public readonly int HeadsPerGroup;   // H/G query heads per kv head
         public readonly int Kp;              // K rounded up to 16: packed row stride
         public readonly int BlockTime;       // time steps per query block (rows = BlockTime·H/G)
-        public readonly int QueryBlocks, KeyTiles;
+        public readonly int QueryBlocks, KeyTiles, Chunks;   // Chunks: groups of ChunkBlocks query blocks (backward)
         public readonly int Ld;              // stride of transposed tiles: rows of the largest block rounded up to 16, + 16
         public readonly bool KvInPlace;      // K and V rows are read where they lie (G = 1, K a multiple of 16)
         public readonly float Scale;         // 1/√K
@@ -328,6 +409,7 @@ internal static unsafe class CpuAttention
             BlockTime = Math.Max(1, RowsPerBlock / HeadsPerGroup);
             QueryBlocks = (t + BlockTime - 1) / BlockTime;
             KeyTiles = (t + KeyTile - 1) / KeyTile;
+            Chunks = (QueryBlocks + ChunkBlocks - 1) / ChunkBlocks;
             // One cache line more than the rows: a column walk of a transposed tile (stride Ld) then spreads over
             // the L1 sets instead of landing on the few that a power-of-two stride maps to.
             Ld = RoundUp(Math.Min(BlockTime, Math.Max(t, 1)) * HeadsPerGroup, 16) + 16;
@@ -351,7 +433,7 @@ internal static unsafe class CpuAttention
         }
 
         /// <summary>Floats of scratch that any of the three work items carves out (the largest, the backward ones).</summary>
-        public int ScratchFloats => 5 * Ld * Kp + 2 * KeyTile * Ld + 4 * KeyTile * Kp + 4 * Ld + 16 * 16;
+        public int ScratchFloats => 5 * Ld * Kp + 2 * KeyTile * Ld + 6 * KeyTile * Kp + 4 * Ld + 16 * 16;
     }
 
     /// <summary>One query block: time steps [T0, T1), Rows real rows, Rows16 = Rows rounded up to 16 (the rest zero padding).</summary>
