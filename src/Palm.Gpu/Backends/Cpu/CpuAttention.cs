@@ -34,8 +34,8 @@ namespace Palm.Gpu.Backends.Cpu;
 //   O  += P·V,  dQ += dS·K,  dV += Pᵀ·dO,  dK += dSᵀ·Q   (Accumulate: broadcast one P element into a K/V/q/dout row)
 // Queries and douts are packed once per query block, as rows (rows × Kp) and transposed (Kp × rows), queries
 // pre-scaled by 1/√K; K and V are read where they lie when they are contiguous rows (G = 1, K a multiple of 16),
-// and packed zero-padded per tile otherwise or for a ragged last tile. On the diagonal only the keys up to the block's last
-// time step are computed (rounded up to 4), so causal work beyond the diagonal is at most a few keys per row.
+// and packed zero-padded per tile otherwise or for a ragged last tile. On the diagonal only the keys up to the
+// block's last time step are computed (rounded up to 4), so causal work past the diagonal is a few keys per row.
 // exp is a polynomial of FMAs (Exp below), the same IEEE operations on every lane at every width.
 internal static unsafe class CpuAttention
 {
