@@ -1013,11 +1013,11 @@ internal static unsafe class CpuAttention
                 var a30 = Vector512.Load(c3 + x) * s3; var a31 = Vector512.Load(c3 + x + 16) * s3;
                 var a32 = Vector512.Load(c3 + x + 32) * s3; var a33 = Vector512.Load(c3 + x + 48) * s3;
                 float* mp = m + (long)j0 * ldm + x;
-                for (int j = j0; j < j1; j++, mp += ldm)
+                long wj = (long)j0 * wCol;
+                for (int j = j0; j < j1; j++, mp += ldm, wj += wCol)
                 {
                     var m0 = Vector512.Load(mp); var m1 = Vector512.Load(mp + 16);
                     var m2 = Vector512.Load(mp + 32); var m3 = Vector512.Load(mp + 48);
-                    long wj = (long)j * wCol;
                     var e = Vector512.Create(w0[wj]);
                     a00 = Vector512.FusedMultiplyAdd(e, m0, a00); a01 = Vector512.FusedMultiplyAdd(e, m1, a01);
                     a02 = Vector512.FusedMultiplyAdd(e, m2, a02); a03 = Vector512.FusedMultiplyAdd(e, m3, a03);
