@@ -22,10 +22,12 @@ if (parsed.Errors.Count > 0)
 }
 // Launched as several processes (mpiexec, srun): join the job. A plain `palm` never loads MPI.
 Palm.Gpu.Sharding.Mpi.MpiJob? job = null;
+bool speaks = true;   // only process 0 of a job prints
 try
 {
     if (Palm.Gpu.Sharding.Mpi.MpiJob.Detect() is { } launch)
     {
+        speaks = launch.Rank == 0;
         job = Palm.Gpu.Sharding.Mpi.MpiJob.Start(launch);
         job.ErrorOut = Console.Error;
         Palm.Gpu.Sharding.ProcessGroups.World = job;
@@ -42,7 +44,7 @@ try
 }
 catch (Palm.Gpu.Model.ConfigException e)
 {
-    (job?.ErrorOut ?? Console.Error).WriteLine($"palm: error: {e.Message}");
+    if (speaks) (job?.ErrorOut ?? Console.Error).WriteLine($"palm: error: {e.Message}");
     return 2;
 }
 int status = parsed.Invoke();

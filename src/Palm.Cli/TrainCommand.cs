@@ -131,7 +131,8 @@ internal static class TrainCommand
             bool vocabFromTokenizer = r.GetValue(vocab) is null;
             // An existing directory is locked before it is inspected, so two trains never decide on it at once.
             // In a multi-process job the leader holds the lock and writes the run's files; every process inspects.
-            using var held = Cli.LeaderOnly(() => Directory.Exists(dir) ? RunDirectory.Lock(dir) : null);
+            bool existed = Directory.Exists(dir);   // the same answer on every process: nothing has been written yet
+            using var held = existed ? Cli.LeaderOnly(() => RunDirectory.Lock(dir)) : null;
             var state = RunDirectory.Inspect(dir);
             if (state == RunDirectory.State.HasCheckpoints && !r.GetValue(overwrite))
                 return Rerun(dir, config, options, vocabFromTokenizer);
@@ -139,7 +140,7 @@ internal static class TrainCommand
                 throw new ConfigException($"'{dir}' already holds a run ({Describe(dir)}) and no checkpoints to continue it from; choose a new --out, or pass --overwrite to replace it");
             using var trainer = new Trainer(config, options, vocabFromTokenizer);
             // Only now, with every input validated, is anything removed or written.
-            using var mine = held ?? Cli.LeaderOnly(() => RunDirectory.Lock(dir));
+            using var mine = existed ? null : Cli.LeaderOnly(() => RunDirectory.Lock(dir));
             if (state != RunDirectory.State.Empty && Cli.Leads) RunDirectory.RemoveRun(dir);
             return Run(trainer, resumed: false);
         }));

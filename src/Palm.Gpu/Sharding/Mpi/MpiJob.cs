@@ -86,7 +86,7 @@ public sealed unsafe class MpiJob : IProcessGroup
         int world = Dup(MpiNative.CommWorld);
         var job = new MpiJob(world, rank, size, new (int, string)[size], null)
         {
-            Library = System.Text.Encoding.ASCII.GetString(version, vlen).Split('\n')[0].Trim(),
+            Library = System.Text.RegularExpressions.Regex.Replace(System.Text.Encoding.ASCII.GetString(version, vlen).Split('\n')[0].Trim(), @"\s+", " "),
             Timeout = TimeSpan.FromSeconds(double.TryParse(Environment.GetEnvironmentVariable("PALM_MPI_TIMEOUT"), System.Globalization.CultureInfo.InvariantCulture, out double t) && t > 0 ? t : 30),
         };
         // Pids and hosts, so every message can say which process is which.
