@@ -182,6 +182,9 @@ public sealed class DeviceMesh : IDisposable
         if (transport == CollectiveTransport.Device)
             throw new ConfigException($"--collectives device moves data inside one OpenCL context; a mesh over {world.Count} processes combines through the host and MPI: use --collectives host or auto");
         int n = data / world.Count * model;
+        // Processes on one machine share its cores: by default each device gets cores / (its machine's devices).
+        if (threadsPerDevice == 0 && provider.Name == "cpu")
+            threadsPerDevice = Math.Max(1, Environment.ProcessorCount / (n * world.OnThisMachine));
         IReadOnlyList<IBackend> devices;
         try { devices = provider.CreateMesh(n, threadsPerDevice, CollectiveTransport.Host); }
         catch (ConfigException e) { throw new ConfigException($"mesh {data}x{model}, process {world.Index}: {e.Message}"); }

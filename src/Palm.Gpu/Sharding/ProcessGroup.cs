@@ -17,6 +17,8 @@ public interface IProcessGroup
     /// <summary>This process's index (0 .. Count−1); 0 is the leader that logs and writes shared files.</summary>
     int Index { get; }
     bool IsLeader => Index == 0;
+    /// <summary>Processes of the group on this machine (this one included): they share its cores.</summary>
+    int OnThisMachine { get; }
     void AllGather(ReadOnlySpan<byte> mine, Span<byte> all);
     /// <summary>A new group of the same processes with a channel of its own, so different threads can run collectives on each at once.</summary>
     IProcessGroup Duplicate();

@@ -38,6 +38,7 @@ public sealed unsafe class MpiJob : IProcessGroup
     public int Count { get; }
     public int Index { get; }
     public bool IsLeader => Index == 0;
+    public int OnThisMachine => _peers.Count(p => p.Host == _peers[Index].Host);
     /// <summary>Where the watchdog reports (stderr, also on processes whose ordinary output is muted).</summary>
     public TextWriter ErrorOut { get; set; } = Console.Error;
     public string Library { get; private set; } = "";
