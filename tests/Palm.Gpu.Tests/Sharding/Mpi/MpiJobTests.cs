@@ -106,6 +106,20 @@ public sealed class MpiJobTests
     }
 
     [Fact]
+    public void TheSpikeGuardRollsBackEveryProcessTogether()
+    {
+        string[] args = ["--preset", "tiny", "--batch", "2", "--peak-gflops", "100", "--steps", "40", "--mesh", "2x1", "--checkpoint-every", "5",
+                         "--inject-spike", "30", "--skip-min", "5", "--skip-max", "10"];
+        string single = CliRunner.TempDir(), multi = CliRunner.TempDir();
+        var r = CliRunner.Run(["train", .. args, "--out", single]);
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        var job = Run(2, ["train", .. args, "--out", multi]);
+        Assert.True(job.ExitCode == 0, job.Output);
+        Assert.Contains("rolled back to step 0 and skipping batches 0..9", job.Output);
+        Assert.True(Model(single).AsSpan().SequenceEqual(Model(multi)), "after a rollback, -n 2 --mesh 2x1 differs from the in-process 2x1 mesh");
+    }
+
+    [Fact]
     public void ACheckpointOfFourProcessesResumesOnTwoAndOnOne()
     {
         string run = CliRunner.TempDir();
