@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Text;
 using System.Text.Json.Nodes;
 using Palm.Gpu.IO;
+using Palm.Gpu.Sharding.Mpi;
 using Palm.Gpu.Tests.Support;
 using Xunit;
 
@@ -218,6 +219,20 @@ public sealed class MpiJobTests
             if (p is not null) { EndJob(p); p.Dispose(); }
             if (victim > 0) try { Process.GetProcessById(victim).Kill(); } catch (ArgumentException) { } catch (InvalidOperationException) { }
         }
+    }
+
+    [Fact]
+    public void TheLauncherIsReadFromItsEnvironment()
+    {
+        Launch? Detect(params (string, string)[] env) => MpiJob.Detect(env.ToDictionary(e => e.Item1, e => (string?)e.Item2));
+        Assert.Null(Detect());
+        Assert.Null(Detect(("PMI_RANK", "0"), ("PMI_SIZE", "1")));   // mpiexec -n 1: a plain single process
+        Assert.Equal(new Launch("mpiexec (hydra)", 1, 4), Detect(("PMI_RANK", "1"), ("PMI_SIZE", "4")));
+        Assert.Equal(new Launch("srun (PMI)", 2, 4), Detect(("PMI_RANK", "2"), ("PMI_SIZE", "4"), ("SLURM_STEP_ID", "0")));
+        Assert.Equal(new Launch("srun", 3, 8), Detect(("SLURM_PROCID", "3"), ("SLURM_STEP_NUM_TASKS", "8")));
+        Assert.Null(Detect(("SLURM_PROCID", "0"), ("SLURM_STEP_NUM_TASKS", "1")));   // a batch script's single task
+        var e = Assert.Throws<Palm.Gpu.Model.ConfigException>(() => Detect(("OMPI_COMM_WORLD_SIZE", "2"), ("OMPI_COMM_WORLD_RANK", "0")));
+        Assert.Contains("MPICH's ABI", e.Message);
     }
 
     static void AssertOneLine(string output, string expected)
