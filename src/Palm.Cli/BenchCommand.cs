@@ -128,9 +128,10 @@ internal static class BenchCommand
         foreach (var d in devices.Devices) d.Synchronize();
         double ownSeconds = devices.Counters.Elapsed.TotalSeconds;
         devices.Counters.DrainBeforeTiming = false;
+        var counters = devices.Counters;
+        var (allReduceGroup, allReduceSeconds) = AllReduceSeconds(devices, AllReduceFloats);
         double seconds = times.Average(), tps = batch * c.SeqLen / seconds;
         double gflops = tps * ModelMath.TrainingFlopsPerToken(c) / 1e9;
-        var counters = devices.Counters;
         Console.WriteLine(JsonSerializer.Serialize(new
         {
             preset, backend, mesh = $"{data}x{model}", shard_weights = shard, batch, seq = c.SeqLen,
@@ -145,10 +146,51 @@ internal static class BenchCommand
                 all_reduce = counters.AllReduce, all_gather = counters.AllGather, reduce_scatter = counters.ReduceScatter,
                 broadcast = counters.Broadcast, bytes_per_rank = counters.BytesPerRank,
             },
+            processes = devices.Processes?.Count ?? 1,
+            all_reduce = new
+            {
+                group = allReduceGroup, floats = AllReduceFloats, seconds = R(allReduceSeconds, 6),
+                // Algorithm bandwidth: the buffer's bytes over the time of one all-reduce (NCCL's "algbw").
+                gb_per_s = R(4.0 * AllReduceFloats / allReduceSeconds / 1e9, 3),
+            },
         }));
+        Console.Error.WriteLine($"all-reduce of {AllReduceFloats:N0} floats over the {allReduceGroup} group: {allReduceSeconds * 1000:F2} ms, {4.0 * AllReduceFloats / allReduceSeconds / 1e9:F3} GB/s " +
+                                $"({(devices.Processes is { } procs ? $"across {procs.Count} processes" : "in one process")})");
         Console.Error.WriteLine($"collectives: {collectiveSeconds / timed * 1000:F1} ms per step via {devices.TransportDescription} ({100 * collectiveSeconds / timed / seconds:F1}% of the step, summed over groups; " +
                                 $"{ownSeconds * 1000:F1} ms of it the collectives' own, with queued kernels drained first; last step: {counters.AllReduce} all-reduce, {counters.AllGather} all-gather, {counters.ReduceScatter} reduce-scatter, {counters.BytesPerRank:N0} bytes per rank)");
         return 0;
+    }
+
+    /// <summary>Buffer of the all-reduce throughput probe: 4 MiB, a large layer's gradient piece.</summary>
+    const int AllReduceFloats = 1 << 20;
+
+    /// <summary>
+    /// Best time of one all-reduce of <paramref name="floats"/> values over the data group (the model group when the
+    /// data axis is 1), every rank at once: in one process it is the host rendezvous, across processes the
+    /// hierarchical host + MPI exchange, so the two `palm bench --mesh` runs compare the transports.
+    /// </summary>
+    static (string Group, double Seconds) AllReduceSeconds(Palm.Gpu.Sharding.DeviceMesh mesh, int floats)
+    {
+        bool data = mesh.Data > 1;
+        var buffers = mesh.Ranks.Select((r, i) =>
+        {
+            var b = r.Backend.Allocate($"allreduce-probe{i}", floats);
+            r.Backend.Upload(b, Enumerable.Range(0, floats).Select(k => (float)(k % 97) * 0.01f).ToArray());
+            return b;
+        }).ToArray();
+        try
+        {
+            double best = double.MaxValue;
+            for (int rep = 0; rep < 6; rep++)
+            {
+                var sw = System.Diagnostics.Stopwatch.StartNew();
+                mesh.Runner.Run(i => (data ? mesh.Ranks[i].DataGroup : mesh.Ranks[i].ModelGroup).AllReduce(buffers[i], floats));
+                foreach (var d in mesh.Devices) d.Synchronize();
+                if (rep > 0) best = Math.Min(best, sw.Elapsed.TotalSeconds);   // the first builds staging
+            }
+            return (data ? "data" : "model", best);
+        }
+        finally { foreach (var b in buffers) b.Dispose(); }
     }
 
     static double R(double x, int digits) => double.IsFinite(x) ? Math.Round(x, digits) : 0;

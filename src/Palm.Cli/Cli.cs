@@ -106,6 +106,11 @@ internal static class Cli
             Console.Error.WriteLine("palm: error: out of memory; use a smaller model (--preset, --layers, --d-model), a smaller --batch or --seq, or --remat (`palm plan` shows what fits)");
             return 2;
         }
+        catch (Palm.Gpu.Sharding.Mpi.MpiException e)
+        {
+            Console.Error.WriteLine($"palm: error: {e.Message}");
+            return Palm.Gpu.Sharding.Mpi.MpiJob.LostPeerExitCode;
+        }
         catch (OperationCanceledException)
         {
             Console.Error.WriteLine("palm: interrupted");
@@ -119,6 +124,44 @@ internal static class Cli
             return 1;
         }
     }
+
+    /// <summary>
+    /// Every process of a job must run the same command (SPMD): a job whose processes were given different arguments
+    /// (mpiexec's "-n 1 palm … : -n 1 palm …" form) is refused on every process, naming what differs.
+    /// </summary>
+    public static void CheckSameCommand(Palm.Gpu.Sharding.IProcessGroup job, string[] args)
+    {
+        var lines = Palm.Gpu.Sharding.ProcessGroups.AllGatherVariable(job, System.Text.Encoding.UTF8.GetBytes(string.Join('\0', args)))
+            .Select(b => System.Text.Encoding.UTF8.GetString(b).Split('\0')).ToArray();
+        if (lines.All(l => l.SequenceEqual(lines[0]))) return;
+        string? Flag(string[] a, string name) { int i = Array.IndexOf(a, name); return i >= 0 && i + 1 < a.Length ? a[i + 1] : null; }
+        var backends = lines.Select(l => Flag(l, "--backend") ?? "cpu").ToArray();
+        if (backends.Distinct().Count() > 1)
+            throw new ConfigException($"the processes of this job run different backends ({string.Join(", ", backends.Select((b, p) => $"process {p}: {b}"))}); every process of a mesh must run the same --backend");
+        int other = Array.FindIndex(lines, l => !l.SequenceEqual(lines[0]));
+        throw new ConfigException($"the processes of this job were given different commands (process 0: '{string.Join(' ', lines[0])}', process {other}: '{string.Join(' ', lines[other])}'); every process must run the same palm command");
+    }
+
+    /// <summary>
+    /// Runs a step that only the job's leader performs (the run directory's lock, shared files); on one process it
+    /// simply runs. A failure there is agreed on, so every process stops with the leader's message.
+    /// </summary>
+    public static T? LeaderOnly<T>(Func<T> act) where T : class
+    {
+        if (Palm.Gpu.Sharding.ProcessGroups.World is not { Count: > 1 } job) return act();
+        T? result = null;
+        string? problem = null;
+        if (job.IsLeader)
+        {
+            try { result = act(); }
+            catch (Exception e) when (IsUserError(e)) { problem = e.Message; }
+        }
+        if (Palm.Gpu.Sharding.ProcessGroups.Agree(job, problem) is { } agreed) throw new ConfigException(problem ?? agreed);
+        return result;
+    }
+
+    /// <summary>Whether this process speaks for the job (always, on one process).</summary>
+    public static bool Leads => Palm.Gpu.Sharding.ProcessGroups.World?.IsLeader ?? true;
 
     /// <summary>Errors of the user's input or environment (the exception types palm raises for them), as opposed to defects.</summary>
     public static bool IsUserError(Exception e) => e is ConfigException or DataException or InvalidDataException or FileNotFoundException

@@ -20,4 +20,33 @@ if (parsed.Errors.Count > 0)
     foreach (var e in parsed.Errors) Console.Error.WriteLine($"palm: error: {Cli.PlainParseError(e.Message)}");
     return 2;
 }
-return parsed.Invoke();
+// Launched as several processes (mpiexec, srun): join the job. A plain `palm` never loads MPI.
+Palm.Gpu.Sharding.Mpi.MpiJob? job = null;
+bool speaks = true;   // only process 0 of a job prints
+try
+{
+    if (Palm.Gpu.Sharding.Mpi.MpiJob.Detect() is { } launch)
+    {
+        speaks = launch.Rank == 0;
+        job = Palm.Gpu.Sharding.Mpi.MpiJob.Start(launch);
+        job.ErrorOut = Console.Error;
+        Palm.Gpu.Sharding.ProcessGroups.World = job;
+        if (job.IsLeader)
+            Console.Error.WriteLine($"palm: {job.Count} processes under {launch.Launcher} ({job.Library}): {job.DescribeAll()}");
+        else
+        {
+            // Process 0 speaks for the job; errors every process meets are agreed on and printed there.
+            Console.SetOut(TextWriter.Null);
+            Console.SetError(TextWriter.Null);
+        }
+        Cli.CheckSameCommand(job, args);
+    }
+}
+catch (Palm.Gpu.Model.ConfigException e)
+{
+    if (speaks) (job?.ErrorOut ?? Console.Error).WriteLine($"palm: error: {e.Message}");
+    return 2;
+}
+int status = parsed.Invoke();
+if (status == 0) job?.Finish();
+return status;

@@ -130,7 +130,9 @@ internal static class TrainCommand
             };
             bool vocabFromTokenizer = r.GetValue(vocab) is null;
             // An existing directory is locked before it is inspected, so two trains never decide on it at once.
-            using var held = Directory.Exists(dir) ? RunDirectory.Lock(dir) : null;
+            // In a multi-process job the leader holds the lock and writes the run's files; every process inspects.
+            bool existed = Directory.Exists(dir);   // the same answer on every process: nothing has been written yet
+            using var held = existed ? Cli.LeaderOnly(() => RunDirectory.Lock(dir)) : null;
             var state = RunDirectory.Inspect(dir);
             if (state == RunDirectory.State.HasCheckpoints && !r.GetValue(overwrite))
                 return Rerun(dir, config, options, vocabFromTokenizer);
@@ -138,8 +140,8 @@ internal static class TrainCommand
                 throw new ConfigException($"'{dir}' already holds a run ({Describe(dir)}) and no checkpoints to continue it from; choose a new --out, or pass --overwrite to replace it");
             using var trainer = new Trainer(config, options, vocabFromTokenizer);
             // Only now, with every input validated, is anything removed or written.
-            using var mine = held ?? RunDirectory.Lock(dir);
-            if (state != RunDirectory.State.Empty) RunDirectory.RemoveRun(dir);
+            using var mine = existed ? null : Cli.LeaderOnly(() => RunDirectory.Lock(dir));
+            if (state != RunDirectory.State.Empty && Cli.Leads) RunDirectory.RemoveRun(dir);
             return Run(trainer, resumed: false);
         }));
         return cmd;
@@ -195,7 +197,7 @@ internal static class TrainCommand
             string dir = outDir ?? "runs/latest";
             if (!Directory.Exists(dir))
                 throw new ConfigException($"no checkpoints under '{Path.Combine(dir, "checkpoints")}'; train with --out {dir} --checkpoint-every N first");
-            var held = RunDirectory.Lock(dir);
+            var held = Cli.LeaderOnly(() => RunDirectory.Lock(dir));
             try
             {
                 var store = new CheckpointStore(Path.Combine(dir, "checkpoints"));
@@ -205,13 +207,13 @@ internal static class TrainCommand
                        ?? throw new InvalidDataException($"no valid checkpoint under '{store.Directory}' (every one failed verification, see above)");
                 return Continue(ckpt, overrides with { OutDir = dir });
             }
-            finally { held.Dispose(); }
+            finally { held?.Dispose(); }
         }
         string full = Path.TrimEndingDirectorySeparator(Path.GetFullPath(from));
         string? owner = Path.GetFileName(Path.GetDirectoryName(full)) == "checkpoints" ? Path.GetDirectoryName(Path.GetDirectoryName(full)) : null;
         string run = outDir ?? owner
             ?? throw new ConfigException($"'{from}' is not inside a run's checkpoints/ directory, so the run it continues is unknown; pass --out DIR for the continued run");
-        var lockHeld = RunDirectory.Lock(run);
+        var lockHeld = Cli.LeaderOnly(() => RunDirectory.Lock(run));
         try
         {
             ckpt = CheckpointStore.Load(full);
@@ -221,7 +223,7 @@ internal static class TrainCommand
                 throw new ConfigException($"'{run}' already holds a run; continue checkpoint '{from}' into an empty --out (or its own run directory)");
             return Continue(ckpt, overrides with { OutDir = run });
         }
-        finally { lockHeld.Dispose(); }
+        finally { lockHeld?.Dispose(); }
     }
 
     static int Continue(LoadedCheckpoint ckpt, ResumeOverrides overrides)
@@ -243,14 +245,15 @@ internal static class TrainCommand
         var options = trainer.Options;
         string outDir = options.OutDir!;
         Directory.CreateDirectory(outDir);
-        AtomicFile.WriteText(Path.Combine(outDir, "config.json"), trainer.DescribeRun().ToJsonString(Trainer.Json));
+        bool leads = Cli.Leads;
+        if (leads) AtomicFile.WriteText(Path.Combine(outDir, "config.json"), trainer.DescribeRun().ToJsonString(Trainer.Json));
         var c = trainer.Config;
         Console.Error.WriteLine($"palm: {trainer.Engine.ParameterCount:N0} parameters, {c.Layers} {c.Block.ToString().ToLowerInvariant()} blocks, " +
                                 $"{trainer.Dataset.TrainSequences:N0} training sequences of {c.SeqLen} ({trainer.Tokenizer.Kind} tokenizer, vocab {c.Vocab}), " +
                                 $"{trainer.Engine.DeviceDescription}, peak {trainer.PeakGflops:F0} GFLOP/s");
 
         string metricsPath = Path.Combine(outDir, "metrics.jsonl");
-        using var metrics = new StreamWriter(metricsPath, append: resumed) { AutoFlush = true };
+        using var metrics = leads ? new StreamWriter(metricsPath, append: resumed) { AutoFlush = true } : StreamWriter.Null;
         if (resumed) WriteEvent(metrics, new TrainingEvent("resume", new JsonObject { ["step"] = trainer.Step, ["batch"] = trainer.Cursor.Batch }, ""));
         var clock = Stopwatch.StartNew();
         StepMetrics? last = null;
@@ -317,7 +320,8 @@ internal static class TrainCommand
         if (signal != 0)
         {
             string? kept = trainer.SaveCheckpointNow(OnEvent);
-            ModelWeights.Save(trainer.Config, trainer.Engine.GatherWeights(), weights, meta);
+            var gathered = trainer.Engine.GatherWeights();   // every process takes part; the leader writes
+            if (leads) ModelWeights.Save(trainer.Config, gathered, weights, meta);
             string name = signal == 130 ? "SIGINT" : "SIGTERM";
             WriteEvent(metrics, new TrainingEvent("interrupted", new JsonObject { ["step"] = trainer.Step, ["signal"] = name, ["checkpoint"] = kept, ["elapsed_s"] = clock.Elapsed.TotalSeconds }, ""));
             Console.Error.WriteLine(kept is not null
@@ -327,7 +331,8 @@ internal static class TrainCommand
         }
 
         double evalLoss = trainer.Evaluate();
-        ModelWeights.Save(trainer.Config, trainer.Engine.GatherWeights(), weights, meta);
+        var full = trainer.Engine.GatherWeights();   // every process takes part; the leader writes
+        if (leads) ModelWeights.Save(trainer.Config, full, weights, meta);
         WriteEvent(metrics, new TrainingEvent("end", new JsonObject { ["step"] = trainer.Step, ["eval_loss"] = double.IsFinite(evalLoss) ? evalLoss : null, ["elapsed_s"] = clock.Elapsed.TotalSeconds, ["rollbacks"] = trainer.Rollbacks.Count, ["failed_checkpoints"] = trainer.FailedCheckpoints.Count }, ""));
         if (trainer.FailedCheckpoints.Count > 0)
             Console.Error.WriteLine($"palm: warning: {trainer.FailedCheckpoints.Count} checkpoint(s) could not be written (steps {string.Join(", ", trainer.FailedCheckpoints.Select(f => f.Step))}); " +

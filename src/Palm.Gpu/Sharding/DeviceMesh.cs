@@ -61,6 +61,53 @@ public sealed class DeviceMesh : IDisposable
         }).ToArray();
     }
 
+    /// <summary>
+    /// This process's share of a mesh that spans the processes of <paramref name="processes"/>: process p holds data
+    /// indices [p·D/P, (p+1)·D/P) with their whole model axis (<paramref name="devices"/>, local rank order). Model
+    /// groups stay inside the process; data groups and the world span processes hierarchically
+    /// (<see cref="Mpi.ProcessSpanningGroup"/>), each on a channel of its own so the ranks' threads can run them at once.
+    /// </summary>
+    internal DeviceMesh(int data, int model, IReadOnlyList<IBackend> devices, IProcessGroup processes, bool ownsDevices)
+    {
+        int p = processes.Count;
+        if (data % p != 0)
+            throw new ConfigException($"mesh {data}x{model} cannot be split over {p} processes: each process holds whole rows of the model axis, so the data axis ({data}) must be a multiple of the process count; use --mesh {p * Math.Max(1, data / p)}x{model} or {p} processes that divide {data}");
+        int rows = data / p;
+        if (devices.Count != rows * model) throw new ConfigException($"process {processes.Index} of mesh {data}x{model} needs {rows * model} devices, got {devices.Count}");
+        Data = data;
+        Model = model;
+        Devices = devices;
+        Processes = processes;
+        FirstDataRank = processes.Index * rows;
+        _ownsDevices = ownsDevices;
+        Counters = new CollectiveCounters();
+        Transport = CollectiveTransport.Host;
+        ModelGroups = Enumerable.Range(0, rows).Select(d => (ICollectives)new InProcessCollectives(Enumerable.Range(0, model).Select(m => devices[d * model + m]).ToArray(), Counters)).ToArray();
+        DataGroups = [];
+        Runner = new SpmdRunner(devices.Count);
+        var rowMeetings = Enumerable.Range(0, rows).Select(_ => new Rendezvous(Runner, model)).ToArray();
+        var colMeetings = Enumerable.Range(0, model).Select(_ => new Rendezvous(Runner, rows)).ToArray();
+        var worldMeeting = new Rendezvous(Runner, devices.Count);
+        // One channel per column and one for the world, created in the same order on every process.
+        var colChannels = Enumerable.Range(0, model).Select(_ => processes.Duplicate()).ToArray();
+        var worldChannel = processes.Duplicate();
+        Ranks = Enumerable.Range(0, devices.Count).Select(r =>
+        {
+            int dl = r / model, m = r % model;
+            var column = Enumerable.Range(0, rows).Select(d => devices[d * model + m]).ToArray();
+            return new RankContext(devices[r], FirstDataRank + dl, m, data, model, new InProcessGroup(rowMeetings[dl], m, ModelGroups[dl]),
+                                   new Mpi.ProcessSpanningGroup(colMeetings[m], dl, column, colChannels[m], Counters),
+                                   new Mpi.ProcessSpanningGroup(worldMeeting, r, null, worldChannel, Counters));
+        }).ToArray();
+    }
+
+    /// <summary>The processes this mesh spans; null when it lives in this process only.</summary>
+    public IProcessGroup? Processes { get; }
+    /// <summary>The first data index this process holds (0 for an in-process mesh).</summary>
+    public int FirstDataRank { get; }
+    /// <summary>Where the transport is described: in one process, or "… between N processes over MPI".</summary>
+    public string Placement => Processes is null ? "" : $", {Processes.Count} processes of {Data / Processes.Count}x{Model} ranks each";
+
     /// <summary>Runs one body per rank, each on its own thread (<see cref="SpmdRunner"/>).</summary>
     public SpmdRunner Runner { get; }
     /// <summary>Every rank's device, coordinates and groups, in rank order d·M + m.</summary>
@@ -80,7 +127,8 @@ public sealed class DeviceMesh : IDisposable
     /// <summary>One line for reports, e.g. "device (copies within one OpenCL context)".</summary>
     public string TransportDescription => Transport == CollectiveTransport.Device
         ? "device (copies within one OpenCL context)"
-        : "host (download, combine on the host, upload)";
+        : Processes is null ? "host (download, combine on the host, upload)"
+        : $"host within each process and MPI between {Processes.Count} processes (download, exchange, combine in rank order, upload)";
     /// <summary>ModelGroups[d]: the model ranks of data index d.</summary>
     public IReadOnlyList<ICollectives> ModelGroups { get; }
     /// <summary>DataGroups[m]: the data ranks of model index m.</summary>
@@ -107,6 +155,7 @@ public sealed class DeviceMesh : IDisposable
         if (data < 1 || model < 1) throw new ConfigException($"--mesh needs positive sizes, got {data}x{model}");
         var provider = BackendRegistry.Find(backend)
             ?? throw new ConfigException($"unknown backend '{backend}'; choose one of: {string.Join(", ", BackendRegistry.Names)}");
+        if (ProcessGroups.World is { Count: > 1 } world) return CreateShare(provider, data, model, threadsPerDevice, transport, world);
         int n = data * model;
         if (transport == CollectiveTransport.Device && provider.WhyNoDeviceCollectives(n) is { } problem)
             throw new ConfigException($"--collectives device needs device-side collectives between the mesh's {n} {provider.Name} devices, but {problem}. " +
@@ -115,6 +164,31 @@ public sealed class DeviceMesh : IDisposable
         try { devices = provider.CreateMesh(n, threadsPerDevice, transport); }
         catch (ConfigException e) { throw new ConfigException($"mesh {data}x{model}: {e.Message}"); }
         try { return new DeviceMesh(data, model, devices, ownsDevices: true, transport); }
+        catch { foreach (var d in devices) d.Dispose(); throw; }
+    }
+
+    /// <summary>
+    /// This process's share of a mesh over the job's processes: its D/P × M devices of the backend (OpenCL: devices
+    /// 0 .. D·M/P−1 of this machine, so one process per machine or per GPU group), host collectives between them and
+    /// MPI between processes. Every process must run the same backend: a mixed job is refused on every process.
+    /// </summary>
+    static DeviceMesh CreateShare(BackendProvider provider, int data, int model, int threadsPerDevice, CollectiveTransport transport, IProcessGroup world)
+    {
+        var names = world.AllGatherVariable(System.Text.Encoding.UTF8.GetBytes(provider.Name)).Select(b => System.Text.Encoding.UTF8.GetString(b)).ToArray();
+        if (names.Distinct().Count() > 1)
+            throw new ConfigException($"the processes of this job run different backends ({string.Join(", ", names.Select((n, p) => $"process {p}: {n}"))}); every process of a mesh must run the same --backend");
+        if (data % world.Count != 0)
+            throw new ConfigException($"mesh {data}x{model} cannot be split over {world.Count} processes: each process holds whole rows of the model axis, so the data axis ({data}) must be a multiple of the process count; use e.g. --mesh {world.Count}x{model}, or a process count that divides {data}");
+        if (transport == CollectiveTransport.Device)
+            throw new ConfigException($"--collectives device moves data inside one OpenCL context; a mesh over {world.Count} processes combines through the host and MPI: use --collectives host or auto");
+        int n = data / world.Count * model;
+        // Processes on one machine share its cores: by default each device gets cores / (its machine's devices).
+        if (threadsPerDevice == 0 && provider.Name == "cpu")
+            threadsPerDevice = Math.Max(1, Environment.ProcessorCount / (n * world.OnThisMachine));
+        IReadOnlyList<IBackend> devices;
+        try { devices = provider.CreateMesh(n, threadsPerDevice, CollectiveTransport.Host); }
+        catch (ConfigException e) { throw new ConfigException($"mesh {data}x{model}, process {world.Index}: {e.Message}"); }
+        try { return new DeviceMesh(data, model, devices, world, ownsDevices: true); }
         catch { foreach (var d in devices) d.Dispose(); throw; }
     }
 

@@ -33,8 +33,9 @@ public sealed class MeshTrainer : ITrainingEngine
         _ownsMesh = ownsMesh;
         Config = config;
         Batch = batch;
-        _models = new PalmModel[mesh.Size];
-        _optimizers = new AdafactorOptimizer[mesh.Size];
+        // This process's ranks: all of the mesh, or its share when the mesh spans processes.
+        _models = new PalmModel[mesh.Ranks.Count];
+        _optimizers = new AdafactorOptimizer[mesh.Ranks.Count];
         try
         {
             // Each rank allocates and initialises on its own thread (OpenCL queues are driven by one thread at a time).
@@ -65,9 +66,9 @@ public sealed class MeshTrainer : ITrainingEngine
                 throw new ConfigException($"data axis {data} of mesh {data}x{model} does not divide the batch of {b} sequences in the schedule '{options.BatchSchedule}'; use batches that are multiples of {data}");
         if (options.Optimizer.Factored && (model > 1 || shardWeights))
             throw new ConfigException("factored Adafactor needs whole tensors; on a model axis > 1 or with --shard-weights train unfactored (PaLM's setting)");
-        var devices = data * model == 1
+        var devices = data * model == 1 && ProcessGroups.World is not { Count: > 1 }
             ? new DeviceMesh(1, 1, [BackendRegistry.Create(options.Backend, options.Device, options.Threads)], ownsDevices: true, options.Collectives)
-            : DeviceMesh.Create(options.Backend, data, model, options.Threads > 0 ? Math.Max(1, options.Threads / (data * model)) : 0, options.Collectives);
+            : DeviceMesh.Create(options.Backend, data, model, options.Threads > 0 ? Math.Max(1, options.Threads / (data * model / (ProcessGroups.World?.Count ?? 1))) : 0, options.Collectives);
         try { return new MeshTrainer(devices, config, schedule.Max, options.Optimizer, initialize ? options.Seed : null, shardWeights, ownsMesh: true); }
         catch
         {
@@ -163,7 +164,7 @@ public sealed class MeshTrainer : ITrainingEngine
     public string BackendName => MeshDevices.Devices[0].Name;
     public string DeviceDescription => Single
         ? MeshDevices.Devices[0].DeviceName
-        : $"mesh {Mesh}{(ShardWeights ? " (fully sharded)" : "")} of {MeshDevices.Devices[0].DeviceName}, collectives via {MeshDevices.TransportDescription}";
+        : $"mesh {Mesh}{(ShardWeights ? " (fully sharded)" : "")} of {MeshDevices.Devices[0].DeviceName}{MeshDevices.Placement}, collectives via {MeshDevices.TransportDescription}";
     public string Mesh => $"{MeshDevices.Data}x{MeshDevices.Model}";
     public bool ShardWeights => _models[0].ShardWeights;
     public int DeviceCount => MeshDevices.Size;
@@ -173,9 +174,15 @@ public sealed class MeshTrainer : ITrainingEngine
     /// The run's peak: one device's measured peak; on a mesh, one machine's where its devices share one (CPU logical
     /// devices), else one device's times their number.
     /// </summary>
-    public double MeasurePeakGflops() => Single
-        ? BackendRegistry.MeasurePeakGflops(MeshDevices.Devices[0])
-        : BackendRegistry.MeasureMeshPeakGflops(MeshDevices.Devices);
+    public double MeasurePeakGflops()
+    {
+        double mine = Single ? BackendRegistry.MeasurePeakGflops(MeshDevices.Devices[0]) : BackendRegistry.MeasureMeshPeakGflops(MeshDevices.Devices);
+        if (MeshDevices.Processes is not { } processes) return mine;
+        // Every process measures its own devices; the job's peak is their sum (the same figure on every process).
+        var all = new double[processes.Count];
+        processes.AllGather<double>([mine], all);
+        return all.Sum();
+    }
 
     public void Synchronize()
     {
@@ -190,7 +197,8 @@ public sealed class MeshTrainer : ITrainingEngine
     /// The ranks whose pieces together hold one copy of every tensor: the model ranks of data index 0, or with sharded
     /// weights every rank (data slices). Replicas are not written twice.
     /// </summary>
-    public IEnumerable<int> DistinctShardRanks => ShardWeights ? Enumerable.Range(0, _models.Length) : Enumerable.Range(0, MeshDevices.Model);
+    /// <remarks>Indices are this process's ranks; when the mesh spans processes each process lists the distinct pieces it holds.</remarks>
+    public IEnumerable<int> DistinctShardRanks => Enumerable.Range(0, _models.Length).Where(k => ShardWeights || _models[k].Rank.DataRank == 0);
 
     public IReadOnlyList<CheckpointShard> SnapshotShards() => Single
         ? [new CheckpointShard("", _models[0].ExportWeights(), Optimizer(0).ExportState(flat: true))]
@@ -231,7 +239,11 @@ public sealed class MeshTrainer : ITrainingEngine
     {
         if (Single) return _models[0].ExportWeights().ToDictionary(t => t.Name, t => t.Data);
         var pieces = DistinctShardRanks.ToDictionary(k => (_models[k].Rank.DataRank, _models[k].Rank.ModelRank),
-                                                     k => _models[k].ExportWeights().ToDictionary(t => t.Name));
+                                                     k => (IReadOnlyDictionary<string, NamedTensor>)_models[k].ExportWeights().ToDictionary(t => t.Name));
+        // Across processes every process sends the pieces it holds, and every process joins the same full tensors.
+        if (MeshDevices.Processes is { } processes)
+            foreach (var bytes in processes.AllGatherVariable(Mpi.PieceCodec.Encode(pieces)))
+                foreach (var (key, tensors) in Mpi.PieceCodec.Decode(bytes)) pieces[key] = tensors;
         var layout = Enumerable.Range(0, _models[0].LocalSchema.Tensors.Count).ToDictionary(i => _models[0].LocalSchema.Tensors[i].Name, _models[0].LayoutOf);
         return ShardMath.Assemble(layout, MeshDevices.Model, ShardWeights ? MeshDevices.Data : 1, (d, m) => pieces[(d, m)], "the mesh")
                         .ToDictionary(kv => kv.Key, kv => kv.Value.Data);

@@ -4,6 +4,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Palm.Gpu.IO;
+using Palm.Gpu.Sharding;
 
 namespace Palm.Gpu.Training;
 
@@ -123,11 +124,21 @@ public sealed class CheckpointStore
     Task _pending = Task.CompletedTask;
     readonly ConcurrentQueue<CheckpointResult> _finished = new();
 
-    public CheckpointStore(string directory, RetentionPolicy? retention = null)
+    readonly Sharding.IProcessGroup? _processes;
+
+    /// <param name="processes">
+    /// the processes of a multi-process job, on a channel of their own (saves run in the background): each process then
+    /// writes the shard files it holds, and the leader, after all have, writes the manifest, renames the directory and
+    /// applies retention. Null (or one process): this process writes everything.
+    /// </param>
+    public CheckpointStore(string directory, RetentionPolicy? retention = null, Sharding.IProcessGroup? processes = null)
     {
         Directory = directory;
         Retention = retention ?? new RetentionPolicy();
+        _processes = processes is { Count: > 1 } ? processes : null;
     }
+
+    bool Leads => _processes is null || _processes.IsLeader;
 
     public string Directory { get; }
     public RetentionPolicy Retention { get; }
@@ -169,6 +180,7 @@ public sealed class CheckpointStore
     /// <summary>Writes one checkpoint synchronously and applies the retention policy; returns its directory.</summary>
     public string Save(TrainingSnapshot s)
     {
+        if (_processes is { } processes) return SaveAcross(s, processes);
         string final = Path.Combine(Directory, NameFor(s.Manifest.Step));
         string tmp = Path.Combine(Directory, $".tmp-{NameFor(s.Manifest.Step)}-{Environment.ProcessId}");
         try
@@ -199,6 +211,61 @@ public sealed class CheckpointStore
         }
         try { ApplyRetention(); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }   // the checkpoint is complete; pruning retries next time
+        return final;
+    }
+
+    /// <summary>
+    /// One checkpoint written by the processes of a job together, with the single-process sealing rules: a shared
+    /// hidden directory, every process's shard files flushed into it, then (after every process has succeeded) the
+    /// leader's manifest and the rename. A failure on any process fails the checkpoint on all of them (each step ends
+    /// with an agreement), and the leader removes the partial directory; a crash leaves no manifest, so no checkpoint.
+    /// </summary>
+    string SaveAcross(TrainingSnapshot s, Sharding.IProcessGroup processes)
+    {
+        string name = NameFor(s.Manifest.Step), final = Path.Combine(Directory, name);
+        string job = System.Text.Encoding.UTF8.GetString(Sharding.ProcessGroups.FromLeader(processes, System.Text.Encoding.UTF8.GetBytes(Environment.ProcessId.ToString())));
+        string tmp = Path.Combine(Directory, $".tmp-{name}-{job}");
+        string? Attempt(Action act)
+        {
+            try { act(); return null; }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return e.Message; }
+        }
+        void Fail(string? problem)
+        {
+            if (problem is null) return;
+            if (processes.IsLeader) TryDelete(tmp);
+            throw new IOException($"could not write checkpoint {name} under '{Directory}': {problem} (the previous checkpoints are untouched)");
+        }
+        Fail(processes.Agree(processes.IsLeader ? Attempt(() =>
+        {
+            System.IO.Directory.CreateDirectory(Directory);
+            if (System.IO.Directory.Exists(tmp)) System.IO.Directory.Delete(tmp, recursive: true);
+            System.IO.Directory.CreateDirectory(tmp);
+        }) : null));
+        Fail(processes.Agree(Attempt(() =>
+        {
+            foreach (var shard in s.Shards)
+            {
+                var meta = new Dictionary<string, string> { ["format"] = "palm-gpu-checkpoint/2", ["step"] = s.Manifest.Step.ToString(), ["shard"] = shard.Tag, ["mesh"] = s.Manifest.Mesh };
+                SafeTensors.Write(Path.Combine(tmp, FileFor(WeightsFile, shard.Tag)), shard.Weights, meta);
+                FaultInjection.KillIfRequested(s.Manifest.Step);
+                SafeTensors.Write(Path.Combine(tmp, FileFor(OptimizerFile, shard.Tag)), shard.OptimizerState, meta);
+            }
+        })));
+        Fail(processes.Agree(processes.IsLeader ? Attempt(() =>
+        {
+            var files = System.IO.Directory.EnumerateFiles(tmp, "*.safetensors").Order(StringComparer.Ordinal)
+                .ToDictionary(f => Path.GetFileName(f), Describe);
+            var manifest = s.Manifest with { FormatVersion = CheckpointManifest.CurrentFormatVersion, Files = files, CreatedUtc = DateTime.UtcNow, HostSimd = Backends.Cpu.CpuSimd.Description };
+            AtomicFile.WriteText(Path.Combine(tmp, ManifestFile), SealManifest(manifest));
+            if (System.IO.Directory.Exists(final)) System.IO.Directory.Delete(final, recursive: true);
+            System.IO.Directory.Move(tmp, final);
+        }) : null));
+        if (processes.IsLeader)
+        {
+            try { ApplyRetention(); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+        }
         return final;
     }
 
@@ -369,6 +436,7 @@ public sealed class CheckpointStore
     public void DeleteAfter(long step)
     {
         Flush();
+        if (!Leads) return;   // the leader prunes for the job
         foreach (var (s, path) in List())
             if (s > step) TryDelete(path);
     }

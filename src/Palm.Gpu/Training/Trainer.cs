@@ -73,8 +73,23 @@ public sealed class Trainer : IDisposable
         if (options.PeakGflops > 0) PeakGflops = options.PeakGflops;
         else PeakGflops = MeasuredPeakGflops = knownPeakGflops > 0 ? knownPeakGflops : Engine.MeasurePeakGflops();
         // Retention keeps what a rollback of this run's --rollback-steps needs.
+        // Across processes: checkpoints are written together (each process its shards, the leader the manifest), on a
+        // channel of their own because saves run in the background; the stop request is agreed on its own channel too.
+        _processes = Sharding.ProcessGroups.World is { Count: > 1 } world ? world.Duplicate() : null;
         Checkpoints = options.OutDir is null ? null
-            : new CheckpointStore(Path.Combine(options.OutDir, "checkpoints"), new RetentionPolicy(KeepOneOlderThan: Math.Max(1, options.SpikeGuard.RollbackSteps)));
+            : new CheckpointStore(Path.Combine(options.OutDir, "checkpoints"), new RetentionPolicy(KeepOneOlderThan: Math.Max(1, options.SpikeGuard.RollbackSteps)),
+                                  _processes is null ? null : Sharding.ProcessGroups.World!.Duplicate());
+    }
+
+    readonly Sharding.IProcessGroup? _processes;
+
+    /// <summary>Whether to stop after this step: the signal seen by any process stops every process at the same step.</summary>
+    bool StopRequested(CancellationToken stop)
+    {
+        if (_processes is null) return stop.IsCancellationRequested;
+        var all = new byte[_processes.Count];
+        Sharding.ProcessGroups.AllGather<byte>(_processes, [(byte)(stop.IsCancellationRequested ? 1 : 0)], all);
+        return all.Any(b => b != 0);
     }
 
     public ModelConfig Config { get; }
@@ -111,7 +126,7 @@ public sealed class Trainer : IDisposable
         clock ??= Stopwatch.StartNew();
         bool checkpointing = Checkpoints is not null && Options.CheckpointEvery > 0;
         if (checkpointing && Step == 0 && Checkpoints!.List().Count == 0) SaveCheckpoint(onEvent);
-        while (Step < untilStep && !stop.IsCancellationRequested)
+        while (Step < untilStep && !StopRequested(stop))
         {
             var (metrics, spike) = StepOnce(clock);
             if (spike is not null)
