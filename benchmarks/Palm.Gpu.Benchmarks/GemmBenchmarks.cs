@@ -152,6 +152,7 @@ public class GemmBenchmarks
         double peak = CpuPeak.MeasureGflops(threads);
         Console.WriteLine($"fp32 peak on {threads} thread(s): {peak:F1} GFLOP/s ({CpuMatmul.BestPath}, {CpuPeak.Lanes} lanes)");
         Console.WriteLine(OpenBlas.Description);
+        Console.WriteLine($"our GEMM: {GemmTuner.For(threads).Description}");
         Console.WriteLine($"{"shape",-32} {"M×N×K",-17} {"ours ms",8} {"GFLOP/s",8} {"% peak",6}   {"OpenBLAS ms",11} {"GFLOP/s",8} {"% peak",6}  ours/OpenBLAS");
         foreach (var r in Compare(threads))
         {

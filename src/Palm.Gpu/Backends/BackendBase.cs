@@ -257,6 +257,63 @@ public abstract class BackendBase : IBackend
     protected abstract void MatmulCore(DeviceBuffer c, DeviceBuffer a, DeviceBuffer b, int m, int n, int k,
                                        bool transA, bool transB, float alpha, bool accumulate);
 
+    public void MatmulPieces(MatmulSplit split, int[] extents, DeviceBuffer[] c, DeviceBuffer[] a, DeviceBuffer[] b, int m, int n, int k,
+                             bool transA = false, bool transB = false, float alpha = 1f, bool accumulate = false)
+    {
+        const string op = "matmul-pieces";
+        ArgumentNullException.ThrowIfNull(extents); ArgumentNullException.ThrowIfNull(c); ArgumentNullException.ThrowIfNull(a); ArgumentNullException.ThrowIfNull(b);
+        NonNegative(op, m, nameof(m)); NonNegative(op, n, nameof(n)); NonNegative(op, k, nameof(k));
+        if (extents.Length == 0) throw new ArgumentException($"{op}: no pieces; give at least one extent", nameof(extents));
+        foreach (int e in extents) NonNegative(op, e, "extent");
+        long total = extents.Sum(e => (long)e), axis = split switch { MatmulSplit.M => m, MatmulSplit.N => n, _ => k };
+        if (total != axis)
+            throw new ArgumentException($"{op}: the extents along {split} sum to {total} but {split} = {axis}; the pieces must tile the axis", nameof(extents));
+        int pieces = extents.Length;
+        void Count(DeviceBuffer[] list, string role, bool split_)
+        {
+            int want = split_ ? pieces : 1;
+            if (list.Length != want)
+                throw new ArgumentException($"{op}: {role} has {list.Length} buffers; split along {split} it needs {want}", role);
+        }
+        Count(c, "c", split != MatmulSplit.K);
+        Count(a, "a", split != MatmulSplit.N);
+        Count(b, "b", split != MatmulSplit.M);
+        long LenC(int i) => (split == MatmulSplit.M ? extents[i] : (long)m) * (split == MatmulSplit.N ? extents[i] : n);
+        long LenA(int i) => (split == MatmulSplit.M ? extents[i] : (long)m) * (split == MatmulSplit.K ? extents[i] : k);
+        long LenB(int i) => (split == MatmulSplit.K ? extents[i] : (long)k) * (split == MatmulSplit.N ? extents[i] : n);
+        for (int i = 0; i < c.Length; i++) Need(op, c[i], $"c[{i}]", LenC(i), "its piece's rows·columns");
+        for (int i = 0; i < a.Length; i++) Need(op, a[i], $"a[{i}]", LenA(i), "its piece's rows·columns");
+        for (int i = 0; i < b.Length; i++) Need(op, b[i], $"b[{i}]", LenB(i), "its piece's rows·columns");
+        for (int i = 0; i < c.Length; i++)
+        {
+            for (int j = 0; j < a.Length; j++) Distinct(op, c[i], LenC(i), $"c[{i}]", a[j], LenA(j), $"a[{j}]");
+            for (int j = 0; j < b.Length; j++) Distinct(op, c[i], LenC(i), $"c[{i}]", b[j], LenB(j), $"b[{j}]");
+            for (int j = 0; j < i; j++) Distinct(op, c[i], LenC(i), $"c[{i}]", c[j], LenC(j), $"c[{j}]");
+        }
+        long t0 = Begin();
+        MatmulPiecesCore(split, extents, c, a, b, m, n, k, transA, transB, alpha, accumulate);
+        End(t0, OpCosts.MatmulPieces(m, n, k, accumulate));
+    }
+
+    /// <summary>
+    /// The default: one <see cref="MatmulCore"/> per piece (along K the first takes <paramref name="accumulate"/>, the
+    /// rest accumulate), so every backend runs the fused block; a backend that packs pieces directly overrides it.
+    /// </summary>
+    protected virtual void MatmulPiecesCore(MatmulSplit split, int[] extents, DeviceBuffer[] c, DeviceBuffer[] a, DeviceBuffer[] b, int m, int n, int k,
+                                            bool transA, bool transB, float alpha, bool accumulate)
+    {
+        for (int i = 0; i < extents.Length; i++)
+        {
+            int e = extents[i];
+            switch (split)
+            {
+                case MatmulSplit.M: if (e > 0) MatmulCore(c[i], a[i], b[0], e, n, k, transA, transB, alpha, accumulate); break;
+                case MatmulSplit.N: if (e > 0) MatmulCore(c[i], a[0], b[i], m, e, k, transA, transB, alpha, accumulate); break;
+                default: if (e > 0 || i == 0) MatmulCore(c[0], a[i], b[i], m, n, e, transA, transB, alpha, i == 0 ? accumulate : true); break;
+            }
+        }
+    }
+
     // ---- embedding -------------------------------------------------------------------------------
 
     public void EmbeddingForward(DeviceBuffer output, DeviceBuffer tokens, DeviceBuffer table, int n, int d, int vocabStart, int vocabRows)

@@ -66,6 +66,17 @@ public interface IBackend : IDisposable
     /// </summary>
     void Matmul(DeviceBuffer c, DeviceBuffer a, DeviceBuffer b, int m, int n, int k,
                 bool transA = false, bool transB = false, float alpha = 1f, bool accumulate = false);
+    /// <summary>
+    /// One GEMM whose operands are pieces concatenated along one axis of it (PaLM's fused block projections), with
+    /// <see cref="Matmul"/>'s transposes, alpha and accumulate: C (M,N) = alpha · op([A pieces]) · op([B pieces]) [+ C].
+    /// <paramref name="split"/> names the axis and <paramref name="extents"/> its pieces' sizes (summing to M, N or K):
+    /// M: piece i of A is op(A_i) (m_i,K) and of C (m_i,N), B is one buffer; N: op(B_i) (K,n_i) and C_i (M,n_i), A is one
+    /// buffer; K: op(A_i) (M,k_i) and op(B_i) (k_i,N), C is one buffer. Each piece is a row-major matrix of its own
+    /// (its own leading dimension). Pieces along M or N give the bits of one Matmul per piece; pieces along K the bits
+    /// of one call on the concatenated operands on backends that fuse (CPU), of one call per piece where it is split.
+    /// </summary>
+    void MatmulPieces(MatmulSplit split, int[] extents, DeviceBuffer[] c, DeviceBuffer[] a, DeviceBuffer[] b, int m, int n, int k,
+                      bool transA = false, bool transB = false, float alpha = 1f, bool accumulate = false);
 
     // ---- embedding ----------------------------------------------------------------------------
     /// <summary>
@@ -233,4 +244,15 @@ public static class BackendHostCopies
         backend.Download(src, host);
         return host;
     }
+}
+
+/// <summary>The GEMM axis the pieces of <see cref="IBackend.MatmulPieces"/> are concatenated along.</summary>
+public enum MatmulSplit
+{
+    /// <summary>Rows: A and C are split (e.g. dW of stacked output projections, [dWo; dWdown] += [att | act]ᵀ·dy).</summary>
+    M,
+    /// <summary>Columns: B and C are split (e.g. the fused input projection h·[Wq | Wk | Wv | Wgate | Wup]).</summary>
+    N,
+    /// <summary>The summed axis: A and B are split (e.g. the fused output projection [att | act]·[Wo ; Wdown]).</summary>
+    K,
 }

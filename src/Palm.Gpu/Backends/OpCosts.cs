@@ -47,6 +47,9 @@ public static class OpCosts
     public static readonly OpDescription MatmulOp = new("matmul", "C (M,N) = op(A) (M,K) · op(B) (K,N) [+ C]", "2·M·N·K", "4·(M·K + K·N + M·N) + 4·M·N when accumulating");
     public static OpCost Matmul(long m, long n, long k, bool accumulate) =>
         new(MatmulOp.Kernel, 2.0 * m * n * k, F32 * (m * k + k * n + m * n * (accumulate ? 2 : 1)));
+    public static readonly OpDescription MatmulPiecesOp = new("matmul.pieces", "C (M,N) = op([A pieces]) (M,K) · op([B pieces]) (K,N) [+ C], pieces along M, N or K", "2·M·N·K", "4·(M·K + K·N + M·N) + 4·M·N when accumulating");
+    public static OpCost MatmulPieces(long m, long n, long k, bool accumulate) =>
+        new(MatmulPiecesOp.Kernel, 2.0 * m * n * k, F32 * (m * k + k * n + m * n * (accumulate ? 2 : 1)));
 
     // ---- embedding ------------------------------------------------------------------------------
     public static readonly OpDescription EmbeddingForwardOp = new("embedding.forward", "tokens (N), table (V,D) -> out (N,D)", "0", "4·N + 8·N·D");
@@ -172,7 +175,7 @@ public static class OpCosts
     /// <summary>Every description, in the contract's order.</summary>
     public static readonly IReadOnlyList<OpDescription> Catalog =
     [
-        MatmulOp, EmbeddingForwardOp, EmbeddingBackwardOp, LayerNormForwardOp, LayerNormBackwardOp,
+        MatmulOp, MatmulPiecesOp, EmbeddingForwardOp, EmbeddingBackwardOp, LayerNormForwardOp, LayerNormBackwardOp,
         RopeForwardOp, RopeBackwardOp, AttentionForwardOp, AttentionBackwardOp, RopeForwardAtOp, AttentionDecodeOp, SwiGluForwardOp, SwiGluBackwardOp,
         AddOp, AddInPlaceOp, CrossEntropyForwardOp, CrossEntropyBackwardOp, LogSumExpShiftOp, LogSumExpFinishOp,
         SumOfSquaresOp, SumOfSquaresSegmentsOp, AdafactorOp, AdafactorSumsOp, AdafactorApplyOp, FillOp, CopyOp, UploadOp, DownloadOp,

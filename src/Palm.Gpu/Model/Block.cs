@@ -1,3 +1,4 @@
+using Palm.Gpu.Backends;
 using Palm.Gpu.Tensors;
 
 namespace Palm.Gpu.Model;
@@ -10,6 +11,13 @@ namespace Palm.Gpu.Model;
 //
 // With M = 1 the residual add costs nothing: y starts as a copy of x and both sublayers accumulate their output
 // projections into it (the GEMM's accumulate flag).
+//
+// The parallel block runs PaLM's fused formulation (ParallelBlock below): its forward is two GEMMs,
+//   [q | k | v | gate | up] = h·[Wq | Wk | Wv | Wgate | Wup]      (N, HK+2GK+2F)   pieces along N
+//   y += [att | act]·[Wo ; Wdown]                                  (N, D)           pieces along K
+// and its backward four (the dW and dX of each). The serial block fuses q|k|v and gate|up likewise; its two output
+// projections stay separate GEMMs (a layer norm and, on a mesh, an all-reduce sit between them). The weights stay
+// separate named tensors: the GEMM reads the pieces where they are (IBackend.MatmulPieces).
 public sealed partial class PalmModel
 {
     /// <summary>
@@ -27,8 +35,7 @@ public sealed partial class PalmModel
         if (w.Ln2 is null)
         {
             var acc = BeginModelSum(x, y, m);
-            AttentionSublayer.Forward(_be, m, w, a, a.Ln1Out, acc);
-            MlpSublayer.Forward(_be, m, w, a, a.Ln1Out, acc);
+            ParallelBlock.Forward(_be, m, w, a, a.Ln1Out, acc);
             if (!recompute) EndModelSum(acc, x, y, m);
         }
         else
@@ -77,9 +84,8 @@ public sealed partial class PalmModel
         long nd = (long)m.N * m.D;
         if (w.Ln2 is null)
         {
-            // Both sublayers read the same h, so their input gradients sum into one dh, then over the model ranks.
-            MlpSublayer.Backward(_be, m, w, a, s, a.Ln1Out, s.DResidual, s.DHidden, accumulateDh: false);
-            AttentionSublayer.Backward(_be, m, w, a, s, a.Ln1Out, s.DResidual, s.DHidden, accumulateDh: true);
+            // Both sublayers read the same h, so their input gradients are one GEMM into one dh, then summed over the model ranks.
+            ParallelBlock.Backward(_be, m, w, a, s, a.Ln1Out, s.DResidual, s.DHidden);
             ModelSum(s.DHidden, nd);
             _be.LayerNormBackward(s.DResidual, w.Ln1.Grad, s.DHidden, x, w.Ln1.Value, a.Ln1Mean, a.Ln1Rstd, m.N, m.D, accumulate: true);
         }
@@ -92,5 +98,40 @@ public sealed partial class PalmModel
             ModelSum(s.DHidden, nd);
             _be.LayerNormBackward(s.DResidual, w.Ln1.Grad, s.DHidden, x, w.Ln1.Value, a.Ln1Mean, a.Ln1Rstd, m.N, m.D, accumulate: true);
         }
+    }
+}
+
+/// <summary>
+/// PaLM's parallel block with its projections fused: one GEMM in, one out (forward), two each in backward.
+/// Legend as in Block.cs; P = HK + 2GK + 2F input columns, Q = HK + F output rows.
+/// </summary>
+internal static class ParallelBlock
+{
+    static (int[] Widths, DeviceBuffer[] Outputs, Parameter[] Weights) InputPieces(Dims m, BlockParameters w, BlockActivations a)
+    {
+        var at = AttentionSublayer.InputPieces(m, w, a);
+        var mlp = MlpSublayer.InputPieces(m, w, a);
+        return ([.. at.Widths, .. mlp.Widths], [.. at.Outputs, .. mlp.Outputs], [.. at.Weights, .. mlp.Weights]);
+    }
+
+    /// <summary>h (N,D) -> y (N,D) +=.</summary>
+    public static void Forward(IBackend be, Dims m, BlockParameters w, BlockActivations a, DeviceBuffer h, DeviceBuffer y)
+    {
+        Projections.Input(be, m, InputPieces(m, w, a), h);
+        AttentionSublayer.Mix(be, m, a);
+        MlpSublayer.Mix(be, m, a);
+        be.MatmulPieces(MatmulSplit.K, [m.HK, m.F], [y], [a.Att, a.Act], [w.Wo.Value, w.WDown.Value], m.N, m.D, m.HK + m.F, accumulate: true);
+    }
+
+    /// <summary>dy (N,D) -> dh (N,D) =; every weight gradient +=.</summary>
+    public static void Backward(IBackend be, Dims m, BlockParameters w, BlockActivations a, BackwardScratch s, DeviceBuffer h, DeviceBuffer dy, DeviceBuffer dh)
+    {
+        int[] rows = [m.HK, m.F];
+        // [dWo ; dWdown] += [att | act]ᵀ·dy  and  [datt | dact] = dy·[Wo ; Wdown]ᵀ
+        be.MatmulPieces(MatmulSplit.M, rows, [w.Wo.Grad, w.WDown.Grad], [a.Att, a.Act], [dy], m.HK + m.F, m.D, m.N, transA: true, accumulate: true);
+        be.MatmulPieces(MatmulSplit.N, rows, [s.DAtt, s.DAct], [dy], [w.Wo.Value, w.WDown.Value], m.N, m.HK + m.F, m.D, transB: true);
+        AttentionSublayer.MixBackward(be, m, a, s);
+        MlpSublayer.MixBackward(be, m, a, s);
+        Projections.InputBackward(be, m, InputPieces(m, w, a), [.. AttentionSublayer.InputGradients(s), .. MlpSublayer.InputGradients(s)], h, dh, accumulateDh: false);
     }
 }

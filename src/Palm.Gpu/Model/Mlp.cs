@@ -6,16 +6,30 @@ namespace Palm.Gpu.Model;
 // SwiGLU MLP sublayer (no biases).
 // Legend: D width, F hidden width, N = B·T rows.
 //
-//   gate = h·Wgate (N,F)   up = h·Wup (N,F)
+//   [gate | up] = h·[Wgate | Wup] (N,2F)                       one GEMM (pieces along N)
 //   act  = swish(gate) ⊙ up (N,F)
 //   y   += act·Wdown (N,D)                                      accumulated into the block output
+// The parallel block (Block.cs) fuses the projections further, with the attention's: see ParallelBlock.
 internal static class MlpSublayer
 {
+    /// <summary>The input projection's pieces along its output columns: widths, outputs (gate, up) and weights.</summary>
+    public static (int[] Widths, DeviceBuffer[] Outputs, Parameter[] Weights) InputPieces(Dims m, BlockParameters w, BlockActivations a) =>
+        ([m.F, m.F], [a.Gate, a.Up], [w.WGate, w.WUp]);
+
+    /// <summary>The activation gradients of the input projection's outputs, in <see cref="InputPieces"/>' order.</summary>
+    public static DeviceBuffer[] InputGradients(BackwardScratch s) => [s.DGate, s.DUp];
+
+    /// <summary>Between the projections: gate, up -> act.</summary>
+    public static void Mix(IBackend be, Dims m, BlockActivations a) => be.SwiGluForward(a.Act, a.Gate, a.Up, (long)m.N * m.F);
+
+    /// <summary>dact -> dgate, dup.</summary>
+    public static void MixBackward(IBackend be, Dims m, BlockActivations a, BackwardScratch s) =>
+        be.SwiGluBackward(s.DGate, s.DUp, s.DAct, a.Gate, a.Up, (long)m.N * m.F);
+
     public static void Forward(IBackend be, Dims m, BlockParameters w, BlockActivations a, DeviceBuffer h, DeviceBuffer y)
     {
-        be.Matmul(a.Gate, h, w.WGate.Value, m.N, m.F, m.D);
-        be.Matmul(a.Up, h, w.WUp.Value, m.N, m.F, m.D);
-        be.SwiGluForward(a.Act, a.Gate, a.Up, (long)m.N * m.F);
+        Projections.Input(be, m, InputPieces(m, w, a), h);
+        Mix(be, m, a);
         be.Matmul(y, a.Act, w.WDown.Value, m.N, m.D, m.F, accumulate: true);
     }
 
@@ -25,10 +39,7 @@ internal static class MlpSublayer
     {
         be.Matmul(w.WDown.Grad, a.Act, dy, m.F, m.D, m.N, transA: true, accumulate: true);
         be.Matmul(s.DAct, dy, w.WDown.Value, m.N, m.F, m.D, transB: true);
-        be.SwiGluBackward(s.DGate, s.DUp, s.DAct, a.Gate, a.Up, (long)m.N * m.F);
-        be.Matmul(w.WGate.Grad, h, s.DGate, m.D, m.F, m.N, transA: true, accumulate: true);
-        be.Matmul(w.WUp.Grad, h, s.DUp, m.D, m.F, m.N, transA: true, accumulate: true);
-        be.Matmul(dh, s.DGate, w.WGate.Value, m.N, m.D, m.F, transB: true, accumulate: accumulateDh);
-        be.Matmul(dh, s.DUp, w.WUp.Value, m.N, m.D, m.F, transB: true, accumulate: true);
+        MixBackward(be, m, a, s);
+        Projections.InputBackward(be, m, InputPieces(m, w, a), InputGradients(s), h, dh, accumulateDh);
     }
 }

@@ -82,9 +82,18 @@ public class OpCostsTests
         long matrices = model.Parameters.Where(p => !p.IsVector).Sum(p => p.Count);
         long blockMatrices = model.Parameters.Where(p => !p.IsVector && p.Name.StartsWith("layers.")).Sum(p => p.Count);
         double Flops(string kernel, ProfilePhase phase) => ops.Where(o => o.Kernel == kernel && o.Phase == phase).Sum(o => o.Flops);
-        Assert.Equal(2.0 * matrices * tokens, Flops("matmul", ProfilePhase.Forward));
+        double GemmFlops(ProfilePhase phase) => Flops("matmul", phase) + Flops("matmul.pieces", phase);
+        long Calls(string kernel, ProfilePhase phase) => ops.Where(o => o.Kernel == kernel && o.Phase == phase).Sum(o => (long)o.Calls);
+        Assert.Equal(2.0 * matrices * tokens, GemmFlops(ProfilePhase.Forward));
         // Rematerialising repeats each block's forward GEMMs inside backward.
-        Assert.Equal(4.0 * matrices * tokens + (remat ? 2.0 * blockMatrices * tokens : 0), Flops("matmul", ProfilePhase.Backward));
+        Assert.Equal(4.0 * matrices * tokens + (remat ? 2.0 * blockMatrices * tokens : 0), GemmFlops(ProfilePhase.Backward));
+        // The fused block: a parallel layer is 2 GEMMs forward (in, out) and 4 backward (their dW and dX); a serial one
+        // fuses q|k|v and gate|up (2 fused + 2 plain forward, 4 fused + 4 plain backward). The logits add 1 and 2 plain.
+        bool parallel = block == BlockKind.Parallel;
+        Assert.Equal(2 * c.Layers, Calls("matmul.pieces", ProfilePhase.Forward));
+        Assert.Equal(1 + (parallel ? 0 : 2 * c.Layers), Calls("matmul", ProfilePhase.Forward));
+        Assert.Equal((remat ? 6 : 4) * c.Layers, Calls("matmul.pieces", ProfilePhase.Backward));
+        Assert.Equal(2 + (parallel ? 0 : (remat ? 6 : 4) * c.Layers), Calls("matmul", ProfilePhase.Backward));
         Assert.Equal(6.0 * matrices * tokens,
                      ModelMath.TrainingFlopsPerToken(c) * tokens - 12.0 * c.Layers * c.SeqLen * c.Heads * c.HeadDim * tokens
                      - 6.0 * model.Parameters.Where(p => p.IsVector).Sum(p => p.Count) * tokens);

@@ -47,6 +47,32 @@ public class MatmulTests
                 Assert.Fail($"{what}: element {i} differs: {expected[i]:g9} vs {actual[i]:g9}");
     }
 
+    // The tuner may pick any of its candidates (path, MC, NC; Kc is fixed): every one must give the same bits, on
+    // shapes that cross several K blocks, A blocks and B panels, so that what the machine measures fastest never
+    // changes a result.
+    [Theory]
+    [InlineData(300, 1100, 600)]
+    [InlineData(97, 4200, 270)]
+    public void Every_tuner_variant_gives_the_same_bits(int m, int n, int k)
+    {
+        var a = TestData.Uniform(21, m * k);
+        var b = TestData.Uniform(22, k * n);
+        var prior = TestData.Uniform(23, m * n);
+        var candidates = GemmTuner.Candidates();
+        Assert.All(candidates, c => Assert.Equal(GemmBlocking.TunedKc, c.Blocking.Kc));
+        foreach (var (transA, transB) in new[] { (false, false), (true, false), (false, true) })
+        {
+            var first = RunMatmul(2, a, b, prior, m, n, k, transA, transB, Alpha, candidates[0].Path, candidates[0].Blocking);
+            foreach (var (path, blocking) in candidates.Skip(1))
+                AssertSameBits(first, RunMatmul(2, a, b, prior, m, n, k, transA, transB, Alpha, path, blocking),
+                               $"{m}x{n}x{k} transA={transA} transB={transB}: {path} {blocking} vs {candidates[0].Path} {candidates[0].Blocking}");
+        }
+        // What it chose is one of them and says so.
+        var choice = GemmTuner.For(2);
+        Assert.Contains(candidates, c => c.Path == choice.Path && c.Blocking == choice.Blocking || choice.Candidates == 1);
+        Assert.Contains($"kc {GemmBlocking.TunedKc}", choice.Description);
+    }
+
     [Theory]
     [InlineData(1, 1, 1)]
     [InlineData(7, 13, 5)]

@@ -19,7 +19,10 @@ public class CpuBackend : BackendBase
     /// <summary>Worker threads used by every kernel.</summary>
     public int Threads { get; }
     public override string Name => "cpu";
-    public override string DeviceName => $"CPU ({Threads} threads, {SimdDescription})";
+    public override string DeviceName => $"CPU ({Threads} threads, {SimdDescription}; GEMM {Gemm})";
+
+    /// <summary>The GEMM variant the start-up tuner picked for this thread count (GemmTuner.cs), for logs and a run's config.</summary>
+    public string Gemm => GemmTuner.For(Threads).Description;
     /// <summary>64 bytes: a cache line, and whole 512-bit vectors from a view's start.</summary>
     public override long ViewAlignment => 16;
 
@@ -47,6 +50,9 @@ public class CpuBackend : BackendBase
     protected override void MatmulCore(DeviceBuffer c, DeviceBuffer a, DeviceBuffer b, int m, int n, int k,
                                        bool transA, bool transB, float alpha, bool accumulate)
         => CpuMatmul.Run(Threads, F(c), F(a), F(b), m, n, k, transA, transB, alpha, accumulate);
+    protected override void MatmulPiecesCore(MatmulSplit split, int[] extents, DeviceBuffer[] c, DeviceBuffer[] a, DeviceBuffer[] b, int m, int n, int k,
+                                             bool transA, bool transB, float alpha, bool accumulate)
+        => CpuMatmul.RunPieces(Threads, split, extents, c.Select(F).ToArray(), a.Select(F).ToArray(), b.Select(F).ToArray(), m, n, k, transA, transB, alpha, accumulate);
 
     protected override void EmbeddingForwardCore(DeviceBuffer output, DeviceBuffer tokens, DeviceBuffer table, int n, int d, int vocabStart, int vocabRows)
         => CpuEmbedding.Forward(Threads, F(output), I(tokens), F(table), n, d, vocabStart, vocabRows);

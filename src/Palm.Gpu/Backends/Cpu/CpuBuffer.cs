@@ -57,6 +57,8 @@ public readonly struct CpuView<T> where T : unmanaged
     public long Length { get; }
     /// <summary>True for the default view: an optional buffer that is absent.</summary>
     public bool IsNull => array is null;
+    /// <summary>The whole array the view lies in (for pinning several views at once); null for the absent view.</summary>
+    internal T[]? Array => array;
 
     public static implicit operator CpuView<T>(T[]? array) => array is null ? default : new(array, 0, array.Length);
 

@@ -17,6 +17,9 @@ namespace Palm.Gpu.Backends.Cpu;
 // so matmul needs no backward kernel of its own: its gradients are the same call with transposes.
 //
 // C (M,N) = alpha · op(A) (M,K) · op(B) (K,N) [+ C]; A stored (M,K) or (K,M) when transA, B stored (K,N) or (N,K) when transB.
+// Pieces (the fused block's projections): C, A and B may each be a list of buffers concatenated along one axis of the
+// GEMM (M: A and C split by rows; N: B and C split by columns; K: A and B split along K). The packers read the pieces
+// straight into their panels, so a fused GEMM copies nothing and each piece keeps its own leading dimension.
 //
 // Loops, outer to inner:
 //   jc  N in blocks of NC columns   the packed B panel (KC × NC) sits in L3, shared by every thread
@@ -24,13 +27,15 @@ namespace Palm.Gpu.Backends.Cpu;
 //   items (MC rows × NR slivers)    the parallel unit: packs its A block (MC × KC, stays in L2), owns those C tiles
 //   jr, ir  MR × NR micro-tiles     the micro-kernel keeps the tile in registers and runs kc FMAs per element
 // Packing turns the four transpose cases into one layout (A: MR rows interleaved per k; B: NR columns per k),
-// zero-padded at the edges, so the micro-kernel never looks at M, N or the transposes.
+// zero-padded at the edges, so the micro-kernel never looks at M, N, the transposes or the pieces.
 //
 // Determinism: element C[i,j] gets acc = fma(a_p, b_p, acc) for p through each K block in order, then
 // C = alpha·acc (first block, no accumulate) or C = fma(acc, alpha, C). Nothing in that depends on the thread
-// count, the tile the element falls in, or the instruction path: the Vector512, Vector256, Vector128 and scalar kernels
-// perform the same fused operations in the same order, so all give the same bits. (Without hardware FMA only
-// the scalar path runs, still fused, through the runtime's software fma.) A, B and C must not overlap.
+// count, the tile the element falls in, the instruction path or the cache blocking the tuner picks (GemmTuner.cs:
+// NC and MC move work around, the micro-tile shape only groups elements): the Vector512, Vector256, Vector128 and
+// scalar kernels perform the same fused operations in the same order, so all give the same bits. Pieces along M or N
+// give the bits of one call per piece; pieces along K the bits of one call on the concatenated operands. (Without
+// hardware FMA only the scalar path runs, still fused, through the runtime's software fma.) A, B and C must not overlap.
 
 /// <summary>Which micro-kernel runs; the best accelerated one is the default.</summary>
 internal enum GemmPath { Scalar, Vector128, Vector256, Vector512 }
@@ -41,13 +46,142 @@ internal enum GemmPath { Scalar, Vector128, Vector256, Vector512 }
 /// </summary>
 internal readonly record struct GemmBlocking(int Kc, int McPanels, int Nc)
 {
-    // Tuned with the Vector512 14×32 tile on 32 KiB L1d and 1 MiB L2 per core, 32 MiB shared L3 (AMD Zen 4):
-    //   A block 168 × 256 floats = 168 KiB in L2; B panel 256 × 4096 = 4 MiB in L3; one B sliver 256 × 32 = 32 KiB.
-    //   Kc 128 loses ~30% (C is read and written twice as often), Kc 384 ~10%.
-    public static readonly GemmBlocking Default = new(Kc: 256, McPanels: 12, Nc: 4096);
+    // Kc 256: C is read and written once per 256 FMAs per element (Kc 128 loses ~30% on Zen 4, Kc 384 ~10%), and one
+    // B sliver of 256 × 32 floats = 32 KiB stays in L1. Kc fixes the bits, so the tuner never changes it.
+    public const int TunedKc = 256;
+
+    // With the Vector512 14×32 tile: A block 168 × 256 floats = 168 KiB in L2; B panel 256 × 4096 = 4 MiB in L3.
+    // The tuner (GemmTuner) replaces McPanels and Nc with what measures best on the machine it runs on.
+    public static readonly GemmBlocking Default = new(Kc: TunedKc, McPanels: 12, Nc: 4096);
 }
 
-internal static unsafe class CpuMatmul
+/// <summary>
+/// One GEMM operand as the packers see it, A or B: element (t, p) with t along the micro-tile (M for A, N for B) and p
+/// along K, stored contiguously along t (packed[p, t] = src[p·ld + t]: A when transA, B when not transB) or along p.
+/// Given as pieces concatenated along t or along p, each with its own start and leading dimension; pinned for the call.
+/// </summary>
+internal sealed unsafe class GemmOperand
+{
+    readonly nint[] _ptr;
+    readonly int[] _start;     // _start[i] = first index of piece i along the split axis; _start[^1] = the extent
+    readonly long[] _ld;
+    readonly bool _alongK;
+    readonly bool _contiguous;
+
+    public GemmOperand(nint[] ptr, int[] start, long[] ld, bool alongK, bool contiguous)
+    {
+        _ptr = ptr; _start = start; _ld = ld; _alongK = alongK; _contiguous = contiguous;
+    }
+
+    /// <summary>A whole matrix: T × K stored with leading dimension ld.</summary>
+    public static GemmOperand Single(float* p, long ld, bool contiguous) => new([(nint)p], [0, int.MaxValue], [ld], false, contiguous);
+
+    int PieceAt(int index)
+    {
+        int i = 0;
+        while (index >= _start[i + 1]) i++;
+        return i;
+    }
+
+    /// <summary>Packs t in [t0, t0 + live), p in [pc, pc + kc) into kc rows of `width` floats, zero past `live`.</summary>
+    public void Pack(float* dst, int t0, int live, int width, int pc, int kc)
+    {
+        if (_ptr.Length == 1) { PackOne(dst, 0, t0, pc, live, width, kc); return; }
+        if (_alongK)
+        {
+            // Each piece gives whole packed rows.
+            for (int i = PieceAt(pc), end = pc + kc; i < _ptr.Length && _start[i] < end; i++)
+            {
+                int q0 = Math.Max(pc, _start[i]), q1 = Math.Min(end, _start[i + 1]);
+                PackOne(dst + (long)(q0 - pc) * width, i, t0, q0 - _start[i], live, width, q1 - q0);
+            }
+            return;
+        }
+        int first = PieceAt(t0);
+        if (t0 + live <= _start[first + 1]) { PackOne(dst, first, t0 - _start[first], pc, live, width, kc); return; }
+        // The panel straddles pieces (once per piece boundary): element by element.
+        for (int i = first, end = t0 + live; i < _ptr.Length && _start[i] < end; i++)
+        {
+            int u0 = Math.Max(t0, _start[i]), u1 = Math.Min(end, _start[i + 1]);
+            float* src = (float*)_ptr[i];
+            long ld = _ld[i];
+            for (int p = 0; p < kc; p++)
+                for (int u = u0; u < u1; u++)
+                {
+                    long tl = u - _start[i], pl = pc + p;
+                    dst[(long)p * width + (u - t0)] = _contiguous ? src[pl * ld + tl] : src[tl * ld + pl];
+                }
+        }
+        for (int p = 0; p < kc; p++) for (int t = live; t < width; t++) dst[(long)p * width + t] = 0f;
+    }
+
+    void PackOne(float* dst, int piece, int t, int p, int live, int width, int kc)
+    {
+        float* b = (float*)_ptr[piece];
+        long ld = _ld[piece];
+        if (_contiguous) PackContiguousAt(dst, b + p * ld + t, ld, live, width, kc);
+        else PackStridedAt(dst, b + t * ld + p, ld, live, width, kc);
+    }
+
+    static void PackContiguousAt(float* dst, float* src, long ld, int live, int width, int kc) => CpuMatmul.PackContiguous(dst, src, ld, live, width, kc);
+    static void PackStridedAt(float* dst, float* src, long ld, int live, int width, int kc) => CpuMatmul.PackStrided(dst, src, ld, live, width, kc);
+}
+
+/// <summary>C (M,N), whole or as pieces along M (each (m_i, N)) or along N (each (M, n_i)); pinned for the call.</summary>
+internal sealed unsafe class GemmOutput
+{
+    readonly nint[] _ptr;
+    readonly int[] _start;
+    readonly long[] _ld;
+    readonly bool _alongN;
+
+    public GemmOutput(nint[] ptr, int[] start, long[] ld, bool alongN)
+    {
+        _ptr = ptr; _start = start; _ld = ld; _alongN = alongN;
+    }
+
+    public static GemmOutput Single(float* c, long ldc) => new([(nint)c], [0, int.MaxValue], [ldc], false);
+
+    public int Pieces => _ptr.Length;
+    public float* PieceStart(int i) => (float*)_ptr[i];
+
+    int PieceAt(int index)
+    {
+        int i = 0;
+        while (index >= _start[i + 1]) i++;
+        return i;
+    }
+
+    /// <summary>The tile (i0.., j0..) of rows × cols inside one piece: its address and leading dimension; false when it straddles.</summary>
+    public bool TryTile(int i0, int j0, int rows, int cols, out float* tile, out long ldc)
+    {
+        int at = _alongN ? j0 : i0, extent = _alongN ? cols : rows;
+        int i = _ptr.Length == 1 ? 0 : PieceAt(at);
+        ldc = _ld[i];
+        tile = null;
+        if (at + extent > _start[i + 1]) return false;
+        long r = _alongN ? i0 : i0 - _start[i], c = _alongN ? j0 - _start[i] : j0;
+        tile = (float*)_ptr[i] + r * ldc + c;
+        return true;
+    }
+
+    /// <summary>Merges a computed tile (scratch, ldScratch apart) into the live rows × cols of C at (i0, j0), piece by piece.</summary>
+    public void Merge(float* scratch, int ldScratch, int i0, int j0, int rows, int cols, float alpha, bool overwrite)
+    {
+        int at = _alongN ? j0 : i0, end = at + (_alongN ? cols : rows);
+        for (int i = _ptr.Length == 1 ? 0 : PieceAt(at); i < _ptr.Length && _start[i] < end; i++)
+        {
+            int u0 = Math.Max(at, _start[i]), u1 = Math.Min(end, _start[i + 1]);
+            long ld = _ld[i];
+            if (_alongN)
+                CpuMatmul.MergeEdge(scratch + (u0 - j0), ldScratch, (float*)_ptr[i] + (long)i0 * ld + (u0 - _start[i]), ld, rows, u1 - u0, alpha, overwrite);
+            else
+                CpuMatmul.MergeEdge(scratch + (long)(u0 - i0) * ldScratch, ldScratch, (float*)_ptr[i] + (long)(u0 - _start[i]) * ld + j0, ld, u1 - u0, cols, alpha, overwrite);
+        }
+    }
+}
+
+internal static unsafe partial class CpuMatmul
 {
     /// <summary>Below this many multiply-adds one thread is faster than waking others.</summary>
     private const long SmallMacs = 64 * 64 * 64;
@@ -87,10 +221,20 @@ internal static unsafe class CpuMatmul
         _ => (4, 8),
     };
 
+    /// <summary>The path and blocking the tuner picked for this thread count (narrowed to CpuSimd.Bits when a test lowers it).</summary>
+    static (GemmPath Path, GemmBlocking Blocking) Tuned(int threads)
+    {
+        var choice = GemmTuner.For(threads);
+        return choice.Path <= BestPath ? (choice.Path, choice.Blocking) : (BestPath, GemmBlocking.Default);
+    }
+
     // C (M,N) = alpha · op(A) (M,K) · op(B) (K,N) [+ C]
     public static void Run(int threads, CpuView<float> c, CpuView<float> a, CpuView<float> b, int m, int n, int k,
                            bool transA, bool transB, float alpha, bool accumulate)
-        => Run(threads, c, a, b, m, n, k, transA, transB, alpha, accumulate, BestPath, GemmBlocking.Default);
+    {
+        var (path, blocking) = Tuned(threads);
+        Run(threads, c, a, b, m, n, k, transA, transB, alpha, accumulate, path, blocking);
+    }
 
     public static void Run(int threads, CpuView<float> c, CpuView<float> a, CpuView<float> b, int m, int n, int k,
                            bool transA, bool transB, float alpha, bool accumulate, GemmPath path, GemmBlocking blocking)
@@ -103,7 +247,73 @@ internal static unsafe class CpuMatmul
             if (!accumulate) c.AsSpan(0, (long)m * n).Clear();
             return;
         }
+        // The arrays stay pinned while the workers run: every loop below returns before this scope ends.
+        fixed (float* cPtr = c, aPtr = a, bPtr = b)
+        {
+            var opA = GemmOperand.Single(aPtr, transA ? m : k, contiguous: transA);
+            var opB = GemmOperand.Single(bPtr, transB ? k : n, contiguous: !transB);
+            Gemm(threads, GemmOutput.Single(cPtr, n), opA, opB, m, n, k, alpha, accumulate, path, blocking);
+        }
+    }
 
+    /// <summary>
+    /// The fused form: C, A and B as lists of pieces, those of <paramref name="split"/> concatenated along it (M: A and C;
+    /// N: B and C; K: A and B; the other operand is one buffer), piece i spanning extents[i] of that axis. Each A piece
+    /// is stored (m_i, K) or (K, m_i) when transA, (M, k_i) or (k_i, M) for split K; likewise B; a C piece is (m_i, N)
+    /// or (M, n_i). The caller has checked the sizes and aliasing (BackendBase.MatmulPieces).
+    /// </summary>
+    public static void RunPieces(int threads, MatmulSplit split, int[] extents, CpuView<float>[] c, CpuView<float>[] a, CpuView<float>[] b,
+                                 int m, int n, int k, bool transA, bool transB, float alpha, bool accumulate)
+    {
+        if (m == 0 || n == 0) return;
+        var (path, blocking) = Tuned(threads);
+        var handles = new List<GCHandle>();
+        nint[] Pin(CpuView<float>[] views)
+        {
+            var ptrs = new nint[views.Length];
+            for (int i = 0; i < views.Length; i++)
+            {
+                var h = GCHandle.Alloc(views[i].Array ?? Array.Empty<float>(), GCHandleType.Pinned);
+                handles.Add(h);
+                ptrs[i] = h.AddrOfPinnedObject() + (nint)(views[i].Offset * sizeof(float));
+            }
+            return ptrs;
+        }
+        try
+        {
+            var starts = new int[extents.Length + 1];
+            for (int i = 0; i < extents.Length; i++) starts[i + 1] = starts[i] + extents[i];
+            int[] whole = [0, int.MaxValue];
+            nint[] cp = Pin(c), ap = Pin(a), bp = Pin(b);
+            if (k == 0)
+            {
+                if (!accumulate)
+                    for (int i = 0; i < c.Length; i++)
+                        new Span<float>((void*)cp[i], (int)((long)(split == MatmulSplit.M ? extents[i] : m) * (split == MatmulSplit.N ? extents[i] : n))).Clear();
+                return;
+            }
+            long[] Lds(int count, Func<int, long> ld) => Enumerable.Range(0, count).Select(ld).ToArray();
+            // A: t = M, p = K. Stored (M,K) → ld is its K extent; transA (K,M) → its M extent.
+            var opA = new GemmOperand(ap, split is MatmulSplit.M or MatmulSplit.K ? starts : whole,
+                Lds(ap.Length, i => transA ? (split == MatmulSplit.M ? extents[i] : m) : (split == MatmulSplit.K ? extents[i] : k)),
+                alongK: split == MatmulSplit.K, contiguous: transA);
+            // B: t = N, p = K. Stored (K,N) → ld is its N extent; transB (N,K) → its K extent.
+            var opB = new GemmOperand(bp, split is MatmulSplit.N or MatmulSplit.K ? starts : whole,
+                Lds(bp.Length, i => transB ? (split == MatmulSplit.K ? extents[i] : k) : (split == MatmulSplit.N ? extents[i] : n)),
+                alongK: split == MatmulSplit.K, contiguous: !transB);
+            var outC = new GemmOutput(cp, split is MatmulSplit.M or MatmulSplit.N ? starts : whole,
+                Lds(cp.Length, i => split == MatmulSplit.N ? extents[i] : n), alongN: split == MatmulSplit.N);
+            Gemm(threads, outC, opA, opB, m, n, k, alpha, accumulate, path, blocking);
+        }
+        finally
+        {
+            foreach (var h in handles) h.Free();
+        }
+    }
+
+    static void Gemm(int threads, GemmOutput c, GemmOperand a, GemmOperand b, int m, int n, int k, float alpha, bool accumulate,
+                     GemmPath path, GemmBlocking blocking)
+    {
         var (mr, nr) = TileOf(path);
         int workers = (long)m * n * k < SmallMacs ? 1 : threads;
 
@@ -120,8 +330,8 @@ internal static unsafe class CpuMatmul
 
         var job = new Job
         {
-            M = m, N = n, K = k, TransA = transA, TransB = transB, Alpha = alpha, Path = path, Mr = mr, Nr = nr,
-            MPanels = mPanels, MItems = mItems,
+            M = m, N = n, K = k, Alpha = alpha, Path = path, Mr = mr, Nr = nr,
+            MPanels = mPanels, MItems = mItems, A = a, B = b, C = c,
         };
         float* packB = PackBuffer.ForB((long)kcBlock * ncMax);
 
@@ -142,8 +352,8 @@ internal static unsafe class CpuMatmul
                     Slivers = slivers, Groups = groups, PackedB = (nint)packB,
                 };
                 // Pack the B panel, 8 slivers per chunk, then compute every item against it.
-                CpuParallel.ForChunks(workers, slivers, 8, (s0, s1) => step.PackBSlivers(b, (int)s0, (int)s1));
-                CpuParallel.For(workers, mItems * groups, item => step.ComputeItem(c, a, item));
+                CpuParallel.ForChunks(workers, slivers, 8, (s0, s1) => step.PackBSlivers((int)s0, (int)s1));
+                CpuParallel.For(workers, mItems * groups, item => step.ComputeItem(item));
             }
         }
     }
@@ -165,33 +375,29 @@ internal static unsafe class CpuMatmul
     private record struct Job
     {
         public int M, N, K, Mr, Nr;
-        public bool TransA, TransB, Overwrite;
+        public bool Overwrite;
         public float Alpha;
         public GemmPath Path;
         public int MPanels, MItems;
         public int Jc, Nc, Pc, Kc, Slivers, Groups;
         public nint PackedB;
+        public GemmOperand A, B;
+        public GemmOutput C;
 
         /// <summary>Packs B slivers [s0, s1) of this panel: sliver s holds op(B)[pc.., jc + s·NR ..] as kc rows of NR floats.</summary>
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        public readonly void PackBSlivers(CpuView<float> b, int s0, int s1)
+        public readonly void PackBSlivers(int s0, int s1)
         {
-            fixed (float* bPtr = b)
+            for (int s = s0; s < s1; s++)
             {
-                for (int s = s0; s < s1; s++)
-                {
-                    int j0 = Jc + s * Nr;
-                    int cols = Math.Min(Nr, N - j0);
-                    float* dst = (float*)PackedB + (long)s * Nr * Kc;
-                    if (TransB) PackStrided(dst, bPtr + (long)j0 * K + Pc, K, cols, Nr, Kc);
-                    else PackContiguous(dst, bPtr + (long)Pc * N + j0, N, cols, Nr, Kc);
-                }
+                int j0 = Jc + s * Nr;
+                B.Pack((float*)PackedB + (long)s * Nr * Kc, j0, Math.Min(Nr, N - j0), Nr, Pc, Kc);
             }
         }
 
         /// <summary>Packs one A block into this thread's buffer and updates the C tiles it meets in its sliver group.</summary>
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        public readonly void ComputeItem(CpuView<float> c, CpuView<float> a, int item)
+        public readonly void ComputeItem(int item)
         {
             int mItem = item / Groups, group = item % Groups;
             // Even split: item i gets panels [i·P/I, (i+1)·P/I), slivers likewise per group.
@@ -203,38 +409,31 @@ internal static unsafe class CpuMatmul
             float* packA = PackBuffer.ForA(panels * panelSize);
             float* scratch = stackalloc float[MaxTile];
 
-            fixed (float* aPtr = a, cPtr = c)
+            for (int ir = 0; ir < panels; ir++)
             {
+                int i0 = row0 + ir * Mr;
+                A.Pack(packA + ir * panelSize, i0, Math.Min(Mr, M - i0), Mr, Pc, Kc);
+            }
+
+            for (int s = s0; s < s1; s++)
+            {
+                int j0 = Jc + s * Nr;
+                int cols = Math.Min(Nr, N - j0);
+                float* sliver = (float*)PackedB + (long)s * Nr * Kc;
                 for (int ir = 0; ir < panels; ir++)
                 {
                     int i0 = row0 + ir * Mr;
                     int rows = Math.Min(Mr, M - i0);
-                    float* dst = packA + ir * panelSize;
-                    if (TransA) PackContiguous(dst, aPtr + (long)Pc * M + i0, M, rows, Mr, Kc);
-                    else PackStrided(dst, aPtr + (long)i0 * K + Pc, K, rows, Mr, Kc);
-                }
-
-                for (int s = s0; s < s1; s++)
-                {
-                    int j0 = Jc + s * Nr;
-                    int cols = Math.Min(Nr, N - j0);
-                    float* sliver = (float*)PackedB + (long)s * Nr * Kc;
-                    for (int ir = 0; ir < panels; ir++)
+                    float* panel = packA + ir * panelSize;
+                    if (rows == Mr && cols == Nr && C.TryTile(i0, j0, Mr, Nr, out float* tile, out long ldc))
                     {
-                        int i0 = row0 + ir * Mr;
-                        int rows = Math.Min(Mr, M - i0);
-                        float* tile = cPtr + (long)i0 * N + j0;
-                        float* panel = packA + ir * panelSize;
-                        if (rows == Mr && cols == Nr)
-                        {
-                            MicroKernel(Path, Kc, panel, sliver, tile, N, Alpha, Overwrite);
-                        }
-                        else
-                        {
-                            // Edge tile: full tile into scratch (alpha 1 is exact), then merge the live part with the same update.
-                            MicroKernel(Path, Kc, panel, sliver, scratch, Nr, 1f, true);
-                            MergeEdge(scratch, Nr, tile, N, rows, cols, Alpha, Overwrite);
-                        }
+                        MicroKernel(Path, Kc, panel, sliver, tile, ldc, Alpha, Overwrite);
+                    }
+                    else
+                    {
+                        // Edge or straddling tile: full tile into scratch (alpha 1 is exact), then merge the live part with the same update.
+                        MicroKernel(Path, Kc, panel, sliver, scratch, Nr, 1f, true);
+                        C.Merge(scratch, Nr, i0, j0, rows, cols, Alpha, Overwrite);
                     }
                 }
             }
@@ -247,7 +446,7 @@ internal static unsafe class CpuMatmul
 
     /// <summary>Source lines run along the packed rows: packed[p, t] = src[p·stride + t] (A when transA, B otherwise).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void PackContiguous(float* dst, float* src, long stride, int live, int width, int kc)
+    internal static void PackContiguous(float* dst, float* src, long stride, int live, int width, int kc)
     {
         if (live == width && width >= 16 && Vector512.IsHardwareAccelerated)
         {
@@ -290,7 +489,7 @@ internal static unsafe class CpuMatmul
 
     /// <summary>Source lines run across the packed rows: packed[p, t] = src[t·stride + p] (A stored (M,K), B when transB).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void PackStrided(float* dst, float* src, long stride, int live, int width, int kc)
+    internal static void PackStrided(float* dst, float* src, long stride, int live, int width, int kc)
     {
         int p0 = 0;
         if (live == width && width >= 8 && Avx.IsSupported)
@@ -360,7 +559,7 @@ internal static unsafe class CpuMatmul
     }
 
     /// <summary>Edge tiles: the same per-element update as the kernels' stores, on the live rows and columns only.</summary>
-    private static void MergeEdge(float* scratch, int ldScratch, float* tile, long ldc, int rows, int cols, float alpha, bool overwrite)
+    internal static void MergeEdge(float* scratch, int ldScratch, float* tile, long ldc, int rows, int cols, float alpha, bool overwrite)
     {
         for (int r = 0; r < rows; r++)
         {
