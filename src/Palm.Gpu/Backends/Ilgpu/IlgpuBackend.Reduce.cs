@@ -71,3 +71,18 @@ public sealed partial class IlgpuBackend
             stream, Elementwise(n), Buf(logZ).F, Buf(max).F, Buf(sumExp).F, n);
     }
 }
+
+// device collectives: kernels/collectives/CollectivesKernels.cs (driven by Sharding/IlgpuCollectives.cs)
+public sealed partial class IlgpuBackend
+{
+    /// <summary>A staging area of <paramref name="length"/> floats on this device, kept for the next collective.</summary>
+    internal ArrayView<float> CollectiveStage(long length) => Scratch<float>("collectives.stage", length);
+
+    /// <summary>stage (P, stride) -> dst (n): the ranks' values summed (or maxed) in rank order in double, on this device's stream.</summary>
+    internal void ReduceRanks(ArrayView<float> dst, ArrayView<float> stage, int ranks, long n, long stride, bool max)
+    {
+        if (n == 0) return;
+        Kernel<Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, int, long, long, int>>(CollectivesKernels.ReduceRanks)(
+            stream, Elementwise(n), dst, stage, ranks, n, stride, max ? 1 : 0);
+    }
+}

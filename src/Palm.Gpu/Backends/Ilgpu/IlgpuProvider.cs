@@ -90,6 +90,18 @@ sealed class IlgpuProvider : BackendProvider
                     x.Accelerator.EnablePeerAccess(y.Accelerator);
     }
 
-    public override string? WhyNoDeviceCollectives(int count) =>
-        "the ilgpu backend's mesh combines on the host (copies between CUDA peers are enabled for its buffers, but its collectives stage through the host)";
+    /// <summary>CUDA GPUs (peer copies where enabled) and CPU accelerators copy between each other; OpenCL devices do not.</summary>
+    public override string? WhyNoDeviceCollectives(int count)
+    {
+        if (IlgpuDevices.Problem is { } problem) return problem;
+        var gpus = IlgpuDevices.All.Where(d => !IlgpuDevices.IsSimulator(d)).Take(count).ToList();
+        if (gpus.Count == 0) return null;   // CPU accelerators
+        if (gpus.Count < count) return $"{count} ILGPU GPUs are needed but {gpus.Count} exist";
+        return gpus.Any(d => d.AcceleratorType != AcceleratorType.Cuda) ? "ILGPU copies between OpenCL devices only through the host" : null;
+    }
+
+    public override string? WhyNoDeviceCollectives(IReadOnlyList<IBackend> ranks) => IlgpuCollectives.WhyNot(ranks);
+
+    public override ICollectives CreateDeviceCollectives(IReadOnlyList<IBackend> ranks, CollectiveCounters counters) =>
+        new IlgpuCollectives([.. ranks.Cast<IlgpuBackend>()], counters);
 }
