@@ -48,6 +48,16 @@ public class IlgpuBackendTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void Peak_is_a_positive_finite_rate_measured_once()
+    {
+        using var be = BackendRegistry.Create("ilgpu", IlgpuDevices.SimulatorIndex);
+        double peak = BackendRegistry.MeasurePeakGflops(be);
+        output.WriteLine($"CPU accelerator fp32 FMA peak: {peak:F2} GFLOP/s");
+        Assert.True(double.IsFinite(peak) && peak > 0, $"peak {peak}");
+        Assert.Equal(peak, BackendRegistry.MeasurePeakGflops(be));
+    }
+
+    [Fact]
     public void A_device_index_out_of_range_is_one_clear_error()
     {
         var e = Assert.Throws<IlgpuException>(() => BackendRegistry.Create("ilgpu", IlgpuDevices.All.Count));
