@@ -1,5 +1,6 @@
 using Palm.Gpu.Backends;
 using Palm.Gpu.Backends.Cpu;
+using Palm.Gpu.Backends.Ilgpu;
 using Palm.Gpu.Backends.OpenCl;
 using Palm.Gpu.Tests.OpenCl;
 using Palm.Gpu.Tests.Support;
@@ -14,7 +15,8 @@ public sealed record ConformanceBackend(string Name, Func<IBackend> Create, bool
 /// The backends every conformance test runs against. Adding a backend to the suite is one entry here.
 /// "cpu" (3 threads) is the reference the others are compared with; "cpu-1thread" checks thread-count
 /// independence; "opencl" is device 0 of the first platform (PoCL in CI, see OpenClTestDevices);
-/// "counting-cpu" is a test-only backend that wraps the CPU one.
+/// "counting-cpu" is a test-only backend that wraps the CPU one; "ilgpu-cpu" is the ILGPU backend on ILGPU's CPU
+/// accelerator (the kernels that run on CUDA and OpenCL GPUs, simulated with groups of at most 4 threads).
 /// </summary>
 public static class ConformanceBackends
 {
@@ -24,6 +26,7 @@ public static class ConformanceBackends
         new("cpu-1thread", () => new CpuBackend(1), SameBitsAsCpu: true),
         new("opencl", () => new OpenClBackend(0), SameBitsAsCpu: false),
         new("counting-cpu", () => new CountingBackend(2), SameBitsAsCpu: true),
+        new("ilgpu-cpu", () => new IlgpuBackend(IlgpuDevices.SimulatorIndex, IlgpuTuning.Simulator), SameBitsAsCpu: false),
     ];
 
     /// <summary>Every backend name crossed with every case: theory rows (backend, case values...).</summary>

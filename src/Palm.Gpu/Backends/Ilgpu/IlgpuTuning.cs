@@ -1,0 +1,65 @@
+namespace Palm.Gpu.Backends.Ilgpu;
+
+/// <summary>
+/// Launch shapes of the ILGPU kernels: group sizes and tile sizes, named so a reader sees every knob in one place.
+/// <see cref="Gpu"/> is for CUDA and OpenCL GPUs; <see cref="Simulator"/> is for ILGPU's CPU accelerator, which runs
+/// one OS thread per group thread (a 16×16 group is 256 threads taking turns at every barrier), so it wants tiny
+/// groups and few of them. Knobs change launch shapes, never a reduction order that a contract fixes (the segmented
+/// sums of squares, the embedding's token order, the matmul's K order); where they do choose a tree (layer norm's
+/// row sums) results are reproducible for a given tuning.
+/// </summary>
+public sealed record IlgpuTuning
+{
+    /// <summary>Matmul: threads of a group along N (columns of C) and along M (rows).</summary>
+    public int MatmulThreadsX { get; init; } = 16;
+    public int MatmulThreadsY { get; init; } = 16;
+    /// <summary>Matmul register block: rows and columns of C per thread (1, 2 or 4 each); a tile is (ThreadsY·Rows) × (ThreadsX·Columns).</summary>
+    public int MatmulRowsPerThread { get; init; } = 4;
+    public int MatmulColumnsPerThread { get; init; } = 4;
+    /// <summary>Matmul: depth of the shared-memory tiles of op(A) and op(B) along K.</summary>
+    public int MatmulTileK { get; init; } = 16;
+
+    /// <summary>Threads per row of layer norm (power of two).</summary>
+    public int RowGroup { get; init; } = 256;
+    /// <summary>Group size of elementwise kernels, and the most groups they launch (each thread then strides over the rest).</summary>
+    public int ElementwiseGroup { get; init; } = 256;
+    public int ElementwiseMaxGroups { get; init; } = 4096;
+    /// <summary>Threads combining a segment's 64 run partials of the sums of squares: 1 or 64 (the order is the same).</summary>
+    public int ReductionGroup { get; init; } = 64;
+    /// <summary>Embedding backward: columns per group (one per thread) and groups aimed for in all (each owns a block of table rows).</summary>
+    public int EmbeddingGroup { get; init; } = 64;
+    public int EmbeddingGroups { get; init; } = 512;
+
+    /// <summary>CUDA and OpenCL GPUs.</summary>
+    public static IlgpuTuning Gpu { get; } = new();
+
+    /// <summary>ILGPU's CPU accelerator: groups of at most 4 threads, small tiles.</summary>
+    public static IlgpuTuning Simulator { get; } = new()
+    {
+        MatmulThreadsX = 2, MatmulThreadsY = 2, MatmulRowsPerThread = 4, MatmulColumnsPerThread = 4, MatmulTileK = 8,
+        RowGroup = 4, ElementwiseGroup = 4, ElementwiseMaxGroups = 16, ReductionGroup = 1, EmbeddingGroup = 4, EmbeddingGroups = 8,
+    };
+
+    /// <summary>Throws unless every knob is in range for a device whose groups hold at most <paramref name="maxGroupSize"/> threads.</summary>
+    public void Validate(int maxGroupSize)
+    {
+        static bool Pow2(int x) => x > 0 && (x & (x - 1)) == 0;
+        void Group(string name, int size)
+        {
+            if (size < 1 || size > maxGroupSize)
+                throw new ArgumentException($"ILGPU tuning: {name} = {size} threads, but this device's groups hold 1..{maxGroupSize}");
+        }
+        if (MatmulRowsPerThread is not (1 or 2 or 4) || MatmulColumnsPerThread is not (1 or 2 or 4))
+            throw new ArgumentException($"ILGPU tuning: the matmul register block must be 1, 2 or 4 each way, got {MatmulRowsPerThread}×{MatmulColumnsPerThread}");
+        if (MatmulTileK < 1) throw new ArgumentException($"ILGPU tuning: MatmulTileK must be ≥ 1, got {MatmulTileK}");
+        Group("the matmul group", MatmulThreadsX * MatmulThreadsY);
+        if (!Pow2(RowGroup)) throw new ArgumentException($"ILGPU tuning: RowGroup must be a power of two, got {RowGroup}");
+        Group(nameof(RowGroup), RowGroup);
+        Group(nameof(ElementwiseGroup), ElementwiseGroup);
+        if (ElementwiseMaxGroups < 1) throw new ArgumentException($"ILGPU tuning: ElementwiseMaxGroups must be ≥ 1, got {ElementwiseMaxGroups}");
+        if (ReductionGroup is not (1 or 64)) throw new ArgumentException($"ILGPU tuning: ReductionGroup must be 1 or 64, got {ReductionGroup}");
+        Group(nameof(ReductionGroup), ReductionGroup);
+        Group(nameof(EmbeddingGroup), EmbeddingGroup);
+        if (EmbeddingGroups < 1) throw new ArgumentException($"ILGPU tuning: EmbeddingGroups must be ≥ 1, got {EmbeddingGroups}");
+    }
+}
