@@ -18,7 +18,7 @@ public static class DeviceMath
     /// <summary>eˣ: x = n·ln2 + r with |r| ≤ ln2/2, e^r by a degree-7 polynomial, times 2ⁿ in two exact steps.</summary>
     public static float Exp(float x)
     {
-        if (x != x) return x;
+        if (float.IsNaN(x)) return x;
         if (x > 88.8f) return float.PositiveInfinity;
         if (x < -104f) return 0f;
         float n = XFloor(KernelMath.Fma(x, Log2E, 0.5f));
@@ -38,7 +38,7 @@ public static class DeviceMath
     /// <summary>ln x: x = m·2ᵉ with m in [√½, √2), ln(m) by a degree-9 polynomial in m − 1, plus e·ln2.</summary>
     public static float Log(float x)
     {
-        if (x != x || x < 0f) return float.NaN;
+        if (float.IsNaN(x) || x < 0f) return float.NaN;
         if (x == 0f) return float.NegativeInfinity;
         if (x == float.PositiveInfinity) return x;
         int bits = (int)Interop.FloatAsInt(x);
