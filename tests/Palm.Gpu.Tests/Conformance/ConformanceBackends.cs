@@ -16,7 +16,7 @@ public sealed record ConformanceBackend(string Name, Func<IBackend> Create, bool
 /// "cpu" (3 threads) is the reference the others are compared with; "cpu-1thread" checks thread-count
 /// independence; "opencl" is device 0 of the first platform (PoCL in CI, see OpenClTestDevices);
 /// "counting-cpu" is a test-only backend that wraps the CPU one; "ilgpu-cpu" is the ILGPU backend on ILGPU's CPU
-/// accelerator (the kernels that run on CUDA and OpenCL GPUs, simulated with groups of 2 to 4 threads, so
+/// accelerator (the kernels that run on CUDA and OpenCL GPUs, simulated with groups of 2 to 8 threads, so
 /// shared memory and barriers run as on a GPU).
 /// </summary>
 public static class ConformanceBackends

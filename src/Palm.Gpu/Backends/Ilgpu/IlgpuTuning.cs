@@ -42,13 +42,13 @@ public sealed record IlgpuTuning
     };
 
     /// <summary>
-    /// ILGPU's CPU accelerator with groups of 2 to 4 threads: the tuning the conformance suite runs, so shared-memory
+    /// ILGPU's CPU accelerator with groups of 2 to 8 threads: the tuning the conformance suite runs, so shared-memory
     /// tiles, barriers and group trees are exercised as on a GPU (slower than <see cref="Simulator"/>).
     /// </summary>
     public static IlgpuTuning SimulatorGroups { get; } = new()
     {
         MatmulThreadsX = 2, MatmulThreadsY = 2, MatmulTileK = 8,
-        RowGroup = 4, ElementwiseGroup = 4, ElementwiseMaxGroups = 16, ReductionGroup = 1, EmbeddingGroup = 4, EmbeddingGroups = 8,
+        RowGroup = 4, ElementwiseGroup = 4, ElementwiseMaxGroups = 16, ReductionGroup = 1, EmbeddingGroup = 8, EmbeddingGroups = 8,
     };
 
     /// <summary>Throws unless every knob is in range for a device whose groups hold at most <paramref name="maxGroupSize"/> threads.</summary>
