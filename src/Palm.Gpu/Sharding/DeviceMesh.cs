@@ -23,7 +23,8 @@ public sealed class DeviceMesh : IDisposable
 
     /// <summary>
     /// A mesh over <paramref name="devices"/> (rank order). <paramref name="transport"/> picks the collectives: Auto
-    /// uses device-side copies when every device is an OpenCL backend of one shared context, host round trips otherwise;
+    /// uses device-side copies when the provider can serve the devices (OpenCL backends of one shared context, ILGPU
+    /// CUDA GPUs or CPU accelerators), host round trips otherwise;
     /// Device on devices that cannot share a context is a <see cref="ConfigException"/> saying why.
     /// </summary>
     public DeviceMesh(int data, int model, IReadOnlyList<IBackend> devices, bool ownsDevices = false,
