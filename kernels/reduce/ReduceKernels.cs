@@ -30,9 +30,21 @@ public static class ReduceKernels
         return lo;
     }
 
+    /// <summary>Lane l plus lane l + 8 of a run's whole 16-blocks [i0, blocksEnd): each lane summed in order first.</summary>
+    static double Lanes(ArrayView<float> x, long i0, long blocksEnd, int l)
+    {
+        double lo = 0, hi = 0;
+        for (long i = i0; i < blocksEnd; i += 16)
+        {
+            double a = x[i + l], b = x[i + 8 + l];
+            lo += a * a;
+            hi += b * b;
+        }
+        return lo + hi;
+    }
+
     public static void SegmentRuns(ArrayView<double> partial, ArrayView<float> x, ArrayView<long> table, int segments, long runs)
     {
-        var s8 = LocalMemory.Allocate<double>(8);
         long stride = (long)Grid.DimX * Group.DimX;
         for (long run = Grid.GlobalIndex.X; run < runs; run += stride)
         {
@@ -41,18 +53,8 @@ public static class ReduceKernels
             long i0 = offset + (run - table[3 * seg + 2]) * Run;
             long i1 = i0 + Run < end ? i0 + Run : end;
             long blocksEnd = i0 + (i1 - i0) / 16 * 16;
-            for (int l = 0; l < 8; l++)
-            {
-                double lo = 0, hi = 0;
-                for (long i = i0; i < blocksEnd; i += 16)
-                {
-                    double a = x[i + l], b = x[i + 8 + l];
-                    lo += a * a;
-                    hi += b * b;
-                }
-                s8[l] = lo + hi;
-            }
-            double s4a = s8[0] + s8[4], s4b = s8[1] + s8[5], s4c = s8[2] + s8[6], s4d = s8[3] + s8[7];
+            double s4a = Lanes(x, i0, blocksEnd, 0) + Lanes(x, i0, blocksEnd, 4), s4b = Lanes(x, i0, blocksEnd, 1) + Lanes(x, i0, blocksEnd, 5);
+            double s4c = Lanes(x, i0, blocksEnd, 2) + Lanes(x, i0, blocksEnd, 6), s4d = Lanes(x, i0, blocksEnd, 3) + Lanes(x, i0, blocksEnd, 7);
             double s = (s4a + s4c) + (s4b + s4d);
             for (long i = blocksEnd; i < i1; i++)
             {

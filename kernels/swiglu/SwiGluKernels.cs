@@ -16,7 +16,7 @@ public static class SwiGluKernels
 {
     static float Sigmoid(float x)
     {
-        float e = MathF.Exp(-MathF.Abs(x));
+        float e = KernelMath.Exp(-MathF.Abs(x));
         float r = 1f / (1f + e);
         return x >= 0f ? r : e * r;
     }

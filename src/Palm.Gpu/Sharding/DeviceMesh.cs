@@ -78,9 +78,9 @@ public sealed class DeviceMesh : IDisposable
     /// <summary>The transport the groups use: <see cref="CollectiveTransport.Host"/> or <see cref="CollectiveTransport.Device"/> (never Auto).</summary>
     public CollectiveTransport Transport { get; }
     /// <summary>One line for reports, e.g. "device (copies within one OpenCL context)".</summary>
-    public string TransportDescription => Transport == CollectiveTransport.Device
-        ? "device (copies within one OpenCL context)"
-        : "host (download, combine on the host, upload)";
+    public string TransportDescription => Transport != CollectiveTransport.Device ? "host (download, combine on the host, upload)"
+        : Devices[0].Name == "ilgpu" ? "device (copies between ILGPU devices)"
+        : "device (copies within one OpenCL context)";
     /// <summary>ModelGroups[d]: the model ranks of data index d.</summary>
     public IReadOnlyList<ICollectives> ModelGroups { get; }
     /// <summary>DataGroups[m]: the data ranks of model index m.</summary>

@@ -12,16 +12,14 @@ public sealed partial class IlgpuBackend
                                        bool transA, bool transB, float alpha, bool accumulate)
     {
         if (m == 0 || n == 0) return;
-        int tx = Tuning.MatmulThreadsX, ty = Tuning.MatmulThreadsY, rm = Tuning.MatmulRowsPerThread, rn = Tuning.MatmulColumnsPerThread, bk = Tuning.MatmulTileK;
+        int tx = Tuning.MatmulThreadsX, ty = Tuning.MatmulThreadsY, rm = MatmulKernels.BlockRows, rn = MatmulKernels.BlockColumns, bk = Tuning.MatmulTileK;
         var grid = new Index2D((int)KernelMath.DivUp(n, tx * rn), (int)KernelMath.DivUp(m, ty * rm));
-        var config = new KernelConfig(grid, new Index2D(tx, ty), SharedMemoryConfig.RequestDynamic<float>(MatmulKernels.SharedFloats(tx, ty, rm, rn, bk)));
+        var config = new KernelConfig(grid, new Index2D(tx, ty), SharedMemoryConfig.RequestDynamic<float>(MatmulKernels.SharedFloats(tx, ty, bk)));
         var shape = new MatmulShape
         {
             M = m, N = n, K = k, TransA = transA ? 1 : 0, TransB = transB ? 1 : 0, Accumulate = accumulate ? 1 : 0, Alpha = alpha,
         };
-        Kernel<Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, MatmulShape,
-                      SpecializedValue<int>, SpecializedValue<int>, SpecializedValue<int>>>(MatmulKernels.Matmul)(
-            stream, config, Buf(c).Kernel, Buf(a).Kernel, Buf(b).Kernel, shape,
-            SpecializedValue.New(rm), SpecializedValue.New(rn), SpecializedValue.New(bk));
+        Kernel<Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, MatmulShape, SpecializedValue<int>>>(
+            MatmulKernels.Matmul)(stream, config, Buf(c).Kernel, Buf(a).Kernel, Buf(b).Kernel, shape, SpecializedValue.New(bk));
     }
 }

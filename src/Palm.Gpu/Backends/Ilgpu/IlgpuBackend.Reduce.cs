@@ -71,3 +71,46 @@ public sealed partial class IlgpuBackend
             stream, Elementwise(n), Buf(logZ).F, Buf(max).F, Buf(sumExp).F, n);
     }
 }
+
+// device collectives: kernels/collectives/CollectivesKernels.cs (driven by Sharding/IlgpuCollectives.cs)
+public sealed partial class IlgpuBackend
+{
+    /// <summary>A staging area of <paramref name="length"/> floats on this device, kept for the next collective.</summary>
+    internal ArrayView<float> CollectiveStage(long length) => Scratch<float>("collectives.stage", length);
+
+    /// <summary>stage (P, stride) -> dst (n): the ranks' values summed (or maxed) in rank order in double, on this device's stream.</summary>
+    internal void ReduceRanks(ArrayView<float> dst, ArrayView<float> stage, int ranks, long n, long stride, bool max)
+    {
+        if (n == 0) return;
+        Kernel<Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, int, long, long, int>>(CollectivesKernels.ReduceRanks)(
+            stream, Elementwise(n), dst, stage, ranks, n, stride, max ? 1 : 0);
+    }
+}
+
+// peak: kernels/peak/PeakKernels.cs
+public sealed partial class IlgpuBackend
+{
+    /// <summary>
+    /// fp32 FMA peak in GFLOP/s: eight FMA chains per thread over enough groups to fill every multiprocessor (the
+    /// simulator: one group per core), the best of five launches.
+    /// </summary>
+    internal double MeasurePeakGflops()
+    {
+        int group = IsSimulator ? Math.Min(Tuning.ElementwiseGroup, Device.MaxNumThreadsPerGroup) : 256;
+        int groups = IsSimulator ? 1 : Math.Max(1, Device.NumMultiprocessors) * 8;
+        int iterations = IsSimulator ? 200_000 : 20_000;
+        var output = Scratch<float>("peak.out", (long)group * groups);
+        var launch = Kernel<Action<AcceleratorStream, KernelConfig, ArrayView<float>, int, float, float>>(PeakKernels.FmaChains);
+        launch(stream, new KernelConfig(groups, group), output, 1, 0.9999f, 1e-4f);   // compiles it
+        stream.Synchronize();
+        double best = 0;
+        for (int r = 0; r < 5; r++)
+        {
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            launch(stream, new KernelConfig(groups, group), output, iterations, 0.9999f, 1e-4f);
+            stream.Synchronize();
+            best = Math.Max(best, 16.0 * iterations * group * groups / clock.Elapsed.TotalSeconds / 1e9);
+        }
+        return best;
+    }
+}

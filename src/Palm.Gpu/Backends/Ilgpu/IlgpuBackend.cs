@@ -122,7 +122,7 @@ public sealed partial class IlgpuBackend : BackendBase
         try { return new IlgpuBuffer(accelerator, name, length, type); }
         catch (Exception e) when (e is OutOfMemoryException or AcceleratorException)
         {
-            throw new InsufficientMemoryException(
+            throw new IlgpuException(
                 $"ILGPU device {Device.Name} is out of memory allocating '{name}' ({length * 4L / (1024.0 * 1024):0.#} MiB; " +
                 $"{LiveBytes / (1024.0 * 1024):0.#} MiB already held): use --remat, a smaller --batch or fewer --layers", e);
         }

@@ -83,7 +83,7 @@ public static class IlgpuDevices
         if (Problem is { } problem) throw new IlgpuUnavailableException(problem);
         var all = All;
         if (index < 0 || index >= all.Count)
-            throw new ArgumentOutOfRangeException(nameof(index),
+            throw new IlgpuException(
                 $"ILGPU device index {index} does not exist: {all.Count} device(s) found, valid indices 0..{all.Count - 1}: " +
                 string.Join("; ", all.Select((d, i) => $"[{i}] {d.Name} ({KindOf(d)})")) + ". Run `palm devices` to list them.");
         return all[index];
@@ -92,3 +92,6 @@ public static class IlgpuDevices
 
 /// <summary>ILGPU cannot run on this machine (no context): the message says why.</summary>
 public sealed class IlgpuUnavailableException(string message) : Exception(message);
+
+/// <summary>A device problem a user can act on (a device index that does not exist, device memory exhausted): the message says what to do.</summary>
+public sealed class IlgpuException(string message, Exception? inner = null) : Exception(message, inner);

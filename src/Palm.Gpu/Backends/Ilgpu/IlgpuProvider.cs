@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using ILGPU.Runtime;
 using ILGPU.Runtime.Cuda;
 using Palm.Gpu.Model;
@@ -27,34 +26,14 @@ sealed class IlgpuProvider : BackendProvider
 
     public override IBackend Create(int device, int threads) => new IlgpuBackend(device);
 
-    /// <summary>
-    /// A GEMM on the device, as the model runs it: square matmuls through the backend's own kernel, the best of a few
-    /// (MFU is then against the GEMM the trainer gets). The CPU accelerator is timed on a small one.
-    /// </summary>
+    /// <summary>An FMA loop on the device (kernels/peak/PeakKernels.cs), measured once per device.</summary>
     public override double MeasurePeakGflops(IBackend backend)
     {
         var be = (IlgpuBackend)backend;
         lock (PeakCache)
         {
-            string key = be.DeviceName;
-            if (PeakCache.TryGetValue(key, out double cached)) return cached;
-            int size = be.IsSimulator ? 64 : 2048;
-            using var a = be.Allocate("peak.a", (long)size * size);
-            using var b = be.Allocate("peak.b", (long)size * size);
-            using var c = be.Allocate("peak.c", (long)size * size);
-            be.Fill(a, 0.5f, a.Length);
-            be.Fill(b, 0.25f, b.Length);
-            be.Matmul(c, a, b, size, size, size);   // compiles the kernel
-            be.Synchronize();
-            double best = 0;
-            for (int r = 0; r < 3; r++)
-            {
-                var clock = Stopwatch.StartNew();
-                be.Matmul(c, a, b, size, size, size);
-                be.Synchronize();
-                best = Math.Max(best, 2.0 * size * size * (double)size / clock.Elapsed.TotalSeconds / 1e9);
-            }
-            return PeakCache[key] = best;
+            if (!PeakCache.TryGetValue(be.DeviceName, out double g)) PeakCache[be.DeviceName] = g = be.MeasurePeakGflops();
+            return g;
         }
     }
 
@@ -90,6 +69,18 @@ sealed class IlgpuProvider : BackendProvider
                     x.Accelerator.EnablePeerAccess(y.Accelerator);
     }
 
-    public override string? WhyNoDeviceCollectives(int count) =>
-        "the ilgpu backend's mesh combines on the host (copies between CUDA peers are enabled for its buffers, but its collectives stage through the host)";
+    /// <summary>CUDA GPUs (peer copies where enabled) and CPU accelerators copy between each other; OpenCL devices do not.</summary>
+    public override string? WhyNoDeviceCollectives(int count)
+    {
+        if (IlgpuDevices.Problem is { } problem) return problem;
+        var gpus = IlgpuDevices.All.Where(d => !IlgpuDevices.IsSimulator(d)).Take(count).ToList();
+        if (gpus.Count == 0) return null;   // CPU accelerators
+        if (gpus.Count < count) return $"{count} ILGPU GPUs are needed but {gpus.Count} exist";
+        return gpus.Any(d => d.AcceleratorType != AcceleratorType.Cuda) ? "ILGPU copies between OpenCL devices only through the host" : null;
+    }
+
+    public override string? WhyNoDeviceCollectives(IReadOnlyList<IBackend> ranks) => IlgpuCollectives.WhyNot(ranks);
+
+    public override ICollectives CreateDeviceCollectives(IReadOnlyList<IBackend> ranks, CollectiveCounters counters) =>
+        new IlgpuCollectives([.. ranks.Cast<IlgpuBackend>()], counters);
 }

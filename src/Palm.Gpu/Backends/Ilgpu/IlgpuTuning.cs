@@ -13,9 +13,7 @@ public sealed record IlgpuTuning
     /// <summary>Matmul: threads of a group along N (columns of C) and along M (rows).</summary>
     public int MatmulThreadsX { get; init; } = 16;
     public int MatmulThreadsY { get; init; } = 16;
-    /// <summary>Matmul register block: rows and columns of C per thread (1, 2 or 4 each); a tile is (ThreadsY·Rows) × (ThreadsX·Columns).</summary>
-    public int MatmulRowsPerThread { get; init; } = 4;
-    public int MatmulColumnsPerThread { get; init; } = 4;
+    // The register block is fixed at 4 × 4 (MatmulKernels.BlockRows/BlockColumns): a tile of C is (ThreadsY·4) × (ThreadsX·4).
     /// <summary>Matmul: depth of the shared-memory tiles of op(A) and op(B) along K.</summary>
     public int MatmulTileK { get; init; } = 16;
 
@@ -36,7 +34,7 @@ public sealed record IlgpuTuning
     /// <summary>ILGPU's CPU accelerator: groups of at most 4 threads, small tiles.</summary>
     public static IlgpuTuning Simulator { get; } = new()
     {
-        MatmulThreadsX = 2, MatmulThreadsY = 2, MatmulRowsPerThread = 4, MatmulColumnsPerThread = 4, MatmulTileK = 8,
+        MatmulThreadsX = 2, MatmulThreadsY = 2, MatmulTileK = 8,
         RowGroup = 4, ElementwiseGroup = 4, ElementwiseMaxGroups = 16, ReductionGroup = 1, EmbeddingGroup = 4, EmbeddingGroups = 8,
     };
 
@@ -49,8 +47,6 @@ public sealed record IlgpuTuning
             if (size < 1 || size > maxGroupSize)
                 throw new ArgumentException($"ILGPU tuning: {name} = {size} threads, but this device's groups hold 1..{maxGroupSize}");
         }
-        if (MatmulRowsPerThread is not (1 or 2 or 4) || MatmulColumnsPerThread is not (1 or 2 or 4))
-            throw new ArgumentException($"ILGPU tuning: the matmul register block must be 1, 2 or 4 each way, got {MatmulRowsPerThread}×{MatmulColumnsPerThread}");
         if (MatmulTileK < 1) throw new ArgumentException($"ILGPU tuning: MatmulTileK must be ≥ 1, got {MatmulTileK}");
         Group("the matmul group", MatmulThreadsX * MatmulThreadsY);
         if (!Pow2(RowGroup)) throw new ArgumentException($"ILGPU tuning: RowGroup must be a power of two, got {RowGroup}");
