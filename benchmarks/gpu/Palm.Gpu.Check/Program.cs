@@ -142,7 +142,7 @@ static int Bench(int device, bool quick)
             double tf32 = Gflops(be, flops, quick, () => blas.Gemm(CuBlasOperation.NonTranspose, CuBlasOperation.NonTranspose, n, m, k, 1f, bv, n, av, k, 0f, cv, n));
             reference = $", cuBLAS Sgemm {sgemm:F0}, cuBLAS TF32 {tf32:F0} GFLOP/s; ours/Sgemm {ours / sgemm:P0}, tensor cores/TF32 {tc / tf32:P0}";
         }
-        Console.WriteLine($"SUMMARY gemm {m}x{n}x{k}: ours fp32 {ours:F0}, ours tensor cores {tc:F0} GFLOP/s (max |Δ|/max|C| {err:E1}){reference}");
+        Console.WriteLine($"SUMMARY gemm {m}x{n}x{k}: ours fp32 {ours:G4}, ours tensor cores {tc:G4} GFLOP/s (max |Δ|/max|C| {err:E1}){reference}");
         foreach (var buf in new[] { a, b, c, c2 }) buf.Dispose();
     }
 
@@ -155,7 +155,7 @@ static int Bench(int device, bool quick)
     double attFlops = 4.0 * B * H * T * (T + 1) / 2 * K;   // QKᵀ and PV over the causal half
     double fwd = Gflops(be, attFlops, quick, () => be.AttentionForward(o, lse, q, kk, v, B, T, H, 1, K));
     double bwd = Gflops(be, 2.5 * attFlops, quick, () => be.AttentionBackward(dq, dk, dv, o, q, kk, v, o, lse, B, T, H, 1, K));
-    Console.WriteLine($"SUMMARY attention B{B} T{T} H{H} K{K} multi-query: forward {fwd:F0} GFLOP/s, backward {bwd:F0} GFLOP/s");
+    Console.WriteLine($"SUMMARY attention B{B} T{T} H{H} K{K} multi-query: forward {fwd:G4} GFLOP/s, backward {bwd:G4} GFLOP/s");
     blas?.Dispose();
     return 0;
 }
