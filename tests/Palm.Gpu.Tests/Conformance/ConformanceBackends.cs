@@ -16,7 +16,8 @@ public sealed record ConformanceBackend(string Name, Func<IBackend> Create, bool
 /// "cpu" (3 threads) is the reference the others are compared with; "cpu-1thread" checks thread-count
 /// independence; "opencl" is device 0 of the first platform (PoCL in CI, see OpenClTestDevices);
 /// "counting-cpu" is a test-only backend that wraps the CPU one; "ilgpu-cpu" is the ILGPU backend on ILGPU's CPU
-/// accelerator (the kernels that run on CUDA and OpenCL GPUs, simulated with groups of at most 4 threads).
+/// accelerator (the kernels that run on CUDA and OpenCL GPUs, simulated with groups of 2 to 4 threads, so
+/// shared memory and barriers run as on a GPU).
 /// With PALM_CONFORMANCE_ILGPU_DEVICE=N set, "ilgpu-device" adds ILGPU device N (`palm devices`) with its own tuning:
 /// the GPU check (benchmarks/gpu/check.sh) runs the suite on a CUDA GPU that way.
 /// </summary>
@@ -28,7 +29,7 @@ public static class ConformanceBackends
         new("cpu-1thread", () => new CpuBackend(1), SameBitsAsCpu: true),
         new("opencl", () => new OpenClBackend(0), SameBitsAsCpu: false),
         new("counting-cpu", () => new CountingBackend(2), SameBitsAsCpu: true),
-        new("ilgpu-cpu", () => new IlgpuBackend(IlgpuDevices.SimulatorIndex, IlgpuTuning.Simulator), SameBitsAsCpu: false),
+        new("ilgpu-cpu", () => new IlgpuBackend(IlgpuDevices.SimulatorIndex, IlgpuTuning.SimulatorGroups), SameBitsAsCpu: false),
         .. Environment.GetEnvironmentVariable(DeviceVariable) is { Length: > 0 } d && int.TryParse(d, out int device)
             ? [new ConformanceBackend("ilgpu-device", () => new IlgpuBackend(device), SameBitsAsCpu: false)]
             : Array.Empty<ConformanceBackend>(),

@@ -13,7 +13,7 @@ namespace Palm.Gpu.Tests.Ilgpu;
 /// </summary>
 public class IlgpuTuningTests
 {
-    static readonly IlgpuTuning Other = IlgpuTuning.Simulator with
+    static readonly IlgpuTuning Other = IlgpuTuning.SimulatorGroups with
     {
         MatmulThreadsX = 4, MatmulThreadsY = 2, MatmulTileK = 3, ElementwiseGroup = 8, ElementwiseMaxGroups = 3,
         EmbeddingGroup = 8, EmbeddingGroups = 2,
@@ -34,8 +34,9 @@ public class IlgpuTuningTests
     public void Matmul_bits_do_not_depend_on_the_tiles(int m, int n, int k, bool transA, bool transB)
     {
         var a = TestData.Uniform(1, m * k); var b = TestData.Uniform(2, k * n); var c0 = TestData.Uniform(3, m * n);
-        Bits.AssertIdentical(MatmulOn(IlgpuTuning.Simulator, a, b, c0, m, n, k, transA, transB), MatmulOn(Other, a, b, c0, m, n, k, transA, transB),
-                             $"matmul {m}x{n}x{k} under two tunings");
+        var single = MatmulOn(IlgpuTuning.Simulator, a, b, c0, m, n, k, transA, transB);
+        Bits.AssertIdentical(single, MatmulOn(IlgpuTuning.SimulatorGroups, a, b, c0, m, n, k, transA, transB), $"matmul {m}x{n}x{k}: 1-thread vs 2×2 groups");
+        Bits.AssertIdentical(single, MatmulOn(Other, a, b, c0, m, n, k, transA, transB), $"matmul {m}x{n}x{k}: 1-thread vs 4×2 groups, K tiles of 3");
     }
 
     [Fact]
@@ -53,6 +54,8 @@ public class IlgpuTuningTests
             be.EmbeddingBackward(table, t, g, n, d, 0, rows);
             return be.ToHost(table);
         }
-        Bits.AssertIdentical(Run(IlgpuTuning.Simulator), Run(Other), "embedding backward under two tunings");
+        var single = Run(IlgpuTuning.Simulator);
+        Bits.AssertIdentical(single, Run(IlgpuTuning.SimulatorGroups), "embedding backward: 1-thread vs 4-thread groups");
+        Bits.AssertIdentical(single, Run(Other), "embedding backward: 1-thread vs 8-thread groups, 2 row blocks");
     }
 }

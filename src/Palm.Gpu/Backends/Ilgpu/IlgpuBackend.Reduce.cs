@@ -96,7 +96,7 @@ public sealed partial class IlgpuBackend
     /// </summary>
     internal double MeasurePeakGflops()
     {
-        int group = IsSimulator ? Math.Min(Tuning.ElementwiseGroup, Device.MaxNumThreadsPerGroup) : 256;
+        int group = IsSimulator ? Math.Min(Environment.ProcessorCount, Device.MaxNumThreadsPerGroup) : 256;   // simulator: a thread per core
         int groups = IsSimulator ? 1 : Math.Max(1, Device.NumMultiprocessors) * 8;
         int iterations = IsSimulator ? 200_000 : 20_000;
         var output = Scratch<float>("peak.out", (long)group * groups);

@@ -15,6 +15,9 @@ sealed class IlgpuProvider : BackendProvider
 
     public override string Name => "ilgpu";
 
+    /// <summary>A mesh without GPUs is CPU accelerators, which share the host's cores (its peak is one machine's).</summary>
+    public override bool DevicesShareMachine => IlgpuDevices.All.All(IlgpuDevices.IsSimulator);
+
     public override IReadOnlyList<BackendDeviceInfo> ListDevices()
     {
         if (IlgpuDevices.Problem is { } problem) return [new(Name, -1, "", "", "", 0, 0, null, problem)];
