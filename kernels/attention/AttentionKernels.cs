@@ -119,11 +119,11 @@ public static class AttentionKernels
                     for (int jj = 0; jj < BK; jj++) sc[r * BK + jj] = 0f;
                     continue;
                 }
-                float c = DeviceMath.Exp(mOld - mNew);   // 0 on the first tile (m = −∞)
+                float c = KernelMath.Exp(mOld - mNew);   // 0 on the first tile (m = −∞)
                 float sum = 0f;
                 for (int jj = 0; jj < BK; jj++)
                 {
-                    float p = DeviceMath.Exp(sc[r * BK + jj] - mNew);
+                    float p = KernelMath.Exp(sc[r * BK + jj] - mNew);
                     sc[r * BK + jj] = p;
                     sum += p;
                 }
@@ -150,7 +150,7 @@ public static class AttentionKernels
         for (int r = lid; r < R; r += threads)
         {
             int i = t0 + r / HT;
-            if (i < s.T) lse[s.LseIndex(b, h0 + r % HT, i)] = m[r] + DeviceMath.Log(l[r]);
+            if (i < s.T) lse[s.LseIndex(b, h0 + r % HT, i)] = m[r] + KernelMath.Log(l[r]);
         }
     }
 
@@ -223,7 +223,7 @@ public static class AttentionKernels
                 float x = 0f;
                 if (j <= i && i < s.T)
                 {
-                    float p = DeviceMath.Exp(Dot(qs, r * K, ks, jj * K, K) * s.Scale - lseS[r]);
+                    float p = KernelMath.Exp(Dot(qs, r * K, ks, jj * K, K) * s.Scale - lseS[r]);
                     x = p * (Dot(dos, r * K, vs, jj * K, K) - deltaS[r]);
                 }
                 ds[e] = x;
@@ -305,7 +305,7 @@ public static class AttentionKernels
                     float p = 0f, x = 0f;
                     if (j < s.T && i < s.T && i >= j)
                     {
-                        p = DeviceMath.Exp(Dot(ks, jj * K, qs, ii * K, K) * s.Scale - lseS[ii]);
+                        p = KernelMath.Exp(Dot(ks, jj * K, qs, ii * K, K) * s.Scale - lseS[ii]);
                         x = p * (Dot(vs, jj * K, dos, ii * K, K) - deltaS[ii]);
                     }
                     ps[e] = p;
@@ -376,7 +376,7 @@ public static class AttentionKernels
         float l = 0f;
         for (int j = lid; j < len; j += threads)
         {
-            float p = DeviceMath.Exp(scores[so + j] - m);
+            float p = KernelMath.Exp(scores[so + j] - m);
             scores[so + j] = p;
             l += p;
         }

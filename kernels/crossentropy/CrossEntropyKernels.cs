@@ -48,7 +48,7 @@ public static class CrossEntropyKernels
         while (jn < v)
         {
             float run = 0f;
-            for (int c = 0; c < FlushEvery && jn < v; c++, jn += threads) run += DeviceMath.Exp(logits[o + jn] - m);
+            for (int c = 0; c < FlushEvery && jn < v; c++, jn += threads) run += KernelMath.Exp(logits[o + jn] - m);
             s += run;
         }
         red[lid] = s;
@@ -63,7 +63,7 @@ public static class CrossEntropyKernels
         {
             double sum = red[0];
             float rounded = (float)sum;
-            logZ[row] = (float)(m + (DeviceMath.Log(rounded) + (sum - rounded) / rounded));
+            logZ[row] = (float)(m + (KernelMath.Log(rounded) + (sum - rounded) / rounded));
             int target = targets[row];
             if (target < 0)
             {
@@ -89,7 +89,7 @@ public static class CrossEntropyKernels
             int row = (int)(idx / v), j = (int)(idx - (long)row * v);
             float lz = logZ[row];
             float factor = scale * (1f + 2f * zLoss * lz);   // the z-loss only rescales the softmax part
-            float d = DeviceMath.Exp(logits[idx] - lz) * factor;
+            float d = KernelMath.Exp(logits[idx] - lz) * factor;
             int target = targets[row];
             if (target >= 0 && target - v0 == j) d -= scale;
             dlogits[idx] = d;

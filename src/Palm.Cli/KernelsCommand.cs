@@ -18,10 +18,15 @@ internal static class KernelsCommand
             try { target = KernelEmitter.ParseTarget(r.GetValue(emit)!); }
             catch (ArgumentException e) { throw new ConfigException(e.Message); }
             string dir = Path.GetFullPath(r.GetValue(output)!);
-            var written = KernelEmitter.WriteAll(target, dir);
-            Console.WriteLine($"wrote {written.Count} {(target == KernelTarget.Ptx ? "PTX" : "OpenCL C")} kernels to {dir}");
-            foreach (var k in written) Console.WriteLine($"  {k.FileName}  ({k.Code.Length:N0} chars)");
-            return 0;
+            var kernels = KernelEmitter.WriteAll(target, dir);
+            var failed = kernels.Where(k => k.Error is not null).ToList();
+            Console.WriteLine($"wrote {kernels.Count - failed.Count} {(target == KernelTarget.Ptx ? "PTX" : "OpenCL C")} kernels to {dir}");
+            foreach (var k in kernels.Where(k => k.Error is null)) Console.WriteLine($"  {k.FileName}  ({k.Code.Length:N0} chars)");
+            if (failed.Count == 0) return 0;
+            // A kernel ILGPU cannot compile is a defect of that kernel, not of the user's input: exit 1 with each reason.
+            Console.Error.WriteLine($"palm: internal error: ILGPU could not compile {failed.Count} kernel(s); this is a bug in palm, please report it:");
+            foreach (var k in failed) Console.Error.WriteLine($"  {k.Name}: {k.Error}");
+            return 1;
         }));
         return cmd;
     }

@@ -18,6 +18,8 @@ public sealed record ConformanceBackend(string Name, Func<IBackend> Create, bool
 /// "counting-cpu" is a test-only backend that wraps the CPU one; "ilgpu-cpu" is the ILGPU backend on ILGPU's CPU
 /// accelerator (the kernels that run on CUDA and OpenCL GPUs, simulated with groups of 2 to 8 threads, so
 /// shared memory and barriers run as on a GPU).
+/// With PALM_CONFORMANCE_ILGPU_DEVICE=N set, "ilgpu-device" adds ILGPU device N (`palm devices`) with its own tuning:
+/// the GPU check (benchmarks/gpu/check.sh) runs the suite on a CUDA GPU that way.
 /// </summary>
 public static class ConformanceBackends
 {
@@ -28,7 +30,13 @@ public static class ConformanceBackends
         new("opencl", () => new OpenClBackend(0), SameBitsAsCpu: false),
         new("counting-cpu", () => new CountingBackend(2), SameBitsAsCpu: true),
         new("ilgpu-cpu", () => new IlgpuBackend(IlgpuDevices.SimulatorIndex, IlgpuTuning.SimulatorGroups), SameBitsAsCpu: false),
+        .. Environment.GetEnvironmentVariable(DeviceVariable) is { Length: > 0 } d && int.TryParse(d, out int device)
+            ? [new ConformanceBackend("ilgpu-device", () => new IlgpuBackend(device), SameBitsAsCpu: false)]
+            : Array.Empty<ConformanceBackend>(),
     ];
+
+    /// <summary>The variable naming an extra ILGPU device to run the suite on.</summary>
+    public const string DeviceVariable = "PALM_CONFORMANCE_ILGPU_DEVICE";
 
     /// <summary>Every backend name crossed with every case: theory rows (backend, case values...).</summary>
     public static IEnumerable<object[]> Cross(params object[][] cases)

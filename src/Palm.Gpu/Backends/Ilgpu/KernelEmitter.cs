@@ -16,8 +16,8 @@ namespace Palm.Gpu.Backends.Ilgpu;
 /// <summary>Which code <see cref="KernelEmitter"/> generates: PTX assembly for NVIDIA GPUs or OpenCL C.</summary>
 public enum KernelTarget { Ptx, OpenCl }
 
-/// <summary>One kernel's generated code: its name (Class.Method), the file it is written to, and the source.</summary>
-public sealed record EmittedKernel(string Name, string FileName, string Code, MethodInfo Method);
+/// <summary>One kernel's generated code: its name (Class.Method), the file it is written to, and the source; or why ILGPU could not compile it.</summary>
+public sealed record EmittedKernel(string Name, string FileName, string Code, MethodInfo Method, string? Error = null);
 
 /// <summary>
 /// Compiles every ILGPU kernel of the project offline, without a device: PTX through ILGPU's PTX backend for an
@@ -56,42 +56,59 @@ public static class KernelEmitter
     public static string Knobs() =>
         $"IlgpuTuning.Gpu {IlgpuTuning.Gpu}; IlgpuKernelTuning.Gpu {IlgpuKernelTuning.Gpu}";
 
-    /// <summary>Compiles every kernel for <paramref name="target"/>; a kernel that fails to compile throws, naming it.</summary>
+    /// <summary>
+    /// Compiles every kernel for <paramref name="target"/>. A kernel ILGPU cannot compile comes back with its error and no code
+    /// (a failed compile can poison a context, so the next kernel gets a fresh one).
+    /// </summary>
     public static IReadOnlyList<EmittedKernel> Emit(KernelTarget target)
     {
         var result = new List<EmittedKernel>();
-        using var context = Context.Create(b => b.CPU(IlgpuDevices.SimulatorDevice).Optimize(OptimizationLevel.O2).RegisterIntrinsics());
-        using Backend backend = target == KernelTarget.Ptx
-            ? new PTXBackend(context, Architecture, InstructionSet, null!)
-            : new CLBackend(context, new CLCapabilityContext(float16: false, float64: true, genericAddressSpace: false, int64_Atomics: false, subGroups: false),
-                            CLDeviceVendor.Other, CLCVersion.CL20);
         string header = Header(target);
-        foreach (var kernel in Kernels())
+        Context? context = null;
+        Backend? backend = null;
+        try
         {
-            string name = NameOf(kernel);
-            CompiledKernel compiled;
-            try
+            foreach (var kernel in Kernels())
             {
-                compiled = backend.Compile(EntryPointDescription.FromExplicitlyGroupedKernel(kernel), KernelSpecialization.Empty);
+                if (backend is null)
+                {
+                    context = Context.Create(b => b.CPU(IlgpuDevices.SimulatorDevice).Optimize(OptimizationLevel.O2).RegisterIntrinsics());
+                    backend = target == KernelTarget.Ptx
+                        ? new PTXBackend(context, Architecture, InstructionSet, null!)
+                        : new CLBackend(context, new CLCapabilityContext(float16: false, float64: true, genericAddressSpace: false, int64_Atomics: false, subGroups: false),
+                                        CLDeviceVendor.Other, CLCVersion.CL20);
+                }
+                string name = NameOf(kernel), file = name + (target == KernelTarget.Ptx ? ".ptx" : ".cl");
+                try
+                {
+                    var compiled = backend.Compile(EntryPointDescription.FromExplicitlyGroupedKernel(kernel), KernelSpecialization.Empty);
+                    string code = compiled switch
+                    {
+                        PTXCompiledKernel ptx => ptx.PTXAssembly,
+                        CLCompiledKernel cl => cl.Source,
+                        _ => throw new InvalidOperationException($"unexpected compiled kernel {compiled.GetType().Name}"),
+                    };
+                    result.Add(new EmittedKernel(name, file, header.Replace("{kernel}", name) + code, kernel));
+                }
+                catch (Exception e) when (e is not OutOfMemoryException)
+                {
+                    result.Add(new EmittedKernel(name, file, "", kernel, e.GetBaseException().Message));
+                    backend.Dispose();
+                    context!.Dispose();
+                    backend = null;
+                }
             }
-            catch (Exception e)
-            {
-                throw new InvalidOperationException($"ILGPU could not compile kernel {name} to {target}: {e.GetBaseException().Message}", e);
-            }
-            string code = compiled switch
-            {
-                PTXCompiledKernel ptx => ptx.PTXAssembly,
-                CLCompiledKernel cl => cl.Source,
-                _ => throw new InvalidOperationException($"unexpected compiled kernel {compiled.GetType().Name}"),
-            };
-            string file = name + (target == KernelTarget.Ptx ? ".ptx" : ".cl");
-            result.Add(new EmittedKernel(name, file, header.Replace("{kernel}", name) + code, kernel));
+        }
+        finally
+        {
+            backend?.Dispose();
+            context?.Dispose();
         }
         return result;
     }
 
     /// <summary>
-    /// Writes one file per kernel into <paramref name="directory"/> (created if missing) and returns them. A directory that
+    /// Writes one file per kernel that compiled into <paramref name="directory"/> (created if missing) and returns them all. A directory that
     /// cannot be created or written throws <see cref="IOException"/> saying which and why.
     /// </summary>
     public static IReadOnlyList<EmittedKernel> WriteAll(KernelTarget target, string directory)
@@ -108,7 +125,7 @@ public static class KernelEmitter
             throw new IOException($"cannot write kernels into '{directory}': {e.Message}; give an --out directory you can write to", e);
         }
         var kernels = Emit(target);
-        foreach (var k in kernels) File.WriteAllText(Path.Combine(directory, k.FileName), k.Code);
+        foreach (var k in kernels.Where(k => k.Error is null)) File.WriteAllText(Path.Combine(directory, k.FileName), k.Code);
         return kernels;
     }
 
