@@ -8,7 +8,7 @@ namespace Palm.Cli;
 internal static class Cli
 {
     public static Option<string> Preset() => new("--preset") { Description = "model shape: tiny, small, palm-8b, palm-62b, palm-540b", DefaultValueFactory = _ => "small" };
-    public static Option<string> Backend() => new("--backend") { Description = "cpu or opencl", DefaultValueFactory = _ => "cpu" };
+    public static Option<string> Backend() => new("--backend") { Description = "cpu, opencl or ilgpu (see `palm devices`)", DefaultValueFactory = _ => "cpu" };
     public static Option<int> Device() => Checked(new Option<int>("--device") { Description = "device index within the backend (see `palm devices`)" },
                                                    v => v >= 0 ? null : $"--device must be ≥ 0, got {v}");
     public static Option<int> Threads() => Checked(new Option<int>("--threads") { Description = "CPU worker threads (0 = all cores)" },
@@ -166,7 +166,8 @@ internal static class Cli
     /// <summary>Errors of the user's input or environment (the exception types palm raises for them), as opposed to defects.</summary>
     public static bool IsUserError(Exception e) => e is ConfigException or DataException or InvalidDataException or FileNotFoundException
         or DirectoryNotFoundException or IOException or UnauthorizedAccessException or Palm.Gpu.Backends.OpenCl.OpenClException
-        or Palm.Gpu.Backends.OpenCl.OpenClUnavailableException or PlatformNotSupportedException or Palm.Gpu.Training.SpikeGuardException;
+        or Palm.Gpu.Backends.OpenCl.OpenClUnavailableException or Palm.Gpu.Backends.Ilgpu.IlgpuUnavailableException
+        or Palm.Gpu.Backends.Ilgpu.IlgpuException or PlatformNotSupportedException or Palm.Gpu.Training.SpikeGuardException;
 
     /// <summary>A parser message without .NET type names: "as expected type 'System.Nullable`1[System.Int64]'" → "as a whole number".</summary>
     public static string PlainParseError(string message) =>
@@ -197,7 +198,7 @@ internal static class Cli
     {
         if (device < 0) throw new ConfigException($"--device must be ≥ 0, got {device}");
         if (given && device != 0 && backend.Equals("cpu", StringComparison.OrdinalIgnoreCase))
-            throw new ConfigException($"--device {device}: the CPU backend has one device (0); use --threads for its cores, or --backend opencl for other devices (see `palm devices`)");
+            throw new ConfigException($"--device {device}: the CPU backend has one device (0); use --threads for its cores, or --backend opencl or ilgpu for other devices (see `palm devices`)");
         if (!Palm.Gpu.Backends.BackendRegistry.Names.Contains(backend.ToLowerInvariant()))
             throw new ConfigException($"unknown backend '{backend}'; choose one of: {string.Join(", ", Palm.Gpu.Backends.BackendRegistry.Names)}");
     }

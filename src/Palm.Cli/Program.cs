@@ -10,6 +10,7 @@ root.Subcommands.Add(PlanCommand.Create());
 root.Subcommands.Add(BenchCommand.Create());
 root.Subcommands.Add(AblateCommand.Create());
 root.Subcommands.Add(DevicesCommand.Create());
+root.Subcommands.Add(KernelsCommand.Create());
 root.Subcommands.Add(PlotCommand.Create());
 root.Subcommands.Add(TokenizerCommands.CreateTokenizerCommand());
 root.Subcommands.Add(TokenizerCommands.CreateTokenizeCommand());

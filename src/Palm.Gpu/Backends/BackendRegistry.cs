@@ -1,4 +1,5 @@
 using Palm.Gpu.Backends.Cpu;
+using Palm.Gpu.Backends.Ilgpu;
 using Palm.Gpu.Backends.OpenCl;
 using Palm.Gpu.Model;
 using Palm.Gpu.Sharding;
@@ -6,7 +7,7 @@ using Palm.Gpu.Sharding;
 namespace Palm.Gpu.Backends;
 
 /// <summary>One device a backend can run on, as listed by <see cref="BackendRegistry.ListDevices"/>.</summary>
-/// <param name="Backend">backend name to pass to <see cref="BackendRegistry.Create"/> ("cpu", "opencl").</param>
+/// <param name="Backend">backend name to pass to <see cref="BackendRegistry.Create"/> ("cpu", "opencl", "ilgpu").</param>
 /// <param name="Index">device index to pass as --device; -1 on an entry that only reports a problem.</param>
 /// <param name="Name">device name, e.g. "pthread-skylake-avx512-AMD EPYC" or "NVIDIA H100".</param>
 /// <param name="Kind">"CPU", "GPU", ... </param>
@@ -81,7 +82,7 @@ public abstract class BackendProvider
 /// <summary>The provider list: every backend the system can run on, in the order `palm devices` lists them.</summary>
 public static class BackendRegistry
 {
-    static readonly List<BackendProvider> providers = [new CpuProvider(), new OpenClProvider()];
+    static readonly List<BackendProvider> providers = [new CpuProvider(), new OpenClProvider(), new IlgpuProvider()];
 
     /// <summary>The registered providers, in registration order.</summary>
     public static IReadOnlyList<BackendProvider> Providers

@@ -23,7 +23,8 @@ public sealed class DeviceMesh : IDisposable
 
     /// <summary>
     /// A mesh over <paramref name="devices"/> (rank order). <paramref name="transport"/> picks the collectives: Auto
-    /// uses device-side copies when every device is an OpenCL backend of one shared context, host round trips otherwise;
+    /// uses device-side copies when the provider can serve the devices (OpenCL backends of one shared context, ILGPU
+    /// CUDA GPUs or CPU accelerators), host round trips otherwise;
     /// Device on devices that cannot share a context is a <see cref="ConfigException"/> saying why.
     /// </summary>
     public DeviceMesh(int data, int model, IReadOnlyList<IBackend> devices, bool ownsDevices = false,
@@ -126,7 +127,7 @@ public sealed class DeviceMesh : IDisposable
     public CollectiveTransport Transport { get; }
     /// <summary>One line for reports, e.g. "device (copies within one OpenCL context)".</summary>
     public string TransportDescription => Transport == CollectiveTransport.Device
-        ? "device (copies within one OpenCL context)"
+        ? (Devices[0].Name == "ilgpu" ? "device (copies between ILGPU devices)" : "device (copies within one OpenCL context)")
         : Processes is null ? "host (download, combine on the host, upload)"
         : $"host within each process and MPI between {Processes.Count} processes (download, exchange, combine in rank order, upload)";
     /// <summary>ModelGroups[d]: the model ranks of data index d.</summary>

@@ -44,9 +44,18 @@ public static class RunInputs
     /// <summary>
     /// Refuses, before anything is allocated, a run whose weights, gradients, optimizer state and activations
     /// (<see cref="Sharding.MeshPlan"/>'s figures) do not fit the memory there is: host memory for the CPU backend
-    /// (all its logical devices share it), each device's global memory for OpenCL. The message gives the figure
+    /// (all its logical devices share it, as do ILGPU's CPU accelerators), each device's memory for OpenCL and ILGPU
+    /// GPUs. The message gives the figure
     /// and what would fit.
     /// </summary>
+    /// <summary>True when the ILGPU run's devices are CPU accelerators (the chosen device, or a mesh on a machine without ILGPU GPUs).</summary>
+    static bool IlgpuRunsOnHost(TrainOptions options, int devices)
+    {
+        var listed = Backends.BackendRegistry.Get("ilgpu").ListDevices().Where(d => d.Available).ToList();
+        if (options.Mesh is not null) return listed.Count(d => !d.Kind.Contains("simulator")) < devices;
+        return options.Device < listed.Count && listed[options.Device].Kind.Contains("simulator");
+    }
+
     public static void CheckMemory(ModelConfig config, TrainOptions options, BatchSchedule schedule, long? availableOverride = null)
     {
         var (data, model) = options.Mesh is null ? (1, 1) : Sharding.DeviceMesh.Parse(options.Mesh);
@@ -59,14 +68,24 @@ public static class RunInputs
         long perDevice = Need(config, perRank, config.Rematerialize);
         if (perDevice == 0) return;
         bool cpu = options.Backend.Equals("cpu", StringComparison.OrdinalIgnoreCase);
+        bool ilgpu = options.Backend.Equals("ilgpu", StringComparison.OrdinalIgnoreCase);
         int devices = data * model;
         long available;
         string where;
         if (availableOverride is { } a) { available = a; where = "the memory available"; }
-        else if (cpu)
+        else if (cpu || ilgpu && IlgpuRunsOnHost(options, devices))
         {
             available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
             where = "the host memory available to palm";
+            cpu = true;   // every device lives in host memory, as the CPU backend's logical devices do
+        }
+        else if (ilgpu)
+        {
+            var gpus = Backends.BackendRegistry.Get("ilgpu").ListDevices().Where(d => d.Available && !d.Kind.Contains("simulator")).ToList();
+            int first = options.Mesh is null ? options.Device : 0;
+            if (gpus.Count <= first) return;   // the backend reports the missing device itself
+            available = gpus.Skip(first).Take(devices).Min(d => d.MemoryBytes);
+            where = $"the memory of ILGPU device {first}{(devices > 1 ? $" (the smallest of devices {first}..{first + devices - 1})" : "")}";
         }
         else
         {

@@ -1,5 +1,6 @@
 using Palm.Gpu.Backends;
 using Palm.Gpu.Backends.Cpu;
+using Palm.Gpu.Backends.Ilgpu;
 using Palm.Gpu.Backends.OpenCl;
 using Palm.Gpu.Tests.OpenCl;
 using Palm.Gpu.Tests.Support;
@@ -14,7 +15,11 @@ public sealed record ConformanceBackend(string Name, Func<IBackend> Create, bool
 /// The backends every conformance test runs against. Adding a backend to the suite is one entry here.
 /// "cpu" (3 threads) is the reference the others are compared with; "cpu-1thread" checks thread-count
 /// independence; "opencl" is device 0 of the first platform (PoCL in CI, see OpenClTestDevices);
-/// "counting-cpu" is a test-only backend that wraps the CPU one.
+/// "counting-cpu" is a test-only backend that wraps the CPU one; "ilgpu-cpu" is the ILGPU backend on ILGPU's CPU
+/// accelerator (the kernels that run on CUDA and OpenCL GPUs, simulated with groups of 2 to 8 threads, so
+/// shared memory and barriers run as on a GPU).
+/// With PALM_CONFORMANCE_ILGPU_DEVICE=N set, "ilgpu-device" adds ILGPU device N (`palm devices`) with its own tuning:
+/// the GPU check (benchmarks/gpu/check.sh) runs the suite on a CUDA GPU that way.
 /// </summary>
 public static class ConformanceBackends
 {
@@ -24,7 +29,14 @@ public static class ConformanceBackends
         new("cpu-1thread", () => new CpuBackend(1), SameBitsAsCpu: true),
         new("opencl", () => new OpenClBackend(0), SameBitsAsCpu: false),
         new("counting-cpu", () => new CountingBackend(2), SameBitsAsCpu: true),
+        new("ilgpu-cpu", () => new IlgpuBackend(IlgpuDevices.SimulatorIndex, IlgpuTuning.SimulatorGroups), SameBitsAsCpu: false),
+        .. Environment.GetEnvironmentVariable(DeviceVariable) is { Length: > 0 } d && int.TryParse(d, out int device)
+            ? [new ConformanceBackend("ilgpu-device", () => new IlgpuBackend(device), SameBitsAsCpu: false)]
+            : Array.Empty<ConformanceBackend>(),
     ];
+
+    /// <summary>The variable naming an extra ILGPU device to run the suite on.</summary>
+    public const string DeviceVariable = "PALM_CONFORMANCE_ILGPU_DEVICE";
 
     /// <summary>Every backend name crossed with every case: theory rows (backend, case values...).</summary>
     public static IEnumerable<object[]> Cross(params object[][] cases)
