@@ -12,6 +12,11 @@ public sealed partial class IlgpuBackend
                                        bool transA, bool transB, float alpha, bool accumulate)
     {
         if (m == 0 || n == 0) return;
+        if (KernelTuning.TensorCoreMatmul && HasTensorCores)
+        {
+            MatmulTensorCoreCore(c, a, b, m, n, k, transA, transB, alpha, accumulate);
+            return;
+        }
         int tx = Tuning.MatmulThreadsX, ty = Tuning.MatmulThreadsY, rm = MatmulKernels.BlockRows, rn = MatmulKernels.BlockColumns, bk = Tuning.MatmulTileK;
         var grid = new Index2D((int)KernelMath.DivUp(n, tx * rn), (int)KernelMath.DivUp(m, ty * rm));
         var config = new KernelConfig(grid, new Index2D(tx, ty), SharedMemoryConfig.RequestDynamic<float>(MatmulKernels.SharedFloats(tx, ty, bk)));

@@ -33,8 +33,8 @@ public sealed record IlgpuKernelTuning
     /// </summary>
     public bool TensorCoreMatmul { get; init; }
 
-    /// <summary>CUDA and OpenCL GPUs.</summary>
-    public static IlgpuKernelTuning Gpu { get; } = new();
+    /// <summary>CUDA and OpenCL GPUs; PALM_ILGPU_TENSOR_CORES=1 turns <see cref="TensorCoreMatmul"/> on.</summary>
+    public static IlgpuKernelTuning Gpu { get; } = new() { TensorCoreMatmul = Environment.GetEnvironmentVariable("PALM_ILGPU_TENSOR_CORES") == "1" };
 
     /// <summary>ILGPU's CPU accelerator: groups of at most 4 threads, small tiles, large per-thread tiles for Adafactor.</summary>
     public static IlgpuKernelTuning Simulator { get; } = new()
