@@ -241,7 +241,15 @@ public abstract class BackendBase : IBackend
     public void Matmul(DeviceBuffer c, DeviceBuffer a, DeviceBuffer b, int m, int n, int k,
                        bool transA = false, bool transB = false, float alpha = 1f, bool accumulate = false)
     {
-        const string op = "matmul";
+        CheckMatmul("matmul", c, a, b, m, n, k);
+        long t0 = Begin();
+        MatmulCore(c, a, b, m, n, k, transA, transB, alpha, accumulate);
+        End(t0, OpCosts.Matmul(m, n, k, accumulate));
+    }
+
+    /// <summary>The checks of <see cref="Matmul"/>, for a backend's own matmul variants (e.g. a tensor-core GEMM).</summary>
+    protected void CheckMatmul(string op, DeviceBuffer c, DeviceBuffer a, DeviceBuffer b, int m, int n, int k)
+    {
         NonNegative(op, m, nameof(m)); NonNegative(op, n, nameof(n)); NonNegative(op, k, nameof(k));
         long mn = (long)m * n, mk = (long)m * k, kn = (long)k * n;
         Need(op, c, nameof(c), mn, "m·n");
@@ -249,9 +257,6 @@ public abstract class BackendBase : IBackend
         Need(op, b, nameof(b), kn, "k·n");
         Distinct(op, c, mn, nameof(c), a, mk, nameof(a));
         Distinct(op, c, mn, nameof(c), b, kn, nameof(b));
-        long t0 = Begin();
-        MatmulCore(c, a, b, m, n, k, transA, transB, alpha, accumulate);
-        End(t0, OpCosts.Matmul(m, n, k, accumulate));
     }
 
     protected abstract void MatmulCore(DeviceBuffer c, DeviceBuffer a, DeviceBuffer b, int m, int n, int k,

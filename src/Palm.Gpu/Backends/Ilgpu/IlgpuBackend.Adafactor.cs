@@ -70,19 +70,8 @@ public sealed partial class IlgpuBackend
     }
 
     /// <summary>The segment table on the device and the chunks it cuts (chunks of <see cref="AdafactorKernels.Chunk"/> from each segment's start).</summary>
-    (ArrayView<long> Table, long Chunks) AdafactorTable(IReadOnlyList<Segment> segments)
-    {
-        var table = Scratch<long>("adafactor.table", 3L * segments.Count);
-        if (adafactorSegments is not null && adafactorSegments.AsSpan().SequenceEqual(segments.ToArray())) return (table, adafactorChunks);
-        var first = Segments.FirstTiles(segments, AdafactorKernels.Chunk);
-        var host = new long[3 * segments.Count];
-        for (int i = 0; i < segments.Count; i++) { host[3 * i] = segments[i].Offset; host[3 * i + 1] = segments[i].Count; host[3 * i + 2] = first[i]; }
-        Upload(stream, table, host.AsSpan());
-        stream.Synchronize();
-        adafactorSegments = [.. segments];
-        adafactorChunks = first[segments.Count];
-        return (table, adafactorChunks);
-    }
+    (ArrayView<long> Table, long Chunks) AdafactorTable(IReadOnlyList<Segment> segments) =>
+        SegmentTable("adafactor.table", segments, AdafactorKernels.Chunk, ref adafactorSegments, ref adafactorChunks);
 
     protected override void AdafactorSumsCore(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer secondMoment, IReadOnlyList<Segment> segments,
                                               in AdafactorStep step, Span<double> sumU2, Span<double> sumP2)

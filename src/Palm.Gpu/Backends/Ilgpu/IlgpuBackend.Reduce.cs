@@ -13,18 +13,25 @@ public sealed partial class IlgpuBackend
     Segment[]? knownSegments;
     long knownRuns;
 
-    (ArrayView<long> Table, long Runs) SegmentTable(IReadOnlyList<Segment> segments)
+    (ArrayView<long> Table, long Runs) SegmentTable(IReadOnlyList<Segment> segments) =>
+        SegmentTable("sumsq.table", segments, ReduceKernels.Run, ref knownSegments, ref knownRuns);
+
+    /// <summary>
+    /// The segment table on the device, (offset, count, first tile) per segment, tiles of <paramref name="tile"/> from each
+    /// segment's start, and the number of tiles; uploaded only when the segments differ from the last call's (<paramref name="known"/>).
+    /// </summary>
+    (ArrayView<long> Table, long Tiles) SegmentTable(string name, IReadOnlyList<Segment> segments, long tile, ref Segment[]? known, ref long knownTiles)
     {
-        var table = Scratch<long>("sumsq.table", 3L * segments.Count);
-        if (knownSegments is not null && knownSegments.AsSpan().SequenceEqual(segments.ToArray())) return (table, knownRuns);
-        var first = Segments.FirstTiles(segments, ReduceKernels.Run);
+        var table = Scratch<long>(name, 3L * segments.Count);
+        if (known is not null && known.AsSpan().SequenceEqual(segments.ToArray())) return (table, knownTiles);
+        var first = Segments.FirstTiles(segments, tile);
         var host = new long[3 * segments.Count];
         for (int i = 0; i < segments.Count; i++) { host[3 * i] = segments[i].Offset; host[3 * i + 1] = segments[i].Count; host[3 * i + 2] = first[i]; }
         Upload(stream, table, host.AsSpan());
         stream.Synchronize();
-        knownSegments = [.. segments];
-        knownRuns = first[segments.Count];
-        return (table, knownRuns);
+        known = [.. segments];
+        knownTiles = first[segments.Count];
+        return (table, knownTiles);
     }
 
     void SumSquares(ArrayView<float> x, IReadOnlyList<Segment> segments, Span<double> sums)

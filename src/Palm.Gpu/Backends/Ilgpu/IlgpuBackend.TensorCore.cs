@@ -21,14 +21,7 @@ public sealed partial class IlgpuBackend
     public void MatmulTensorCore(DeviceBuffer c, DeviceBuffer a, DeviceBuffer b, int m, int n, int k,
                                  bool transA = false, bool transB = false, float alpha = 1f, bool accumulate = false)
     {
-        const string op = "matmul (tensor cores)";
-        NonNegative(op, m, nameof(m)); NonNegative(op, n, nameof(n)); NonNegative(op, k, nameof(k));
-        long mn = (long)m * n, mk = (long)m * k, kn = (long)k * n;
-        Need(op, c, nameof(c), mn, "m·n");
-        Need(op, a, nameof(a), mk, "m·k");
-        Need(op, b, nameof(b), kn, "k·n");
-        Distinct(op, c, mn, nameof(c), a, mk, nameof(a));
-        Distinct(op, c, mn, nameof(c), b, kn, nameof(b));
+        CheckMatmul("matmul (tensor cores)", c, a, b, m, n, k);
         long t0 = Begin();
         MatmulTensorCoreCore(c, a, b, m, n, k, transA, transB, alpha, accumulate);
         End(t0, OpCosts.Matmul(m, n, k, accumulate));
