@@ -115,6 +115,33 @@ internal sealed unsafe class GemmOperand
         for (int p = 0; p < kc; p++) for (int t = live; t < width; t++) dst[(long)p * width + t] = 0f;
     }
 
+    /// <summary>
+    /// Packs `count` consecutive panels of `width` starting at t0 (panel i at dst + i·width·kc), t below `extent` live.
+    /// A whole matrix stored along t is copied a source row at a time across several panels, so each row is read
+    /// contiguously once instead of a short run per panel (the transposed-A and plain-B cases).
+    /// </summary>
+    public void PackPanels(float* dst, int t0, int count, int width, int extent, int pc, int kc)
+    {
+        int full = 0;
+        if (_ptr.Length == 1 && _contiguous && width >= 4)
+        {
+            full = Math.Clamp((extent - t0) / width, 0, count);
+            float* src = (float*)_ptr[0];
+            long ld = _ld[0];
+            for (int g = 0; g < full; g += PanelsPerPass)
+                CpuMatmul.PackContiguousPanels(dst + (long)g * width * kc, src + pc * ld + t0 + (long)g * width, ld,
+                                               Math.Min(PanelsPerPass, full - g), width, kc);
+        }
+        for (int i = full; i < count; i++)
+        {
+            int t = t0 + i * width;
+            Pack(dst + (long)i * width * kc, t, Math.Min(width, extent - t), width, pc, kc);
+        }
+    }
+
+    /// <summary>Panels copied together per source row: 8 keep the destination lines in flight few and the source run ≥ 448 B.</summary>
+    const int PanelsPerPass = 8;
+
     void PackOne(float* dst, int piece, int t, int p, int live, int width, int kc)
     {
         float* b = (float*)_ptr[piece];
@@ -320,42 +347,46 @@ internal static unsafe partial class CpuMatmul
         // K blocks of near-equal size; the split depends on K and Kc only.
         int kBlocks = (k + blocking.Kc - 1) / blocking.Kc;
         int kcBlock = (k + kBlocks - 1) / kBlocks;
-        int ncMax = (blocking.Nc + nr - 1) / nr * nr;
-
-        // Items: A blocks of at most McPanels whole MR panels, as many as a multiple of the workers and as even as
-        // possible, so the workers finish together.
-        int mPanels = (m + mr - 1) / mr;
-        int mItems = (mPanels + blocking.McPanels - 1) / blocking.McPanels;
-        if (workers > 1) mItems = Math.Min(mPanels, (mItems + workers - 1) / workers * workers);
+        int ncSlivers = Math.Max(1, (blocking.Nc + nr - 1) / nr);
+        int mPanels = (m + mr - 1) / mr, nSlivers = (n + nr - 1) / nr;
 
         var job = new Job
         {
-            M = m, N = n, K = k, Alpha = alpha, Path = path, Mr = mr, Nr = nr,
-            MPanels = mPanels, MItems = mItems, A = a, B = b, C = c,
+            M = m, N = n, K = k, Alpha = alpha, Accumulate = accumulate, Path = path, Mr = mr, Nr = nr,
+            KcBlock = kcBlock, McPanels = blocking.McPanels, NcSlivers = ncSlivers, A = a, B = b, C = c,
         };
-        float* packB = PackBuffer.ForB((long)kcBlock * ncMax);
-
-        for (int jc = 0; jc < n; jc += ncMax)
+        var (parts, alongN) = PlanSplit(workers, mPanels, nSlivers, mr, nr, k);
+        if (parts == 1) { job.Region(0, mPanels, 0, nSlivers); return; }
+        // One fork per call: each worker runs the whole blocked loop on its own rows or columns of C, packing its own
+        // operands, so no thread waits for another between K blocks.
+        CpuParallel.For(parts, parts, part =>
         {
-            int nc = Math.Min(ncMax, n - jc);
-            int slivers = (nc + nr - 1) / nr;
-            // Too few A blocks to keep every worker busy: split the slivers into groups as well.
-            int groups = 1;
-            if (workers > 1 && mItems < 2 * workers) groups = Math.Min(slivers, (2 * workers + mItems - 1) / mItems);
+            int units = alongN ? nSlivers : mPanels;
+            int u0 = (int)((long)part * units / parts), u1 = (int)((long)(part + 1) * units / parts);
+            if (alongN) job.Region(0, mPanels, u0, u1);
+            else job.Region(u0, u1, 0, nSlivers);
+        });
+    }
 
-            for (int pc = 0; pc < k; pc += kcBlock)
-            {
-                int kc = Math.Min(kcBlock, k - pc);
-                var step = job with
-                {
-                    Jc = jc, Nc = nc, Pc = pc, Kc = kc, Overwrite = pc == 0 && !accumulate,
-                    Slivers = slivers, Groups = groups, PackedB = (nint)packB,
-                };
-                // Pack the B panel, 8 slivers per chunk, then compute every item against it.
-                CpuParallel.ForChunks(workers, slivers, 8, (s0, s1) => step.PackBSlivers((int)s0, (int)s1));
-                CpuParallel.For(workers, mItems * groups, item => step.ComputeItem(item));
-            }
+    /// <summary>Packed floats are worth about this many multiply-adds of micro-kernel time (a strided pack moves ~1 float a cycle).</summary>
+    private const int PackCostMacs = 16;
+
+    /// <summary>
+    /// How the workers share C: in contiguous ranges of A panels (each packs all of B) or of B slivers (each packs all
+    /// of A), whichever makes the slowest worker's multiply-adds plus packing smaller. Only moves tiles between threads.
+    /// </summary>
+    internal static (int Parts, bool AlongN) PlanSplit(int workers, int mPanels, int nSlivers, int mr, int nr, int k)
+    {
+        if (workers <= 1 || (mPanels < 2 && nSlivers < 2)) return (1, false);
+        double Cost(int units, int otherExtent, int unitSize, int parts, long ownPack, long sharedPack)
+        {
+            int most = (units + parts - 1) / parts;
+            return (double)most * unitSize * otherExtent * k + PackCostMacs * ((double)most * unitSize * k * ownPack + (double)sharedPack);
         }
+        int pm = Math.Min(workers, mPanels), pn = Math.Min(workers, nSlivers);
+        double byM = Cost(mPanels, nSlivers * nr, mr, pm, 1, (long)nSlivers * nr * k);
+        double byN = Cost(nSlivers, mPanels * mr, nr, pn, 1, (long)mPanels * mr * k);
+        return byN < byM ? (pn, true) : (pm, false);
     }
 
     private static void Check(int threads, CpuView<float> c, CpuView<float> a, CpuView<float> b, int m, int n, int k, GemmPath path, GemmBlocking blocking)
@@ -371,55 +402,61 @@ internal static unsafe partial class CpuMatmul
         if (blocking.Kc < 1 || blocking.McPanels < 1 || blocking.Nc < 1) throw new ArgumentOutOfRangeException(nameof(blocking), $"matmul: blocking sizes must be ≥ 1, got {blocking}");
     }
 
-    /// <summary>One (jc, pc) step of a GEMM: everything a work item needs, passed by value to the workers.</summary>
+    /// <summary>A GEMM's sizes and operands, passed by value to the workers; Region computes one rectangle of C tiles.</summary>
     private record struct Job
     {
-        public int M, N, K, Mr, Nr;
-        public bool Overwrite;
+        public int M, N, K, Mr, Nr, KcBlock, McPanels, NcSlivers;
+        public bool Accumulate;
         public float Alpha;
         public GemmPath Path;
-        public int MPanels, MItems;
-        public int Jc, Nc, Pc, Kc, Slivers, Groups;
-        public nint PackedB;
         public GemmOperand A, B;
         public GemmOutput C;
 
-        /// <summary>Packs B slivers [s0, s1) of this panel: sliver s holds op(B)[pc.., jc + s·NR ..] as kc rows of NR floats.</summary>
+        /// <summary>
+        /// The blocked loop over A panels [panel0, panel1) × B slivers [sliver0, sliver1): per B panel of NcSlivers
+        /// slivers and per K block, pack the panel into this thread's buffer, then each A block of McPanels panels.
+        /// </summary>
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        public readonly void PackBSlivers(int s0, int s1)
+        public readonly void Region(int panel0, int panel1, int sliver0, int sliver1)
         {
-            for (int s = s0; s < s1; s++)
+            int panels = panel1 - panel0;
+            if (panels <= 0 || sliver1 <= sliver0) return;
+            float* packB = PackBuffer.ForB((long)KcBlock * Nr * Math.Min(NcSlivers, sliver1 - sliver0));
+            // A blocks of at most McPanels panels, as even as possible.
+            int blocks = (panels + McPanels - 1) / McPanels;
+            for (int jc = sliver0; jc < sliver1; jc += NcSlivers)
             {
-                int j0 = Jc + s * Nr;
-                B.Pack((float*)PackedB + (long)s * Nr * Kc, j0, Math.Min(Nr, N - j0), Nr, Pc, Kc);
+                int jcEnd = Math.Min(sliver1, jc + NcSlivers);
+                for (int pc = 0; pc < K; pc += KcBlock)
+                {
+                    int kc = Math.Min(KcBlock, K - pc);
+                    bool overwrite = pc == 0 && !Accumulate;
+                    B.PackPanels(packB, jc * Nr, jcEnd - jc, Nr, N, pc, kc);
+                    for (int blk = 0; blk < blocks; blk++)
+                    {
+                        int p0 = panel0 + (int)((long)blk * panels / blocks), p1 = panel0 + (int)((long)(blk + 1) * panels / blocks);
+                        Block(p0, p1, jc, jcEnd, packB, pc, kc, overwrite);
+                    }
+                }
             }
         }
 
-        /// <summary>Packs one A block into this thread's buffer and updates the C tiles it meets in its sliver group.</summary>
+        /// <summary>Packs A panels [p0, p1) of K block pc into this thread's buffer and updates their C tiles in slivers [s0, s1).</summary>
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        public readonly void ComputeItem(int item)
+        readonly void Block(int p0, int p1, int s0, int s1, float* packB, int pc, int kc, bool overwrite)
         {
-            int mItem = item / Groups, group = item % Groups;
-            // Even split: item i gets panels [i·P/I, (i+1)·P/I), slivers likewise per group.
-            int panel0 = (int)((long)mItem * MPanels / MItems);
-            int panels = (int)((long)(mItem + 1) * MPanels / MItems) - panel0;
-            int row0 = panel0 * Mr;
-            int s0 = (int)((long)group * Slivers / Groups), s1 = (int)((long)(group + 1) * Slivers / Groups);
-            long panelSize = (long)Mr * Kc;
+            int panels = p1 - p0, row0 = p0 * Mr;
+            long panelSize = (long)Mr * kc;
             float* packA = PackBuffer.ForA(panels * panelSize);
             float* scratch = stackalloc float[MaxTile];
 
-            for (int ir = 0; ir < panels; ir++)
-            {
-                int i0 = row0 + ir * Mr;
-                A.Pack(packA + ir * panelSize, i0, Math.Min(Mr, M - i0), Mr, Pc, Kc);
-            }
+            A.PackPanels(packA, row0, panels, Mr, M, pc, kc);
 
             for (int s = s0; s < s1; s++)
             {
-                int j0 = Jc + s * Nr;
+                int j0 = s * Nr;
                 int cols = Math.Min(Nr, N - j0);
-                float* sliver = (float*)PackedB + (long)s * Nr * Kc;
+                float* sliver = packB + (long)(s - s0) * Nr * kc;
                 for (int ir = 0; ir < panels; ir++)
                 {
                     int i0 = row0 + ir * Mr;
@@ -427,19 +464,18 @@ internal static unsafe partial class CpuMatmul
                     float* panel = packA + ir * panelSize;
                     if (rows == Mr && cols == Nr && C.TryTile(i0, j0, Mr, Nr, out float* tile, out long ldc))
                     {
-                        MicroKernel(Path, Kc, panel, sliver, tile, ldc, Alpha, Overwrite);
+                        MicroKernel(Path, kc, panel, sliver, tile, ldc, Alpha, overwrite);
                     }
                     else
                     {
                         // Edge or straddling tile: full tile into scratch (alpha 1 is exact), then merge the live part with the same update.
-                        MicroKernel(Path, Kc, panel, sliver, scratch, Nr, 1f, true);
-                        C.Merge(scratch, Nr, i0, j0, rows, cols, Alpha, Overwrite);
+                        MicroKernel(Path, kc, panel, sliver, scratch, Nr, 1f, true);
+                        C.Merge(scratch, Nr, i0, j0, rows, cols, Alpha, overwrite);
                     }
                 }
             }
         }
     }
-
     // ---- packing -------------------------------------------------------------------------------
     // A panel and a B sliver have the same shape: kc rows of `width` floats (MR for A, NR for B), the first `live`
     // of them taken from the source and the rest zero.
@@ -485,6 +521,41 @@ internal static unsafe partial class CpuMatmul
             for (; t < live; t++) dst[t] = src[t];
             for (; t < width; t++) dst[t] = 0f;
         }
+    }
+
+    /// <summary>PackContiguous of `panels` whole panels side by side in the source, panel i to dst + i·width·kc; rows outermost.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void PackContiguousPanels(float* dst, float* src, long stride, int panels, int width, int kc)
+    {
+        long panelSize = (long)width * kc;
+        for (int p = 0; p < kc; p++, src += stride, dst += width)
+            for (int i = 0; i < panels; i++)
+                CopyRun(src + i * width, dst + i * panelSize, width);
+    }
+
+    /// <summary>Copies width ≥ 4 floats with whole vectors, the last one overlapping the previous when width is not a multiple.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void CopyRun(float* src, float* dst, int width)
+    {
+        if (width >= 16 && Vector512.IsHardwareAccelerated)
+        {
+            int t = 0;
+            for (; t + 16 <= width; t += 16) Vector512.Store(Vector512.Load(src + t), dst + t);
+            if (t < width) Vector512.Store(Vector512.Load(src + width - 16), dst + width - 16);
+        }
+        else if (width >= 8 && Vector256.IsHardwareAccelerated)
+        {
+            int t = 0;
+            for (; t + 8 <= width; t += 8) Vector256.Store(Vector256.Load(src + t), dst + t);
+            if (t < width) Vector256.Store(Vector256.Load(src + width - 8), dst + width - 8);
+        }
+        else if (Vector128.IsHardwareAccelerated)
+        {
+            int t = 0;
+            for (; t + 4 <= width; t += 4) Vector128.Store(Vector128.Load(src + t), dst + t);
+            if (t < width) Vector128.Store(Vector128.Load(src + width - 4), dst + width - 4);
+        }
+        else for (int t = 0; t < width; t++) dst[t] = src[t];
     }
 
     /// <summary>Source lines run across the packed rows: packed[p, t] = src[t·stride + p] (A stored (M,K), B when transB).</summary>
