@@ -21,10 +21,14 @@ namespace Palm.Gpu.Backends.Cpu;
 // GEMM (M: A and C split by rows; N: B and C split by columns; K: A and B split along K). The packers read the pieces
 // straight into their panels, so a fused GEMM copies nothing and each piece keeps its own leading dimension.
 //
-// Loops, outer to inner:
-//   jc  N in blocks of NC columns   the packed B panel (KC × NC) sits in L3, shared by every thread
+// Threads: one fork per call. C is cut into one contiguous range of MR-row panels or of NR-column slivers per worker
+// (PlanSplit: whichever makes the slowest worker's FMAs plus packing least; each worker then packs all of the other
+// operand), and each worker runs the whole blocked loop below on its range with its own pack buffers, so no worker
+// waits on another between K blocks and a late-starting thread costs its wake-up once per call, not per block.
+// Loops, outer to inner (per worker):
+//   jc  N in blocks of NC columns   the packed B panel (KC × NC), in L2/L3
 //   pc  K in blocks of KC           KC depends on K alone, so each C element sums K in one fixed order
-//   items (MC rows × NR slivers)    the parallel unit: packs its A block (MC × KC, stays in L2), owns those C tiles
+//   ic  M in blocks of MC rows      packs the A block (MC × KC, stays in L2)
 //   jr, ir  MR × NR micro-tiles     the micro-kernel keeps the tile in registers and runs kc FMAs per element
 // Packing turns the four transpose cases into one layout (A: MR rows interleaved per k; B: NR columns per k),
 // zero-padded at the edges, so the micro-kernel never looks at M, N, the transposes or the pieces.
@@ -117,25 +121,40 @@ internal sealed unsafe class GemmOperand
 
     /// <summary>
     /// Packs `count` consecutive panels of `width` starting at t0 (panel i at dst + i·width·kc), t below `extent` live.
-    /// A whole matrix stored along t is copied a source row at a time across several panels, so each row is read
-    /// contiguously once instead of a short run per panel (the transposed-A and plain-B cases).
+    /// An operand stored along t is copied a source row at a time across several panels, so each row is read as one
+    /// run instead of a short run per panel (the transposed-A and plain-B cases); ragged or straddling panels use Pack.
     /// </summary>
     public void PackPanels(float* dst, int t0, int count, int width, int extent, int pc, int kc)
     {
-        int full = 0;
-        if (_ptr.Length == 1 && _contiguous && width >= 4)
+        long panelStride = (long)width * kc;
+        for (int i = 0; i < count;)
         {
-            full = Math.Clamp((extent - t0) / width, 0, count);
-            float* src = (float*)_ptr[0];
-            long ld = _ld[0];
-            for (int g = 0; g < full; g += PanelsPerPass)
-                CpuMatmul.PackContiguousPanels(dst + (long)g * width * kc, src + pc * ld + t0 + (long)g * width, ld,
-                                               Math.Min(PanelsPerPass, full - g), width, kc);
-        }
-        for (int i = full; i < count; i++)
-        {
-            int t = t0 + i * width;
-            Pack(dst + (long)i * width * kc, t, Math.Min(width, extent - t), width, pc, kc);
+            int t = t0 + i * width, run = 0;
+            if (_contiguous && width >= 4)
+            {
+                if (_alongK)
+                {
+                    run = Math.Min(Math.Min(count - i, PanelsPerPass), (extent - t) / width);
+                    if (run > 0)
+                        for (int q = PieceAt(pc), end = pc + kc; q < _ptr.Length && _start[q] < end; q++)
+                        {
+                            int q0 = Math.Max(pc, _start[q]), q1 = Math.Min(end, _start[q + 1]);
+                            CpuMatmul.PackContiguousPanels(dst + i * panelStride + (long)(q0 - pc) * width,
+                                (float*)_ptr[q] + (q0 - _start[q]) * _ld[q] + t, _ld[q], run, width, q1 - q0, panelStride);
+                        }
+                }
+                else
+                {
+                    int piece = _ptr.Length == 1 ? 0 : PieceAt(t);
+                    run = Math.Min(Math.Min(count - i, PanelsPerPass), (Math.Min(extent, _start[piece + 1]) - t) / width);
+                    if (run > 0)
+                        CpuMatmul.PackContiguousPanels(dst + i * panelStride,
+                            (float*)_ptr[piece] + pc * _ld[piece] + (t - _start[piece]), _ld[piece], run, width, kc, panelStride);
+                }
+            }
+            if (run > 0) { i += run; continue; }
+            Pack(dst + i * panelStride, t, Math.Min(width, extent - t), width, pc, kc);
+            i++;
         }
     }
 
@@ -523,14 +542,13 @@ internal static unsafe partial class CpuMatmul
         }
     }
 
-    /// <summary>PackContiguous of `panels` whole panels side by side in the source, panel i to dst + i·width·kc; rows outermost.</summary>
+    /// <summary>PackContiguous of `panels` whole panels side by side in the source (rows of them), panel i to dst + i·panelStride; rows outermost.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void PackContiguousPanels(float* dst, float* src, long stride, int panels, int width, int kc)
+    internal static void PackContiguousPanels(float* dst, float* src, long stride, int panels, int width, int rows, long panelStride)
     {
-        long panelSize = (long)width * kc;
-        for (int p = 0; p < kc; p++, src += stride, dst += width)
+        for (int p = 0; p < rows; p++, src += stride, dst += width)
             for (int i = 0; i < panels; i++)
-                CopyRun(src + i * width, dst + i * panelSize, width);
+                CopyRun(src + i * width, dst + i * panelStride, width);
     }
 
     /// <summary>Copies width ≥ 4 floats with whole vectors, the last one overlapping the previous when width is not a multiple.</summary>
