@@ -146,22 +146,6 @@ public class MatmulTests
             }
     }
 
-    // Each worker owns one contiguous range of C: never more workers than units along the chosen axis, and the axis
-    // whose split duplicates the smaller operand's packing (tall C: rows; wide C: columns), as the model's shapes need.
-    [Theory]
-    [InlineData(2, 147, 16, false)]   // h·Wdown 2048×512: split the rows, each worker packs the small B
-    [InlineData(2, 37, 64, true)]     // dWup 512×2048: split the columns, each worker packs the small A
-    [InlineData(3, 147, 1, false)]    // one sliver: rows only
-    [InlineData(2, 1, 40, true)]      // one panel: columns only
-    public void Work_split_follows_the_shape(int workers, int mPanels, int nSlivers, bool expectAlongN)
-    {
-        var (mr, nr) = CpuMatmul.TileOf(GemmPath.Vector512);
-        var (parts, alongN) = CpuMatmul.PlanSplit(workers, mPanels, nSlivers, mr, nr, 2048);
-        Assert.Equal(expectAlongN, alongN);
-        Assert.InRange(parts, 2, Math.Min(workers, alongN ? nSlivers : mPanels));
-        Assert.Equal((1, false), CpuMatmul.PlanSplit(1, mPanels, nSlivers, mr, nr, 2048));
-    }
-
     [Fact]
     public void InstructionPathsGiveTheSameBits()
     {

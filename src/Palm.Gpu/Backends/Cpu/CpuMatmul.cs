@@ -21,14 +21,10 @@ namespace Palm.Gpu.Backends.Cpu;
 // GEMM (M: A and C split by rows; N: B and C split by columns; K: A and B split along K). The packers read the pieces
 // straight into their panels, so a fused GEMM copies nothing and each piece keeps its own leading dimension.
 //
-// Threads: one fork per call. C is cut into one contiguous range of MR-row panels or of NR-column slivers per worker
-// (PlanSplit: whichever makes the slowest worker's FMAs plus packing least; each worker then packs all of the other
-// operand), and each worker runs the whole blocked loop below on its range with its own pack buffers, so no worker
-// waits on another between K blocks and a late-starting thread costs its wake-up once per call, not per block.
-// Loops, outer to inner (per worker):
-//   jc  N in blocks of NC columns   the packed B panel (KC × NC), in L2/L3
+// Loops, outer to inner:
+//   jc  N in blocks of NC columns   the packed B panel (KC × NC) sits in L3, shared by every thread
 //   pc  K in blocks of KC           KC depends on K alone, so each C element sums K in one fixed order
-//   ic  M in blocks of MC rows      packs the A block (MC × KC, stays in L2)
+//   items (MC rows × NR slivers)    the parallel unit: packs its A block (MC × KC, stays in L2), owns those C tiles
 //   jr, ir  MR × NR micro-tiles     the micro-kernel keeps the tile in registers and runs kc FMAs per element
 // Packing turns the four transpose cases into one layout (A: MR rows interleaved per k; B: NR columns per k),
 // zero-padded at the edges, so the micro-kernel never looks at M, N, the transposes or the pieces.
@@ -366,46 +362,42 @@ internal static unsafe partial class CpuMatmul
         // K blocks of near-equal size; the split depends on K and Kc only.
         int kBlocks = (k + blocking.Kc - 1) / blocking.Kc;
         int kcBlock = (k + kBlocks - 1) / kBlocks;
-        int ncSlivers = Math.Max(1, (blocking.Nc + nr - 1) / nr);
-        int mPanels = (m + mr - 1) / mr, nSlivers = (n + nr - 1) / nr;
+        int ncMax = (blocking.Nc + nr - 1) / nr * nr;
+
+        // Items: A blocks of at most McPanels whole MR panels, as many as a multiple of the workers and as even as
+        // possible, so the workers finish together.
+        int mPanels = (m + mr - 1) / mr;
+        int mItems = (mPanels + blocking.McPanels - 1) / blocking.McPanels;
+        if (workers > 1) mItems = Math.Min(mPanels, (mItems + workers - 1) / workers * workers);
 
         var job = new Job
         {
-            M = m, N = n, K = k, Alpha = alpha, Accumulate = accumulate, Path = path, Mr = mr, Nr = nr,
-            KcBlock = kcBlock, McPanels = blocking.McPanels, NcSlivers = ncSlivers, A = a, B = b, C = c,
+            M = m, N = n, K = k, Alpha = alpha, Path = path, Mr = mr, Nr = nr,
+            MPanels = mPanels, MItems = mItems, A = a, B = b, C = c,
         };
-        var (parts, alongN) = PlanSplit(workers, mPanels, nSlivers, mr, nr, k);
-        if (parts == 1) { job.Region(0, mPanels, 0, nSlivers); return; }
-        // One fork per call: each worker runs the whole blocked loop on its own rows or columns of C, packing its own
-        // operands, so no thread waits for another between K blocks.
-        CpuParallel.For(parts, parts, part =>
-        {
-            int units = alongN ? nSlivers : mPanels;
-            int u0 = (int)((long)part * units / parts), u1 = (int)((long)(part + 1) * units / parts);
-            if (alongN) job.Region(0, mPanels, u0, u1);
-            else job.Region(u0, u1, 0, nSlivers);
-        });
-    }
+        float* packB = PackBuffer.ForB((long)kcBlock * ncMax);
 
-    /// <summary>Packed floats are worth about this many multiply-adds of micro-kernel time (a strided pack moves ~1 float a cycle).</summary>
-    private const int PackCostMacs = 16;
-
-    /// <summary>
-    /// How the workers share C: in contiguous ranges of A panels (each packs all of B) or of B slivers (each packs all
-    /// of A), whichever makes the slowest worker's multiply-adds plus packing smaller. Only moves tiles between threads.
-    /// </summary>
-    internal static (int Parts, bool AlongN) PlanSplit(int workers, int mPanels, int nSlivers, int mr, int nr, int k)
-    {
-        if (workers <= 1 || (mPanels < 2 && nSlivers < 2)) return (1, false);
-        double Cost(int units, int otherExtent, int unitSize, int parts, long ownPack, long sharedPack)
+        for (int jc = 0; jc < n; jc += ncMax)
         {
-            int most = (units + parts - 1) / parts;
-            return (double)most * unitSize * otherExtent * k + PackCostMacs * ((double)most * unitSize * k * ownPack + (double)sharedPack);
+            int nc = Math.Min(ncMax, n - jc);
+            int slivers = (nc + nr - 1) / nr;
+            // Too few A blocks to keep every worker busy: split the slivers into groups as well.
+            int groups = 1;
+            if (workers > 1 && mItems < 2 * workers) groups = Math.Min(slivers, (2 * workers + mItems - 1) / mItems);
+
+            for (int pc = 0; pc < k; pc += kcBlock)
+            {
+                int kc = Math.Min(kcBlock, k - pc);
+                var step = job with
+                {
+                    Jc = jc, Nc = nc, Pc = pc, Kc = kc, Overwrite = pc == 0 && !accumulate,
+                    Slivers = slivers, Groups = groups, PackedB = (nint)packB,
+                };
+                // Pack the B panel, 8 slivers per chunk, then compute every item against it.
+                CpuParallel.ForChunks(workers, slivers, 8, (s0, s1) => step.PackBSlivers((int)s0, (int)s1));
+                CpuParallel.For(workers, mItems * groups, item => step.ComputeItem(item));
+            }
         }
-        int pm = Math.Min(workers, mPanels), pn = Math.Min(workers, nSlivers);
-        double byM = Cost(mPanels, nSlivers * nr, mr, pm, 1, (long)nSlivers * nr * k);
-        double byN = Cost(nSlivers, mPanels * mr, nr, pn, 1, (long)mPanels * mr * k);
-        return byN < byM ? (pn, true) : (pm, false);
     }
 
     private static void Check(int threads, CpuView<float> c, CpuView<float> a, CpuView<float> b, int m, int n, int k, GemmPath path, GemmBlocking blocking)
@@ -421,61 +413,47 @@ internal static unsafe partial class CpuMatmul
         if (blocking.Kc < 1 || blocking.McPanels < 1 || blocking.Nc < 1) throw new ArgumentOutOfRangeException(nameof(blocking), $"matmul: blocking sizes must be ≥ 1, got {blocking}");
     }
 
-    /// <summary>A GEMM's sizes and operands, passed by value to the workers; Region computes one rectangle of C tiles.</summary>
+    /// <summary>One (jc, pc) step of a GEMM: everything a work item needs, passed by value to the workers.</summary>
     private record struct Job
     {
-        public int M, N, K, Mr, Nr, KcBlock, McPanels, NcSlivers;
-        public bool Accumulate;
+        public int M, N, K, Mr, Nr;
+        public bool Overwrite;
         public float Alpha;
         public GemmPath Path;
+        public int MPanels, MItems;
+        public int Jc, Nc, Pc, Kc, Slivers, Groups;
+        public nint PackedB;
         public GemmOperand A, B;
         public GemmOutput C;
 
-        /// <summary>
-        /// The blocked loop over A panels [panel0, panel1) × B slivers [sliver0, sliver1): per B panel of NcSlivers
-        /// slivers and per K block, pack the panel into this thread's buffer, then each A block of McPanels panels.
-        /// </summary>
+        /// <summary>Packs B slivers [s0, s1) of this panel: sliver s holds op(B)[pc.., jc + s·NR ..] as kc rows of NR floats.</summary>
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        public readonly void Region(int panel0, int panel1, int sliver0, int sliver1)
+        public readonly void PackBSlivers(int s0, int s1)
         {
-            int panels = panel1 - panel0;
-            if (panels <= 0 || sliver1 <= sliver0) return;
-            float* packB = PackBuffer.ForB((long)KcBlock * Nr * Math.Min(NcSlivers, sliver1 - sliver0));
-            // A blocks of at most McPanels panels, as even as possible.
-            int blocks = (panels + McPanels - 1) / McPanels;
-            for (int jc = sliver0; jc < sliver1; jc += NcSlivers)
-            {
-                int jcEnd = Math.Min(sliver1, jc + NcSlivers);
-                for (int pc = 0; pc < K; pc += KcBlock)
-                {
-                    int kc = Math.Min(KcBlock, K - pc);
-                    bool overwrite = pc == 0 && !Accumulate;
-                    B.PackPanels(packB, jc * Nr, jcEnd - jc, Nr, N, pc, kc);
-                    for (int blk = 0; blk < blocks; blk++)
-                    {
-                        int p0 = panel0 + (int)((long)blk * panels / blocks), p1 = panel0 + (int)((long)(blk + 1) * panels / blocks);
-                        Block(p0, p1, jc, jcEnd, packB, pc, kc, overwrite);
-                    }
-                }
-            }
+            B.PackPanels((float*)PackedB + (long)s0 * Nr * Kc, Jc + s0 * Nr, s1 - s0, Nr, N, Pc, Kc);
         }
 
-        /// <summary>Packs A panels [p0, p1) of K block pc into this thread's buffer and updates their C tiles in slivers [s0, s1).</summary>
+        /// <summary>Packs one A block into this thread's buffer and updates the C tiles it meets in its sliver group.</summary>
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        readonly void Block(int p0, int p1, int s0, int s1, float* packB, int pc, int kc, bool overwrite)
+        public readonly void ComputeItem(int item)
         {
-            int panels = p1 - p0, row0 = p0 * Mr;
-            long panelSize = (long)Mr * kc;
+            int mItem = item / Groups, group = item % Groups;
+            // Even split: item i gets panels [i·P/I, (i+1)·P/I), slivers likewise per group.
+            int panel0 = (int)((long)mItem * MPanels / MItems);
+            int panels = (int)((long)(mItem + 1) * MPanels / MItems) - panel0;
+            int row0 = panel0 * Mr;
+            int s0 = (int)((long)group * Slivers / Groups), s1 = (int)((long)(group + 1) * Slivers / Groups);
+            long panelSize = (long)Mr * Kc;
             float* packA = PackBuffer.ForA(panels * panelSize);
             float* scratch = stackalloc float[MaxTile];
 
-            A.PackPanels(packA, row0, panels, Mr, M, pc, kc);
+            A.PackPanels(packA, row0, panels, Mr, M, Pc, Kc);
 
             for (int s = s0; s < s1; s++)
             {
-                int j0 = s * Nr;
+                int j0 = Jc + s * Nr;
                 int cols = Math.Min(Nr, N - j0);
-                float* sliver = packB + (long)(s - s0) * Nr * kc;
+                float* sliver = (float*)PackedB + (long)s * Nr * Kc;
                 for (int ir = 0; ir < panels; ir++)
                 {
                     int i0 = row0 + ir * Mr;
@@ -483,18 +461,19 @@ internal static unsafe partial class CpuMatmul
                     float* panel = packA + ir * panelSize;
                     if (rows == Mr && cols == Nr && C.TryTile(i0, j0, Mr, Nr, out float* tile, out long ldc))
                     {
-                        MicroKernel(Path, kc, panel, sliver, tile, ldc, Alpha, overwrite);
+                        MicroKernel(Path, Kc, panel, sliver, tile, ldc, Alpha, Overwrite);
                     }
                     else
                     {
                         // Edge or straddling tile: full tile into scratch (alpha 1 is exact), then merge the live part with the same update.
-                        MicroKernel(Path, kc, panel, sliver, scratch, Nr, 1f, true);
-                        C.Merge(scratch, Nr, i0, j0, rows, cols, Alpha, overwrite);
+                        MicroKernel(Path, Kc, panel, sliver, scratch, Nr, 1f, true);
+                        C.Merge(scratch, Nr, i0, j0, rows, cols, Alpha, Overwrite);
                     }
                 }
             }
         }
     }
+
     // ---- packing -------------------------------------------------------------------------------
     // A panel and a B sliver have the same shape: kc rows of `width` floats (MR for A, NR for B), the first `live`
     // of them taken from the source and the rest zero.
