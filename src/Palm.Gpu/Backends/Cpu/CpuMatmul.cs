@@ -227,6 +227,11 @@ internal static unsafe partial class CpuMatmul
 {
     /// <summary>Below this many multiply-adds one thread is faster than waking others.</summary>
     private const long SmallMacs = 64 * 64 * 64;
+    /// <summary>
+    /// Work items per worker and K block at least: the items are claimed as workers come free, so a worker that starts
+    /// late or is briefly descheduled leaves at most one small item to wait for (M = 512 gives 4 A blocks: 2 groups each).
+    /// </summary>
+    private const int ItemsPerWorker = 4;
     /// <summary>Largest micro-tile of any path (14×32), for the edge-tile scratch.</summary>
     private const int MaxTile = 14 * 32;
 
@@ -381,9 +386,10 @@ internal static unsafe partial class CpuMatmul
         {
             int nc = Math.Min(ncMax, n - jc);
             int slivers = (nc + nr - 1) / nr;
-            // Too few A blocks to keep every worker busy: split the slivers into groups as well.
+            // Too few A blocks to keep every worker busy to the end of the K block: split the slivers into groups as well.
             int groups = 1;
-            if (workers > 1 && mItems < 2 * workers) groups = Math.Min(slivers, (2 * workers + mItems - 1) / mItems);
+            if (workers > 1 && mItems < ItemsPerWorker * workers)
+                groups = Math.Min(slivers, (ItemsPerWorker * workers + mItems - 1) / mItems);
 
             for (int pc = 0; pc < k; pc += kcBlock)
             {
