@@ -115,6 +115,48 @@ internal sealed unsafe class GemmOperand
         for (int p = 0; p < kc; p++) for (int t = live; t < width; t++) dst[(long)p * width + t] = 0f;
     }
 
+    /// <summary>
+    /// Packs `count` consecutive panels of `width` starting at t0 (panel i at dst + i·width·kc), t below `extent` live.
+    /// An operand stored along t is copied a source row at a time across several panels, so each row is read as one
+    /// run instead of a short run per panel (the transposed-A and plain-B cases); ragged or straddling panels use Pack.
+    /// </summary>
+    public void PackPanels(float* dst, int t0, int count, int width, int extent, int pc, int kc)
+    {
+        long panelStride = (long)width * kc;
+        for (int i = 0; i < count;)
+        {
+            int t = t0 + i * width, run = 0;
+            if (_contiguous && width >= 4)
+            {
+                if (_alongK)
+                {
+                    run = Math.Min(Math.Min(count - i, PanelsPerPass), (extent - t) / width);
+                    if (run > 0)
+                        for (int q = PieceAt(pc), end = pc + kc; q < _ptr.Length && _start[q] < end; q++)
+                        {
+                            int q0 = Math.Max(pc, _start[q]), q1 = Math.Min(end, _start[q + 1]);
+                            CpuMatmul.PackContiguousPanels(dst + i * panelStride + (long)(q0 - pc) * width,
+                                (float*)_ptr[q] + (q0 - _start[q]) * _ld[q] + t, _ld[q], run, width, q1 - q0, panelStride);
+                        }
+                }
+                else
+                {
+                    int piece = _ptr.Length == 1 ? 0 : PieceAt(t);
+                    run = Math.Min(Math.Min(count - i, PanelsPerPass), (Math.Min(extent, _start[piece + 1]) - t) / width);
+                    if (run > 0)
+                        CpuMatmul.PackContiguousPanels(dst + i * panelStride,
+                            (float*)_ptr[piece] + pc * _ld[piece] + (t - _start[piece]), _ld[piece], run, width, kc, panelStride);
+                }
+            }
+            if (run > 0) { i += run; continue; }
+            Pack(dst + i * panelStride, t, Math.Min(width, extent - t), width, pc, kc);
+            i++;
+        }
+    }
+
+    /// <summary>Panels copied together per source row: 8 keep the destination lines in flight few and the source run ≥ 448 B.</summary>
+    const int PanelsPerPass = 8;
+
     void PackOne(float* dst, int piece, int t, int p, int live, int width, int kc)
     {
         float* b = (float*)_ptr[piece];
@@ -185,6 +227,11 @@ internal static unsafe partial class CpuMatmul
 {
     /// <summary>Below this many multiply-adds one thread is faster than waking others.</summary>
     private const long SmallMacs = 64 * 64 * 64;
+    /// <summary>
+    /// Work items per worker and K block at least: the items are claimed as workers come free, so a worker that starts
+    /// late or is briefly descheduled leaves at most one small item to wait for (M = 512 gives 4 A blocks: 2 groups each).
+    /// </summary>
+    private const int ItemsPerWorker = 4;
     /// <summary>Largest micro-tile of any path (14×32), for the edge-tile scratch.</summary>
     private const int MaxTile = 14 * 32;
 
@@ -339,9 +386,10 @@ internal static unsafe partial class CpuMatmul
         {
             int nc = Math.Min(ncMax, n - jc);
             int slivers = (nc + nr - 1) / nr;
-            // Too few A blocks to keep every worker busy: split the slivers into groups as well.
+            // Too few A blocks to keep every worker busy to the end of the K block: split the slivers into groups as well.
             int groups = 1;
-            if (workers > 1 && mItems < 2 * workers) groups = Math.Min(slivers, (2 * workers + mItems - 1) / mItems);
+            if (workers > 1 && mItems < ItemsPerWorker * workers)
+                groups = Math.Min(slivers, (ItemsPerWorker * workers + mItems - 1) / mItems);
 
             for (int pc = 0; pc < k; pc += kcBlock)
             {
@@ -388,11 +436,7 @@ internal static unsafe partial class CpuMatmul
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public readonly void PackBSlivers(int s0, int s1)
         {
-            for (int s = s0; s < s1; s++)
-            {
-                int j0 = Jc + s * Nr;
-                B.Pack((float*)PackedB + (long)s * Nr * Kc, j0, Math.Min(Nr, N - j0), Nr, Pc, Kc);
-            }
+            B.PackPanels((float*)PackedB + (long)s0 * Nr * Kc, Jc + s0 * Nr, s1 - s0, Nr, N, Pc, Kc);
         }
 
         /// <summary>Packs one A block into this thread's buffer and updates the C tiles it meets in its sliver group.</summary>
@@ -409,11 +453,7 @@ internal static unsafe partial class CpuMatmul
             float* packA = PackBuffer.ForA(panels * panelSize);
             float* scratch = stackalloc float[MaxTile];
 
-            for (int ir = 0; ir < panels; ir++)
-            {
-                int i0 = row0 + ir * Mr;
-                A.Pack(packA + ir * panelSize, i0, Math.Min(Mr, M - i0), Mr, Pc, Kc);
-            }
+            A.PackPanels(packA, row0, panels, Mr, M, Pc, Kc);
 
             for (int s = s0; s < s1; s++)
             {
@@ -485,6 +525,40 @@ internal static unsafe partial class CpuMatmul
             for (; t < live; t++) dst[t] = src[t];
             for (; t < width; t++) dst[t] = 0f;
         }
+    }
+
+    /// <summary>PackContiguous of `panels` whole panels side by side in the source (rows of them), panel i to dst + i·panelStride; rows outermost.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void PackContiguousPanels(float* dst, float* src, long stride, int panels, int width, int rows, long panelStride)
+    {
+        for (int p = 0; p < rows; p++, src += stride, dst += width)
+            for (int i = 0; i < panels; i++)
+                CopyRun(src + i * width, dst + i * panelStride, width);
+    }
+
+    /// <summary>Copies width ≥ 4 floats with whole vectors, the last one overlapping the previous when width is not a multiple.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void CopyRun(float* src, float* dst, int width)
+    {
+        if (width >= 16 && Vector512.IsHardwareAccelerated)
+        {
+            int t = 0;
+            for (; t + 16 <= width; t += 16) Vector512.Store(Vector512.Load(src + t), dst + t);
+            if (t < width) Vector512.Store(Vector512.Load(src + width - 16), dst + width - 16);
+        }
+        else if (width >= 8 && Vector256.IsHardwareAccelerated)
+        {
+            int t = 0;
+            for (; t + 8 <= width; t += 8) Vector256.Store(Vector256.Load(src + t), dst + t);
+            if (t < width) Vector256.Store(Vector256.Load(src + width - 8), dst + width - 8);
+        }
+        else if (Vector128.IsHardwareAccelerated)
+        {
+            int t = 0;
+            for (; t + 4 <= width; t += 4) Vector128.Store(Vector128.Load(src + t), dst + t);
+            if (t < width) Vector128.Store(Vector128.Load(src + width - 4), dst + width - 4);
+        }
+        else for (int t = 0; t < width; t++) dst[t] = src[t];
     }
 
     /// <summary>Source lines run across the packed rows: packed[p, t] = src[t·stride + p] (A stored (M,K), B when transB).</summary>
