@@ -26,6 +26,7 @@ public class UserErrorTests
         { "too many threads", ["train", "--preset", "tiny", "--threads", "100000", "--out", "@run"], "--threads" },
         { "a NaN peak", ["train", "--preset", "tiny", "--peak-gflops", "NaN", "--out", "@run"], "--peak-gflops" },
         { "a device the CPU does not have", ["train", "--preset", "tiny", "--device", "3", "--out", "@run"], "one device" },
+        { "an OpenCL device that does not exist", ["train", "--backend", "opencl", "--device", "9", "--preset", "tiny", "--out", "@run"], "OpenCL device index 9 does not exist" },
         { "tokenizer encode with a missing tokenizer", ["tokenizer", "encode", "--tokenizer", "@missing.json"], "does not exist" },
         { "tokenizer train on missing data", ["tokenizer", "train", "--data", "@missing.txt", "--out", "@tok.json"], "does not exist" },
         { "tokenizer train with a NaN coverage", ["tokenizer", "train", "--data", "@data.txt", "--out", "@tok.json", "--coverage", "NaN"], "--coverage" },

@@ -80,10 +80,10 @@ public class OpenClRuntimeTests(OpenClFixture fx)
     [InlineData(999)]
     public void BogusDeviceIndex_ListsTheDevices(int index)
     {
-        var e = Assert.Throws<ArgumentOutOfRangeException>(() => new OpenClBackend(index));
+        var e = Assert.Throws<Palm.Gpu.Model.ConfigException>(() => new OpenClBackend(index));
         Assert.Contains($"device index {index} does not exist", e.Message);
         Assert.Contains(fx.Ocl.Device.Name, e.Message);
-        Assert.Throws<ArgumentOutOfRangeException>(() => BackendRegistry.Create("opencl", index));
+        Assert.Throws<Palm.Gpu.Model.ConfigException>(() => BackendRegistry.Create("opencl", index));
     }
 
     [Fact]

@@ -73,8 +73,8 @@ public sealed class OpenClBackend : BackendBase
         if (devices.Count == 0)
             throw new OpenClUnavailableException("the installed OpenCL platforms expose no device");
         if (index < 0 || index >= devices.Count)
-            throw new ArgumentOutOfRangeException(nameof(index),
-                $"OpenCL device index {index} does not exist: {devices.Count} device(s) found, valid indices 0..{devices.Count - 1}: " +
+            throw new Palm.Gpu.Model.ConfigException(
+                $"--device {index}: OpenCL device index {index} does not exist: {devices.Count} device(s) found, valid indices 0..{devices.Count - 1}: " +
                 string.Join("; ", devices.Select((d, i) => $"[{i}] {d}")) + ". Run `palm devices` to list them.");
         return devices[index];
     }
