@@ -238,11 +238,13 @@ public sealed unsafe class MpiJob : IProcessGroup
         }
         catch (MpiException e) when (!_stopping)
         {
-            Lose($"the MPI connection failed ({e.Message}); ending the job; continue with --resume latest");
+            // A broken connection usually means a process died, which the launcher is about to report by pid (its banner
+            // names the dead process; palm's start-up line maps pids to processes): give it that moment before aborting.
+            Lose($"the MPI connection failed ({e.Message}); ending the job; continue with --resume latest", TimeSpan.FromSeconds(3));
         }
     }
 
-    void Lose(string message)
+    void Lose(string message, TimeSpan graceBeforeAbort = default)
     {
         try
         {
@@ -251,6 +253,7 @@ public sealed unsafe class MpiJob : IProcessGroup
         }
         catch (IOException) { }
         _lost = message;
+        if (graceBeforeAbort > TimeSpan.Zero) Thread.Sleep(graceBeforeAbort);
         // MPI_Abort ends every process of the job (the launcher kills them); if it cannot, exit on our own.
         var fallback = new Thread(() => { Thread.Sleep(5000); Environment.Exit(LostPeerExitCode); }) { IsBackground = true };
         fallback.Start();
