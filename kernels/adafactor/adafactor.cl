@@ -107,6 +107,17 @@ inline float factored_u(const float g, const long idx, const int C, __global con
     return g * row_scale * col_scale;
 }
 
+// Pass 1 of one element: the scaled gradient's update u; unfactored, v[idx] takes its new second moment first.
+inline float pass1_u(__global float* v, __global const float* grad, __global const float* vRow, __global const float* vCol,
+                     const float sqrt_mean, const float gs, const float b2, const float e1, const int C, const long idx, const int factored)
+{
+    const float g = grad[idx] * gs;
+    if (factored) return factored_u(g, idx, C, vRow, vCol, sqrt_mean);
+    const float vv = b2 * v[idx] + (1 - b2) * (g * g + e1);
+    v[idx] = vv;
+    return g / sqrt(vv);
+}
+
 // One chunk [start, end) by the work-group: v updated when unfactored; out[0] = Σu², out[1] = Σp², in index order.
 // With ADA_WG 1 (CPU devices, where a work-item is a core's loop) the one work-item walks the chunk itself.
 inline void chunk_pass1(__global REAL* out, __local REAL (*tiles)[2][ADA_WG], __global float* v, __global const float* param,
@@ -117,14 +128,7 @@ inline void chunk_pass1(__global REAL* out, __local REAL (*tiles)[2][ADA_WG], __
 #if ADA_WG == 1
     REAL u2 = 0, p2 = 0;
     for (long idx = start; idx < end; idx++) {
-        const float g = grad[idx] * gs;
-        float u;
-        if (factored) u = factored_u(g, idx, C, vRow, vCol, sqrt_mean);
-        else {
-            const float vv = b2 * v[idx] + (1 - b2) * (g * g + e1);
-            v[idx] = vv;
-            u = g / sqrt(vv);
-        }
+        const float u = pass1_u(v, grad, vRow, vCol, sqrt_mean, gs, b2, e1, C, idx, factored);
         u2 += (REAL)u * u;
         p2 += (REAL)param[idx] * param[idx];
     }
@@ -136,14 +140,7 @@ inline void chunk_pass1(__global REAL* out, __local REAL (*tiles)[2][ADA_WG], __
         const int buf = (int)(t & 1);
         if (base < end && base + lid < end) {
             const long idx = base + lid;
-            const float g = grad[idx] * gs;
-            float u;
-            if (factored) u = factored_u(g, idx, C, vRow, vCol, sqrt_mean);
-            else {
-                const float vv = b2 * v[idx] + (1 - b2) * (g * g + e1);
-                v[idx] = vv;
-                u = g / sqrt(vv);
-            }
+            const float u = pass1_u(v, grad, vRow, vCol, sqrt_mean, gs, b2, e1, C, idx, factored);
             tiles[buf][0][lid] = (REAL)u * u;
             tiles[buf][1][lid] = (REAL)param[idx] * param[idx];
         }

@@ -58,6 +58,15 @@ public static class AttentionKernels
         /// <summary>Shared floats of the dk/dv pass: K, V, dK, dV (BK·K), Q, dO (BQ·K), P, dS (BK·BQ), lse, Δ (BQ).</summary>
         public readonly int KeyGradShared => 4 * KeyTile * K + 2 * QueryTimes * K + 2 * KeyTile * QueryTimes + 2 * QueryTimes;
 
+        /// <summary>Group <paramref name="tile"/> of the forward and dq kernels -> its (b, g), first time t0 and first query head h0.</summary>
+        public readonly void QueryTile(int tile, out int b, out int g, out int t0, out int h0)
+        {
+            int qt = tile % QueryTiles; tile /= QueryTiles;
+            int hc = tile % HeadChunks; tile /= HeadChunks;
+            g = tile % G; b = tile / G;
+            t0 = qt * QueryTimes; h0 = g * HeadsPerKv + hc * HeadsPerTile;
+        }
+
         public readonly long QueryRow(int b, int t, int h) => ((long)(b * T + t) * H + h) * K;
         public readonly long KvRow(int b, int t, int g) => ((long)(b * T + t) * G + g) * K;
         public readonly long LseIndex(int b, int h, int t) => (long)(b * H + h) * T + t;
@@ -69,11 +78,7 @@ public static class AttentionKernels
     public static void Forward(ArrayView<float> output, ArrayView<float> lse, ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, Shape s)
     {
         int lid = Group.IdxX, threads = Group.DimX, K = s.K, R = s.Rows, BK = s.KeyTile, HT = s.HeadsPerTile;
-        int tile = Grid.IdxX;
-        int qt = tile % s.QueryTiles; tile /= s.QueryTiles;
-        int hc = tile % s.HeadChunks; tile /= s.HeadChunks;
-        int g = tile % s.G, b = tile / s.G;
-        int t0 = qt * s.QueryTimes, h0 = g * s.HeadsPerKv + hc * HT;
+        s.QueryTile(Grid.IdxX, out int b, out int g, out int t0, out int h0);
 
         var shared = SharedMemory.GetDynamic<float>();
         var qs = shared.SubView(0, R * K);
@@ -175,11 +180,7 @@ public static class AttentionKernels
                                      ArrayView<float> lse, ArrayView<float> delta, Shape s)
     {
         int lid = Group.IdxX, threads = Group.DimX, K = s.K, R = s.Rows, BK = s.KeyTile, HT = s.HeadsPerTile;
-        int tile = Grid.IdxX;
-        int qt = tile % s.QueryTiles; tile /= s.QueryTiles;
-        int hc = tile % s.HeadChunks; tile /= s.HeadChunks;
-        int g = tile % s.G, b = tile / s.G;
-        int t0 = qt * s.QueryTimes, h0 = g * s.HeadsPerKv + hc * HT;
+        s.QueryTile(Grid.IdxX, out int b, out int g, out int t0, out int h0);
 
         var shared = SharedMemory.GetDynamic<float>();
         var qs = shared.SubView(0, R * K);
