@@ -158,7 +158,7 @@ public class UserErrorTests
         string corpus = Path.Combine(dir, "corpus.txt");
         File.WriteAllText(corpus, string.Concat(Enumerable.Repeat("a line of text that the byte tokenizer turns into tokens. ", 40_000)));
         string mount = CliRunner.TempDir();
-        Assert.Equal(0, Sh($"mount -t tmpfs -o size=1M tmpfs {mount}"));
+        Assert.Equal(0, Shell.Run($"mount -t tmpfs -o size=1M tmpfs {mount}"));
         try
         {
             var r = CliRunner.Run("tokenize", "--data", corpus, "--out", Path.Combine(mount, "corpus.tokens"));
@@ -168,15 +168,8 @@ public class UserErrorTests
         }
         finally
         {
-            Sh($"umount {mount}");
+            Shell.Run($"umount {mount}");
         }
-    }
-
-    static int Sh(string command)
-    {
-        using var p = Process.Start(new ProcessStartInfo("sh", ["-c", command]) { RedirectStandardError = true })!;
-        p.WaitForExit();
-        return p.ExitCode;
     }
 
     [Fact]

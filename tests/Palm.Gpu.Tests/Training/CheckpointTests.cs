@@ -193,7 +193,7 @@ public class CheckpointTests
     {
         Assert.True(Environment.UserName == "root", "this test mounts a 1 MiB tmpfs to fill the disk for real; run the tests as root (./test does on CI)");
         string mount = CliRunner.TempDir();
-        Assert.Equal(0, Sh($"mount -t tmpfs -o size=1M tmpfs {mount}"));
+        Assert.Equal(0, Shell.Run($"mount -t tmpfs -o size=1M tmpfs {mount}"));
         try
         {
             var r = CliRunner.Run("train", "--preset", "tiny", "--steps", "4", "--checkpoint-every", "2", "--out", mount, "--peak-gflops", "100");
@@ -205,14 +205,7 @@ public class CheckpointTests
         }
         finally
         {
-            Sh($"umount {mount}");
+            Shell.Run($"umount {mount}");
         }
-    }
-
-    static int Sh(string command)
-    {
-        using var p = Process.Start(new ProcessStartInfo("sh", ["-c", command]) { RedirectStandardError = true })!;
-        p.WaitForExit();
-        return p.ExitCode;
     }
 }
