@@ -52,6 +52,7 @@ internal static class BenchCommand
         var steps = new Option<int>("--steps") { Description = "timed steps", DefaultValueFactory = _ => 3 };
         var seq = Cli.Seq();
         var block = Cli.Block();
+        block.Description = "parallel (PaLM) or serial blocks; a list (parallel,serial) builds each and steps them in turn in one process, then prints each one's tokens/s and their ratio";
         var attention = Cli.Attention();
         var remat = Cli.Remat();
         var backend = Cli.Backend();
@@ -72,6 +73,22 @@ internal static class BenchCommand
         cmd.SetAction(r => Cli.Run(() =>
         {
             Cli.CheckDevice(r.GetValue(backend)!, r.GetValue(device), r.GetResult(device) is { Implicit: false });
+            if (r.GetValue(block) is { } blocks && blocks.Contains(','))
+            {
+                var names = blocks.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+                if (names.Length < 2 || names.Distinct().Count() != names.Length)
+                    throw new ConfigException($"--block {blocks}: give two or more different blocks to compare, e.g. --block parallel,serial");
+                if (mesh.Parse(r) is not null || r.GetValue(generate))
+                    throw new ConfigException("--block with a list compares training steps on one device; leave out --mesh and --generate");
+                var configs = names.Select(name => shape.Apply(Cli.Resolve(r.GetValue(preset)!, name, r.GetValue(attention), r.GetValue(remat), r.GetValue(seq)), r)).ToList();
+                int cb = r.GetValue(batch), ct = r.GetValue(steps), cw = r.GetValue(warmup);
+                using var cbe = BackendRegistry.Create(r.GetValue(backend)!, r.GetValue(device), r.GetValue(threads));
+                double cpeak = r.GetValue(peak) > 0 ? r.GetValue(peak) : BackendRegistry.MeasurePeakGflops(cbe);
+                var results = StepBenchmark.Interleaved(cbe, configs, cb, cw, ct, cpeak);
+                Console.WriteLine(CompareJson(results, r.GetValue(preset)!));
+                if (!r.GetValue(noTable)) Console.Write(CompareText(results));
+                return 0;
+            }
             var c = shape.Apply(Cli.Resolve(r.GetValue(preset)!, r.GetValue(block), r.GetValue(attention), r.GetValue(remat), r.GetValue(seq)), r);
             int b = r.GetValue(batch), timed = r.GetValue(steps), warm = r.GetValue(warmup), profiled = r.GetValue(profileSteps);
             if (b < 1 || timed < 1 || warm < 0 || profiled < 0) throw new ConfigException("--batch and --steps must be ≥ 1, --warmup and --profile-steps ≥ 0");
@@ -191,6 +208,46 @@ internal static class BenchCommand
             return (data ? "data" : "model", best);
         }
         finally { foreach (var b in buffers) b.Dispose(); }
+    }
+
+    /// <summary>One JSON line for an interleaved comparison: each variant's step times, and tokens/s relative to the last variant.</summary>
+    internal static string CompareJson(IReadOnlyList<StepBenchmarkResult> results, string preset)
+    {
+        var last = results[^1];
+        return JsonSerializer.Serialize(new
+        {
+            bench = "compare", preset, backend = last.Backend, device = last.Device, batch = last.Batch, seq = last.Config.SeqLen,
+            steps = last.StepSeconds.Length, peak_gflops = R(last.PeakGflops, 1),
+            variants = results.Select(x => new
+            {
+                block = x.Config.Block.ToString().ToLowerInvariant(),
+                attention = System.Text.Json.JsonNamingPolicy.SnakeCaseLower.ConvertName(x.Config.Attention.ToString()),
+                remat = x.Config.Rematerialize,
+                step_seconds = R(x.MeanStepSeconds, 4), step_seconds_min = R(x.StepSeconds.Min(), 4), step_seconds_median = R(Median(x.StepSeconds), 4),
+                tokens_per_s = R(x.TokensPerSecond, 1), achieved_gflops = R(x.AchievedGflops, 1), mfu = R(x.Mfu, 4),
+                tokens_per_s_vs_last = R(x.TokensPerSecond / last.TokensPerSecond, 4),
+                median_step_vs_last = R(Median(last.StepSeconds) / Median(x.StepSeconds), 4),
+            }),
+            memory_high_water_bytes = last.Memory.HighWaterBytes,
+        });
+    }
+
+    static string CompareText(IReadOnlyList<StepBenchmarkResult> results)
+    {
+        var last = results[^1];
+        var sb = new System.Text.StringBuilder();
+        sb.AppendLine($"{results.Count} variants stepped in turn, {last.StepSeconds.Length} timed steps each (ratios against {last.Config.Block.ToString().ToLowerInvariant()})");
+        sb.AppendLine($"{"block",-10} {"tokens/s",9} {"mean ms",8} {"median ms",9} {"best ms",8} {"MFU",6} {"tokens/s ×",10} {"median ×",9}");
+        foreach (var x in results)
+            sb.AppendLine($"{x.Config.Block.ToString().ToLowerInvariant(),-10} {x.TokensPerSecond,9:F1} {x.MeanStepSeconds * 1e3,8:F1} {Median(x.StepSeconds) * 1e3,9:F1} {x.StepSeconds.Min() * 1e3,8:F1} " +
+                          $"{100 * x.Mfu,5:F1}% {x.TokensPerSecond / last.TokensPerSecond,10:F3} {Median(last.StepSeconds) / Median(x.StepSeconds),9:F3}");
+        return sb.ToString();
+    }
+
+    static double Median(double[] xs)
+    {
+        var s = xs.Order().ToArray();
+        return s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2;
     }
 
     static double R(double x, int digits) => double.IsFinite(x) ? Math.Round(x, digits) : 0;

@@ -94,4 +94,62 @@ public static class StepBenchmark
                                        ModelMath.TrainingFlopsPerToken(config), peakGflops, prof.Snapshot(), profiledSteps,
                                        profiledSteps > 0 ? profiled / profiledSteps : double.NaN, memory, syncsPerStep);
     }
+
+    /// <summary>
+    /// Several variants of a model (e.g. parallel and serial blocks) built side by side on one backend and stepped in turn
+    /// — round r is one step of each, the first variant first in even rounds and last in odd ones — so that load from
+    /// other processes and the machine's clock drift fall on every variant alike and their ratio is measured in one run.
+    /// No profiled pass; memory is the backend's high-water mark with every variant built.
+    /// </summary>
+    public static IReadOnlyList<StepBenchmarkResult> Interleaved(IBackend backend, IReadOnlyList<ModelConfig> configs, int batch, int warmup, int steps, double peakGflops)
+    {
+        if (batch < 1 || steps < 1 || warmup < 0)
+            throw new ConfigException("--batch and --steps must be ≥ 1, --warmup ≥ 0");
+        if (configs.Count < 2) throw new ArgumentException("Interleaved needs at least two variants; use Run for one", nameof(configs));
+        foreach (var c in configs) c.Validate();
+        long before = Environment.WorkingSet, liveBefore = backend.LiveBytes;
+        backend.ResetHighWater();
+        var models = new List<(PalmModel Model, AdafactorOptimizer Opt)>();
+        try
+        {
+            foreach (var c in configs)
+            {
+                var model = new PalmModel(backend, c, batch);
+                models.Add((model, new AdafactorOptimizer(model, new AdafactorConfig())));
+                model.Initialize(1);
+            }
+            var rng = new SplitMix64(7);
+            var shapes = configs.Select(c => (c.SeqLen, c.Vocab)).Distinct().ToList();
+            if (shapes.Count != 1) throw new ArgumentException("the variants must share sequence length and vocabulary (the same tokens are fed to each)", nameof(configs));
+            int n = batch * configs[0].SeqLen;
+            var inputs = new int[n];
+            var targets = new int[n];
+            for (int i = 0; i < n; i++) { inputs[i] = (int)(rng.Next() % (ulong)configs[0].Vocab); targets[i] = (int)(rng.Next() % (ulong)configs[0].Vocab); }
+
+            var times = configs.Select(_ => new double[steps]).ToArray();
+            var syncs = new long[configs.Count];
+            for (int round = 0; round < warmup + steps; round++)
+                for (int j = 0; j < configs.Count; j++)
+                {
+                    int v = round % 2 == 0 ? j : configs.Count - 1 - j;
+                    var sw = Stopwatch.StartNew();
+                    long syncs0 = backend.HostSyncs;
+                    TrainStep.Run(models[v].Model, models[v].Opt, inputs, targets, batch, round + 1, _ => { });
+                    if (round >= warmup) syncs[v] += backend.HostSyncs - syncs0;
+                    backend.Synchronize();
+                    if (round >= warmup) times[v][round - warmup] = sw.Elapsed.TotalSeconds;
+                }
+
+            var memory = new MemoryUse(backend.HighWaterBytes - liveBefore, models.Sum(m => m.Model.Parameters.Sum(p => p.Value.Bytes)),
+                                       models.Sum(m => m.Model.Parameters.Sum(p => p.Grad.Bytes)), models.Sum(m => m.Opt.StateBytes),
+                                       models.Sum(m => m.Model.ActivationBytes), Math.Max(Process.GetCurrentProcess().PeakWorkingSet64, before));
+            return [.. configs.Select((c, v) => new StepBenchmarkResult(c, batch, models[v].Model.Schema.Count, backend.Name, backend.DeviceName, times[v],
+                                                                        ModelMath.TrainingFlopsPerToken(c), peakGflops, [], 0, double.NaN, memory,
+                                                                        (double)syncs[v] / steps))];
+        }
+        finally
+        {
+            foreach (var (model, opt) in models) { opt.Dispose(); model.Dispose(); }
+        }
+    }
 }

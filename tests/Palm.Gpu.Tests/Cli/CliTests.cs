@@ -210,6 +210,39 @@ public class CliTests
         Assert.Contains("collectives:", r.Stderr);
     }
 
+    // Two blocks in one process, stepped in turn: one JSON line with each variant's rates and the ratio to the last.
+    [Fact]
+    public void BenchWithTwoBlocksStepsBothAndPrintsTheirRatio()
+    {
+        var r = CliRunner.Run("bench", "--preset", "tiny", "--batch", "2", "--block", "parallel,serial", "--steps", "3", "--warmup", "1", "--peak-gflops", "100");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        using var j = JsonDocument.Parse(r.Stdout.Split('\n')[0]);
+        Assert.Equal("compare", j.RootElement.GetProperty("bench").GetString());
+        var variants = j.RootElement.GetProperty("variants").EnumerateArray().ToList();
+        Assert.Equal(["parallel", "serial"], variants.Select(v => v.GetProperty("block").GetString()));
+        foreach (var v in variants)
+        {
+            double tps = v.GetProperty("tokens_per_s").GetDouble(), step = v.GetProperty("step_seconds").GetDouble();
+            Assert.True(tps > 0 && step > 0);
+            Assert.Equal(2 * 32 / step, tps, 0.01 * tps);   // tiny: T 32, batch 2
+            Assert.True(v.GetProperty("step_seconds_min").GetDouble() <= step);
+        }
+        double ratio = variants[0].GetProperty("tokens_per_s").GetDouble() / variants[1].GetProperty("tokens_per_s").GetDouble();
+        Assert.Equal(ratio, variants[0].GetProperty("tokens_per_s_vs_last").GetDouble(), 0.001 * ratio);
+        Assert.Equal(1.0, variants[1].GetProperty("tokens_per_s_vs_last").GetDouble());
+        Assert.Contains("2 variants stepped in turn, 3 timed steps each (ratios against serial)", r.Stdout);
+    }
+
+    [Theory]
+    [InlineData("parallel,parallel")]
+    [InlineData("parallel,")]
+    public void BenchWithABadBlockListSaysHowToWriteIt(string blocks)
+    {
+        var r = CliRunner.Run("bench", "--preset", "tiny", "--block", blocks, "--steps", "1");
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains("give two or more different blocks to compare, e.g. --block parallel,serial", r.Stderr);
+    }
+
     // Multi-query keeps one K/V head: H/G = 2 times fewer cache bytes per token than multi-head at the same width.
     [Fact]
     public void BenchGenerateReportsDecodeSpeedAndCacheBytesPerToken()
