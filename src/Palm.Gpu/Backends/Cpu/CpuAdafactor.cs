@@ -232,6 +232,10 @@ internal static class CpuAdafactor
         var v1mb2 = Vector256.Create(oneMinusB2);
         var ve1 = Vector256.Create(e1);
         long idx = start;
+        // The squares go through memory: the in-order sums are then two chains of plain adds of loaded values,
+        // instead of lane extractions on the chains' critical path.
+        double* sq = stackalloc double[16];
+        double su2 = u2, sp2 = p2;
         fixed (float* pp = param, pg = grad, pv = v)
         {
             for (; idx + 8 <= end; idx += 8)
@@ -243,14 +247,16 @@ internal static class CpuAdafactor
                 var p = Vector256.Load(pp + idx);
                 var (ulo, uhi) = Vector256.Widen(u);
                 var (plo, phi) = Vector256.Widen(p);
-                var su = ulo * ulo;
-                var sp = plo * plo;
-                u2 += su[0]; p2 += sp[0]; u2 += su[1]; p2 += sp[1]; u2 += su[2]; p2 += sp[2]; u2 += su[3]; p2 += sp[3];
-                su = uhi * uhi;
-                sp = phi * phi;
-                u2 += su[0]; p2 += sp[0]; u2 += su[1]; p2 += sp[1]; u2 += su[2]; p2 += sp[2]; u2 += su[3]; p2 += sp[3];
+                (ulo * ulo).Store(sq);
+                (uhi * uhi).Store(sq + 4);
+                (plo * plo).Store(sq + 8);
+                (phi * phi).Store(sq + 12);
+                su2 += sq[0]; sp2 += sq[8]; su2 += sq[1]; sp2 += sq[9]; su2 += sq[2]; sp2 += sq[10]; su2 += sq[3]; sp2 += sq[11];
+                su2 += sq[4]; sp2 += sq[12]; su2 += sq[5]; sp2 += sq[13]; su2 += sq[6]; sp2 += sq[14]; su2 += sq[7]; sp2 += sq[15];
             }
         }
+        u2 = su2;
+        p2 = sp2;
         return idx;
     }
 
