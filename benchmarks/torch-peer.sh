@@ -17,7 +17,7 @@ native_out="$root/.build/torch-peer-native"
 export DOTNET_NOLOGO=1 DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
 
 rounds=2 steps=3 warmup=1 threads="$(nproc)" preset=small batch=4 seq="" check=1 mkl_row=auto
-usage() { sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds|--steps|--warmup|--threads|--preset|--batch|--seq)
