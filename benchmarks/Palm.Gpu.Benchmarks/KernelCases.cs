@@ -68,8 +68,12 @@ public static class KernelCases
 
     public static readonly string[] Suites = ["matmul", "embedding", "layernorm", "rope", "attention", "swiglu", "residual", "cross_entropy", "reduce", "adafactor"];
 
-    /// <summary>Backends of <see cref="BackendRegistry.Names"/> that can be created here (a missing OpenCL driver is reported, not fatal).</summary>
-    public static IReadOnlyList<string> AvailableBackends(TextWriter? log = null)
+    /// <summary>
+    /// Backends of <see cref="BackendRegistry.Names"/> that can be created here (a missing OpenCL driver is reported, not
+    /// fatal). ILGPU's CPU accelerator (what `ilgpu` opens on a machine without a GPU) is a simulator that runs a step in
+    /// minutes, so it is left out unless <paramref name="withSimulators"/> (`--backends ilgpu` asks for it by name).
+    /// </summary>
+    public static IReadOnlyList<string> AvailableBackends(TextWriter? log = null, bool withSimulators = false)
     {
         var ok = new List<string>();
         foreach (var name in BackendRegistry.Names)
@@ -77,6 +81,11 @@ public static class KernelCases
             try
             {
                 using var be = BackendRegistry.Create(name);
+                if (!withSimulators && be is Palm.Gpu.Backends.Ilgpu.IlgpuBackend { IsSimulator: true })
+                {
+                    log?.WriteLine($"backend {name}: only ILGPU's CPU simulator here ({be.DeviceName}); its cases are skipped unless --backends names it");
+                    continue;
+                }
                 ok.Add(name);
             }
             catch (Exception e) when (e is not OutOfMemoryException)

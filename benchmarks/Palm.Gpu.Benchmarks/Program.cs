@@ -29,7 +29,7 @@ for (int i = 0; i < args.Length; i++)
             break;
         case "--backends":
             var wanted = Next().Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-            var present = KernelCases.AvailableBackends(Console.Error);
+            var present = KernelCases.AvailableBackends(Console.Error, withSimulators: true);
             KernelCases.Backends = wanted.Where(w => present.Contains(w) || Skip(w)).ToList();
             break;
         case "--out": outDir = Next(); break;
