@@ -223,10 +223,10 @@ internal static class BenchCommand
                 block = x.Config.Block.ToString().ToLowerInvariant(),
                 attention = System.Text.Json.JsonNamingPolicy.SnakeCaseLower.ConvertName(x.Config.Attention.ToString()),
                 remat = x.Config.Rematerialize,
-                step_seconds = R(x.MeanStepSeconds, 4), step_seconds_min = R(x.StepSeconds.Min(), 4), step_seconds_median = R(Median(x.StepSeconds), 4),
+                step_seconds = R(x.MeanStepSeconds, 4), step_seconds_min = R(x.StepSeconds.Min(), 4), step_seconds_median = R(x.MedianStepSeconds, 4),
                 tokens_per_s = R(x.TokensPerSecond, 1), achieved_gflops = R(x.AchievedGflops, 1), mfu = R(x.Mfu, 4),
                 tokens_per_s_vs_last = R(x.TokensPerSecond / last.TokensPerSecond, 4),
-                median_step_vs_last = R(Median(last.StepSeconds) / Median(x.StepSeconds), 4),
+                median_step_vs_last = R(last.MedianStepSeconds / x.MedianStepSeconds, 4),
             }),
             memory_high_water_bytes = last.Memory.HighWaterBytes,
         });
@@ -239,15 +239,9 @@ internal static class BenchCommand
         sb.AppendLine($"{results.Count} variants stepped in turn, {last.StepSeconds.Length} timed steps each (ratios against {last.Config.Block.ToString().ToLowerInvariant()})");
         sb.AppendLine($"{"block",-10} {"tokens/s",9} {"mean ms",8} {"median ms",9} {"best ms",8} {"MFU",6} {"tokens/s ×",10} {"median ×",9}");
         foreach (var x in results)
-            sb.AppendLine($"{x.Config.Block.ToString().ToLowerInvariant(),-10} {x.TokensPerSecond,9:F1} {x.MeanStepSeconds * 1e3,8:F1} {Median(x.StepSeconds) * 1e3,9:F1} {x.StepSeconds.Min() * 1e3,8:F1} " +
-                          $"{100 * x.Mfu,5:F1}% {x.TokensPerSecond / last.TokensPerSecond,10:F3} {Median(last.StepSeconds) / Median(x.StepSeconds),9:F3}");
+            sb.AppendLine($"{x.Config.Block.ToString().ToLowerInvariant(),-10} {x.TokensPerSecond,9:F1} {x.MeanStepSeconds * 1e3,8:F1} {x.MedianStepSeconds * 1e3,9:F1} {x.StepSeconds.Min() * 1e3,8:F1} " +
+                          $"{100 * x.Mfu,5:F1}% {x.TokensPerSecond / last.TokensPerSecond,10:F3} {last.MedianStepSeconds / x.MedianStepSeconds,9:F3}");
         return sb.ToString();
-    }
-
-    static double Median(double[] xs)
-    {
-        var s = xs.Order().ToArray();
-        return s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2;
     }
 
     static double R(double x, int digits) => double.IsFinite(x) ? Math.Round(x, digits) : 0;

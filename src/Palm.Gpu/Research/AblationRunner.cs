@@ -39,14 +39,7 @@ public sealed record AblationRun(
     /// <summary>Training tokens per second over the whole run (step time only; evaluation excluded).</summary>
     public double TokensPerSecond => Tokens / TrainSeconds;
     /// <summary>Median step time: unlike the total, not moved by a burst of load from other processes.</summary>
-    public double MedianStepSeconds
-    {
-        get
-        {
-            var s = Steps.Select(x => x.StepSeconds).Order().ToArray();
-            return s.Length == 0 ? double.NaN : s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2;
-        }
-    }
+    public double MedianStepSeconds => Statistics.Median(Steps.Select(x => x.StepSeconds));
     /// <summary>Train loss at the end: the mean over the last <see cref="AblationReport.FinalWindow"/> steps (one step's loss is noisy).</summary>
     public double FinalTrainLoss => Steps.Skip(Math.Max(0, Steps.Count - AblationReport.FinalWindow(Steps.Count))).Average(s => s.Loss);
 }

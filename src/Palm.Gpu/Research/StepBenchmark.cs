@@ -21,6 +21,7 @@ public sealed record StepBenchmarkResult(
 {
     public long TokensPerStep => (long)Batch * Config.SeqLen;
     public double MeanStepSeconds => StepSeconds.Average();
+    public double MedianStepSeconds => Statistics.Median(StepSeconds);
     public double TokensPerSecond => TokensPerStep / MeanStepSeconds;
     public double AchievedGflops => TokensPerSecond * FlopsPerToken / 1e9;
     public double Mfu => AchievedGflops / PeakGflops;
@@ -49,11 +50,7 @@ public static class StepBenchmark
         using var model = new PalmModel(backend, config, batch);
         model.Initialize(1);
         using var opt = new AdafactorOptimizer(model, new AdafactorConfig());
-        var rng = new SplitMix64(7);
-        int n = batch * config.SeqLen;
-        var inputs = new int[n];
-        var targets = new int[n];
-        for (int i = 0; i < n; i++) { inputs[i] = (int)(rng.Next() % (ulong)config.Vocab); targets[i] = (int)(rng.Next() % (ulong)config.Vocab); }
+        var (inputs, targets) = RandomBatch(config, batch);
 
         long k = 0, syncs = 0;
         double Step()
@@ -107,6 +104,8 @@ public static class StepBenchmark
             throw new ConfigException("--batch and --steps must be ≥ 1, --warmup ≥ 0");
         if (configs.Count < 2) throw new ArgumentException("Interleaved needs at least two variants; use Run for one", nameof(configs));
         foreach (var c in configs) c.Validate();
+        if (configs.Select(c => (c.SeqLen, c.Vocab)).Distinct().Count() != 1)
+            throw new ArgumentException("the variants must share sequence length and vocabulary (the same tokens are fed to each)", nameof(configs));
         long before = Environment.WorkingSet, liveBefore = backend.LiveBytes;
         backend.ResetHighWater();
         var models = new List<(PalmModel Model, AdafactorOptimizer Opt)>();
@@ -118,13 +117,7 @@ public static class StepBenchmark
                 models.Add((model, new AdafactorOptimizer(model, new AdafactorConfig())));
                 model.Initialize(1);
             }
-            var rng = new SplitMix64(7);
-            var shapes = configs.Select(c => (c.SeqLen, c.Vocab)).Distinct().ToList();
-            if (shapes.Count != 1) throw new ArgumentException("the variants must share sequence length and vocabulary (the same tokens are fed to each)", nameof(configs));
-            int n = batch * configs[0].SeqLen;
-            var inputs = new int[n];
-            var targets = new int[n];
-            for (int i = 0; i < n; i++) { inputs[i] = (int)(rng.Next() % (ulong)configs[0].Vocab); targets[i] = (int)(rng.Next() % (ulong)configs[0].Vocab); }
+            var (inputs, targets) = RandomBatch(configs[0], batch);
 
             var times = configs.Select(_ => new double[steps]).ToArray();
             var syncs = new long[configs.Count];
@@ -151,5 +144,16 @@ public static class StepBenchmark
         {
             foreach (var (model, opt) in models) { opt.Dispose(); model.Dispose(); }
         }
+    }
+
+    /// <summary>The benchmark's tokens: uniform ids in [0, V) for inputs and targets, the same for every run (seed 7).</summary>
+    static (int[] Inputs, int[] Targets) RandomBatch(ModelConfig config, int batch)
+    {
+        var rng = new SplitMix64(7);
+        int n = batch * config.SeqLen;
+        var inputs = new int[n];
+        var targets = new int[n];
+        for (int i = 0; i < n; i++) { inputs[i] = (int)(rng.Next() % (ulong)config.Vocab); targets[i] = (int)(rng.Next() % (ulong)config.Vocab); }
+        return (inputs, targets);
     }
 }

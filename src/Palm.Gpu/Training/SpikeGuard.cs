@@ -52,12 +52,12 @@ public sealed class SpikeDetector(SpikeGuardConfig config)
         if (!double.IsFinite(loss)) return new SpikeVerdict($"non-finite loss {loss}", double.NaN, double.NaN);
         if (!double.IsFinite(gradNorm)) return new SpikeVerdict($"non-finite gradient norm {gradNorm}", double.NaN, double.NaN);
         if (_losses.Count < config.MinHistory) return null;
-        double median = Median(_losses);
-        double mad = 1.4826 * Median(_losses.Select(x => Math.Abs(x - median)).ToList());
+        double median = Statistics.Median(_losses);
+        double mad = 1.4826 * Statistics.Median(_losses.Select(x => Math.Abs(x - median)));
         double threshold = Math.Max(median + config.MadThreshold * mad, median * (1 + config.MinRelativeRise));
         if (loss > threshold)
             return new SpikeVerdict($"loss {loss:F4} above {threshold:F4} (median {median:F4} + {config.MadThreshold}·MAD {mad:F4})", median, threshold);
-        double gMedian = Median(_gradNorms);
+        double gMedian = Statistics.Median(_gradNorms);
         if (gradNorm > config.GradNormFactor * gMedian)
             return new SpikeVerdict($"gradient norm {gradNorm:G4} above {config.GradNormFactor}× its median {gMedian:G4}", gMedian, config.GradNormFactor * gMedian);
         return null;
@@ -75,12 +75,5 @@ public sealed class SpikeDetector(SpikeGuardConfig config)
     {
         _losses.Clear(); _gradNorms.Clear();
         _losses.AddRange(losses); _gradNorms.AddRange(gradNorms);
-    }
-
-    static double Median(List<double> xs)
-    {
-        var s = xs.Order().ToArray();
-        int n = s.Length;
-        return n % 2 == 1 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
     }
 }
