@@ -631,47 +631,39 @@ internal static unsafe partial class CpuMatmul
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Transpose6x8(float* src, long ldSrc, float* dst)
     {
-        var r0 = Avx.LoadVector256(src);
-        var r1 = Avx.LoadVector256(src + ldSrc);
-        var r2 = Avx.LoadVector256(src + 2 * ldSrc);
-        var r3 = Avx.LoadVector256(src + 3 * ldSrc);
         var r4 = Avx.LoadVector256(src + 4 * ldSrc);
         var r5 = Avx.LoadVector256(src + 5 * ldSrc);
-        // As Transpose8x8 with lines 6 and 7 absent (their lanes are never stored whole).
-        var t0 = Avx.UnpackLow(r0, r1); var t1 = Avx.UnpackHigh(r0, r1);
-        var t2 = Avx.UnpackLow(r2, r3); var t3 = Avx.UnpackHigh(r2, r3);
-        var t4 = Avx.UnpackLow(r4, r5); var t5 = Avx.UnpackHigh(r4, r5);
-        var u0 = Avx.Shuffle(t0, t2, 0x44); var u1 = Avx.Shuffle(t0, t2, 0xEE);
-        var u2 = Avx.Shuffle(t1, t3, 0x44); var u3 = Avx.Shuffle(t1, t3, 0xEE);
-        var u4 = Avx.Shuffle(t4, t4, 0x44); var u5 = Avx.Shuffle(t4, t4, 0xEE);
-        var u6 = Avx.Shuffle(t5, t5, 0x44); var u7 = Avx.Shuffle(t5, t5, 0xEE);
+        // Lines 6 and 7 are absent: lines 4 and 5 stand in, and lanes 6–7 of every row are never kept.
+        Transpose8(Avx.LoadVector256(src), Avx.LoadVector256(src + ldSrc), Avx.LoadVector256(src + 2 * ldSrc),
+                   Avx.LoadVector256(src + 3 * ldSrc), r4, r5, r4, r5,
+                   out var o0, out var o1, out var o2, out var o3, out var o4, out var o5, out var o6, out var o7);
         // Row j holds p0 + j's 6 values in lanes 0–5; each 8-wide store's last 2 lanes are overwritten by the next row,
         // and the last row is stored as 4 + 2 so nothing is written past the 48 floats.
-        Avx.Store(dst, Avx.Permute2x128(u0, u4, 0x20));
-        Avx.Store(dst + 6, Avx.Permute2x128(u1, u5, 0x20));
-        Avx.Store(dst + 12, Avx.Permute2x128(u2, u6, 0x20));
-        Avx.Store(dst + 18, Avx.Permute2x128(u3, u7, 0x20));
-        Avx.Store(dst + 24, Avx.Permute2x128(u0, u4, 0x31));
-        Avx.Store(dst + 30, Avx.Permute2x128(u1, u5, 0x31));
-        Avx.Store(dst + 36, Avx.Permute2x128(u2, u6, 0x31));
-        var last = Avx.Permute2x128(u3, u7, 0x31);
-        Sse.Store(dst + 42, last.GetLower());
-        Sse.StoreLow(dst + 46, last.GetUpper());
+        Avx.Store(dst, o0); Avx.Store(dst + 6, o1); Avx.Store(dst + 12, o2); Avx.Store(dst + 18, o3);
+        Avx.Store(dst + 24, o4); Avx.Store(dst + 30, o5); Avx.Store(dst + 36, o6);
+        Sse.Store(dst + 42, o7.GetLower());
+        Sse.StoreLow(dst + 46, o7.GetUpper());
     }
 
     /// <summary>dst[j·ldDst + i] = src[i·ldSrc + j] for i, j in [0, 8).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Transpose8x8(float* src, long ldSrc, float* dst, long ldDst)
     {
-        var r0 = Avx.LoadVector256(src);
-        var r1 = Avx.LoadVector256(src + ldSrc);
-        var r2 = Avx.LoadVector256(src + 2 * ldSrc);
-        var r3 = Avx.LoadVector256(src + 3 * ldSrc);
-        var r4 = Avx.LoadVector256(src + 4 * ldSrc);
-        var r5 = Avx.LoadVector256(src + 5 * ldSrc);
-        var r6 = Avx.LoadVector256(src + 6 * ldSrc);
-        var r7 = Avx.LoadVector256(src + 7 * ldSrc);
-        // Interleave pairs of lines, then pairs of pairs, then swap 128-bit halves.
+        Transpose8(Avx.LoadVector256(src), Avx.LoadVector256(src + ldSrc), Avx.LoadVector256(src + 2 * ldSrc),
+                   Avx.LoadVector256(src + 3 * ldSrc), Avx.LoadVector256(src + 4 * ldSrc), Avx.LoadVector256(src + 5 * ldSrc),
+                   Avx.LoadVector256(src + 6 * ldSrc), Avx.LoadVector256(src + 7 * ldSrc),
+                   out var o0, out var o1, out var o2, out var o3, out var o4, out var o5, out var o6, out var o7);
+        Avx.Store(dst, o0); Avx.Store(dst + ldDst, o1); Avx.Store(dst + 2 * ldDst, o2); Avx.Store(dst + 3 * ldDst, o3);
+        Avx.Store(dst + 4 * ldDst, o4); Avx.Store(dst + 5 * ldDst, o5); Avx.Store(dst + 6 * ldDst, o6); Avx.Store(dst + 7 * ldDst, o7);
+    }
+
+    /// <summary>o_j lane i = r_i lane j: interleave pairs of lines, then pairs of pairs, then swap 128-bit halves.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Transpose8(Vector256<float> r0, Vector256<float> r1, Vector256<float> r2, Vector256<float> r3,
+                                   Vector256<float> r4, Vector256<float> r5, Vector256<float> r6, Vector256<float> r7,
+                                   out Vector256<float> o0, out Vector256<float> o1, out Vector256<float> o2, out Vector256<float> o3,
+                                   out Vector256<float> o4, out Vector256<float> o5, out Vector256<float> o6, out Vector256<float> o7)
+    {
         var t0 = Avx.UnpackLow(r0, r1); var t1 = Avx.UnpackHigh(r0, r1);
         var t2 = Avx.UnpackLow(r2, r3); var t3 = Avx.UnpackHigh(r2, r3);
         var t4 = Avx.UnpackLow(r4, r5); var t5 = Avx.UnpackHigh(r4, r5);
@@ -680,14 +672,10 @@ internal static unsafe partial class CpuMatmul
         var u2 = Avx.Shuffle(t1, t3, 0x44); var u3 = Avx.Shuffle(t1, t3, 0xEE);
         var u4 = Avx.Shuffle(t4, t6, 0x44); var u5 = Avx.Shuffle(t4, t6, 0xEE);
         var u6 = Avx.Shuffle(t5, t7, 0x44); var u7 = Avx.Shuffle(t5, t7, 0xEE);
-        Avx.Store(dst, Avx.Permute2x128(u0, u4, 0x20));
-        Avx.Store(dst + ldDst, Avx.Permute2x128(u1, u5, 0x20));
-        Avx.Store(dst + 2 * ldDst, Avx.Permute2x128(u2, u6, 0x20));
-        Avx.Store(dst + 3 * ldDst, Avx.Permute2x128(u3, u7, 0x20));
-        Avx.Store(dst + 4 * ldDst, Avx.Permute2x128(u0, u4, 0x31));
-        Avx.Store(dst + 5 * ldDst, Avx.Permute2x128(u1, u5, 0x31));
-        Avx.Store(dst + 6 * ldDst, Avx.Permute2x128(u2, u6, 0x31));
-        Avx.Store(dst + 7 * ldDst, Avx.Permute2x128(u3, u7, 0x31));
+        o0 = Avx.Permute2x128(u0, u4, 0x20); o1 = Avx.Permute2x128(u1, u5, 0x20);
+        o2 = Avx.Permute2x128(u2, u6, 0x20); o3 = Avx.Permute2x128(u3, u7, 0x20);
+        o4 = Avx.Permute2x128(u0, u4, 0x31); o5 = Avx.Permute2x128(u1, u5, 0x31);
+        o6 = Avx.Permute2x128(u2, u6, 0x31); o7 = Avx.Permute2x128(u3, u7, 0x31);
     }
 
     // ---- micro-kernels ---------------------------------------------------------------------------
