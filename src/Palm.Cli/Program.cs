@@ -46,6 +46,9 @@ try
 catch (Palm.Gpu.Model.ConfigException e)
 {
     if (speaks) (job?.ErrorOut ?? Console.Error).WriteLine($"palm: error: {e.Message}");
+    // With a job, the error came from CheckSameCommand and every process has it: all wait until process 0 has
+    // printed, since the launcher kills the rest as soon as one exits with an error.
+    job?.Finish();
     return 2;
 }
 int status = parsed.Invoke();
