@@ -24,6 +24,8 @@ public sealed record GemmShape(string Name, int M, int N, int K, bool TransA = f
 public class GemmBenchmarks
 {
     private const int Rows = 2048, D = 512, F = 2048, V = 8192;
+    /// <summary>The fused parallel block's widths: input [Wq | Wk | Wv | Wgate | Wup] (multi-query: one K and V head of 64), output [Wo ; Wdown].</summary>
+    private const int FusedIn = D + 2 * 64 + 2 * F, FusedOut = D + F;
 
     public static IEnumerable<GemmShape> Shapes() => new[]
     {
@@ -39,6 +41,13 @@ public class GemmBenchmarks
         new GemmShape("dWqkv+=xᵀ·dy (N,D)ᵀ(N,D)", D, D, Rows, TransA: true),
         new GemmShape("dh=dlogits·E (N,V)(V,D)", Rows, D, V),
         new GemmShape("dE+=dlogitsᵀ·h (N,V)ᵀ(N,D)", V, D, Rows, TransA: true),
+        // The fused parallel block's six calls per layer (the model runs these, not the unfused ones above).
+        new GemmShape("fused x·Win (N,D)(D,Fin)", Rows, FusedIn, D),
+        new GemmShape("fused u·Wout (N,Fo)(Fo,D)", Rows, D, FusedOut),
+        new GemmShape("fused dx=dy·Winᵀ", Rows, D, FusedIn, TransB: true),
+        new GemmShape("fused du=dy·Woutᵀ", Rows, FusedOut, D, TransB: true),
+        new GemmShape("fused dWin+=xᵀ·dy", D, FusedIn, Rows, TransA: true),
+        new GemmShape("fused dWout+=uᵀ·dy", FusedOut, D, Rows, TransA: true),
     };
 
     [ParamsSource(nameof(Shapes))]
@@ -97,13 +106,43 @@ public class GemmBenchmarks
         return stats is null ? double.NaN : ShapeOf(bc).Flops / stats.Mean; // FLOP per ns = GFLOP/s
     }
 
-    /// <summary>Best seconds of a few timed calls (at least 3, up to 20 or ~1.5 s).</summary>
-    internal static double BestSeconds(Action call)
+    /// <summary>One shape timed with our GEMM and with OpenBLAS (NaN when absent), back to back on the same data.</summary>
+    public sealed record Comparison(GemmShape Shape, double OursSeconds, double OpenBlasSeconds);
+
+    /// <summary>
+    /// Ours and OpenBLAS timed in alternating blocks (3 rounds of each, at least 3 calls or ~150 ms a block), the best
+    /// call of each, so that load from other processes on the machine falls on both alike. Blocks, not single calls
+    /// in turn: OpenBLAS's idle threads keep spinning for a while after a call (THREAD_TIMEOUT, about 0.1 s), and a
+    /// call of ours made during that time shares a core with them (on 2 cores our median call then ran at 65–90% of
+    /// its best). Each block starts after <see cref="SettleMs"/> with the other library idle.
+    /// </summary>
+    public static IEnumerable<Comparison> Compare(int threads, string match = "")
     {
+        foreach (var shape in Shapes().Where(s => s.Name.Contains(match, StringComparison.OrdinalIgnoreCase)))
+        {
+            var bench = new GemmBenchmarks { Shape = shape, Threads = threads };
+            bench.Setup();
+            double ours = double.MaxValue, blas = OpenBlas.Available ? double.MaxValue : double.NaN;
+            for (int round = 0; round < 3; round++)
+            {
+                ours = Math.Min(ours, Block(bench.Matmul));
+                if (OpenBlas.Available) blas = Math.Min(blas, Block(bench.OpenBlasSgemm));
+            }
+            yield return new Comparison(shape, ours, blas);
+        }
+    }
+
+    /// <summary>How long a block waits first, for the other library's threads to go idle.</summary>
+    const int SettleMs = 250;
+
+    /// <summary>One untimed call, then the best of at least 3 timed calls (up to 10 or ~150 ms).</summary>
+    static double Block(Action call)
+    {
+        Thread.Sleep(SettleMs);
         call();
         double best = double.MaxValue;
         var clock = Stopwatch.StartNew();
-        for (int rep = 0; rep < 20 && (rep < 3 || clock.ElapsedMilliseconds < 1500); rep++)
+        for (int rep = 0; rep < 10 && (rep < 3 || clock.ElapsedMilliseconds < 150); rep++)
         {
             long t0 = Stopwatch.GetTimestamp();
             call();
@@ -112,49 +151,18 @@ public class GemmBenchmarks
         return best;
     }
 
-    /// <summary>One shape timed with our GEMM and with OpenBLAS (NaN when absent), back to back on the same data.</summary>
-    public sealed record Comparison(GemmShape Shape, double OursSeconds, double OpenBlasSeconds);
-
-    /// <summary>
-    /// Ours and OpenBLAS called alternately (at least 4 rounds, up to 12 or ~2 s per shape), the best call of each,
-    /// so that load from other processes on the machine falls on both alike.
-    /// </summary>
-    public static IEnumerable<Comparison> Compare(int threads)
-    {
-        foreach (var shape in Shapes())
-        {
-            var bench = new GemmBenchmarks { Shape = shape, Threads = threads };
-            bench.Setup();
-            bench.Matmul();
-            if (OpenBlas.Available) bench.OpenBlasSgemm();
-            double ours = double.MaxValue, blas = OpenBlas.Available ? double.MaxValue : double.NaN;
-            var clock = Stopwatch.StartNew();
-            for (int round = 0; round < 12 && (round < 4 || clock.ElapsedMilliseconds < 2000); round++)
-            {
-                long t0 = Stopwatch.GetTimestamp();
-                bench.Matmul();
-                ours = Math.Min(ours, Stopwatch.GetElapsedTime(t0).TotalSeconds);
-                if (!OpenBlas.Available) continue;
-                t0 = Stopwatch.GetTimestamp();
-                bench.OpenBlasSgemm();
-                blas = Math.Min(blas, Stopwatch.GetElapsedTime(t0).TotalSeconds);
-            }
-            yield return new Comparison(shape, ours, blas);
-        }
-    }
-
     /// <summary>
     /// A quick table without BenchmarkDotNet (best of a few timed calls per shape) for tuning:
-    /// `dotnet run -c Release --project benchmarks/Palm.Gpu.Benchmarks -- gemm-quick [threads]`.
+    /// `dotnet run -c Release --project benchmarks/Palm.Gpu.Benchmarks -- gemm-quick [threads] [match]`.
     /// </summary>
-    public static void Quick(int threads)
+    public static void Quick(int threads, string match = "")
     {
         double peak = CpuPeak.MeasureGflops(threads);
         Console.WriteLine($"fp32 peak on {threads} thread(s): {peak:F1} GFLOP/s ({CpuMatmul.BestPath}, {CpuPeak.Lanes} lanes)");
         Console.WriteLine(OpenBlas.Description);
         Console.WriteLine($"our GEMM: {GemmTuner.For(threads).Description}");
         Console.WriteLine($"{"shape",-32} {"M×N×K",-17} {"ours ms",8} {"GFLOP/s",8} {"% peak",6}   {"OpenBLAS ms",11} {"GFLOP/s",8} {"% peak",6}  ours/OpenBLAS");
-        foreach (var r in Compare(threads))
+        foreach (var r in Compare(threads, match))
         {
             double ours = r.Shape.Flops / r.OursSeconds / 1e9, blas = r.Shape.Flops / r.OpenBlasSeconds / 1e9;
             Console.WriteLine($"{r.Shape.Name,-32} {$"{r.Shape.M}×{r.Shape.N}×{r.Shape.K}",-17} {r.OursSeconds * 1e3,8:F2} {ours,8:F1} {100 * ours / peak,5:F0}%   " +

@@ -8,7 +8,8 @@ using Palm.Gpu.Benchmarks;
 //   --shapes small,palm-8b-layer   which model shapes the kernel suites use (default both)
 //   --backends cpu,opencl          which backends (default every one that can be created here)
 // Verbs:
-//   gemm-quick [threads]           a fast GFLOP/s table of our GEMM vs OpenBLAS, without BenchmarkDotNet
+//   gemm-quick [threads] [match]   a fast GFLOP/s table of our GEMM vs OpenBLAS, without BenchmarkDotNet (only the
+//                                  shapes whose name contains match, e.g. "fused", when given)
 //   attention-quick [threads] [rounds]  a fast GFLOP/s table of the CPU attention kernels beside a GEMM peer
 //   board [--out DIR] [--machine NAME] [--preset P] [--batch B] [--seq T] [--passes N]
 //                                  regenerate the results board DIR/NAME.md (default benchmarks/results/<cpu>-<cores>c.md)
@@ -50,7 +51,7 @@ static bool Skip(string backend)
 
 if (rest.Count > 0 && rest[0] == "gemm-quick")
 {
-    GemmBenchmarks.Quick(rest.Count > 1 ? int.Parse(rest[1]) : Environment.ProcessorCount);
+    GemmBenchmarks.Quick(rest.Count > 1 ? int.Parse(rest[1]) : Environment.ProcessorCount, rest.Count > 2 ? rest[2] : "");
     return;
 }
 if (rest.Count > 0 && rest[0] == "attention-quick")

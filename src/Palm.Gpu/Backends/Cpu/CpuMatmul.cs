@@ -24,7 +24,8 @@ namespace Palm.Gpu.Backends.Cpu;
 // Loops, outer to inner:
 //   jc  N in blocks of NC columns   the packed B panel (KC × NC) sits in L3, shared by every thread
 //   pc  K in blocks of KC           KC depends on K alone, so each C element sums K in one fixed order
-//   items (MC rows × NR slivers)    the parallel unit: packs its A block (MC × KC, stays in L2), owns those C tiles
+//   items (MC rows × NR slivers)    the parallel unit: packs its A block (MC × KC, stays in L2), owns those C tiles;
+//                                   the first item to need a chunk of 8 B slivers packs it (one parallel loop per pc)
 //   jr, ir  MR × NR micro-tiles     the micro-kernel keeps the tile in registers and runs kc FMAs per element
 // Packing turns the four transpose cases into one layout (A: MR rows interleaved per k; B: NR columns per k),
 // zero-padded at the edges, so the micro-kernel never looks at M, N, the transposes or the pieces.
@@ -207,6 +208,18 @@ internal sealed unsafe class GemmOutput
         return true;
     }
 
+    /// <summary>
+    /// Where column j0 of every row lies when columns [j0, j0 + cols) sit in one piece that spans all of M (C whole or
+    /// split along N): tile (i0, j0) is then at the result + i0·ldc. Null when C is split along M or the columns straddle.
+    /// </summary>
+    public float* ColumnBase(int j0, int cols, out long ldc)
+    {
+        int i = _ptr.Length == 1 ? 0 : _alongN ? PieceAt(j0) : -1;
+        if (i < 0 || (_alongN && j0 + cols > _start[i + 1])) { ldc = 0; return null; }
+        ldc = _ld[i];
+        return (float*)_ptr[i] + (_alongN ? j0 - _start[i] : j0);
+    }
+
     /// <summary>Merges a computed tile (scratch, ldScratch apart) into the live rows × cols of C at (i0, j0), piece by piece.</summary>
     public void Merge(float* scratch, int ldScratch, int i0, int j0, int rows, int cols, float alpha, bool overwrite)
     {
@@ -381,6 +394,9 @@ internal static unsafe partial class CpuMatmul
             MPanels = mPanels, MItems = mItems, A = a, B = b, C = c,
         };
         float* packB = PackBuffer.ForB((long)kcBlock * ncMax);
+        // Which B chunks of the current step are packed: stamps, so the array is never cleared (see Job.Chunks).
+        var chunks = new int[((ncMax + nr - 1) / nr + SliversPerChunk - 1) / SliversPerChunk];
+        int stepIndex = 0;
 
         for (int jc = 0; jc < n; jc += ncMax)
         {
@@ -397,10 +413,9 @@ internal static unsafe partial class CpuMatmul
                 var step = job with
                 {
                     Jc = jc, Nc = nc, Pc = pc, Kc = kc, Overwrite = pc == 0 && !accumulate,
-                    Slivers = slivers, Groups = groups, PackedB = (nint)packB,
+                    Slivers = slivers, Groups = groups, PackedB = (nint)packB, Chunks = chunks, Step = ++stepIndex,
                 };
-                // Pack the B panel, 8 slivers per chunk, then compute every item against it.
-                CpuParallel.ForChunks(workers, slivers, 8, (s0, s1) => step.PackBSlivers((int)s0, (int)s1));
+                // One parallel loop per step: the B panel is packed a chunk at a time by the first item that needs it.
                 CpuParallel.For(workers, mItems * groups, item => step.ComputeItem(item));
             }
         }
@@ -419,6 +434,9 @@ internal static unsafe partial class CpuMatmul
         if (blocking.Kc < 1 || blocking.McPanels < 1 || blocking.Nc < 1) throw new ArgumentOutOfRangeException(nameof(blocking), $"matmul: blocking sizes must be ≥ 1, got {blocking}");
     }
 
+    /// <summary>B slivers packed together, by one item: 8 keep each source row's run ≥ 512 bytes (see GemmOperand.PackPanels).</summary>
+    private const int SliversPerChunk = 8;
+
     /// <summary>One (jc, pc) step of a GEMM: everything a work item needs, passed by value to the workers.</summary>
     private record struct Job
     {
@@ -431,13 +449,13 @@ internal static unsafe partial class CpuMatmul
         public nint PackedB;
         public GemmOperand A, B;
         public GemmOutput C;
-
-        /// <summary>Packs B slivers [s0, s1) of this panel: sliver s holds op(B)[pc.., jc + s·NR ..] as kc rows of NR floats.</summary>
-        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        public readonly void PackBSlivers(int s0, int s1)
-        {
-            B.PackPanels((float*)PackedB + (long)s0 * Nr * Kc, Jc + s0 * Nr, s1 - s0, Nr, N, Pc, Kc);
-        }
+        /// <summary>
+        /// Per chunk of SliversPerChunk B slivers: 2·Step − 1 while an item packs it, 2·Step once packed, less before.
+        /// The first item to need a chunk packs it, just before its own first use, so the panel is not written out
+        /// in a pass of its own and read back, and no worker waits at a barrier between packing and computing.
+        /// </summary>
+        public int[] Chunks;
+        public int Step;
 
         /// <summary>Packs one A block into this thread's buffer and updates the C tiles it meets in its sliver group.</summary>
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -449,12 +467,56 @@ internal static unsafe partial class CpuMatmul
             int panels = (int)((long)(mItem + 1) * MPanels / MItems) - panel0;
             int row0 = panel0 * Mr;
             int s0 = (int)((long)group * Slivers / Groups), s1 = (int)((long)(group + 1) * Slivers / Groups);
-            long panelSize = (long)Mr * Kc;
-            float* packA = PackBuffer.ForA(panels * panelSize);
-            float* scratch = stackalloc float[MaxTile];
+            float* packA = PackBuffer.ForA(panels * (long)Mr * Kc);
 
             A.PackPanels(packA, row0, panels, Mr, M, Pc, Kc);
 
+            // The group's slivers a chunk at a time. A chunk another worker is packing is left for later, not waited on.
+            int c0 = s0 / SliversPerChunk, c1 = (s1 - 1) / SliversPerChunk;
+            Span<int> later = stackalloc int[c1 - c0 + 1];
+            int deferred = 0;
+            for (int c = c0; c <= c1; c++)
+            {
+                if (!Packed(c) && !TryPack(c)) { later[deferred++] = c; continue; }
+                ComputeChunk(packA, panels, row0, s0, s1, c);
+            }
+            for (int d = 0; d < deferred; d++)
+            {
+                int c = later[d];
+                var spin = new SpinWait();
+                while (!Packed(c)) spin.SpinOnce(sleep1Threshold: -1);
+                ComputeChunk(packA, panels, row0, s0, s1, c);
+            }
+        }
+
+        /// <summary>The group's slivers [s0, s1) that lie in chunk c; the next chunk's first sliver is prefetched if it is packed.</summary>
+        readonly void ComputeChunk(float* packA, int panels, int row0, int s0, int s1, int c)
+        {
+            int first = Math.Max(s0, c * SliversPerChunk), end = Math.Min(s1, (c + 1) * SliversPerChunk);
+            int prefetchEnd = end < s1 && Packed(c + 1) ? end + 1 : end;
+            Compute(packA, panels, row0, first, end, prefetchEnd);
+        }
+
+        readonly bool Packed(int chunk) => Volatile.Read(ref Chunks[chunk]) == 2 * Step;
+
+        /// <summary>Packs the chunk if no other item has started on it; true once it is packed.</summary>
+        readonly bool TryPack(int chunk)
+        {
+            int seen = Volatile.Read(ref Chunks[chunk]);
+            if (seen >= 2 * Step - 1 || Interlocked.CompareExchange(ref Chunks[chunk], 2 * Step - 1, seen) != seen) return false;
+            // Sliver s holds op(B)[pc.., jc + s·NR ..] as kc rows of NR floats.
+            int first = chunk * SliversPerChunk, count = Math.Min(SliversPerChunk, Slivers - first);
+            B.PackPanels((float*)PackedB + (long)first * Nr * Kc, Jc + first * Nr, count, Nr, N, Pc, Kc);
+            Volatile.Write(ref Chunks[chunk], 2 * Step);
+            return true;
+        }
+
+        /// <summary>The C tiles of the A block's panels against B slivers [s0, s1), prefetching slivers below prefetchEnd.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        readonly void Compute(float* packA, int panels, int row0, int s0, int s1, int prefetchEnd)
+        {
+            long panelSize = (long)Mr * Kc;
+            float* scratch = stackalloc float[MaxTile];
             // The packed B panel is larger than L2 and each sliver is read from L3 as the first panel starts on it, a new
             // line every few FMAs. While this sliver's panels run, the next sliver is asked for into L2, a share per
             // panel. (Measured on Zen 3, 512 KiB L2: the micro-kernel went from 84–89% to 90–92% of peak.)
@@ -464,7 +526,9 @@ internal static unsafe partial class CpuMatmul
                 int j0 = Jc + s * Nr;
                 int cols = Math.Min(Nr, N - j0);
                 float* sliver = (float*)PackedB + (long)s * Nr * Kc;
-                float* nextSliver = s + 1 < s1 && Sse.IsSupported ? sliver + (long)Nr * Kc : null;
+                float* nextSliver = s + 1 < prefetchEnd && Sse.IsSupported ? sliver + (long)Nr * Kc : null;
+                long columnLd = 0;
+                float* column = cols == Nr ? C.ColumnBase(j0, Nr, out columnLd) : null;
                 for (int ir = 0; ir < panels; ir++)
                 {
                     int i0 = row0 + ir * Mr;
@@ -473,7 +537,11 @@ internal static unsafe partial class CpuMatmul
                     if (nextSliver != null)
                         for (int l = ir * linesPerPanel, end = Math.Min(sliverLines, l + linesPerPanel); l < end; l++)
                             Sse.Prefetch1(nextSliver + l * 16);
-                    if (rows == Mr && cols == Nr && C.TryTile(i0, j0, Mr, Nr, out float* tile, out long ldc))
+                    if (rows == Mr && column != null)
+                    {
+                        MicroKernel(Path, Kc, panel, sliver, column + i0 * columnLd, columnLd, Alpha, Overwrite);
+                    }
+                    else if (rows == Mr && cols == Nr && C.TryTile(i0, j0, Mr, Nr, out float* tile, out long ldc))
                     {
                         MicroKernel(Path, Kc, panel, sliver, tile, ldc, Alpha, Overwrite);
                     }
