@@ -16,7 +16,14 @@ internal static class CpuParallel
             for (int i = 0; i < count; i++) body(i);
             return;
         }
-        Parallel.For(0, count, new ParallelOptions { MaxDegreeOfParallelism = threads }, body);
+        // Each worker claims one index at a time. Parallel.For over the indices themselves hands out ranges, and a worker
+        // that joined late found the caller had taken most of a short loop: the small preset's attention backward (4
+        // equal items) took 3/4 of its one-thread time on 2 threads.
+        int workers = Math.Min(threads, count), next = -1;
+        Parallel.For(0, workers, new ParallelOptions { MaxDegreeOfParallelism = workers }, _ =>
+        {
+            for (int i; (i = Interlocked.Increment(ref next)) < count;) body(i);
+        });
     }
 
     /// <summary>Splits [0, total) into fixed-size chunks (independent of the thread count) and runs body(start, end) per chunk.</summary>
