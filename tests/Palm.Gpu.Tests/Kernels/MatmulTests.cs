@@ -122,6 +122,26 @@ public class MatmulTests
             }
     }
 
+    [Fact]
+    public void A_B_panel_longer_than_the_cache_budget_is_split_into_column_panels()
+    {
+        // K × N = 1100 × 4100 floats = 18 MB of packed B: more than PanelFloats allows (≤ 16 MiB), so N is cut into even
+        // column panels (each a parallel loop of its own) even though the blocking asks for 8192 columns.
+        const int m = 16, n = 4100, k = 1100;
+        var a = TestData.Uniform(10, m * k);
+        var b = TestData.Uniform(11, k * n);
+        var c0 = TestData.Uniform(12, m * n);
+        var blocking = GemmBlocking.Default with { Nc = 8192 };
+        foreach (var (transA, transB) in Transposes)
+        {
+            var (expected, atol) = Reference(a, b, c0, m, n, k, transA, transB, Alpha);
+            var one = RunMatmul(1, a, b, c0, m, n, k, transA, transB, Alpha, CpuMatmul.BestPath, blocking);
+            Tolerance.AssertClose(expected, one, atol, 0, $"{m}×{n}×{k} transA={transA} transB={transB}");
+            AssertSameBits(one, RunMatmul(2, a, b, c0, m, n, k, transA, transB, Alpha, CpuMatmul.BestPath, blocking), $"transA={transA} transB={transB}: 1 vs 2 threads");
+            AssertSameBits(one, RunMatmul(1, a, b, c0, m, n, k, transA, transB, Alpha, CpuMatmul.BestPath, GemmBlocking.Default with { Nc = 512 }), $"transA={transA} transB={transB}: 8192 vs 512 columns");
+        }
+    }
+
     [Theory]
     [InlineData(300, 520, 700, false)]
     [InlineData(97, 131, 129, true)]

@@ -22,11 +22,13 @@ namespace Palm.Gpu.Backends.Cpu;
 // straight into their panels, so a fused GEMM copies nothing and each piece keeps its own leading dimension.
 //
 // Loops, outer to inner:
-//   jc  N in blocks of NC columns   the packed B panel (KC × NC) sits in L3, shared by every thread
-//   pc  K in blocks of KC           KC depends on K alone, so each C element sums K in one fixed order
-//   items (MC rows × NR slivers)    the parallel unit: packs its A block (MC × KC, stays in L2), owns those C tiles;
-//                                   the first item to need a chunk of 8 B slivers packs it (one parallel loop per pc)
-//   jr, ir  MR × NR micro-tiles     the micro-kernel keeps the tile in registers and runs kc FMAs per element
+//   jc  N in panels of ≤ NC columns  the packed B panel (K × NC, all of K, ≤ half the L3) is shared by every thread;
+//                                    one parallel loop per panel, so the only barrier is at its end
+//   items (MC rows × NR slivers)     the parallel unit, claimed one at a time: owns those C tiles for all of K
+//     pc  K in blocks of KC          KC depends on K alone, so each C element sums K in one fixed order; the item
+//                                    packs its A block (MC × KC, stays in L2) per block, and the first item to need a
+//                                    chunk of 8 B slivers of the block packs it
+//       jr, ir  MR × NR tiles        the micro-kernel keeps the tile in registers and runs kc FMAs per element
 // Packing turns the four transpose cases into one layout (A: MR rows interleaved per k; B: NR columns per k),
 // zero-padded at the edges, so the micro-kernel never looks at M, N, the transposes or the pieces.
 //
@@ -51,7 +53,8 @@ internal readonly record struct GemmBlocking(int Kc, int McPanels, int Nc)
     // B sliver of 256 × 32 floats = 32 KiB stays in L1. Kc fixes the bits, so the tuner never changes it.
     public const int TunedKc = 256;
 
-    // With the Vector512 14×32 tile: A block 168 × 256 floats = 168 KiB in L2; B panel 256 × 4096 = 4 MiB in L3.
+    // With the Vector512 14×32 tile: A block 168 × 256 floats = 168 KiB in L2; B panel K × 4096 floats in L3 (fewer
+    // columns when K is long: see PanelFloats).
     // The tuner (GemmTuner) replaces McPanels and Nc with what measures best on the machine it runs on.
     public static readonly GemmBlocking Default = new(Kc: TunedKc, McPanels: 12, Nc: 4096);
 }
@@ -380,7 +383,12 @@ internal static unsafe partial class CpuMatmul
         // K blocks of near-equal size; the split depends on K and Kc only.
         int kBlocks = (k + blocking.Kc - 1) / blocking.Kc;
         int kcBlock = (k + kBlocks - 1) / kBlocks;
-        int ncMax = (blocking.Nc + nr - 1) / nr * nr;
+        // Column panels: at most Nc columns, and few enough that a panel's B for all of K fits in PanelFloats; then split
+        // evenly, so the last panel is not a sliver or two.
+        long panelWidth = Math.Min((long)blocking.Nc, Math.Max(nr, PanelFloats / ((long)kBlocks * kcBlock)));
+        int jcBlocks = (int)((n + panelWidth - 1) / panelWidth);
+        int ncMax = ((n + jcBlocks - 1) / jcBlocks + nr - 1) / nr * nr;
+        int sliversMax = ncMax / nr, chunksPerBlock = (sliversMax + SliversPerChunk - 1) / SliversPerChunk;
 
         // Items: A blocks of at most McPanels whole MR panels, as many as a multiple of the workers and as even as
         // possible, so the workers finish together.
@@ -390,34 +398,27 @@ internal static unsafe partial class CpuMatmul
 
         var job = new Job
         {
-            M = m, N = n, K = k, Alpha = alpha, Path = path, Mr = mr, Nr = nr,
+            M = m, N = n, K = k, Alpha = alpha, Accumulate = accumulate, Path = path, Mr = mr, Nr = nr,
             MPanels = mPanels, MItems = mItems, A = a, B = b, C = c,
+            KBlocks = kBlocks, KcBlock = kcBlock, SliversMax = sliversMax, ChunksPerBlock = chunksPerBlock,
         };
-        float* packB = PackBuffer.ForB((long)kcBlock * ncMax);
-        // Which B chunks of the current step are packed: stamps, so the array is never cleared (see Job.Chunks).
-        var chunks = new int[((ncMax + nr - 1) / nr + SliversPerChunk - 1) / SliversPerChunk];
+        float* packB = PackBuffer.ForB((long)kBlocks * kcBlock * ncMax);
+        // Which B chunks of the current panel are packed: stamps, so the array is never cleared (see Job.Chunks).
+        var chunks = new int[kBlocks * chunksPerBlock];
         int stepIndex = 0;
 
         for (int jc = 0; jc < n; jc += ncMax)
         {
             int nc = Math.Min(ncMax, n - jc);
             int slivers = (nc + nr - 1) / nr;
-            // Too few A blocks to keep every worker busy to the end of the K block: split the slivers into groups as well.
+            // Too few A blocks to keep every worker busy to the end: split the slivers into groups as well.
             int groups = 1;
             if (workers > 1 && mItems < ItemsPerWorker * workers)
                 groups = Math.Min(slivers, (ItemsPerWorker * workers + mItems - 1) / mItems);
-
-            for (int pc = 0; pc < k; pc += kcBlock)
-            {
-                int kc = Math.Min(kcBlock, k - pc);
-                var step = job with
-                {
-                    Jc = jc, Nc = nc, Pc = pc, Kc = kc, Overwrite = pc == 0 && !accumulate,
-                    Slivers = slivers, Groups = groups, PackedB = (nint)packB, Chunks = chunks, Step = ++stepIndex,
-                };
-                // One parallel loop per step: the B panel is packed a chunk at a time by the first item that needs it.
-                CpuParallel.For(workers, mItems * groups, item => step.ComputeItem(item));
-            }
+            var step = job with { Jc = jc, Nc = nc, Slivers = slivers, Groups = groups, PackedB = (nint)packB, Chunks = chunks, Step = ++stepIndex };
+            // One parallel loop per column panel: each item runs its A block through every K block, and B is packed a
+            // chunk at a time by the first item that needs it, so the workers never wait for each other between K blocks.
+            CpuParallel.For(workers, mItems * groups, item => step.ComputeItem(item));
         }
     }
 
@@ -436,28 +437,56 @@ internal static unsafe partial class CpuMatmul
 
     /// <summary>B slivers packed together, by one item: 8 keep each source row's run ≥ 512 bytes (see GemmOperand.PackPanels).</summary>
     private const int SliversPerChunk = 8;
+    /// <summary>
+    /// Most floats of packed B a column panel holds for all of K: half the last-level cache, 4–16 MiB (8 MiB when the
+    /// size is unknown). The panel is packed once and read by every item, so the items go through all K blocks without
+    /// a barrier; a wider panel saves a barrier per column panel (Zen 3, 32 MiB L3, cold operands: dh = dy·Wᵀ of
+    /// 2048×512×4736 ran at 162 GFLOP/s with 8 MiB panels, 177 with 16).
+    /// </summary>
+    private static readonly long PanelFloats = Math.Clamp(CacheBytes(3) / 2, 4L << 20, 16L << 20) / sizeof(float);
 
-    /// <summary>One (jc, pc) step of a GEMM: everything a work item needs, passed by value to the workers.</summary>
+    /// <summary>The size of the level-n cache CPU 0 sees (Linux sysfs), or 16 MiB when it cannot be read.</summary>
+    static long CacheBytes(int level)
+    {
+        try
+        {
+            foreach (var dir in Directory.EnumerateDirectories("/sys/devices/system/cpu/cpu0/cache", "index*"))
+            {
+                if (File.ReadAllText(Path.Combine(dir, "level")).Trim() != level.ToString()) continue;
+                string size = File.ReadAllText(Path.Combine(dir, "size")).Trim();
+                long scale = size.EndsWith('K') ? 1L << 10 : size.EndsWith('M') ? 1L << 20 : 1;
+                if (long.TryParse(size.TrimEnd('K', 'M'), out long value)) return value * scale;
+            }
+        }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+        return 16L << 20;
+    }
+
+    /// <summary>One column panel (jc) of a GEMM: everything a work item needs, passed by value to the workers.</summary>
     private record struct Job
     {
         public int M, N, K, Mr, Nr;
-        public bool Overwrite;
+        public bool Accumulate;
         public float Alpha;
         public GemmPath Path;
         public int MPanels, MItems;
-        public int Jc, Nc, Pc, Kc, Slivers, Groups;
+        public int KBlocks, KcBlock, SliversMax, ChunksPerBlock;
+        public int Jc, Nc, Slivers, Groups;
+        /// <summary>op(B) for the panel's columns and all of K: K block kb at PackedB + kb·KcBlock·SliversMax·NR, its
+        /// sliver s a further s·NR·kc on (kc rows of NR floats).</summary>
         public nint PackedB;
         public GemmOperand A, B;
         public GemmOutput C;
         /// <summary>
-        /// Per chunk of SliversPerChunk B slivers: 2·Step − 1 while an item packs it, 2·Step once packed, less before.
-        /// The first item to need a chunk packs it, just before its own first use, so the panel is not written out
-        /// in a pass of its own and read back, and no worker waits at a barrier between packing and computing.
+        /// Per (K block, chunk of SliversPerChunk B slivers): 2·Step − 1 while an item packs it, 2·Step once packed, less
+        /// before. The first item to need a chunk packs it, just before its own first use, so the panel is not written
+        /// out in a pass of its own and read back, and no worker waits at a barrier between packing and computing.
         /// </summary>
         public int[] Chunks;
         public int Step;
 
-        /// <summary>Packs one A block into this thread's buffer and updates the C tiles it meets in its sliver group.</summary>
+        /// <summary>Updates the C tiles of one A block and sliver group through every K block in order.</summary>
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public readonly void ComputeItem(int item)
         {
@@ -467,66 +496,77 @@ internal static unsafe partial class CpuMatmul
             int panels = (int)((long)(mItem + 1) * MPanels / MItems) - panel0;
             int row0 = panel0 * Mr;
             int s0 = (int)((long)group * Slivers / Groups), s1 = (int)((long)(group + 1) * Slivers / Groups);
-            float* packA = PackBuffer.ForA(panels * (long)Mr * Kc);
-
-            A.PackPanels(packA, row0, panels, Mr, M, Pc, Kc);
-
-            // The group's slivers a chunk at a time. A chunk another worker is packing is left for later, not waited on.
+            float* packA = PackBuffer.ForA(panels * (long)Mr * KcBlock);
             int c0 = s0 / SliversPerChunk, c1 = (s1 - 1) / SliversPerChunk;
             Span<int> later = stackalloc int[c1 - c0 + 1];
-            int deferred = 0;
-            for (int c = c0; c <= c1; c++)
+
+            for (int kb = 0; kb < KBlocks; kb++)
             {
-                if (!Packed(c) && !TryPack(c)) { later[deferred++] = c; continue; }
-                ComputeChunk(packA, panels, row0, s0, s1, c);
+                var block = new KBlock(kb, Math.Min(KcBlock, K - kb * KcBlock), kb == 0 && !Accumulate);
+                A.PackPanels(packA, row0, panels, Mr, M, kb * KcBlock, block.Kc);
+                // The group's slivers a chunk at a time. A chunk another worker is packing is left for later, not waited on.
+                int deferred = 0;
+                for (int c = c0; c <= c1; c++)
+                {
+                    if (!Packed(block, c) && !TryPack(block, c)) { later[deferred++] = c; continue; }
+                    ComputeChunk(block, packA, panels, row0, s0, s1, c);
+                }
+                for (int d = 0; d < deferred; d++)
+                {
+                    int c = later[d];
+                    var spin = new SpinWait();
+                    while (!Packed(block, c)) spin.SpinOnce(sleep1Threshold: -1);
+                    ComputeChunk(block, packA, panels, row0, s0, s1, c);
+                }
             }
-            for (int d = 0; d < deferred; d++)
-            {
-                int c = later[d];
-                var spin = new SpinWait();
-                while (!Packed(c)) spin.SpinOnce(sleep1Threshold: -1);
-                ComputeChunk(packA, panels, row0, s0, s1, c);
-            }
+        }
+
+        /// <summary>One K block of the panel: its index, depth and whether it overwrites C (the first, unless accumulating).</summary>
+        readonly record struct KBlock(int Index, int Kc, bool Overwrite);
+
+        readonly float* Sliver(in KBlock block, int s) => (float*)PackedB + ((long)block.Index * KcBlock * SliversMax + (long)s * block.Kc) * Nr;
+
+        readonly bool Packed(in KBlock block, int chunk) => Volatile.Read(ref Chunks[block.Index * ChunksPerBlock + chunk]) == 2 * Step;
+
+        /// <summary>Packs the chunk if no other item has started on it; true once it is packed.</summary>
+        readonly bool TryPack(in KBlock block, int chunk)
+        {
+            ref int state = ref Chunks[block.Index * ChunksPerBlock + chunk];
+            int seen = Volatile.Read(ref state);
+            if (seen >= 2 * Step - 1 || Interlocked.CompareExchange(ref state, 2 * Step - 1, seen) != seen) return false;
+            // Sliver s holds op(B)[pc.., jc + s·NR ..] as kc rows of NR floats.
+            int first = chunk * SliversPerChunk, count = Math.Min(SliversPerChunk, Slivers - first);
+            B.PackPanels(Sliver(block, first), Jc + first * Nr, count, Nr, N, block.Index * KcBlock, block.Kc);
+            Volatile.Write(ref state, 2 * Step);
+            return true;
         }
 
         /// <summary>The group's slivers [s0, s1) that lie in chunk c; the next chunk's first sliver is prefetched if it is packed.</summary>
-        readonly void ComputeChunk(float* packA, int panels, int row0, int s0, int s1, int c)
+        readonly void ComputeChunk(in KBlock block, float* packA, int panels, int row0, int s0, int s1, int c)
         {
             int first = Math.Max(s0, c * SliversPerChunk), end = Math.Min(s1, (c + 1) * SliversPerChunk);
-            int prefetchEnd = end < s1 && Packed(c + 1) ? end + 1 : end;
-            Compute(packA, panels, row0, first, end, prefetchEnd);
-        }
-
-        readonly bool Packed(int chunk) => Volatile.Read(ref Chunks[chunk]) == 2 * Step;
-
-        /// <summary>Packs the chunk if no other item has started on it; true once it is packed.</summary>
-        readonly bool TryPack(int chunk)
-        {
-            int seen = Volatile.Read(ref Chunks[chunk]);
-            if (seen >= 2 * Step - 1 || Interlocked.CompareExchange(ref Chunks[chunk], 2 * Step - 1, seen) != seen) return false;
-            // Sliver s holds op(B)[pc.., jc + s·NR ..] as kc rows of NR floats.
-            int first = chunk * SliversPerChunk, count = Math.Min(SliversPerChunk, Slivers - first);
-            B.PackPanels((float*)PackedB + (long)first * Nr * Kc, Jc + first * Nr, count, Nr, N, Pc, Kc);
-            Volatile.Write(ref Chunks[chunk], 2 * Step);
-            return true;
+            int prefetchEnd = end < s1 && Packed(block, c + 1) ? end + 1 : end;
+            Compute(block, packA, panels, row0, first, end, prefetchEnd);
         }
 
         /// <summary>The C tiles of the A block's panels against B slivers [s0, s1), prefetching slivers below prefetchEnd.</summary>
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        readonly void Compute(float* packA, int panels, int row0, int s0, int s1, int prefetchEnd)
+        readonly void Compute(in KBlock block, float* packA, int panels, int row0, int s0, int s1, int prefetchEnd)
         {
-            long panelSize = (long)Mr * Kc;
+            int kc = block.Kc;
+            bool overwrite = block.Overwrite;
+            long panelSize = (long)Mr * kc;
             float* scratch = stackalloc float[MaxTile];
             // The packed B panel is larger than L2 and each sliver is read from L3 as the first panel starts on it, a new
             // line every few FMAs. While this sliver's panels run, the next sliver is asked for into L2, a share per
             // panel. (Measured on Zen 3, 512 KiB L2: the micro-kernel went from 84–89% to 90–92% of peak.)
-            int sliverLines = Nr * Kc / 16, linesPerPanel = (sliverLines + panels - 1) / panels;
+            int sliverLines = Nr * kc / 16, linesPerPanel = (sliverLines + panels - 1) / panels;
             for (int s = s0; s < s1; s++)
             {
                 int j0 = Jc + s * Nr;
                 int cols = Math.Min(Nr, N - j0);
-                float* sliver = (float*)PackedB + (long)s * Nr * Kc;
-                float* nextSliver = s + 1 < prefetchEnd && Sse.IsSupported ? sliver + (long)Nr * Kc : null;
+                float* sliver = Sliver(block, s);
+                float* nextSliver = s + 1 < prefetchEnd && Sse.IsSupported ? sliver + (long)Nr * kc : null;
                 long columnLd = 0;
                 float* column = cols == Nr ? C.ColumnBase(j0, Nr, out columnLd) : null;
                 for (int ir = 0; ir < panels; ir++)
@@ -539,17 +579,17 @@ internal static unsafe partial class CpuMatmul
                             Sse.Prefetch1(nextSliver + l * 16);
                     if (rows == Mr && column != null)
                     {
-                        MicroKernel(Path, Kc, panel, sliver, column + i0 * columnLd, columnLd, Alpha, Overwrite);
+                        MicroKernel(Path, kc, panel, sliver, column + i0 * columnLd, columnLd, Alpha, overwrite);
                     }
                     else if (rows == Mr && cols == Nr && C.TryTile(i0, j0, Mr, Nr, out float* tile, out long ldc))
                     {
-                        MicroKernel(Path, Kc, panel, sliver, tile, ldc, Alpha, Overwrite);
+                        MicroKernel(Path, kc, panel, sliver, tile, ldc, Alpha, overwrite);
                     }
                     else
                     {
                         // Edge or straddling tile: full tile into scratch (alpha 1 is exact), then merge the live part with the same update.
-                        MicroKernel(Path, Kc, panel, sliver, scratch, Nr, 1f, true);
-                        C.Merge(scratch, Nr, i0, j0, rows, cols, Alpha, Overwrite);
+                        MicroKernel(Path, kc, panel, sliver, scratch, Nr, 1f, true);
+                        C.Merge(scratch, Nr, i0, j0, rows, cols, Alpha, overwrite);
                     }
                 }
             }

@@ -10,7 +10,7 @@ namespace Palm.Gpu.Backends.Cpu;
 //              Zen 5 (full-width 512-bit units) favour zmm; Zen 4 executes a zmm FMA as two 256-bit halves, where the
 //              ymm kernel can tie; AVX2-only machines (or DOTNET_EnableAVX512=0) have only the ymm candidates.
 //   McPanels   rows of the A block a work item packs (L2-sized: ~96, ~168 or ~336 rows of a Kc-deep panel).
-//   Nc         columns of the shared packed B panel (L3-sized: 1024 or 4096).
+//   Nc         columns of the shared packed B panel (1024 or 4096; fewer when K is long, see CpuMatmul.PanelFloats).
 // Kc is the K block and fixes the summation order, so it is the same for every variant: whatever the tuner picks,
 // the GEMM gives the same bits (MatmulTests.Every_tuner_variant_gives_the_same_bits).
 //
