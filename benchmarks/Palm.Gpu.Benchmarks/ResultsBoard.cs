@@ -213,7 +213,7 @@ public static class ResultsBoard
         // ---- GEMM vs OpenBLAS -------------------------------------------------------------------
         sb.AppendLine("## GEMM: ours vs OpenBLAS cblas_sgemm");
         sb.AppendLine();
-        sb.AppendLine($"Same run, same data, {Environment.ProcessorCount} threads each, called alternately, best call of each" + (passes > 1 ? $" over {passes} passes" : "") + $". {OpenBlas.Description}. " +
+        sb.AppendLine($"Same run, same data, {Environment.ProcessorCount} threads each, in alternating blocks (each after the other library's threads have gone idle), best call of each" + (passes > 1 ? $" over {passes} passes" : "") + $". {OpenBlas.Description}. " +
                       $"fp32 peak {N(cpuPeak, "F1")} GFLOP/s.");
         sb.AppendLine();
         sb.AppendLine("| shape | M×N×K | ours ms | ours GFLOP/s | ours % peak | OpenBLAS ms | OpenBLAS GFLOP/s | OpenBLAS % peak | ours ÷ OpenBLAS |");
