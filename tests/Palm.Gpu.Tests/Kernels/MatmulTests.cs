@@ -123,7 +123,7 @@ public class MatmulTests
     }
 
     [Fact]
-    public void A_B_panel_longer_than_the_cache_budget_is_split_into_column_panels()
+    public void BPanelOverTheCacheBudgetIsSplitIntoColumnPanels()
     {
         // K × N = 1100 × 4100 floats = 18 MB of packed B: more than PanelFloats allows (≤ 16 MiB), so N is cut into even
         // column panels (each a parallel loop of its own) even though the blocking asks for 8192 columns.
