@@ -39,12 +39,12 @@ public class CpuBackend : BackendBase
     protected override void UploadCore(DeviceBuffer dst, ReadOnlySpan<int> src, long dstOffset) => src.CopyTo(I(dst).AsSpan(dstOffset));
     protected override void DownloadCore(DeviceBuffer src, Span<float> dst, long srcOffset) => F(src).AsSpan(srcOffset, dst.Length).CopyTo(dst);
     protected override void DownloadCore(DeviceBuffer src, Span<int> dst, long srcOffset) => I(src).AsSpan(srcOffset, dst.Length).CopyTo(dst);
-    // Large fills (the gradients, 4 bytes a parameter, each step) on every thread: one thread writes at about half the
-    // machine's store bandwidth.
+    // Large fills (the gradients, 4 bytes a parameter, each step) on every thread, in chunks of FillChunk (a smaller
+    // fill is one chunk and stays on the calling thread): one thread writes at about half the machine's store bandwidth.
     protected override void FillCore(DeviceBuffer dst, float value, long n)
     {
         var view = F(dst);
-        CpuParallel.ForChunks(n >= FillChunk ? Threads : 1, n, FillChunk, (start, end) => view.AsSpan(start, end - start).Fill(value));
+        CpuParallel.ForChunks(Threads, n, FillChunk, (start, end) => view.AsSpan(start, end - start).Fill(value));
     }
     const long FillChunk = 1 << 18;
     protected override void CopyCore(DeviceBuffer dst, DeviceBuffer src, long n, long dstOffset, long srcOffset)

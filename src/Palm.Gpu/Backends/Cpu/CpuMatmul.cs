@@ -159,7 +159,7 @@ internal sealed unsafe class GemmOperand
     }
 
     /// <summary>Panels copied together per source row: 8 keep the destination lines in flight few and the source run ≥ 448 B.</summary>
-    const int PanelsPerPass = 8;
+    internal const int PanelsPerPass = 8;
 
     void PackOne(float* dst, int piece, int t, int p, int live, int width, int kc)
     {
@@ -405,7 +405,7 @@ internal static unsafe partial class CpuMatmul
         float* packB = PackBuffer.ForB((long)kBlocks * kcBlock * ncMax);
         // Which B chunks of the current panel are packed: stamps, so the array is never cleared (see Job.Chunks).
         var chunks = new int[kBlocks * chunksPerBlock];
-        int stepIndex = 0;
+        int panelIndex = 0;
 
         for (int jc = 0; jc < n; jc += ncMax)
         {
@@ -415,7 +415,7 @@ internal static unsafe partial class CpuMatmul
             int groups = 1;
             if (workers > 1 && mItems < ItemsPerWorker * workers)
                 groups = Math.Min(slivers, (ItemsPerWorker * workers + mItems - 1) / mItems);
-            var step = job with { Jc = jc, Nc = nc, Slivers = slivers, Groups = groups, PackedB = (nint)packB, Chunks = chunks, Step = ++stepIndex };
+            var step = job with { Jc = jc, Nc = nc, Slivers = slivers, Groups = groups, PackedB = (nint)packB, Chunks = chunks, Panel = ++panelIndex };
             // One parallel loop per column panel: each item runs its A block through every K block, and B is packed a
             // chunk at a time by the first item that needs it, so the workers never wait for each other between K blocks.
             CpuParallel.For(workers, mItems * groups, item => step.ComputeItem(item));
@@ -435,8 +435,8 @@ internal static unsafe partial class CpuMatmul
         if (blocking.Kc < 1 || blocking.McPanels < 1 || blocking.Nc < 1) throw new ArgumentOutOfRangeException(nameof(blocking), $"matmul: blocking sizes must be ≥ 1, got {blocking}");
     }
 
-    /// <summary>B slivers packed together, by one item: 8 keep each source row's run ≥ 512 bytes (see GemmOperand.PackPanels).</summary>
-    private const int SliversPerChunk = 8;
+    /// <summary>B slivers packed together, by one item: one pass of GemmOperand.PackPanels.</summary>
+    private const int SliversPerChunk = GemmOperand.PanelsPerPass;
     /// <summary>
     /// Most floats of packed B a column panel holds for all of K: half the last-level cache, 4–16 MiB (8 MiB when the
     /// size is unknown). The panel is packed once and read by every item, so the items go through all K blocks without
@@ -479,12 +479,13 @@ internal static unsafe partial class CpuMatmul
         public GemmOperand A, B;
         public GemmOutput C;
         /// <summary>
-        /// Per (K block, chunk of SliversPerChunk B slivers): 2·Step − 1 while an item packs it, 2·Step once packed, less
+        /// Per (K block, chunk of SliversPerChunk B slivers): 2·Panel − 1 while an item packs it, 2·Panel once packed, less
         /// before. The first item to need a chunk packs it, just before its own first use, so the panel is not written
         /// out in a pass of its own and read back, and no worker waits at a barrier between packing and computing.
         /// </summary>
         public int[] Chunks;
-        public int Step;
+        /// <summary>This column panel's number in the call, from 1: the stamps of earlier panels are smaller.</summary>
+        public int Panel;
 
         /// <summary>Updates the C tiles of one A block and sliver group through every K block in order.</summary>
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -526,18 +527,18 @@ internal static unsafe partial class CpuMatmul
 
         readonly float* Sliver(in KBlock block, int s) => (float*)PackedB + ((long)block.Index * KcBlock * SliversMax + (long)s * block.Kc) * Nr;
 
-        readonly bool Packed(in KBlock block, int chunk) => Volatile.Read(ref Chunks[block.Index * ChunksPerBlock + chunk]) == 2 * Step;
+        readonly bool Packed(in KBlock block, int chunk) => Volatile.Read(ref Chunks[block.Index * ChunksPerBlock + chunk]) == 2 * Panel;
 
         /// <summary>Packs the chunk if no other item has started on it; true once it is packed.</summary>
         readonly bool TryPack(in KBlock block, int chunk)
         {
             ref int state = ref Chunks[block.Index * ChunksPerBlock + chunk];
             int seen = Volatile.Read(ref state);
-            if (seen >= 2 * Step - 1 || Interlocked.CompareExchange(ref state, 2 * Step - 1, seen) != seen) return false;
+            if (seen >= 2 * Panel - 1 || Interlocked.CompareExchange(ref state, 2 * Panel - 1, seen) != seen) return false;
             // Sliver s holds op(B)[pc.., jc + s·NR ..] as kc rows of NR floats.
             int first = chunk * SliversPerChunk, count = Math.Min(SliversPerChunk, Slivers - first);
             B.PackPanels(Sliver(block, first), Jc + first * Nr, count, Nr, N, block.Index * KcBlock, block.Kc);
-            Volatile.Write(ref state, 2 * Step);
+            Volatile.Write(ref state, 2 * Panel);
             return true;
         }
 
