@@ -86,7 +86,7 @@ public class MatmulTests
         var b = TestData.Uniform(2, k * n);
         var c0 = TestData.Uniform(3, m * n, 2f);
         foreach (var path in SupportedPaths())
-            foreach (var blocking in new[] { GemmBlocking.Default, Tiny })
+            foreach (var blocking in new[] { GemmBlocking.For(CpuMatmul.BestPath), Tiny })
                 foreach (var (transA, transB) in Transposes)
                     foreach (var accumulate in new[] { false, true })
                     {
@@ -108,7 +108,7 @@ public class MatmulTests
         var b = TestData.Uniform(5, k * n);
         var c0 = TestData.Uniform(6, m * n);
         var path = CpuMatmul.BestPath;
-        var blockings = new[] { GemmBlocking.Default, GemmBlocking.Default with { Nc = 64 } };
+        var blockings = new[] { GemmBlocking.For(CpuMatmul.BestPath), GemmBlocking.For(CpuMatmul.BestPath) with { Nc = 64 } };
         foreach (var (transA, transB) in Transposes)
             foreach (var accumulate in new[] { false, true })
             {
@@ -131,14 +131,14 @@ public class MatmulTests
         var a = TestData.Uniform(10, m * k);
         var b = TestData.Uniform(11, k * n);
         var c0 = TestData.Uniform(12, m * n);
-        var blocking = GemmBlocking.Default with { Nc = 8192 };
+        var blocking = GemmBlocking.For(CpuMatmul.BestPath) with { Nc = 8192 };
         foreach (var (transA, transB) in Transposes)
         {
             var (expected, atol) = Reference(a, b, c0, m, n, k, transA, transB, Alpha);
             var one = RunMatmul(1, a, b, c0, m, n, k, transA, transB, Alpha, CpuMatmul.BestPath, blocking);
             Tolerance.AssertClose(expected, one, atol, 0, $"{m}×{n}×{k} transA={transA} transB={transB}");
             AssertSameBits(one, RunMatmul(2, a, b, c0, m, n, k, transA, transB, Alpha, CpuMatmul.BestPath, blocking), $"transA={transA} transB={transB}: 1 vs 2 threads");
-            AssertSameBits(one, RunMatmul(1, a, b, c0, m, n, k, transA, transB, Alpha, CpuMatmul.BestPath, GemmBlocking.Default with { Nc = 512 }), $"transA={transA} transB={transB}: 8192 vs 512 columns");
+            AssertSameBits(one, RunMatmul(1, a, b, c0, m, n, k, transA, transB, Alpha, CpuMatmul.BestPath, GemmBlocking.For(CpuMatmul.BestPath) with { Nc = 512 }), $"transA={transA} transB={transB}: 8192 vs 512 columns");
         }
     }
 
@@ -152,7 +152,7 @@ public class MatmulTests
         var a = TestData.Uniform(7, m * k);
         var b = TestData.Uniform(8, k * n);
         var c0 = TestData.Uniform(9, m * n);
-        var blocking = tinyBlocks ? Tiny : GemmBlocking.Default;
+        var blocking = tinyBlocks ? Tiny : GemmBlocking.For(CpuMatmul.BestPath);
         foreach (var (transA, transB) in Transposes)
             foreach (var accumulate in new[] { false, true })
             {
@@ -176,10 +176,10 @@ public class MatmulTests
         var c0 = TestData.Uniform(12, m * n);
         foreach (var (transA, transB) in Transposes)
         {
-            var scalar = RunMatmul(1, a, b, c0, m, n, k, transA, transB, Alpha, GemmPath.Scalar, GemmBlocking.Default);
+            var scalar = RunMatmul(1, a, b, c0, m, n, k, transA, transB, Alpha, GemmPath.Scalar, GemmBlocking.For(GemmPath.Scalar));
             foreach (var path in SupportedPaths())
             {
-                var got = RunMatmul(2, a, b, c0, m, n, k, transA, transB, Alpha, path, GemmBlocking.Default);
+                var got = RunMatmul(2, a, b, c0, m, n, k, transA, transB, Alpha, path, GemmBlocking.For(path));
                 AssertSameBits(scalar, got, $"{path} vs Scalar transA={transA} transB={transB}");
             }
         }

@@ -16,7 +16,7 @@ namespace Palm.Gpu.Backends.Cpu;
 //
 // Shape legend: M, N, K the GEMM's; the timed problems are the model's two kinds of call at a reduced size,
 //   forward/dX   (768,768) = (768,512)·(512,768)          dW   (512,768) += (768,512)ᵀ·(768,768)   transA
-// Each candidate keeps its best of 5 interleaved timings; the default (widest path, GemmBlocking.Default) is kept
+// Each candidate keeps its best of 5 interleaved timings; the default (widest path, GemmBlocking.For(path)) is kept
 // unless a variant beats it by 3% (same path) or 15% (narrower path), so a stall on a shared machine does not pick a
 // slow kernel. PALM_GEMM=default skips the timing and takes the default (for A/B comparisons).
 
@@ -63,10 +63,10 @@ internal static class GemmTuner
                 foreach (int nc in PanelColumns)
                     list.Add((path, new GemmBlocking(GemmBlocking.TunedKc, Math.Max(1, (rows + mr / 2) / mr), nc)));
         }
-        // The default (widest path, GemmBlocking.Default) first: the one the tuner keeps unless another clearly wins.
-        int at = list.IndexOf((paths[0], GemmBlocking.Default));
+        // The default (widest path, GemmBlocking.For(path)) first: the one the tuner keeps unless another clearly wins.
+        int at = list.IndexOf((paths[0], GemmBlocking.For(paths[0])));
         if (at > 0) (list[0], list[at]) = (list[at], list[0]);
-        else if (at < 0) list.Insert(0, (paths[0], GemmBlocking.Default));
+        else if (at < 0) list.Insert(0, (paths[0], GemmBlocking.For(paths[0])));
         return list;
     }
 
@@ -89,7 +89,7 @@ internal static class GemmTuner
     {
         string cpu = CpuName;
         if (Environment.GetEnvironmentVariable("PALM_GEMM") == "default" || CpuMatmul.BestPath < GemmPath.Vector256)
-            return new GemmChoice(CpuMatmul.BestPath, GemmBlocking.Default, double.NaN, 1, cpu);
+            return new GemmChoice(CpuMatmul.BestPath, GemmBlocking.For(CpuMatmul.BestPath), double.NaN, 1, cpu);
 
         var candidates = Candidates();
         var problems = new[]
@@ -122,7 +122,7 @@ internal static class GemmTuner
                 best[c] = Math.Min(best[c], Stopwatch.GetElapsedTime(t0).TotalSeconds);
             }
         // A shared machine can stall any one timing, so the tuner only leaves the default (widest path,
-        // GemmBlocking.Default; candidate 0) for a clear win: another blocking of the widest path must be
+        // GemmBlocking.For(path); candidate 0) for a clear win: another blocking of the widest path must be
         // SameWidthMargin faster, a narrower path NarrowerMargin faster (a narrower kernel has half the FMA width).
         double Score(int c) => best[c] * (c == 0 ? 1 : candidates[c].Path == candidates[0].Path ? SameWidthMargin : NarrowerMargin);
         int winner = Enumerable.Range(0, candidates.Count).MinBy(Score);
