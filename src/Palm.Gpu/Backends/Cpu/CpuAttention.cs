@@ -955,7 +955,7 @@ internal static unsafe class CpuAttention
         // need with no slack; with both kernels at 6 × 16 the small preset's forward went from 18.1 to 16.7 ms on one
         // Zen 3 core.)
         int six = rows / 6 * 6;
-        for (int c = c0; c + 16 <= c1; c += 16)
+        for (int c = c0; c < c1; c += 16)
             for (int i = 0; i < six; i += 6)
             {
                 // Rows 0–2 of a from a0, rows 3–5 from a3, both advanced per step: no index arithmetic in the loop.
@@ -988,10 +988,8 @@ internal static unsafe class CpuAttention
                 c40.Store(o); c41.Store(o + 8); o += lds;
                 c50.Store(o); c51.Store(o + 8);
             }
-        // The rows past the last six (rows is a multiple of 4, so 2 or 4), then a last 8 columns of the first six.
-        int c16 = c1 - (c1 - c0) % 16;
+        // The rows past the last six (rows is a multiple of 4, so 2 or 4); c0 and c1 are multiples of 16, so no columns are left.
         if (six < rows) TileProduct256Pairs(a, lda, bt, ldb, s, lds, six, rows, c0, c1, kdim);
-        if (c16 < c1) TileProduct256Pairs(a, lda, bt, ldb, s, lds, 0, six, c16, c1, kdim);
     }
 
     /// <summary>TileProduct256 for rows [r0, r1) (an even count) and columns [c0, c1), 2 rows at a time.</summary>
