@@ -13,6 +13,8 @@ public class MatmulTests
 
     /// <summary>Blocking small enough that modest sizes cross many K, M and N blocks.</summary>
     private static readonly GemmBlocking Tiny = new(Kc: 16, McPanels: 2, Nc: 64);
+    /// <summary>The default blocking of the widest path this machine runs (GemmBlocking.For sizes it per tile height).</summary>
+    private static readonly GemmBlocking BestDefault = GemmBlocking.For(CpuMatmul.BestPath);
 
     private static readonly (bool TransA, bool TransB)[] Transposes = { (false, false), (false, true), (true, false), (true, true) };
 
@@ -86,7 +88,7 @@ public class MatmulTests
         var b = TestData.Uniform(2, k * n);
         var c0 = TestData.Uniform(3, m * n, 2f);
         foreach (var path in SupportedPaths())
-            foreach (var blocking in new[] { GemmBlocking.For(CpuMatmul.BestPath), Tiny })
+            foreach (var blocking in new[] { GemmBlocking.For(path), Tiny })
                 foreach (var (transA, transB) in Transposes)
                     foreach (var accumulate in new[] { false, true })
                     {
@@ -108,7 +110,7 @@ public class MatmulTests
         var b = TestData.Uniform(5, k * n);
         var c0 = TestData.Uniform(6, m * n);
         var path = CpuMatmul.BestPath;
-        var blockings = new[] { GemmBlocking.For(CpuMatmul.BestPath), GemmBlocking.For(CpuMatmul.BestPath) with { Nc = 64 } };
+        var blockings = new[] { BestDefault, BestDefault with { Nc = 64 } };
         foreach (var (transA, transB) in Transposes)
             foreach (var accumulate in new[] { false, true })
             {
@@ -131,14 +133,14 @@ public class MatmulTests
         var a = TestData.Uniform(10, m * k);
         var b = TestData.Uniform(11, k * n);
         var c0 = TestData.Uniform(12, m * n);
-        var blocking = GemmBlocking.For(CpuMatmul.BestPath) with { Nc = 8192 };
+        var blocking = BestDefault with { Nc = 8192 };
         foreach (var (transA, transB) in Transposes)
         {
             var (expected, atol) = Reference(a, b, c0, m, n, k, transA, transB, Alpha);
             var one = RunMatmul(1, a, b, c0, m, n, k, transA, transB, Alpha, CpuMatmul.BestPath, blocking);
             Tolerance.AssertClose(expected, one, atol, 0, $"{m}×{n}×{k} transA={transA} transB={transB}");
             AssertSameBits(one, RunMatmul(2, a, b, c0, m, n, k, transA, transB, Alpha, CpuMatmul.BestPath, blocking), $"transA={transA} transB={transB}: 1 vs 2 threads");
-            AssertSameBits(one, RunMatmul(1, a, b, c0, m, n, k, transA, transB, Alpha, CpuMatmul.BestPath, GemmBlocking.For(CpuMatmul.BestPath) with { Nc = 512 }), $"transA={transA} transB={transB}: 8192 vs 512 columns");
+            AssertSameBits(one, RunMatmul(1, a, b, c0, m, n, k, transA, transB, Alpha, CpuMatmul.BestPath, BestDefault with { Nc = 512 }), $"transA={transA} transB={transB}: 8192 vs 512 columns");
         }
     }
 
@@ -152,7 +154,7 @@ public class MatmulTests
         var a = TestData.Uniform(7, m * k);
         var b = TestData.Uniform(8, k * n);
         var c0 = TestData.Uniform(9, m * n);
-        var blocking = tinyBlocks ? Tiny : GemmBlocking.For(CpuMatmul.BestPath);
+        var blocking = tinyBlocks ? Tiny : BestDefault;
         foreach (var (transA, transB) in Transposes)
             foreach (var accumulate in new[] { false, true })
             {

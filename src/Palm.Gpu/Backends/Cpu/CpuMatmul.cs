@@ -65,8 +65,14 @@ internal readonly record struct GemmBlocking(int Kc, int McPanels, int Nc)
     /// of K × 4096 floats in L3 (fewer columns when K is long: see PanelFloats). The tuner (GemmTuner) replaces
     /// McPanels and Nc with what measures best on the machine it runs on.
     /// </summary>
-    public static GemmBlocking For(GemmPath path) =>
-        new(Kc: TunedKc, McPanels: Math.Max(1, (DefaultBlockRows + CpuMatmul.TileOf(path).Mr / 2) / CpuMatmul.TileOf(path).Mr), Nc: 4096);
+    public static GemmBlocking For(GemmPath path) => new(Kc: TunedKc, McPanels: PanelsOf(DefaultBlockRows, path), Nc: 4096);
+
+    /// <summary>The whole tiles of the path's height nearest <paramref name="rows"/> rows, at least one.</summary>
+    public static int PanelsOf(int rows, GemmPath path)
+    {
+        int mr = CpuMatmul.TileOf(path).Mr;
+        return Math.Max(1, (rows + mr / 2) / mr);
+    }
 }
 
 /// <summary>

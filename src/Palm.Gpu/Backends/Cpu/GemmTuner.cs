@@ -42,7 +42,7 @@ internal static class GemmTuner
     /// <summary>How much faster than the default a variant must measure to be chosen: same path, narrower path.</summary>
     const double SameWidthMargin = 1.03, NarrowerMargin = 1.15;
     /// <summary>A-block rows to try, as multiples of the tile height nearest these.</summary>
-    static readonly int[] BlockRows = [96, 168, 336];
+    static readonly int[] BlockRows = [96, GemmBlocking.DefaultBlockRows, 336];
     static readonly int[] PanelColumns = [1024, 4096];
 
     static readonly ConcurrentDictionary<int, Lazy<GemmChoice>> Chosen = new();
@@ -58,10 +58,9 @@ internal static class GemmTuner
         var list = new List<(GemmPath, GemmBlocking)>();
         foreach (var path in paths)
         {
-            int mr = CpuMatmul.TileOf(path).Mr;
             foreach (int rows in BlockRows)
                 foreach (int nc in PanelColumns)
-                    list.Add((path, new GemmBlocking(GemmBlocking.TunedKc, Math.Max(1, (rows + mr / 2) / mr), nc)));
+                    list.Add((path, new GemmBlocking(GemmBlocking.TunedKc, GemmBlocking.PanelsOf(rows, path), nc)));
         }
         // The default (widest path, GemmBlocking.For(path)) first: the one the tuner keeps unless another clearly wins.
         int at = list.IndexOf((paths[0], GemmBlocking.For(paths[0])));
