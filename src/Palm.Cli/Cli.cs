@@ -98,7 +98,7 @@ internal static class Cli
         }
         catch (Exception e) when (IsUserError(e))
         {
-            Console.Error.WriteLine($"palm: error: {e.Message}");
+            ReportUserError(e);
             return 2;
         }
         catch (OutOfMemoryException)
@@ -126,6 +126,22 @@ internal static class Cli
     }
 
     /// <summary>
+    /// Whether the verb failed with an error every process of the job raised alike (ProcessGroups.JobWide): the
+    /// processes then wait for one another before exiting, so process 0 reports it before the launcher stops the job.
+    /// </summary>
+    public static bool FailedJobWide { get; private set; }
+
+    /// <summary>Prints a user error's one line (process 0 speaks for a job) and notes whether every process has it.</summary>
+    public static void ReportUserError(Exception e)
+    {
+        FailedJobWide |= Palm.Gpu.Sharding.ProcessGroups.IsJobWide(e);
+        // Test hook: process 0 reports late, so a process that exits without waiting for it is seen to lose the line.
+        if (Leads && int.TryParse(Environment.GetEnvironmentVariable("PALM_FAULT_DELAY_LEADER_ERROR_MS"), out int ms) && ms > 0)
+            Thread.Sleep(ms);
+        Console.Error.WriteLine($"palm: error: {e.Message}");
+    }
+
+    /// <summary>
     /// Every process of a job must run the same command (SPMD): a job whose processes were given different arguments
     /// (mpiexec's "-n 1 palm … : -n 1 palm …" form) is refused on every process, naming what differs.
     /// </summary>
@@ -137,9 +153,9 @@ internal static class Cli
         string? Flag(string[] a, string name) { int i = Array.IndexOf(a, name); return i >= 0 && i + 1 < a.Length ? a[i + 1] : null; }
         var backends = lines.Select(l => Flag(l, "--backend") ?? "cpu").ToArray();
         if (backends.Distinct().Count() > 1)
-            throw new ConfigException($"the processes of this job run different backends ({string.Join(", ", backends.Select((b, p) => $"process {p}: {b}"))}); every process of a mesh must run the same --backend");
+            throw Palm.Gpu.Sharding.ProcessGroups.JobWide(new ConfigException($"the processes of this job run different backends ({string.Join(", ", backends.Select((b, p) => $"process {p}: {b}"))}); every process of a mesh must run the same --backend"));
         int other = Array.FindIndex(lines, l => !l.SequenceEqual(lines[0]));
-        throw new ConfigException($"the processes of this job were given different commands (process 0: '{string.Join(' ', lines[0])}', process {other}: '{string.Join(' ', lines[other])}'); every process must run the same palm command");
+        throw Palm.Gpu.Sharding.ProcessGroups.JobWide(new ConfigException($"the processes of this job were given different commands (process 0: '{string.Join(' ', lines[0])}', process {other}: '{string.Join(' ', lines[other])}'); every process must run the same palm command"));
     }
 
     /// <summary>
@@ -156,7 +172,7 @@ internal static class Cli
             try { result = act(); }
             catch (Exception e) when (IsUserError(e)) { problem = e.Message; }
         }
-        if (Palm.Gpu.Sharding.ProcessGroups.Agree(job, problem) is { } agreed) throw new ConfigException(problem ?? agreed);
+        if (Palm.Gpu.Sharding.ProcessGroups.Agree(job, problem) is { } agreed) throw Palm.Gpu.Sharding.ProcessGroups.JobWide(new ConfigException(problem ?? agreed));
         return result;
     }
 

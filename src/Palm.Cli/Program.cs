@@ -52,5 +52,7 @@ catch (Palm.Gpu.Model.ConfigException e)
     return 2;
 }
 int status = parsed.Invoke();
-if (status == 0) job?.Finish();
+// A verb's error that every process raised alike (a mesh the job cannot split, an agreed checkpoint failure): the
+// same wait, so its line is not lost. A process that failed alone exits at once and the launcher ends the job.
+if (status == 0 || Palm.Cli.Cli.FailedJobWide) job?.Finish();
 return status;

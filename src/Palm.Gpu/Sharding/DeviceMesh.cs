@@ -72,7 +72,7 @@ public sealed class DeviceMesh : IDisposable
     {
         int p = processes.Count;
         if (data % p != 0)
-            throw new ConfigException($"mesh {data}x{model} cannot be split over {p} processes: each process holds whole rows of the model axis, so the data axis ({data}) must be a multiple of the process count; use --mesh {p * Math.Max(1, data / p)}x{model} or {p} processes that divide {data}");
+            throw ProcessGroups.JobWide(new ConfigException($"mesh {data}x{model} cannot be split over {p} processes: each process holds whole rows of the model axis, so the data axis ({data}) must be a multiple of the process count; use --mesh {p * Math.Max(1, data / p)}x{model} or {p} processes that divide {data}"));
         int rows = data / p;
         if (devices.Count != rows * model) throw new ConfigException($"process {processes.Index} of mesh {data}x{model} needs {rows * model} devices, got {devices.Count}");
         Data = data;
@@ -177,11 +177,11 @@ public sealed class DeviceMesh : IDisposable
     {
         var names = world.AllGatherVariable(System.Text.Encoding.UTF8.GetBytes(provider.Name)).Select(b => System.Text.Encoding.UTF8.GetString(b)).ToArray();
         if (names.Distinct().Count() > 1)
-            throw new ConfigException($"the processes of this job run different backends ({string.Join(", ", names.Select((n, p) => $"process {p}: {n}"))}); every process of a mesh must run the same --backend");
+            throw ProcessGroups.JobWide(new ConfigException($"the processes of this job run different backends ({string.Join(", ", names.Select((n, p) => $"process {p}: {n}"))}); every process of a mesh must run the same --backend"));
         if (data % world.Count != 0)
-            throw new ConfigException($"mesh {data}x{model} cannot be split over {world.Count} processes: each process holds whole rows of the model axis, so the data axis ({data}) must be a multiple of the process count; use e.g. --mesh {world.Count}x{model}, or a process count that divides {data}");
+            throw ProcessGroups.JobWide(new ConfigException($"mesh {data}x{model} cannot be split over {world.Count} processes: each process holds whole rows of the model axis, so the data axis ({data}) must be a multiple of the process count; use e.g. --mesh {world.Count}x{model}, or a process count that divides {data}"));
         if (transport == CollectiveTransport.Device)
-            throw new ConfigException($"--collectives device moves data inside one OpenCL context; a mesh over {world.Count} processes combines through the host and MPI: use --collectives host or auto");
+            throw ProcessGroups.JobWide(new ConfigException($"--collectives device moves data inside one OpenCL context; a mesh over {world.Count} processes combines through the host and MPI: use --collectives host or auto"));
         int n = data / world.Count * model;
         // Processes on one machine share its cores: by default each device gets cores / (its machine's devices).
         if (threadsPerDevice == 0 && provider.Name == "cpu")

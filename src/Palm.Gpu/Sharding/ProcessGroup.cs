@@ -35,6 +35,22 @@ public static class ProcessGroups
     /// </summary>
     public static IProcessGroup? World { get; set; }
 
+    /// <summary>
+    /// Marks an error that every process of the job raises alike: decided from the shared command line, the job's
+    /// shape or an <see cref="Agree"/> result. The CLI then holds each process at a barrier until process 0 has
+    /// reported it, since the launcher kills the others as soon as one process exits with an error.
+    /// </summary>
+    public static T JobWide<T>(T error) where T : Exception
+    {
+        error.Data[JobWideKey] = true;
+        return error;
+    }
+
+    /// <summary>Whether <paramref name="error"/> was raised alike by every process (<see cref="JobWide"/>).</summary>
+    public static bool IsJobWide(Exception error) => error.Data[JobWideKey] is true;
+
+    const string JobWideKey = "palm.job-wide";
+
     public static void AllGather<T>(this IProcessGroup g, ReadOnlySpan<T> mine, Span<T> all) where T : unmanaged =>
         g.AllGather(MemoryMarshal.AsBytes(mine), MemoryMarshal.AsBytes(all));
 

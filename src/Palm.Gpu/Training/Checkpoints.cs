@@ -234,7 +234,7 @@ public sealed class CheckpointStore
         {
             if (problem is null) return;
             if (processes.IsLeader) TryDelete(tmp);
-            throw new IOException($"could not write checkpoint {name} under '{Directory}': {problem} (the previous checkpoints are untouched)");
+            throw Sharding.ProcessGroups.JobWide(new IOException($"could not write checkpoint {name} under '{Directory}': {problem} (the previous checkpoints are untouched)"));
         }
         Fail(processes.Agree(processes.IsLeader ? Attempt(() =>
         {
