@@ -273,4 +273,18 @@ public class CliTests
         var r8 = CliRunner.Run("plan", "palm-8b");
         Assert.Contains("8,632,012,800", r8.Stdout); // PaLM Table 1: 8.63B
     }
+
+    [Fact]
+    public void A_cpu_without_hardware_fma_is_named_slow()
+    {
+        // .NET 10 turns FMA off with AVX2 (one x86-64-v3 group): the kernels then emulate every fused multiply-add.
+        var slow = CliRunner.RunWithEnv(new Dictionary<string, string> { ["DOTNET_EnableAVX2"] = "0" }, "devices");
+        Assert.True(slow.ExitCode == 0, slow.Stderr);
+        var cpu = Assert.Single(slow.Stdout.Split('\n'), l => l.StartsWith("cpu:0 ", StringComparison.Ordinal));
+        // On ARM64 the switch does not exist and NEON always fuses.
+        if (System.Runtime.Intrinsics.X86.X86Base.IsSupported) Assert.Contains("no hardware FMA", cpu);
+        else Assert.DoesNotContain("FMA", cpu);
+        if (System.Runtime.Intrinsics.X86.Fma.IsSupported || System.Runtime.Intrinsics.Arm.AdvSimd.IsSupported)
+            Assert.DoesNotContain("FMA", Assert.Single(CliRunner.Run("devices").Stdout.Split('\n'), l => l.StartsWith("cpu:0 ", StringComparison.Ordinal)));
+    }
 }

@@ -27,8 +27,9 @@ public class CpuBackend : BackendBase
     public override long ViewAlignment => 16;
 
     internal static string SimdDescription =>
-        System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated ? "AVX-512" :
-        System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated ? "AVX2" : "scalar";
+        (System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated ? "AVX-512" :
+         System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated ? "AVX2" : "scalar") +
+        (CpuSimd.HasFma ? "" : ", no hardware FMA: emulated, about 100× slower; use a CPU with FMA (x86-64-v3 or ARM64) or --backend opencl");
 
     static CpuView<float> F(DeviceBuffer b) => ((CpuBuffer)b).F;
     static CpuView<float> F0(DeviceBuffer? b) => b is null ? default : ((CpuBuffer)b).F;

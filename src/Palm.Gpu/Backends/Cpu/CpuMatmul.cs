@@ -268,7 +268,7 @@ internal static unsafe partial class CpuMatmul
     private const int MaxTile = 14 * 32;
 
     /// <summary>Fused multiply-add in hardware. The vector paths need it; without it only the scalar path runs, unfused.</summary>
-    private static bool HasFma => Fma.IsSupported || AdvSimd.IsSupported;
+    private static bool HasFma => CpuSimd.HasFma;
 
     /// <summary>The widest supported path within CpuSimd.Bits (every path gives the same bits; this only picks the speed).</summary>
     public static GemmPath BestPath =>

@@ -70,7 +70,7 @@ internal static class CpuPeak
     }
 
     // Fused where the hardware fuses; otherwise a multiply and an add, still 2 FLOPs per lane.
-    private static bool HasFma => Fma.IsSupported || AdvSimd.IsSupported;
+    private static bool HasFma => CpuSimd.HasFma;
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector512<float> MulAdd(Vector512<float> x, Vector512<float> m, Vector512<float> d) => HasFma ? Vector512.FusedMultiplyAdd(x, m, d) : x * m + d;
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
