@@ -284,7 +284,7 @@ public class CliTests
         // On ARM64 the switch does not exist and NEON always fuses.
         if (System.Runtime.Intrinsics.X86.X86Base.IsSupported) Assert.Contains("no hardware FMA", cpu);
         else Assert.DoesNotContain("FMA", cpu);
-        if (System.Runtime.Intrinsics.X86.Fma.IsSupported || System.Runtime.Intrinsics.Arm.AdvSimd.IsSupported)
+        if (Palm.Gpu.Backends.Cpu.CpuSimd.HasFma)
             Assert.DoesNotContain("FMA", Assert.Single(CliRunner.Run("devices").Stdout.Split('\n'), l => l.StartsWith("cpu:0 ", StringComparison.Ordinal)));
     }
 }

@@ -1,7 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
-using System.Runtime.Intrinsics.Arm;
 using System.Runtime.Intrinsics.X86;
 
 namespace Palm.Gpu.Backends.Cpu;
@@ -267,9 +266,6 @@ internal static unsafe partial class CpuMatmul
     /// <summary>Largest micro-tile of any path (14×32), for the edge-tile scratch.</summary>
     private const int MaxTile = 14 * 32;
 
-    /// <summary>Fused multiply-add in hardware. The vector paths need it; without it only the scalar path runs, unfused.</summary>
-    private static bool HasFma => CpuSimd.HasFma;
-
     /// <summary>The widest supported path within CpuSimd.Bits (every path gives the same bits; this only picks the speed).</summary>
     public static GemmPath BestPath =>
         CpuSimd.Bits >= 512 && IsSupported(GemmPath.Vector512) ? GemmPath.Vector512 :
@@ -278,9 +274,9 @@ internal static unsafe partial class CpuMatmul
 
     public static bool IsSupported(GemmPath path) => path switch
     {
-        GemmPath.Vector512 => Vector512.IsHardwareAccelerated && HasFma,
-        GemmPath.Vector256 => Vector256.IsHardwareAccelerated && HasFma,
-        GemmPath.Vector128 => Vector128.IsHardwareAccelerated && HasFma,
+        GemmPath.Vector512 => Vector512.IsHardwareAccelerated && CpuSimd.HasFma,
+        GemmPath.Vector256 => Vector256.IsHardwareAccelerated && CpuSimd.HasFma,
+        GemmPath.Vector128 => Vector128.IsHardwareAccelerated && CpuSimd.HasFma,
         _ => true,
     };
 

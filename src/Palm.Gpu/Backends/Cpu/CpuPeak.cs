@@ -1,8 +1,6 @@
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
-using System.Runtime.Intrinsics.Arm;
-using System.Runtime.Intrinsics.X86;
 
 namespace Palm.Gpu.Backends.Cpu;
 
@@ -70,13 +68,12 @@ internal static class CpuPeak
     }
 
     // Fused where the hardware fuses; otherwise a multiply and an add, still 2 FLOPs per lane.
-    private static bool HasFma => CpuSimd.HasFma;
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> MulAdd(Vector512<float> x, Vector512<float> m, Vector512<float> d) => HasFma ? Vector512.FusedMultiplyAdd(x, m, d) : x * m + d;
+    private static Vector512<float> MulAdd(Vector512<float> x, Vector512<float> m, Vector512<float> d) => CpuSimd.HasFma ? Vector512.FusedMultiplyAdd(x, m, d) : x * m + d;
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> MulAdd(Vector256<float> x, Vector256<float> m, Vector256<float> d) => HasFma ? Vector256.FusedMultiplyAdd(x, m, d) : x * m + d;
+    private static Vector256<float> MulAdd(Vector256<float> x, Vector256<float> m, Vector256<float> d) => CpuSimd.HasFma ? Vector256.FusedMultiplyAdd(x, m, d) : x * m + d;
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector128<float> MulAdd(Vector128<float> x, Vector128<float> m, Vector128<float> d) => HasFma ? Vector128.FusedMultiplyAdd(x, m, d) : x * m + d;
+    private static Vector128<float> MulAdd(Vector128<float> x, Vector128<float> m, Vector128<float> d) => CpuSimd.HasFma ? Vector128.FusedMultiplyAdd(x, m, d) : x * m + d;
 
     private static float Burn(int rounds) =>
         Vector512.IsHardwareAccelerated ? Burn512(rounds) :
