@@ -71,8 +71,7 @@ public sealed class DeviceMesh : IDisposable
     internal DeviceMesh(int data, int model, IReadOnlyList<IBackend> devices, IProcessGroup processes, bool ownsDevices)
     {
         int p = processes.Count;
-        if (data % p != 0)
-            throw ProcessGroups.JobWide(new ConfigException($"mesh {data}x{model} cannot be split over {p} processes: each process holds whole rows of the model axis, so the data axis ({data}) must be a multiple of the process count; use --mesh {p * Math.Max(1, data / p)}x{model} or {p} processes that divide {data}"));
+        CheckSplit(data, model, p);
         int rows = data / p;
         if (devices.Count != rows * model) throw new ConfigException($"process {processes.Index} of mesh {data}x{model} needs {rows * model} devices, got {devices.Count}");
         Data = data;
@@ -168,6 +167,13 @@ public sealed class DeviceMesh : IDisposable
         catch { foreach (var d in devices) d.Dispose(); throw; }
     }
 
+    /// <summary>Refuses, on every process alike, a data axis the processes cannot split into whole rows of the mesh.</summary>
+    static void CheckSplit(int data, int model, int processes)
+    {
+        if (data % processes != 0)
+            throw ProcessGroups.JobWide(new ConfigException($"mesh {data}x{model} cannot be split over {processes} processes: each process holds whole rows of the model axis, so the data axis ({data}) must be a multiple of the process count; use --mesh {processes * Math.Max(1, data / processes)}x{model}, or a process count that divides {data}"));
+    }
+
     /// <summary>
     /// This process's share of a mesh over the job's processes: its D/P × M devices of the backend (OpenCL: devices
     /// 0 .. D·M/P−1 of this machine, so one process per machine or per GPU group), host collectives between them and
@@ -178,8 +184,7 @@ public sealed class DeviceMesh : IDisposable
         var names = world.AllGatherVariable(System.Text.Encoding.UTF8.GetBytes(provider.Name)).Select(b => System.Text.Encoding.UTF8.GetString(b)).ToArray();
         if (names.Distinct().Count() > 1)
             throw ProcessGroups.JobWide(new ConfigException($"the processes of this job run different backends ({string.Join(", ", names.Select((n, p) => $"process {p}: {n}"))}); every process of a mesh must run the same --backend"));
-        if (data % world.Count != 0)
-            throw ProcessGroups.JobWide(new ConfigException($"mesh {data}x{model} cannot be split over {world.Count} processes: each process holds whole rows of the model axis, so the data axis ({data}) must be a multiple of the process count; use e.g. --mesh {world.Count}x{model}, or a process count that divides {data}"));
+        CheckSplit(data, model, world.Count);
         if (transport == CollectiveTransport.Device)
             throw ProcessGroups.JobWide(new ConfigException($"--collectives device moves data inside one OpenCL context; a mesh over {world.Count} processes combines through the host and MPI: use --collectives host or auto"));
         int n = data / world.Count * model;
