@@ -4,10 +4,11 @@
 # alternates palm and the peer's rows for --rounds rounds and prints tokens/s and palm's ratio to each row.
 #
 #   benchmarks/torch-peer.sh [--rounds 2] [--steps 3] [--warmup 1] [--threads N] [--preset small] [--batch 4] [--seq T]
-#                            [--no-check] [--no-mkl-intel-path]
+#                            [--no-check] [--no-mkl-intel-path] [--bf16 auto|on|off]
 #
 # Rows: palm fp32; torch fp32 (libtorch as shipped); on AMD CPUs torch fp32 with MKL's vendor test answered "Intel"
-# (native/mkl-intel-path.c, preloaded); torch bf16 (bf16 matmuls and attention on fp32 master weights).
+# (native/mkl-intel-path.c, preloaded); torch bf16 (bf16 matmuls and attention on fp32 master weights), by default only
+# on CPUs with bf16 arithmetic (avx512_bf16 or amx_bf16): elsewhere libtorch emulates it (Zen 3: 97 s a step).
 # Raw JSON lines go to .build/torch-peer-results/<time>.jsonl. See benchmarks/README.md, "libtorch peer".
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,8 +17,8 @@ out="$root/.build/torch-peer"
 native_out="$root/.build/torch-peer-native"
 export DOTNET_NOLOGO=1 DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
 
-rounds=2 steps=3 warmup=1 threads="$(nproc)" preset=small batch=4 seq="" check=1 mkl_row=auto
-usage() { sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+rounds=2 steps=3 warmup=1 threads="$(nproc)" preset=small batch=4 seq="" check=1 mkl_row=auto bf16=auto
+usage() { sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds|--steps|--warmup|--threads|--preset|--batch|--seq)
@@ -25,6 +26,9 @@ while [ $# -gt 0 ]; do
       name="${1#--}"; printf -v "$name" '%s' "$2"; shift 2 ;;
     --no-check) check=0; shift ;;
     --no-mkl-intel-path) mkl_row=0; shift ;;
+    --bf16)
+      [ $# -ge 2 ] && [[ "$2" =~ ^(auto|on|off)$ ]] || { echo "torch-peer: error: --bf16 takes auto, on or off" >&2; exit 2; }
+      bf16="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "torch-peer: error: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -38,6 +42,12 @@ command -v dotnet >/dev/null || { echo "torch-peer: error: the .NET 10 SDK is ne
 command -v cc >/dev/null || { echo "torch-peer: error: a C compiler (cc) is needed for the two small native helpers; Debian: apt-get install gcc" >&2; exit 2; }
 if [ "$mkl_row" = auto ]; then
   if grep -q -m1 AuthenticAMD /proc/cpuinfo 2>/dev/null; then mkl_row=1; else mkl_row=0; fi
+fi
+if [ "$bf16" = auto ]; then
+  if grep -q -m1 -w -E 'avx512_bf16|amx_bf16|bf16' /proc/cpuinfo 2>/dev/null; then bf16=on; else
+    bf16=off
+    echo "torch-peer: no bf16 arithmetic on this CPU (avx512_bf16, amx_bf16): the torch-bf16 row is left out, as libtorch would emulate it (--bf16 on runs it anyway)" >&2
+  fi
 fi
 
 echo "torch-peer: building the peer (Release; the first build restores TorchSharp-cpu 0.107.0 and libtorch 2.10, ~1 GB)..." >&2
@@ -95,7 +105,7 @@ declare -a table
 for round in $(seq 1 "$rounds"); do
   rows=(palm torch-fp32)
   [ "$mkl_row" = 1 ] && rows+=(torch-fp32-mkl-intel)
-  rows+=(torch-bf16)
+  [ "$bf16" = on ] && rows+=(torch-bf16)
   # Even rounds run in reverse order, so that load drifting during the run falls on both sides alike.
   if [ $((round % 2)) = 0 ]; then
     reversed=(); for ((i=${#rows[@]}-1; i>=0; i--)); do reversed+=("${rows[i]}"); done; rows=("${reversed[@]}")
