@@ -106,8 +106,11 @@ public class GemmBenchmarks
         return stats is null ? double.NaN : ShapeOf(bc).Flops / stats.Mean; // FLOP per ns = GFLOP/s
     }
 
-    /// <summary>One shape timed with our GEMM and with OpenBLAS (NaN when absent), back to back on the same data.</summary>
-    public sealed record Comparison(GemmShape Shape, double OursSeconds, double OpenBlasSeconds);
+    /// <summary>
+    /// One shape timed with our GEMM and with OpenBLAS (NaN when absent), back to back on the same data: the best call of
+    /// each, and the median of all its timed calls (how far the median is above the best shows how busy the machine was).
+    /// </summary>
+    public sealed record Comparison(GemmShape Shape, double OursSeconds, double OpenBlasSeconds, double OursMedianSeconds, double OpenBlasMedianSeconds);
 
     /// <summary>
     /// Ours and OpenBLAS timed in alternating blocks (3 rounds of each, at least 3 calls or ~150 ms a block), the best
@@ -122,34 +125,43 @@ public class GemmBenchmarks
         {
             var bench = new GemmBenchmarks { Shape = shape, Threads = threads };
             bench.Setup();
-            double ours = double.MaxValue, blas = OpenBlas.Available ? double.MaxValue : double.NaN;
+            var ours = new List<double>();
+            var blas = new List<double>();
             for (int round = 0; round < 3; round++)
             {
-                ours = Math.Min(ours, Block(bench.Matmul));
-                if (OpenBlas.Available) blas = Math.Min(blas, Block(bench.OpenBlasSgemm));
+                Block(bench.Matmul, ours);
+                if (OpenBlas.Available) Block(bench.OpenBlasSgemm, blas);
             }
-            yield return new Comparison(shape, ours, blas);
+            yield return new Comparison(shape, ours.Min(), OpenBlas.Available ? blas.Min() : double.NaN,
+                                        Median(ours), OpenBlas.Available ? Median(blas) : double.NaN);
         }
     }
 
     /// <summary>How long a block waits first, for the other library's threads to go idle.</summary>
     const int SettleMs = 250;
 
-    /// <summary>One untimed call, then the best of at least 3 timed calls (up to 10 or ~150 ms).</summary>
-    static double Block(Action call)
+    /// <summary>One untimed call, then at least 3 timed calls (up to 10 or ~150 ms), each one's seconds added to <paramref name="times"/>.</summary>
+    static void Block(Action call, List<double> times)
     {
         Thread.Sleep(SettleMs);
         call();
-        double best = double.MaxValue;
         var clock = Stopwatch.StartNew();
         for (int rep = 0; rep < 10 && (rep < 3 || clock.ElapsedMilliseconds < 150); rep++)
         {
             long t0 = Stopwatch.GetTimestamp();
             call();
-            best = Math.Min(best, Stopwatch.GetElapsedTime(t0).TotalSeconds);
+            times.Add(Stopwatch.GetElapsedTime(t0).TotalSeconds);
         }
-        return best;
     }
+
+    static double Median(List<double> times)
+    {
+        var sorted = times.Order().ToList();
+        return sorted.Count % 2 == 1 ? sorted[sorted.Count / 2] : (sorted[sorted.Count / 2 - 1] + sorted[sorted.Count / 2]) / 2;
+    }
+
+    /// <summary>A median call this much slower than the best, or more, means other work shared the cores during the shape.</summary>
+    const double BusySpread = 0.10;
 
     /// <summary>
     /// A quick table without BenchmarkDotNet (best of a few timed calls per shape) for tuning:
@@ -161,12 +173,20 @@ public class GemmBenchmarks
         Console.WriteLine($"fp32 peak on {threads} thread(s): {peak:F1} GFLOP/s ({CpuMatmul.BestPath}, {CpuPeak.Lanes} lanes)");
         Console.WriteLine(OpenBlas.Description);
         Console.WriteLine($"our GEMM: {GemmTuner.For(threads).Description}");
-        Console.WriteLine($"{"shape",-32} {"M×N×K",-17} {"ours ms",8} {"GFLOP/s",8} {"% peak",6}   {"OpenBLAS ms",11} {"GFLOP/s",8} {"% peak",6}  ours/OpenBLAS");
+        Console.WriteLine($"{"shape",-32} {"M×N×K",-17} {"ours ms",8} {"GFLOP/s",8} {"% peak",6}   {"OpenBLAS ms",11} {"GFLOP/s",8} {"% peak",6}  ours/OpenBLAS  median/best: ours, OpenBLAS");
+        int busy = 0, shapes = 0;
         foreach (var r in Compare(threads, match))
         {
             double ours = r.Shape.Flops / r.OursSeconds / 1e9, blas = r.Shape.Flops / r.OpenBlasSeconds / 1e9;
+            double oursSpread = r.OursMedianSeconds / r.OursSeconds - 1, blasSpread = r.OpenBlasMedianSeconds / r.OpenBlasSeconds - 1;
+            shapes++;
+            if (oursSpread >= BusySpread || blasSpread >= BusySpread) busy++;
             Console.WriteLine($"{r.Shape.Name,-32} {$"{r.Shape.M}×{r.Shape.N}×{r.Shape.K}",-17} {r.OursSeconds * 1e3,8:F2} {ours,8:F1} {100 * ours / peak,5:F0}%   " +
-                              (double.IsNaN(blas) ? "n/a" : $"{r.OpenBlasSeconds * 1e3,11:F2} {blas,8:F1} {100 * blas / peak,5:F0}%  {ours / blas,8:F2}×"));
+                              (double.IsNaN(blas) ? $"{"n/a",11}{"",27}  +{100 * oursSpread:F0}%"
+                                                  : $"{r.OpenBlasSeconds * 1e3,11:F2} {blas,8:F1} {100 * blas / peak,5:F0}%  {ours / blas,8:F2}×      +{100 * oursSpread:F0}%, +{100 * blasSpread:F0}%"));
         }
+        if (busy > 0)
+            Console.WriteLine($"{busy} of {shapes} shapes had a median call {100 * BusySpread:F0}% or more above the best: other work shared the cores, " +
+                              "so those shapes' ratios may be off by as much; run again when the machine is quieter.");
     }
 }
