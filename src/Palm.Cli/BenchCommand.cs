@@ -105,6 +105,7 @@ internal static class BenchCommand
             double peakGflops = r.GetValue(peak) > 0 ? r.GetValue(peak) : BackendRegistry.MeasurePeakGflops(be);
             var res = StepBenchmark.Run(be, c, b, warm, timed, profiled, peakGflops);
             Console.WriteLine(Json(res, r.GetValue(preset)!));
+            if (BusyNote(res.StepSeconds, res.Mfu) is { } note) Console.Error.WriteLine(note);
             if (profiled > 0 && !r.GetValue(noTable)) Console.Write(StepBreakdown.Text(res));
             return 0;
         }));
@@ -245,6 +246,25 @@ internal static class BenchCommand
     }
 
     static double R(double x, int digits) => double.IsFinite(x) ? Math.Round(x, digits) : 0;
+
+    /// <summary>A mean step this much slower than the best, or more, means other work shared the cores.</summary>
+    internal const double BusySpread = 0.10;
+
+    /// <summary>
+    /// A line for stderr when the timed steps varied so much that other work must have shared the cores: the mean
+    /// (what tokens/s and MFU are of) is then low by about the spread, and the best step says what the machine gives
+    /// alone. Null when the steps agree, or there is only one.
+    /// </summary>
+    internal static string? BusyNote(IReadOnlyList<double> stepSeconds, double mfu)
+    {
+        if (stepSeconds.Count < 2) return null;
+        double best = stepSeconds.Min(), worst = stepSeconds.Max(), mean = stepSeconds.Average();
+        double spread = mean / best - 1;
+        if (!(spread >= BusySpread)) return null;
+        return $"palm: note: the {stepSeconds.Count} timed steps took {best:F3}–{worst:F3} s, their mean {100 * spread:F0}% above the best: " +
+               $"other work shared the cores, so tokens/s and MFU (of the mean) read low by about that much; the best step alone gives " +
+               $"{100 * mfu * mean / best:F1}% MFU. Measure again at a quieter time, or compare configurations in one run (--block parallel,serial).";
+    }
 
     internal static string Json(StepBenchmarkResult res, string preset)
     {

@@ -233,6 +233,20 @@ public class CliTests
         Assert.Contains("2 variants stepped in turn, 3 timed steps each (ratios against serial)", r.Stdout);
     }
 
+    // Steps that vary by 10% or more mean other work shared the cores: bench says so, with the best step's MFU.
+    [Fact]
+    public void BenchNotesABusyMachineFromTheSpreadOfItsSteps()
+    {
+        // Mean 1.2 s against a best of 1.0 s: 20% above; MFU of the mean 0.5, so the best step alone gives 60%.
+        string? note = Palm.Cli.BenchCommand.BusyNote([1.0, 1.1, 1.5], 0.5);
+        Assert.NotNull(note);
+        Assert.Contains("the 3 timed steps took 1.000–1.500 s, their mean 20% above the best", note);
+        Assert.Contains("the best step alone gives 60.0% MFU", note);
+        Assert.Null(Palm.Cli.BenchCommand.BusyNote([1.0, 1.05, 1.1], 0.5));   // mean 5% above the best: a quiet machine
+        Assert.Null(Palm.Cli.BenchCommand.BusyNote([1.0], 0.5));              // one step: nothing to compare
+        Assert.Null(Palm.Cli.BenchCommand.BusyNote([1.0, 1.0, 1.0], 0.5));
+    }
+
     [Theory]
     [InlineData("parallel,parallel")]
     [InlineData("parallel,")]
