@@ -87,6 +87,8 @@ internal static class BenchCommand
                 var results = StepBenchmark.Interleaved(cbe, configs, cb, cw, ct, cpeak);
                 Console.WriteLine(CompareJson(results, r.GetValue(preset)!));
                 if (!r.GetValue(noTable)) Console.Write(CompareText(results));
+                foreach (var x in results)
+                    if (BusyNote(x.StepSeconds, x.Mfu, $"{x.Config.Block.ToString().ToLowerInvariant()} block's ") is { } busy) Console.Error.WriteLine(busy);
                 return 0;
             }
             var c = shape.Apply(Cli.Resolve(r.GetValue(preset)!, r.GetValue(block), r.GetValue(attention), r.GetValue(remat), r.GetValue(seq)), r);
@@ -255,13 +257,13 @@ internal static class BenchCommand
     /// (what tokens/s and MFU are of) is then low by about the spread, and the best step says what the machine gives
     /// alone. Null when the steps agree, or there is only one.
     /// </summary>
-    internal static string? BusyNote(IReadOnlyList<double> stepSeconds, double mfu)
+    internal static string? BusyNote(IReadOnlyList<double> stepSeconds, double mfu, string whose = "")
     {
         if (stepSeconds.Count < 2) return null;
         double best = stepSeconds.Min(), worst = stepSeconds.Max(), mean = stepSeconds.Average();
         double spread = mean / best - 1;
         if (!(spread >= BusySpread)) return null;
-        return $"palm: note: the {stepSeconds.Count} timed steps took {best:F3}–{worst:F3} s, their mean {100 * spread:F0}% above the best: " +
+        return $"palm: note: the {whose}{stepSeconds.Count} timed steps took {best:F3}–{worst:F3} s, their mean {100 * spread:F0}% above the best: " +
                $"other work shared the cores, so tokens/s and MFU (of the mean) read low by about that much; the best step alone gives " +
                $"{100 * mfu * mean / best:F1}% MFU. Measure again at a quieter time, or compare configurations in one run (--block parallel,serial).";
     }

@@ -245,6 +245,8 @@ public class CliTests
         Assert.Null(Palm.Cli.BenchCommand.BusyNote([1.0, 1.05, 1.1], 0.5));   // mean 5% above the best: a quiet machine
         Assert.Null(Palm.Cli.BenchCommand.BusyNote([1.0], 0.5));              // one step: nothing to compare
         Assert.Null(Palm.Cli.BenchCommand.BusyNote([1.0, 1.0, 1.0], 0.5));
+        Assert.StartsWith("palm: note: the serial block's 2 timed steps took 1.000–1.400 s, their mean 20% above the best",
+                          Palm.Cli.BenchCommand.BusyNote([1.0, 1.4], 0.5, "serial block's "));
     }
 
     [Theory]
