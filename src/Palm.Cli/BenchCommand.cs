@@ -249,11 +249,11 @@ internal static class BenchCommand
 
     static double R(double x, int digits) => double.IsFinite(x) ? Math.Round(x, digits) : 0;
 
-    /// <summary>A mean step this much slower than the best, or more, means other work shared the cores.</summary>
+    /// <summary>A mean step this much slower than the best, or more, means something else took part of the cores' time.</summary>
     internal const double BusySpread = 0.10;
 
     /// <summary>
-    /// A line for stderr when the timed steps varied so much that other work must have shared the cores: the mean
+    /// A line for stderr when the timed steps varied so much that something else took part of the cores' time: the mean
     /// (what tokens/s and MFU are of) is then low by about the spread, and the best step says what the machine gives
     /// alone. Null when the steps agree, or there is only one.
     /// </summary>
@@ -263,9 +263,12 @@ internal static class BenchCommand
         double best = stepSeconds.Min(), worst = stepSeconds.Max(), mean = stepSeconds.Average();
         double spread = mean / best - 1;
         if (!(spread >= BusySpread)) return null;
+        string advice = whose.Length == 0
+            ? "Measure again at a quieter time, or compare configurations in one run (--block parallel,serial)."
+            : "The blocks stepped in turn, so their ratio is less affected than either rate; measure again at a quieter time to be sure.";
         return $"palm: note: the {whose}{stepSeconds.Count} timed steps took {best:F3}–{worst:F3} s, their mean {100 * spread:F0}% above the best: " +
-               $"other work shared the cores, so tokens/s and MFU (of the mean) read low by about that much; the best step alone gives " +
-               $"{100 * mfu * mean / best:F1}% MFU. Measure again at a quieter time, or compare configurations in one run (--block parallel,serial).";
+               $"{(best < 0.1 ? "something else (other processes, or a pause of the runtime on steps this short)" : "other processes")} took part of the cores' time, so tokens/s and MFU " +
+               $"(of the mean) read low by about that much; the best step alone gives {100 * mfu * mean / best:F1}% MFU. {advice}";
     }
 
     internal static string Json(StepBenchmarkResult res, string preset)
