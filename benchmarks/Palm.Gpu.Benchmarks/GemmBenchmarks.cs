@@ -5,6 +5,7 @@ using BenchmarkDotNet.Jobs;
 using BenchmarkDotNet.Reports;
 using BenchmarkDotNet.Running;
 using Palm.Gpu.Backends.Cpu;
+using Palm.Gpu.Training;
 
 namespace Palm.Gpu.Benchmarks;
 
@@ -135,7 +136,7 @@ public class GemmBenchmarks
                 if (OpenBlas.Available) Block(bench.OpenBlasSgemm, blas);
             }
             yield return new Comparison(shape, ours.Min(), OpenBlas.Available ? blas.Min() : double.NaN,
-                                        Median(ours), OpenBlas.Available ? Median(blas) : double.NaN);
+                                        Statistics.Median(ours), OpenBlas.Available ? Statistics.Median(blas) : double.NaN);
         }
     }
 
@@ -156,18 +157,15 @@ public class GemmBenchmarks
         }
     }
 
-    static double Median(List<double> times)
-    {
-        var sorted = times.Order().ToList();
-        return sorted.Count % 2 == 1 ? sorted[sorted.Count / 2] : (sorted[sorted.Count / 2 - 1] + sorted[sorted.Count / 2]) / 2;
-    }
-
     /// <summary>A median call this much slower than the best, or more, means other work shared the cores during the shape.</summary>
     const double BusySpread = 0.10;
     /// <summary>Rounds added to a shape's three while its calls are that spread.</summary>
     const int ExtraRounds = 3;
 
-    static bool Busy(List<double> times) => Median(times) / times.Min() - 1 >= BusySpread;
+    static bool Busy(List<double> times) => Spread(Statistics.Median(times), times.Min()) >= BusySpread;
+
+    /// <summary>How far the median call is above the best, as a fraction.</summary>
+    static double Spread(double median, double best) => median / best - 1;
 
     /// <summary>
     /// A quick table without BenchmarkDotNet (best of a few timed calls per shape) for tuning:
@@ -184,7 +182,7 @@ public class GemmBenchmarks
         foreach (var r in Compare(threads, match))
         {
             double ours = r.Shape.Flops / r.OursSeconds / 1e9, blas = r.Shape.Flops / r.OpenBlasSeconds / 1e9;
-            double oursSpread = r.OursMedianSeconds / r.OursSeconds - 1, blasSpread = r.OpenBlasMedianSeconds / r.OpenBlasSeconds - 1;
+            double oursSpread = Spread(r.OursMedianSeconds, r.OursSeconds), blasSpread = Spread(r.OpenBlasMedianSeconds, r.OpenBlasSeconds);
             shapes++;
             if (oursSpread >= BusySpread || blasSpread >= BusySpread) busy++;
             Console.WriteLine($"{r.Shape.Name,-32} {$"{r.Shape.M}×{r.Shape.N}×{r.Shape.K}",-17} {r.OursSeconds * 1e3,8:F2} {ours,8:F1} {100 * ours / peak,5:F0}%   " +
