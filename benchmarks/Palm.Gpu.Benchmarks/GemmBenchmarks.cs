@@ -157,15 +157,13 @@ public class GemmBenchmarks
         }
     }
 
-    /// <summary>A median call this much slower than the best, or more, means other work shared the cores during the shape.</summary>
-    const double BusySpread = 0.10;
     /// <summary>Rounds added to a shape's three while its calls are that spread.</summary>
     const int ExtraRounds = 3;
 
     static bool Busy(List<double> times) => Spread(Statistics.Median(times), times.Min()) >= BusySpread;
 
-    /// <summary>How far the median call is above the best, as a fraction.</summary>
-    static double Spread(double median, double best) => median / best - 1;
+    static double Spread(double median, double best) => Statistics.SpreadAboveBest(median, best);
+    const double BusySpread = Statistics.BusySpread;
 
     /// <summary>
     /// A quick table without BenchmarkDotNet (best of a few timed calls per shape) for tuning:

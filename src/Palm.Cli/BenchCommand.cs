@@ -4,6 +4,7 @@ using Palm.Gpu.Backends;
 using Palm.Gpu.Data;
 using Palm.Gpu.Model;
 using Palm.Gpu.Research;
+using Palm.Gpu.Training;
 
 namespace Palm.Cli;
 
@@ -249,9 +250,6 @@ internal static class BenchCommand
 
     static double R(double x, int digits) => double.IsFinite(x) ? Math.Round(x, digits) : 0;
 
-    /// <summary>A mean step this much slower than the best, or more, means something else took part of the cores' time.</summary>
-    internal const double BusySpread = 0.10;
-
     /// <summary>
     /// A line for stderr when the timed steps varied so much that something else took part of the cores' time: the mean
     /// (what tokens/s and MFU are of) is then low by about the spread, and the best step says what the machine gives
@@ -261,8 +259,8 @@ internal static class BenchCommand
     {
         if (stepSeconds.Count < 2) return null;
         double best = stepSeconds.Min(), worst = stepSeconds.Max(), mean = stepSeconds.Average();
-        double spread = mean / best - 1;
-        if (!(spread >= BusySpread)) return null;
+        double spread = Statistics.SpreadAboveBest(mean, best);
+        if (!(spread >= Statistics.BusySpread)) return null;
         string advice = whose.Length == 0
             ? "Measure again at a quieter time, or compare configurations in one run (--block parallel,serial)."
             : "The blocks stepped in turn, so their ratio is less affected than either rate; measure again at a quieter time to be sure.";

@@ -26,9 +26,9 @@ public class CpuBackend : BackendBase
     /// <summary>64 bytes: a cache line, and whole 512-bit vectors from a view's start.</summary>
     public override long ViewAlignment => 16;
 
+    /// <summary>The vector path the kernels take (CpuSimd), and a warning where fused multiply-adds are emulated.</summary>
     internal static string SimdDescription =>
-        (System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated ? "AVX-512" :
-         System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated ? "AVX2" : "scalar") +
+        CpuSimd.Description +
         (CpuSimd.HasFma ? "" : ", no hardware FMA: emulated, about 100× slower; use a CPU with FMA (x86-64-v3 or ARM64) or --backend opencl");
 
     static CpuView<float> F(DeviceBuffer b) => ((CpuBuffer)b).F;
