@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Runtime.InteropServices;
 using Palm.Gpu.Backends;
 using Palm.Gpu.Backends.Cpu;
+using Palm.Gpu.Tensors;
 
 namespace Palm.Gpu.Benchmarks;
 
@@ -32,7 +33,7 @@ public static partial class AttentionQuick
         Console.WriteLine($"fp32 peak on {threads} thread(s): {peak:F1} GFLOP/s ({CpuSimd.Description}); best of {rounds} rounds");
 
         const int G = 1024;
-        var ga = Fill(G * G, 1); var gb = Fill(G * G, 2); var gc = new float[G * G];
+        var ga = Fill(G * G, 1); var gb = Fill(G * G, 2); var gc = Zeros(G * G);
         double gemmFlops = 2.0 * G * G * G, gemmBest = double.MaxValue, gemmCpu = double.MaxValue;
         void Gemm() => CpuMatmul.Run(threads, gc, ga, gb, G, G, G, false, false, 1f, false);
 
@@ -42,8 +43,8 @@ public static partial class AttentionQuick
         {
             long nq = (long)c.B * c.T * c.H * c.K, nkv = (long)c.B * c.T * c.G * c.K;
             var q = Fill(nq, 3); var k = Fill(nkv, 4); var v = Fill(nkv, 5); var dout = Fill(nq, 6);
-            var o = new float[nq]; var lse = new float[(long)c.B * c.H * c.T];
-            var dq = new float[nq]; var dk = new float[nkv]; var dv = new float[nkv];
+            var o = Zeros(nq); var lse = Zeros((long)c.B * c.H * c.T);
+            var dq = Zeros(nq); var dk = Zeros(nkv); var dv = Zeros(nkv);
             void Fwd() => CpuAttention.Forward(threads, o, lse, q, k, v, c.B, c.T, c.H, c.G, c.K);
             void Bwd() => CpuAttention.Backward(threads, dq, dk, dv, dout, q, k, v, o, lse, c.B, c.T, c.H, c.G, c.K);
             Fwd(); Bwd(); Gemm();
@@ -95,10 +96,13 @@ public static partial class AttentionQuick
         return ts.Seconds + ts.Nanoseconds * 1e-9;
     }
 
-    static float[] Fill(long n, int seed)
+    // Operands as the model holds them: CPU backend buffers, each starting on a cache line.
+    static CpuView<float> Zeros(long n) => new CpuBuffer("x", n, ElementType.F32).F;
+
+    static CpuView<float> Fill(long n, int seed)
     {
         var rng = new Random(seed);
-        var a = new float[n];
+        var a = Zeros(n);
         for (long i = 0; i < n; i++) a[i] = (float)(2 * rng.NextDouble() - 1);
         return a;
     }

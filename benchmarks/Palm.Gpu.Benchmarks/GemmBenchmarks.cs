@@ -5,6 +5,7 @@ using BenchmarkDotNet.Jobs;
 using BenchmarkDotNet.Reports;
 using BenchmarkDotNet.Running;
 using Palm.Gpu.Backends.Cpu;
+using Palm.Gpu.Tensors;
 using Palm.Gpu.Training;
 
 namespace Palm.Gpu.Benchmarks;
@@ -57,16 +58,18 @@ public class GemmBenchmarks
     [Params(1, 2)]
     public int Threads { get; set; }
 
-    private float[] _a = null!, _b = null!, _c = null!;
+    // The model's tensors: CPU backend buffers, each starting on a cache line. Both libraries get the same memory.
+    private CpuView<float> _a, _b, _c;
 
     [GlobalSetup]
     public void Setup()
     {
         if (OpenBlas.Available) OpenBlas.SetThreads(Threads);
         var rng = new Random(1);
-        _a = Enumerable.Range(0, Shape.M * Shape.K).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray();
-        _b = Enumerable.Range(0, Shape.K * Shape.N).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray();
-        _c = new float[Shape.M * Shape.N];
+        _a = new CpuBuffer("a", (long)Shape.M * Shape.K, ElementType.F32).F;
+        _b = new CpuBuffer("b", (long)Shape.K * Shape.N, ElementType.F32).F;
+        _c = new CpuBuffer("c", (long)Shape.M * Shape.N, ElementType.F32).F;
+        foreach (var x in new[] { _a, _b }) for (long i = 0; i < x.Length; i++) x[i] = (float)(rng.NextDouble() - 0.5);
     }
 
     [Benchmark(Baseline = true)]

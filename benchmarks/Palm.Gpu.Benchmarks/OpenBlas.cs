@@ -1,3 +1,4 @@
+using Palm.Gpu.Backends.Cpu;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics.X86;
 
@@ -72,7 +73,7 @@ internal static unsafe partial class OpenBlas
     }
 
     /// <summary>The same contract as IBackend.Matmul on host arrays: C (M,N) = alpha·op(A)·op(B) [+ C], row-major.</summary>
-    public static void Sgemm(float[] c, float[] a, float[] b, int m, int n, int k, bool transA, bool transB, float alpha, bool accumulate)
+    public static void Sgemm(CpuView<float> c, CpuView<float> a, CpuView<float> b, int m, int n, int k, bool transA, bool transB, float alpha, bool accumulate)
     {
         if (!Available) throw new InvalidOperationException(Description);
         fixed (float* pa = a, pb = b, pc = c)

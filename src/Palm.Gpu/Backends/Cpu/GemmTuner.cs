@@ -97,8 +97,14 @@ internal static class GemmTuner
             (M: 512, N: 768, K: 768, TransA: true),
         };
         var rng = new Random(1);
-        float[] Data(int count) => Enumerable.Range(0, count).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray();
-        var data = problems.Select(p => (A: Data(p.M * p.K), B: Data(p.K * p.N), C: new float[p.M * p.N])).ToArray();
+        // Operands laid out as the model's (CpuBuffer: each starts on a cache line).
+        CpuView<float> Data(int count, bool random = true)
+        {
+            var view = new CpuBuffer("tuner", count, Tensors.ElementType.F32).F;
+            if (random) for (int i = 0; i < count; i++) view[i] = (float)(rng.NextDouble() - 0.5);
+            return view;
+        }
+        var data = problems.Select(p => (A: Data(p.M * p.K), B: Data(p.K * p.N), C: Data(p.M * p.N, random: false))).ToArray();
         double flops = problems.Sum(p => 2.0 * p.M * p.N * p.K);
 
         void RunAll(GemmPath path, GemmBlocking blocking)
