@@ -55,6 +55,7 @@ internal static unsafe class CpuAttention
     internal static int BestVectorBits => CpuSimd.Bits;
 
     [ThreadStatic] static float[]? t_scratch;
+    [ThreadStatic] static int t_scratchStart;   // its first element on a cache line (the Carver's 64-byte pieces assume it)
 
     public static void Forward(int threads, CpuView<float> output, CpuView<float> lse, CpuView<float> q, CpuView<float> k, CpuView<float> v,
                                int b, int t, int heads, int kvHeads, int headDim)
@@ -483,12 +484,17 @@ internal static unsafe class CpuAttention
         }
     }
 
-    static float[] Scratch(in Shape s, int extra = 0)
+    /// <summary>This thread's scratch of at least the shape's floats, starting on a cache line (a pinned array: it never moves).</summary>
+    static CpuView<float> Scratch(in Shape s, int extra = 0)
     {
         int need = s.ScratchFloats + extra;
         var a = t_scratch;
-        if (a is null || a.Length < need) t_scratch = a = new float[need];
-        return a;
+        if (a is null || a.Length - t_scratchStart < need)
+        {
+            t_scratch = a = GC.AllocateArray<float>(need + CpuBuffer.LineElements, pinned: true);
+            t_scratchStart = (int)CpuBuffer.ElementsToLine(a);
+        }
+        return new CpuView<float>(a, t_scratchStart, need);
     }
 
     /// <summary>Hands out consecutive 64-byte multiples of a scratch buffer.</summary>
