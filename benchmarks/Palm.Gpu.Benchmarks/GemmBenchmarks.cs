@@ -131,7 +131,7 @@ public class GemmBenchmarks
             bench.Setup();
             var ours = new List<double>();
             var blas = new List<double>();
-            // Three rounds; up to ExtraRounds more while either library's median is BusySpread or more above its best
+            // Three rounds; up to ExtraRounds more while either library's median is Statistics.BusySpread or more above its best
             // (other work had the cores for part of the shape), so that a brief burst of load does not set the best.
             for (int round = 0; round < 3 || round < 3 + ExtraRounds && (Busy(ours) || OpenBlas.Available && Busy(blas)); round++)
             {
@@ -160,13 +160,10 @@ public class GemmBenchmarks
         }
     }
 
-    /// <summary>Rounds added to a shape's three while its calls are that spread.</summary>
+    /// <summary>Rounds added to a shape's three while its median call is Statistics.BusySpread or more above its best.</summary>
     const int ExtraRounds = 3;
 
-    static bool Busy(List<double> times) => Spread(Statistics.Median(times), times.Min()) >= BusySpread;
-
-    static double Spread(double median, double best) => Statistics.SpreadAboveBest(median, best);
-    const double BusySpread = Statistics.BusySpread;
+    static bool Busy(List<double> times) => Statistics.SpreadAboveBest(Statistics.Median(times), times.Min()) >= Statistics.BusySpread;
 
     /// <summary>
     /// A quick table without BenchmarkDotNet (best of a few timed calls per shape) for tuning:
@@ -183,15 +180,15 @@ public class GemmBenchmarks
         foreach (var r in Compare(threads, match))
         {
             double ours = r.Shape.Flops / r.OursSeconds / 1e9, blas = r.Shape.Flops / r.OpenBlasSeconds / 1e9;
-            double oursSpread = Spread(r.OursMedianSeconds, r.OursSeconds), blasSpread = Spread(r.OpenBlasMedianSeconds, r.OpenBlasSeconds);
+            double oursSpread = Statistics.SpreadAboveBest(r.OursMedianSeconds, r.OursSeconds), blasSpread = Statistics.SpreadAboveBest(r.OpenBlasMedianSeconds, r.OpenBlasSeconds);
             shapes++;
-            if (oursSpread >= BusySpread || blasSpread >= BusySpread) busy++;
+            if (oursSpread >= Statistics.BusySpread || blasSpread >= Statistics.BusySpread) busy++;
             Console.WriteLine($"{r.Shape.Name,-32} {$"{r.Shape.M}×{r.Shape.N}×{r.Shape.K}",-17} {r.OursSeconds * 1e3,8:F2} {ours,8:F1} {100 * ours / peak,5:F0}%   " +
                               (double.IsNaN(blas) ? $"{"n/a",11}{"",27}  +{100 * oursSpread:F0}%"
                                                   : $"{r.OpenBlasSeconds * 1e3,11:F2} {blas,8:F1} {100 * blas / peak,5:F0}%  {ours / blas,8:F2}×      +{100 * oursSpread:F0}%, +{100 * blasSpread:F0}%"));
         }
         if (busy > 0)
-            Console.WriteLine($"{busy} of {shapes} shapes had a median call {100 * BusySpread:F0}% or more above the best: other work shared the cores, " +
+            Console.WriteLine($"{busy} of {shapes} shapes had a median call {100 * Statistics.BusySpread:F0}% or more above the best: other work shared the cores, " +
                               "so those shapes' ratios may be off by as much; run again when the machine is quieter.");
     }
 }

@@ -54,8 +54,7 @@ internal static unsafe class CpuAttention
     /// <summary>The vector path the public entry points take: CpuSimd.Bits (512, 256 or 0). Every path gives the same bits.</summary>
     internal static int BestVectorBits => CpuSimd.Bits;
 
-    [ThreadStatic] static float[]? t_scratch;
-    [ThreadStatic] static int t_scratchStart;   // its first element on a cache line (the Carver's 64-byte pieces assume it)
+    [ThreadStatic] static CpuBuffer? t_scratch;   // a CpuBuffer: it starts on a cache line, as the Carver's 64-byte pieces assume
 
     public static void Forward(int threads, CpuView<float> output, CpuView<float> lse, CpuView<float> q, CpuView<float> k, CpuView<float> v,
                                int b, int t, int heads, int kvHeads, int headDim)
@@ -484,17 +483,12 @@ internal static unsafe class CpuAttention
         }
     }
 
-    /// <summary>This thread's scratch of at least the shape's floats, starting on a cache line (a pinned array: it never moves).</summary>
+    /// <summary>This thread's scratch of at least the shape's floats, starting on a cache line.</summary>
     static CpuView<float> Scratch(in Shape s, int extra = 0)
     {
         int need = s.ScratchFloats + extra;
-        var a = t_scratch;
-        if (a is null || a.Length - t_scratchStart < need)
-        {
-            t_scratch = a = GC.AllocateArray<float>(need + CpuBuffer.LineElements, pinned: true);
-            t_scratchStart = (int)CpuBuffer.ElementsToLine(a);
-        }
-        return new CpuView<float>(a, t_scratchStart, need);
+        if (t_scratch is null || t_scratch.Length < need) t_scratch = new CpuBuffer("attention scratch", need, Tensors.ElementType.F32);
+        return t_scratch.F;
     }
 
     /// <summary>Hands out consecutive 64-byte multiples of a scratch buffer.</summary>

@@ -23,7 +23,7 @@ public sealed class CpuBuffer : DeviceBuffer
     readonly long first;
 
     /// <summary>Elements of slack per array: a cache line of 4-byte elements, so an aligned start always exists.</summary>
-    internal const int LineElements = 16;
+    const int LineElements = 16;
 
     public CpuBuffer(string name, long length, ElementType type) : base(name, length, type)
     {
@@ -42,8 +42,8 @@ public sealed class CpuBuffer : DeviceBuffer
         first = parent.first;
     }
 
-    /// <summary>How many elements from a pinned array's start to its first element on a 64-byte boundary.</summary>
-    internal static unsafe long ElementsToLine<T>(T[] array) where T : unmanaged
+    /// <summary>How many elements from the (pinned) array's start to its first element on a 64-byte boundary.</summary>
+    static unsafe long ElementsToLine<T>(T[] array) where T : unmanaged
     {
         nint address = (nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(array));
         return (-(long)address & 63) / sizeof(T);

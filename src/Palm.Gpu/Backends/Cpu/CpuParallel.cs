@@ -64,7 +64,7 @@ internal static class CpuParallel
     {
         static readonly Team Shared = new();
         int _busy;                      // 1 while a caller owns the team
-        readonly List<Thread> _threads = [];
+        int _started;                   // worker threads so far (workers 0 .. _started − 1)
         readonly object _wake = new();  // sleeping workers wait on it
         int _sleepers;
         Loop? _loop;                    // the latest loop; a new object for each, so a worker can tell them apart
@@ -109,12 +109,10 @@ internal static class CpuParallel
 
         void Run(int helpers, int count, Action<int> body)
         {
-            while (_threads.Count < helpers)
+            for (; _started < helpers; _started++)
             {
-                int index = _threads.Count;
-                var t = new Thread(() => Work(index)) { IsBackground = true, Name = $"palm-cpu-{index + 1}" };
-                _threads.Add(t);
-                t.Start();
+                int index = _started;
+                new Thread(() => Work(index)) { IsBackground = true, Name = $"palm-cpu-{index + 1}" }.Start();
             }
             var loop = new Loop(body, count, helpers);
             Interlocked.Exchange(ref _loop, loop);
