@@ -30,8 +30,19 @@ public sealed class MpiJobTests
 
     sealed record Job(int ExitCode, string Output, TimeSpan Elapsed);
 
+    /// <summary>
+    /// A running job's lines, appended by the process's reader threads and read by the test while it runs (an
+    /// assertion's message is built even when the assertion holds), so both sides take the lock.
+    /// </summary>
+    sealed class JobOutput
+    {
+        readonly StringBuilder _text = new();
+        public void Add(string line) { lock (_text) _text.AppendLine(line); }
+        public override string ToString() { lock (_text) return _text.ToString(); }
+    }
+
     /// <summary>Starts `mpiexec -n P dotnet palm.dll args` (several command parts: MPMD, "a : b").</summary>
-    static Process Start(IReadOnlyDictionary<string, string>? env, StringBuilder output, params string[][] parts)
+    static Process Start(IReadOnlyDictionary<string, string>? env, JobOutput output, params string[][] parts)
     {
         var psi = new ProcessStartInfo(Mpiexec()) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         for (int i = 0; i < parts.Length; i++)
@@ -41,7 +52,7 @@ public sealed class MpiJobTests
         }
         foreach (var (k, v) in env ?? new Dictionary<string, string>()) psi.Environment[k] = v;
         var p = new Process { StartInfo = psi };
-        void Add(object _, DataReceivedEventArgs e) { if (e.Data is not null) lock (output) output.AppendLine(e.Data); }
+        void Add(object _, DataReceivedEventArgs e) { if (e.Data is not null) output.Add(e.Data); }
         p.OutputDataReceived += Add;
         p.ErrorDataReceived += Add;
         p.Start();
@@ -62,7 +73,7 @@ public sealed class MpiJobTests
 
     static Job RunParts(IReadOnlyDictionary<string, string>? env, params string[][] parts)
     {
-        var output = new StringBuilder();
+        var output = new JobOutput();
         var sw = Stopwatch.StartNew();
         using var p = Start(env, output, parts);
         if (!p.WaitForExit(TimeSpan.FromMinutes(3)))
@@ -146,14 +157,14 @@ public sealed class MpiJobTests
         }
     }
 
-    static int PidOf(StringBuilder output, int process)
+    static int PidOf(JobOutput output, int process)
     {
         var m = System.Text.RegularExpressions.Regex.Match(output.ToString(), $@"process {process} \(pid (\d+) on");
         Assert.True(m.Success, $"no start-up line naming process {process}:\n{output}");
         return int.Parse(m.Groups[1].Value);
     }
 
-    static void WaitFor(Func<bool> condition, Process p, StringBuilder output, string what)
+    static void WaitFor(Func<bool> condition, Process p, JobOutput output, string what)
     {
         var sw = Stopwatch.StartNew();
         while (!condition())
@@ -169,7 +180,7 @@ public sealed class MpiJobTests
     {
         string run = CliRunner.TempDir();
         string[] args = ["train", .. Tiny, "--steps", "300", "--mesh", "2x1", "--checkpoint-every", "10", "--out", run];
-        var output = new StringBuilder();
+        var output = new JobOutput();
         var sw = new Stopwatch();
         using (var p = Start(null, output, Part(2, args)))
         try
@@ -200,7 +211,7 @@ public sealed class MpiJobTests
     public void ASilentProcessIsNamedAndTheJobEnds()
     {
         string run = CliRunner.TempDir();
-        var output = new StringBuilder();
+        var output = new JobOutput();
         int victim = 0;
         Process? p = null;
         try
