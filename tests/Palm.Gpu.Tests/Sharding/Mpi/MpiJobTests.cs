@@ -192,7 +192,6 @@ public sealed class MpiJobTests
             Assert.True(p.WaitForExit(TimeSpan.FromSeconds(60)), $"the job did not end within 60 s of losing process 1:\n{output}");
             p.WaitForExit();
             Assert.NotEqual(0, p.ExitCode);
-            // The launcher names the dead pid; palm's start-up line says which process that was.
             // The launcher's banner names the dead pid (palm's start-up line says which process that was); where a
             // survivor notices the broken connection first, its own line ends the job and MPICH's error names rank 1.
             string text = output.ToString();
