@@ -10,6 +10,7 @@ using Palm.Gpu.Benchmarks;
 // Verbs:
 //   gemm-quick [threads] [match]   a fast GFLOP/s table of our GEMM vs OpenBLAS, without BenchmarkDotNet (only the
 //                                  shapes whose name contains match, e.g. "fused", when given)
+//   gemm-blocking [threads] [match] [kc:rows:nc ...]  our GEMM under several cache blockings, calls alternating, cold caches
 //   attention-quick [threads] [rounds]  a fast GFLOP/s table of the CPU attention kernels beside a GEMM peer
 //   board [--out DIR] [--machine NAME] [--preset P] [--batch B] [--seq T] [--passes N]
 //                                  regenerate the results board DIR/NAME.md (default benchmarks/results/<cpu>-<cores>c.md)
@@ -52,6 +53,11 @@ static bool Skip(string backend)
 if (rest.Count > 0 && rest[0] == "gemm-quick")
 {
     GemmBenchmarks.Quick(rest.Count > 1 ? int.Parse(rest[1]) : Environment.ProcessorCount, rest.Count > 2 ? rest[2] : "");
+    return;
+}
+if (rest.Count > 0 && rest[0] == "gemm-blocking")
+{
+    GemmBlockingQuick.Run(rest.Count > 1 ? int.Parse(rest[1]) : Environment.ProcessorCount, rest.Count > 2 ? rest[2] : "", rest.Skip(3).ToList());
     return;
 }
 if (rest.Count > 0 && rest[0] == "attention-quick")

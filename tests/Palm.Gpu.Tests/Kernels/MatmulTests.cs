@@ -49,7 +49,7 @@ public class MatmulTests
                 Assert.Fail($"{what}: element {i} differs: {expected[i]:g9} vs {actual[i]:g9}");
     }
 
-    // The tuner may pick any of its candidates (path, MC, NC; Kc is fixed): every one must give the same bits, on
+    // The tuner may pick any of its candidates (path, KC, MC, NC): every one must give the same bits, on
     // shapes that cross several K blocks, A blocks and B panels, so that what the machine measures fastest never
     // changes a result.
     [Theory]
@@ -61,7 +61,7 @@ public class MatmulTests
         var b = TestData.Uniform(22, k * n);
         var prior = TestData.Uniform(23, m * n);
         var candidates = GemmTuner.Candidates();
-        Assert.All(candidates, c => Assert.Equal(GemmBlocking.TunedKc, c.Blocking.Kc));
+        Assert.Contains(candidates, c => c.Blocking.Kc != candidates[0].Blocking.Kc);
         foreach (var (transA, transB) in new[] { (false, false), (true, false), (false, true) })
         {
             var first = RunMatmul(2, a, b, prior, m, n, k, transA, transB, Alpha, candidates[0].Path, candidates[0].Blocking);
@@ -71,8 +71,31 @@ public class MatmulTests
         }
         // What it chose is one of them and says so.
         var choice = GemmTuner.For(2);
-        Assert.Contains(candidates, c => c.Path == choice.Path && c.Blocking == choice.Blocking || choice.Candidates == 1);
-        Assert.Contains($"kc {GemmBlocking.TunedKc}", choice.Description);
+        Assert.True(choice.Candidates == 1 || candidates.Contains((choice.Path, choice.Blocking)) && candidates.Contains((choice.Path, choice.BlockingTransA)),
+                    $"the tuner chose {choice.Description}, not one of its candidates");
+        Assert.Contains($"kc {choice.Blocking.Kc}", choice.Description);
+        Assert.Equal(choice.Blocking, choice.For(transA: false));
+        Assert.Equal(choice.BlockingTransA, choice.For(transA: true));
+    }
+
+    // Each element is one chain of FMAs over all of K, so where the K blocks fall (one step deep, uneven, deeper than
+    // K) changes no bit, with alpha, with and without accumulate, on every path.
+    [Fact]
+    public void Any_k_block_gives_the_same_bits()
+    {
+        const int m = 45, n = 70, k = 300;
+        var a = TestData.Uniform(31, m * k);
+        var b = TestData.Uniform(32, k * n);
+        var c0 = TestData.Uniform(33, m * n);
+        foreach (var path in SupportedPaths())
+            foreach (var (transA, transB) in Transposes)
+                foreach (var prior in new[] { null, c0 })
+                {
+                    var first = RunMatmul(2, a, b, prior, m, n, k, transA, transB, Alpha, path, new GemmBlocking(k, 2, 64));
+                    foreach (int kc in new[] { 1, 7, 16, 256, 1000 })
+                        AssertSameBits(first, RunMatmul(2, a, b, prior, m, n, k, transA, transB, Alpha, path, new GemmBlocking(kc, 2, 64)),
+                                       $"{path} kc {kc} vs {k} transA={transA} transB={transB} accumulate={prior is not null}");
+                }
     }
 
     [Theory]

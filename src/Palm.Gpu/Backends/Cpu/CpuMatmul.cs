@@ -24,18 +24,19 @@ namespace Palm.Gpu.Backends.Cpu;
 //   jc  N in panels of ≤ NC columns  the packed B panel (K × NC, all of K, ≤ half the L3) is shared by every thread;
 //                                    one parallel loop per panel, so the only barrier is at its end
 //   items (MC rows × NR slivers)     the parallel unit, claimed one at a time: owns those C tiles for all of K
-//     pc  K in blocks of KC          KC depends on K alone, so each C element sums K in one fixed order; the item
-//                                    packs its A block (MC × KC, stays in L2) per block, and the first item to need a
-//                                    chunk of 8 B slivers of the block packs it
-//       jr, ir  MR × NR tiles        the micro-kernel keeps the tile in registers and runs kc FMAs per element
+//     pc  K in blocks of KC          the item packs its A block (MC × KC, stays in L2) per block, and the first item
+//                                    to need a chunk of 8 B slivers of the block packs it
+//       jr, ir  MR × NR tiles        the micro-kernel loads the tile into registers, runs kc FMAs per element and
+//                                    stores it back
 // Packing turns the four transpose cases into one layout (A: MR rows interleaved per k; B: NR columns per k),
 // zero-padded at the edges, so the micro-kernel never looks at M, N, the transposes or the pieces.
 //
-// Determinism: element C[i,j] gets acc = fma(a_p, b_p, acc) for p through each K block in order, then
-// C = alpha·acc (first block, no accumulate) or C = fma(acc, alpha, C). Nothing in that depends on the thread
-// count, the tile the element falls in, the instruction path or the cache blocking the tuner picks (GemmTuner.cs:
-// NC and MC move work around, the micro-tile shape only groups elements): the Vector512, Vector256, Vector128 and
-// scalar kernels perform the same fused operations in the same order, so all give the same bits. Pieces along M or N
+// Determinism: element C[i,j] is one chain of FMAs, c = fma(a_p, alpha·b_p, c) for p = 0 … K−1 in order, starting
+// from C[i,j] (accumulate) or from 0. (alpha is folded into B as it is packed, and is usually 1.) A K block boundary
+// only stores c and loads it back, which is exact, so nothing depends on the thread count, the tile the element falls
+// in, the instruction path or the cache blocking the tuner picks (GemmTuner.cs: KC, MC and NC move work around, the
+// micro-tile shape only groups elements): the Vector512, Vector256, Vector128 and scalar kernels perform the same fused
+// operations in the same order, so all give the same bits. Pieces along M or N
 // give the bits of one call per piece; pieces along K the bits of one call on the concatenated operands. (Without
 // hardware FMA only the scalar path runs, still fused, through the runtime's software fma.) A, B and C must not overlap.
 
@@ -43,14 +44,19 @@ namespace Palm.Gpu.Backends.Cpu;
 internal enum GemmPath { Scalar, Vector128, Vector256, Vector512 }
 
 /// <summary>
-/// Cache blocking. Kc is the K block and fixes the summation order; McPanels (A panels per work item) and Nc
-/// (columns per B panel, rounded up to the tile width) only move work around and never change a result.
+/// Cache blocking: Kc (the K block), McPanels (A panels per work item) and Nc (columns per B panel, rounded up to the
+/// tile width). They only move work around: every blocking gives the same bits (see "Determinism" above).
 /// </summary>
 internal readonly record struct GemmBlocking(int Kc, int McPanels, int Nc)
 {
-    // Kc 256: C is read and written once per 256 FMAs per element (Kc 128 loses ~30% on Zen 4, Kc 384 ~10%), and one
-    // B sliver of 256 × 32 floats = 32 KiB stays in L1. Kc fixes the bits, so the tuner never changes it.
-    public const int TunedKc = 256;
+    /// <summary>
+    /// The default K block: C is read and written once per 256 FMAs per element and one B sliver of 256 × 32 floats =
+    /// 32 KiB stays in L1 (Kc 128 lost ~30% on Zen 4). A deeper block halves C's traffic but its sliver spills to L2;
+    /// which wins depends on the CPU and the shape, so the tuner also tries <see cref="DeepKc"/>.
+    /// </summary>
+    public const int DefaultKc = 256;
+    /// <summary>The deeper K block the tuner tries.</summary>
+    public const int DeepKc = 512;
 
     /// <summary>
     /// Rows of the default A block, for every tile height: 168 × 256 floats = 168 KiB in L2. Each B sliver comes from
@@ -62,9 +68,9 @@ internal readonly record struct GemmBlocking(int Kc, int McPanels, int Nc)
     /// <summary>
     /// The blocking used until the tuner has measured: a DefaultBlockRows A block of the path's tile height and a B panel
     /// of K × 4096 floats in L3 (fewer columns when K is long: see PanelFloats). The tuner (GemmTuner) replaces
-    /// McPanels and Nc with what measures best on the machine it runs on.
+    /// them with what measures best on the machine it runs on.
     /// </summary>
-    public static GemmBlocking For(GemmPath path) => new(Kc: TunedKc, McPanels: PanelsOf(DefaultBlockRows, path), Nc: 4096);
+    public static GemmBlocking For(GemmPath path) => new(Kc: DefaultKc, McPanels: PanelsOf(DefaultBlockRows, path), Nc: 4096);
 
     /// <summary>The whole tiles of the path's height nearest <paramref name="rows"/> rows, at least one.</summary>
     public static int PanelsOf(int rows, GemmPath path)
@@ -238,18 +244,25 @@ internal sealed unsafe class GemmOutput
         return (float*)_ptr[i] + (_alongN ? j0 - _start[i] : j0);
     }
 
-    /// <summary>Merges a computed tile (scratch, ldScratch apart) into the live rows × cols of C at (i0, j0), piece by piece.</summary>
-    public void Merge(float* scratch, int ldScratch, int i0, int j0, int rows, int cols, float alpha, bool overwrite)
+    /// <summary>Copies the live rows × cols of C at (i0, j0) into a scratch tile (ldScratch apart), piece by piece.</summary>
+    public void Gather(float* scratch, int ldScratch, int i0, int j0, int rows, int cols) => Copy(scratch, ldScratch, i0, j0, rows, cols, toC: false);
+
+    /// <summary>Copies a scratch tile's live rows × cols back into C at (i0, j0), piece by piece.</summary>
+    public void Scatter(float* scratch, int ldScratch, int i0, int j0, int rows, int cols) => Copy(scratch, ldScratch, i0, j0, rows, cols, toC: true);
+
+    void Copy(float* scratch, int ldScratch, int i0, int j0, int rows, int cols, bool toC)
     {
         int at = _alongN ? j0 : i0, end = at + (_alongN ? cols : rows);
         for (int i = _ptr.Length == 1 ? 0 : PieceAt(at); i < _ptr.Length && _start[i] < end; i++)
         {
             int u0 = Math.Max(at, _start[i]), u1 = Math.Min(end, _start[i + 1]);
             long ld = _ld[i];
-            if (_alongN)
-                CpuMatmul.MergeEdge(scratch + (u0 - j0), ldScratch, (float*)_ptr[i] + (long)i0 * ld + (u0 - _start[i]), ld, rows, u1 - u0, alpha, overwrite);
-            else
-                CpuMatmul.MergeEdge(scratch + (long)(u0 - i0) * ldScratch, ldScratch, (float*)_ptr[i] + (long)(u0 - _start[i]) * ld + j0, ld, u1 - u0, cols, alpha, overwrite);
+            float* s, c;
+            int r, w;
+            if (_alongN) { s = scratch + (u0 - j0); c = (float*)_ptr[i] + (long)i0 * ld + (u0 - _start[i]); r = rows; w = u1 - u0; }
+            else { s = scratch + (long)(u0 - i0) * ldScratch; c = (float*)_ptr[i] + (long)(u0 - _start[i]) * ld + j0; r = u1 - u0; w = cols; }
+            if (toC) CpuMatmul.CopyEdge(s, ldScratch, c, ld, r, w);
+            else CpuMatmul.CopyEdge(c, ld, s, ldScratch, r, w);
         }
     }
 }
@@ -296,18 +309,18 @@ internal static unsafe partial class CpuMatmul
         _ => (4, 8),
     };
 
-    /// <summary>The path and blocking the tuner picked for this thread count (narrowed to CpuSimd.Bits when a test lowers it).</summary>
-    static (GemmPath Path, GemmBlocking Blocking) Tuned(int threads)
+    /// <summary>The path and blocking the tuner picked for this thread count and kind of call (narrowed to CpuSimd.Bits when a test lowers it).</summary>
+    static (GemmPath Path, GemmBlocking Blocking) Tuned(int threads, bool transA)
     {
         var choice = GemmTuner.For(threads);
-        return choice.Path <= BestPath ? (choice.Path, choice.Blocking) : (BestPath, GemmBlocking.For(BestPath));
+        return choice.Path <= BestPath ? (choice.Path, choice.For(transA)) : (BestPath, GemmBlocking.For(BestPath));
     }
 
-    // C (M,N) = alpha · op(A) (M,K) · op(B) (K,N) [+ C]
+    // C (M,N) = op(A) (M,K) · alpha·op(B) (K,N) [+ C]
     public static void Run(int threads, CpuView<float> c, CpuView<float> a, CpuView<float> b, int m, int n, int k,
                            bool transA, bool transB, float alpha, bool accumulate)
     {
-        var (path, blocking) = Tuned(threads);
+        var (path, blocking) = Tuned(threads, transA);
         Run(threads, c, a, b, m, n, k, transA, transB, alpha, accumulate, path, blocking);
     }
 
@@ -341,7 +354,7 @@ internal static unsafe partial class CpuMatmul
                                  int m, int n, int k, bool transA, bool transB, float alpha, bool accumulate)
     {
         if (m == 0 || n == 0) return;
-        var (path, blocking) = Tuned(threads);
+        var (path, blocking) = Tuned(threads, transA);
         var handles = new List<GCHandle>();
         nint[] Pin(CpuView<float>[] views)
         {
@@ -458,7 +471,7 @@ internal static unsafe partial class CpuMatmul
     private static readonly long PanelFloats = Math.Clamp(CacheBytes(3) / 2, 4L << 20, 16L << 20) / sizeof(float);
 
     /// <summary>The size of the level-n cache CPU 0 sees (Linux sysfs), or 16 MiB when it cannot be read.</summary>
-    static long CacheBytes(int level)
+    internal static long CacheBytes(int level)
     {
         try
         {
@@ -550,6 +563,9 @@ internal static unsafe partial class CpuMatmul
             // Sliver s holds op(B)[pc.., jc + s·NR ..] as kc rows of NR floats.
             int first = chunk * SliversPerChunk, count = Math.Min(SliversPerChunk, Slivers - first);
             B.PackPanels(Sliver(block, first), Jc + first * Nr, count, Nr, N, block.Index * KcBlock, block.Kc);
+            // alpha · op(A) · op(B) as op(A) · (alpha · op(B)): the kernels then only add into C, so a K block boundary
+            // is only a store and a load of the running sums and never changes a bit.
+            if (Alpha != 1f) Scale(Sliver(block, first), (long)count * Nr * block.Kc, Alpha);
             Volatile.Write(ref state, 2 * Panel);
             return true;
         }
@@ -582,6 +598,9 @@ internal static unsafe partial class CpuMatmul
                 float* nextSliver = s + 1 < prefetchEnd && Sse.IsSupported ? sliver + (long)Nr * kc : null;
                 long columnLd = 0;
                 float* column = cols == Nr ? C.ColumnBase(j0, Nr, out columnLd) : null;
+                // Each kernel starts from its C tile, so a tile is asked for one kernel ahead: the sliver's first here,
+                // the next panel's in the loop.
+                PrefetchTileAt(column, columnLd, row0, j0, cols);
                 for (int ir = 0; ir < panels; ir++)
                 {
                     int i0 = row0 + ir * Mr;
@@ -590,22 +609,36 @@ internal static unsafe partial class CpuMatmul
                     if (nextSliver != null)
                         for (int l = ir * linesPerPanel, end = Math.Min(sliverLines, l + linesPerPanel); l < end; l++)
                             Sse.Prefetch1(nextSliver + l * 16);
+                    if (ir + 1 < panels) PrefetchTileAt(column, columnLd, i0 + Mr, j0, cols);
                     if (rows == Mr && column != null)
                     {
-                        MicroKernel(Path, kc, panel, sliver, column + i0 * columnLd, columnLd, Alpha, overwrite);
+                        MicroKernel(Path, kc, panel, sliver, column + i0 * columnLd, columnLd, overwrite);
                     }
                     else if (rows == Mr && cols == Nr && C.TryTile(i0, j0, Mr, Nr, out float* tile, out long ldc))
                     {
-                        MicroKernel(Path, kc, panel, sliver, tile, ldc, Alpha, overwrite);
+                        MicroKernel(Path, kc, panel, sliver, tile, ldc, overwrite);
                     }
                     else
                     {
-                        // Edge or straddling tile: full tile into scratch (alpha 1 is exact), then merge the live part with the same update.
-                        MicroKernel(Path, kc, panel, sliver, scratch, Nr, 1f, true);
-                        C.Merge(scratch, Nr, i0, j0, rows, cols, Alpha, overwrite);
+                        // Edge or straddling tile: the live part of C into scratch, the full tile there, the live part back.
+                        if (!overwrite)
+                        {
+                            new Span<float>(scratch, MaxTile).Clear();
+                            C.Gather(scratch, Nr, i0, j0, rows, cols);
+                        }
+                        MicroKernel(Path, kc, panel, sliver, scratch, Nr, overwrite);
+                        C.Scatter(scratch, Nr, i0, j0, rows, cols);
                     }
                 }
             }
+        }
+
+        /// <summary>Asks for the whole C tile at (i0, j0) if the kernel will update it in place (edge tiles go through scratch).</summary>
+        readonly void PrefetchTileAt(float* column, long columnLd, int i0, int j0, int cols)
+        {
+            if (i0 + Mr > M || cols < Nr) return;
+            if (column != null) PrefetchTile(column + i0 * columnLd, columnLd, Mr, Nr);
+            else if (C.TryTile(i0, j0, Mr, Nr, out float* tile, out long ldc)) PrefetchTile(tile, ldc, Mr, Nr);
         }
     }
 
@@ -794,36 +827,45 @@ internal static unsafe partial class CpuMatmul
     }
 
     // ---- micro-kernels ---------------------------------------------------------------------------
-    // tile (MR,NR) = alpha · panel (kc,MR)ᵀ · sliver (kc,NR)  [+ tile]; tile rows are ldc floats apart.
+    // tile (MR,NR) = panel (kc,MR)ᵀ · sliver (kc,NR)  [+ tile]: the accumulators start from the tile (or zero when
+    // overwriting) and each element takes kc FMAs in order; tile rows are ldc floats apart.
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void MicroKernel(GemmPath path, int kc, float* panel, float* sliver, float* tile, long ldc, float alpha, bool overwrite)
+    private static void MicroKernel(GemmPath path, int kc, float* panel, float* sliver, float* tile, long ldc, bool overwrite)
     {
         switch (path)
         {
-            case GemmPath.Vector512: Kernel14x32(kc, panel, sliver, tile, ldc, alpha, overwrite); break;
-            case GemmPath.Vector256: Kernel6x16(kc, panel, sliver, tile, ldc, alpha, overwrite); break;
-            case GemmPath.Vector128: Kernel6x8(kc, panel, sliver, tile, ldc, alpha, overwrite); break;
-            default: KernelScalar4x8(kc, panel, sliver, tile, ldc, alpha, overwrite); break;
+            case GemmPath.Vector512: Kernel14x32(kc, panel, sliver, tile, ldc, overwrite); break;
+            case GemmPath.Vector256: Kernel6x16(kc, panel, sliver, tile, ldc, overwrite); break;
+            case GemmPath.Vector128: Kernel6x8(kc, panel, sliver, tile, ldc, overwrite); break;
+            default: KernelScalar4x8(kc, panel, sliver, tile, ldc, overwrite); break;
         }
     }
 
-    /// <summary>Edge tiles: the same per-element update as the kernels' stores, on the live rows and columns only.</summary>
-    internal static void MergeEdge(float* scratch, int ldScratch, float* tile, long ldc, int rows, int cols, float alpha, bool overwrite)
+    /// <summary>Copies rows × cols floats between an edge tile of C and the scratch tile (either way round).</summary>
+    internal static void CopyEdge(float* src, long ldSrc, float* dst, long ldDst, int rows, int cols)
     {
-        for (int r = 0; r < rows; r++)
+        for (int r = 0; r < rows; r++, src += ldSrc, dst += ldDst)
+            for (int j = 0; j < cols; j++) dst[j] = src[j];
+    }
+
+    /// <summary>Multiplies `count` packed floats by alpha in place (the packed B of a scaled GEMM).</summary>
+    internal static void Scale(float* x, long count, float alpha)
+    {
+        long i = 0;
+        if (Vector256.IsHardwareAccelerated)
         {
-            float* src = scratch + r * ldScratch;
-            float* dst = tile + r * ldc;
-            if (overwrite) for (int j = 0; j < cols; j++) dst[j] = src[j] * alpha;
-            else for (int j = 0; j < cols; j++) dst[j] = MulAdd(src[j], alpha, dst[j]);
+            var a = Vector256.Create(alpha);
+            for (; i + 8 <= count; i += 8) Vector256.Store(Vector256.Load(x + i) * a, x + i);
         }
+        for (; i < count; i++) x[i] *= alpha;
     }
 
     /// <summary>
-    /// Asks for a C tile's lines into L2 (every 16 floats of a row and its last, as rows need not be line-aligned). C is
-    /// only touched after the kernel's kc steps, and its rows lie a whole row of C apart and miss every cache, so the
-    /// final update would wait on them (measured on Zen 3 for the 6×16 kernel: +18–35% per GEMM).
+    /// Asks for a C tile's lines into L2 (every 16 floats of a row and its last, as rows need not be line-aligned). A
+    /// kernel loads its tile before its first FMA, and the tile's rows lie a whole row of C apart and miss every cache, so
+    /// the driver asks for each tile one kernel ahead (without it, measured on Zen 3 for the 6×16 kernel when the tile
+    /// was read at the end: +18–35% per GEMM).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void PrefetchTile(float* c, long ldc, int rows, int cols)
@@ -837,35 +879,63 @@ internal static unsafe partial class CpuMatmul
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Update512(float* row, Vector512<float> x0, Vector512<float> x1, Vector512<float> alpha)
+    private static void Load512(float* row, out Vector512<float> x0, out Vector512<float> x1)
     {
-        Vector512.Store(Vector512.FusedMultiplyAdd(x0, alpha, Vector512.Load(row)), row);
-        Vector512.Store(Vector512.FusedMultiplyAdd(x1, alpha, Vector512.Load(row + 16)), row + 16);
+        x0 = Vector512.Load(row);
+        x1 = Vector512.Load(row + 16);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Update256(float* row, Vector256<float> x0, Vector256<float> x1, Vector256<float> alpha)
+    private static void Store512(float* row, Vector512<float> x0, Vector512<float> x1)
     {
-        Vector256.Store(Vector256.FusedMultiplyAdd(x0, alpha, Vector256.Load(row)), row);
-        Vector256.Store(Vector256.FusedMultiplyAdd(x1, alpha, Vector256.Load(row + 8)), row + 8);
+        Vector512.Store(x0, row);
+        Vector512.Store(x1, row + 16);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Update128(float* row, Vector128<float> x0, Vector128<float> x1, Vector128<float> alpha)
+    private static void Load256(float* row, out Vector256<float> x0, out Vector256<float> x1)
     {
-        Vector128.Store(Vector128.FusedMultiplyAdd(x0, alpha, Vector128.Load(row)), row);
-        Vector128.Store(Vector128.FusedMultiplyAdd(x1, alpha, Vector128.Load(row + 4)), row + 4);
+        x0 = Vector256.Load(row);
+        x1 = Vector256.Load(row + 8);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Store256(float* row, Vector256<float> x0, Vector256<float> x1)
+    {
+        Vector256.Store(x0, row);
+        Vector256.Store(x1, row + 8);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Load128(float* row, out Vector128<float> x0, out Vector128<float> x1)
+    {
+        x0 = Vector128.Load(row);
+        x1 = Vector128.Load(row + 4);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Store128(float* row, Vector128<float> x0, Vector128<float> x1)
+    {
+        Vector128.Store(x0, row);
+        Vector128.Store(x1, row + 4);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Kernel14x32(int kc, float* a, float* b, float* c, long ldc, float alpha, bool overwrite)
+    private static void Kernel14x32(int kc, float* a, float* b, float* c, long ldc, bool overwrite)
     {
         // 28 accumulators + 2 rows of B + 1 broadcast = 31 of the 32 zmm registers.
-        PrefetchTile(c, ldc, 14, 32);
         Vector512<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default, c30 = default, c31 = default,
                          c40 = default, c41 = default, c50 = default, c51 = default, c60 = default, c61 = default, c70 = default, c71 = default,
                          c80 = default, c81 = default, c90 = default, c91 = default, cA0 = default, cA1 = default, cB0 = default, cB1 = default,
                          cC0 = default, cC1 = default, cD0 = default, cD1 = default;
+        if (!overwrite)
+        {
+            Load512(c + 0 * ldc, out c00, out c01); Load512(c + 1 * ldc, out c10, out c11); Load512(c + 2 * ldc, out c20, out c21);
+            Load512(c + 3 * ldc, out c30, out c31); Load512(c + 4 * ldc, out c40, out c41); Load512(c + 5 * ldc, out c50, out c51);
+            Load512(c + 6 * ldc, out c60, out c61); Load512(c + 7 * ldc, out c70, out c71); Load512(c + 8 * ldc, out c80, out c81);
+            Load512(c + 9 * ldc, out c90, out c91); Load512(c + 10 * ldc, out cA0, out cA1); Load512(c + 11 * ldc, out cB0, out cB1);
+            Load512(c + 12 * ldc, out cC0, out cC1); Load512(c + 13 * ldc, out cD0, out cD1);
+        }
         for (int p = 0; p < kc; p++, a += 14, b += 32)
         {
             var b0 = Vector512.Load(b);
@@ -886,50 +956,24 @@ internal static unsafe partial class CpuMatmul
             s = Vector512.Create(a[12]); cC0 = Vector512.FusedMultiplyAdd(s, b0, cC0); cC1 = Vector512.FusedMultiplyAdd(s, b1, cC1);
             s = Vector512.Create(a[13]); cD0 = Vector512.FusedMultiplyAdd(s, b0, cD0); cD1 = Vector512.FusedMultiplyAdd(s, b1, cD1);
         }
-        var al = Vector512.Create(alpha);
-        if (overwrite)
-        {
-            Vector512.Store(c00 * al, c + 0 * ldc); Vector512.Store(c01 * al, c + 0 * ldc + 16);
-            Vector512.Store(c10 * al, c + 1 * ldc); Vector512.Store(c11 * al, c + 1 * ldc + 16);
-            Vector512.Store(c20 * al, c + 2 * ldc); Vector512.Store(c21 * al, c + 2 * ldc + 16);
-            Vector512.Store(c30 * al, c + 3 * ldc); Vector512.Store(c31 * al, c + 3 * ldc + 16);
-            Vector512.Store(c40 * al, c + 4 * ldc); Vector512.Store(c41 * al, c + 4 * ldc + 16);
-            Vector512.Store(c50 * al, c + 5 * ldc); Vector512.Store(c51 * al, c + 5 * ldc + 16);
-            Vector512.Store(c60 * al, c + 6 * ldc); Vector512.Store(c61 * al, c + 6 * ldc + 16);
-            Vector512.Store(c70 * al, c + 7 * ldc); Vector512.Store(c71 * al, c + 7 * ldc + 16);
-            Vector512.Store(c80 * al, c + 8 * ldc); Vector512.Store(c81 * al, c + 8 * ldc + 16);
-            Vector512.Store(c90 * al, c + 9 * ldc); Vector512.Store(c91 * al, c + 9 * ldc + 16);
-            Vector512.Store(cA0 * al, c + 10 * ldc); Vector512.Store(cA1 * al, c + 10 * ldc + 16);
-            Vector512.Store(cB0 * al, c + 11 * ldc); Vector512.Store(cB1 * al, c + 11 * ldc + 16);
-            Vector512.Store(cC0 * al, c + 12 * ldc); Vector512.Store(cC1 * al, c + 12 * ldc + 16);
-            Vector512.Store(cD0 * al, c + 13 * ldc); Vector512.Store(cD1 * al, c + 13 * ldc + 16);
-        }
-        else
-        {
-            Update512(c + 0 * ldc, c00, c01, al);
-            Update512(c + 1 * ldc, c10, c11, al);
-            Update512(c + 2 * ldc, c20, c21, al);
-            Update512(c + 3 * ldc, c30, c31, al);
-            Update512(c + 4 * ldc, c40, c41, al);
-            Update512(c + 5 * ldc, c50, c51, al);
-            Update512(c + 6 * ldc, c60, c61, al);
-            Update512(c + 7 * ldc, c70, c71, al);
-            Update512(c + 8 * ldc, c80, c81, al);
-            Update512(c + 9 * ldc, c90, c91, al);
-            Update512(c + 10 * ldc, cA0, cA1, al);
-            Update512(c + 11 * ldc, cB0, cB1, al);
-            Update512(c + 12 * ldc, cC0, cC1, al);
-            Update512(c + 13 * ldc, cD0, cD1, al);
-        }
+        Store512(c + 0 * ldc, c00, c01); Store512(c + 1 * ldc, c10, c11); Store512(c + 2 * ldc, c20, c21);
+        Store512(c + 3 * ldc, c30, c31); Store512(c + 4 * ldc, c40, c41); Store512(c + 5 * ldc, c50, c51);
+        Store512(c + 6 * ldc, c60, c61); Store512(c + 7 * ldc, c70, c71); Store512(c + 8 * ldc, c80, c81);
+        Store512(c + 9 * ldc, c90, c91); Store512(c + 10 * ldc, cA0, cA1); Store512(c + 11 * ldc, cB0, cB1);
+        Store512(c + 12 * ldc, cC0, cC1); Store512(c + 13 * ldc, cD0, cD1);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Kernel6x16(int kc, float* a, float* b, float* c, long ldc, float alpha, bool overwrite)
+    private static void Kernel6x16(int kc, float* a, float* b, float* c, long ldc, bool overwrite)
     {
         // 12 accumulators + 2 rows of B + 1 broadcast = 15 of the 16 ymm registers.
-        PrefetchTile(c, ldc, 6, 16);
         Vector256<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default,
                          c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
+        if (!overwrite)
+        {
+            Load256(c + 0 * ldc, out c00, out c01); Load256(c + 1 * ldc, out c10, out c11); Load256(c + 2 * ldc, out c20, out c21);
+            Load256(c + 3 * ldc, out c30, out c31); Load256(c + 4 * ldc, out c40, out c41); Load256(c + 5 * ldc, out c50, out c51);
+        }
         for (int p = 0; p < kc; p++, a += 6, b += 16)
         {
             var b0 = Vector256.Load(b);
@@ -942,33 +986,21 @@ internal static unsafe partial class CpuMatmul
             s = Vector256.Create(a[4]); c40 = Vector256.FusedMultiplyAdd(s, b0, c40); c41 = Vector256.FusedMultiplyAdd(s, b1, c41);
             s = Vector256.Create(a[5]); c50 = Vector256.FusedMultiplyAdd(s, b0, c50); c51 = Vector256.FusedMultiplyAdd(s, b1, c51);
         }
-        var al = Vector256.Create(alpha);
-        if (overwrite)
-        {
-            Vector256.Store(c00 * al, c + 0 * ldc); Vector256.Store(c01 * al, c + 0 * ldc + 8);
-            Vector256.Store(c10 * al, c + 1 * ldc); Vector256.Store(c11 * al, c + 1 * ldc + 8);
-            Vector256.Store(c20 * al, c + 2 * ldc); Vector256.Store(c21 * al, c + 2 * ldc + 8);
-            Vector256.Store(c30 * al, c + 3 * ldc); Vector256.Store(c31 * al, c + 3 * ldc + 8);
-            Vector256.Store(c40 * al, c + 4 * ldc); Vector256.Store(c41 * al, c + 4 * ldc + 8);
-            Vector256.Store(c50 * al, c + 5 * ldc); Vector256.Store(c51 * al, c + 5 * ldc + 8);
-        }
-        else
-        {
-            Update256(c + 0 * ldc, c00, c01, al);
-            Update256(c + 1 * ldc, c10, c11, al);
-            Update256(c + 2 * ldc, c20, c21, al);
-            Update256(c + 3 * ldc, c30, c31, al);
-            Update256(c + 4 * ldc, c40, c41, al);
-            Update256(c + 5 * ldc, c50, c51, al);
-        }
+        Store256(c + 0 * ldc, c00, c01); Store256(c + 1 * ldc, c10, c11); Store256(c + 2 * ldc, c20, c21);
+        Store256(c + 3 * ldc, c30, c31); Store256(c + 4 * ldc, c40, c41); Store256(c + 5 * ldc, c50, c51);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Kernel6x8(int kc, float* a, float* b, float* c, long ldc, float alpha, bool overwrite)
+    private static void Kernel6x8(int kc, float* a, float* b, float* c, long ldc, bool overwrite)
     {
         // 12 accumulators + 2 rows of B + 1 broadcast = 15 registers: fits SSE's 16 and NEON's 32.
         Vector128<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default,
                          c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
+        if (!overwrite)
+        {
+            Load128(c + 0 * ldc, out c00, out c01); Load128(c + 1 * ldc, out c10, out c11); Load128(c + 2 * ldc, out c20, out c21);
+            Load128(c + 3 * ldc, out c30, out c31); Load128(c + 4 * ldc, out c40, out c41); Load128(c + 5 * ldc, out c50, out c51);
+        }
         for (int p = 0; p < kc; p++, a += 6, b += 8)
         {
             var b0 = Vector128.Load(b);
@@ -981,32 +1013,16 @@ internal static unsafe partial class CpuMatmul
             s = Vector128.Create(a[4]); c40 = Vector128.FusedMultiplyAdd(s, b0, c40); c41 = Vector128.FusedMultiplyAdd(s, b1, c41);
             s = Vector128.Create(a[5]); c50 = Vector128.FusedMultiplyAdd(s, b0, c50); c51 = Vector128.FusedMultiplyAdd(s, b1, c51);
         }
-        var al = Vector128.Create(alpha);
-        if (overwrite)
-        {
-            Vector128.Store(c00 * al, c + 0 * ldc); Vector128.Store(c01 * al, c + 0 * ldc + 4);
-            Vector128.Store(c10 * al, c + 1 * ldc); Vector128.Store(c11 * al, c + 1 * ldc + 4);
-            Vector128.Store(c20 * al, c + 2 * ldc); Vector128.Store(c21 * al, c + 2 * ldc + 4);
-            Vector128.Store(c30 * al, c + 3 * ldc); Vector128.Store(c31 * al, c + 3 * ldc + 4);
-            Vector128.Store(c40 * al, c + 4 * ldc); Vector128.Store(c41 * al, c + 4 * ldc + 4);
-            Vector128.Store(c50 * al, c + 5 * ldc); Vector128.Store(c51 * al, c + 5 * ldc + 4);
-        }
-        else
-        {
-            Update128(c + 0 * ldc, c00, c01, al);
-            Update128(c + 1 * ldc, c10, c11, al);
-            Update128(c + 2 * ldc, c20, c21, al);
-            Update128(c + 3 * ldc, c30, c31, al);
-            Update128(c + 4 * ldc, c40, c41, al);
-            Update128(c + 5 * ldc, c50, c51, al);
-        }
+        Store128(c + 0 * ldc, c00, c01); Store128(c + 1 * ldc, c10, c11); Store128(c + 2 * ldc, c20, c21);
+        Store128(c + 3 * ldc, c30, c31); Store128(c + 4 * ldc, c40, c41); Store128(c + 5 * ldc, c50, c51);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void KernelScalar4x8(int kc, float* a, float* b, float* c, long ldc, float alpha, bool overwrite)
+    private static void KernelScalar4x8(int kc, float* a, float* b, float* c, long ldc, bool overwrite)
     {
         float* acc = stackalloc float[4 * 8];
-        for (int t = 0; t < 4 * 8; t++) acc[t] = 0f;
+        for (int r = 0; r < 4; r++)
+            for (int j = 0; j < 8; j++) acc[r * 8 + j] = overwrite ? 0f : c[r * ldc + j];
         for (int p = 0; p < kc; p++, a += 4, b += 8)
             for (int r = 0; r < 4; r++)
             {
@@ -1014,11 +1030,7 @@ internal static unsafe partial class CpuMatmul
                 for (int j = 0; j < 8; j++) acc[r * 8 + j] = MulAdd(s, b[j], acc[r * 8 + j]);
             }
         for (int r = 0; r < 4; r++)
-            for (int j = 0; j < 8; j++)
-            {
-                float* x = c + r * ldc + j;
-                *x = overwrite ? acc[r * 8 + j] * alpha : MulAdd(acc[r * 8 + j], alpha, *x);
-            }
+            for (int j = 0; j < 8; j++) c[r * ldc + j] = acc[r * 8 + j];
     }
 
     // ---- pack buffers ----------------------------------------------------------------------------

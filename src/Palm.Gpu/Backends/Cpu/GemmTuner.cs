@@ -5,32 +5,43 @@ using System.Runtime.Intrinsics.X86;
 namespace Palm.Gpu.Backends.Cpu;
 
 // Picks the GEMM's register and cache blocking for the CPU it runs on, once per thread count, by timing a few
-// variants at first use (about 0.1–0.3 s). The variants differ only in what never changes a result:
+// variants at first use (about 1 s). The variants differ only in what never changes a result:
 //   path       the micro-kernel: Vector512 14×32 (zmm) or Vector256 6×16 (ymm). Intel with two 512-bit FMA ports and
 //              Zen 5 (full-width 512-bit units) favour zmm; Zen 4 executes a zmm FMA as two 256-bit halves, where the
 //              ymm kernel can tie; AVX2-only machines (or DOTNET_EnableAVX512=0) have only the ymm candidates.
+//   Kc         the K block: 256 (a 14×32 sliver stays in L1) or 512 (C read and written half as often).
 //   McPanels   rows of the A block a work item packs (L2-sized: ~96, ~168 or ~336 rows of a Kc-deep panel).
 //   Nc         columns of the shared packed B panel (1024 or 4096; fewer when K is long, see CpuMatmul.PanelFloats).
-// Kc is the K block and fixes the summation order, so it is the same for every variant: whatever the tuner picks,
-// the GEMM gives the same bits (MatmulTests.Every_tuner_variant_gives_the_same_bits).
+// Whatever the tuner picks, the GEMM gives the same bits (MatmulTests.Every_tuner_variant_gives_the_same_bits).
 //
 // Shape legend: M, N, K the GEMM's; the timed problems are the model's two kinds of call at a reduced size,
-//   forward/dX   (768,768) = (768,512)·(512,768)          dW   (512,768) += (768,512)ᵀ·(768,768)   transA
-// Each candidate keeps its best of 5 interleaved timings; the default (widest path, GemmBlocking.For(path)) is kept
-// unless a variant beats it by 3% (same path) or 15% (narrower path), so a stall on a shared machine does not pick a
-// slow kernel. PALM_GEMM=default skips the timing and takes the default (for A/B comparisons).
+//   forward/dX   (1024,1024) = (1024,1024)·(1024,1024)    dW   (512,1024) += (2048,512)ᵀ·(2048,1024)   transA
+// The two kinds pack A differently (a transposed A is read along its rows), and their best blocking can differ
+// (measured on Zen 4: the same Kc and MC for both, or not, by the minute), so each kind gets its own; the path is picked first, from each path's default blocking
+// timed over both. Each candidate keeps its best of 3 interleaved timings; a default (widest path, GemmBlocking.For(path))
+// is kept unless a variant beats it by 3% (same path) or 15% (narrower path), so a stall on a shared machine does not
+// pick a slow kernel. PALM_GEMM=default skips the timing and takes the default (for A/B comparisons).
 
-/// <summary>What the tuner chose for one thread count, and how it measured.</summary>
-internal sealed record GemmChoice(GemmPath Path, GemmBlocking Blocking, double Gflops, int Candidates, string Cpu)
+/// <summary>What the tuner chose for one thread count: the path, a blocking for each kind of call, and how they measured.</summary>
+internal sealed record GemmChoice(GemmPath Path, GemmBlocking Blocking, GemmBlocking BlockingTransA, double Gflops, double GflopsTransA,
+                                  int Candidates, string Cpu)
 {
-    /// <summary>One line for logs, bench output and a run's config: "Vector512 14×32, kc 256, mc 12×14, nc 4096 (tuned: best of 13 at 390 GFLOP/s)".</summary>
+    /// <summary>The blocking for a call with op(A) = Aᵀ (the weight gradients) or not.</summary>
+    public GemmBlocking For(bool transA) => transA ? BlockingTransA : Blocking;
+
+    /// <summary>
+    /// One line for logs, bench output and a run's config, e.g. "Vector512 14×32, kc 512, mc 12×14, nc 4096; ᵀA kc 256,
+    /// mc 24×14, nc 4096 (tuned: best of 24 at 215 / 205 GFLOP/s)"; the ᵀA part only when it differs.
+    /// </summary>
     public string Description
     {
         get
         {
             var (mr, nr) = CpuMatmul.TileOf(Path);
-            string how = Candidates > 1 ? $"tuned: best of {Candidates} at {Gflops:F0} GFLOP/s" : "default";
-            return $"{Path} {mr}×{nr}, kc {Blocking.Kc}, mc {Blocking.McPanels}×{mr}, nc {Blocking.Nc} ({how})";
+            string Of(GemmBlocking b) => $"kc {b.Kc}, mc {b.McPanels}×{mr}, nc {b.Nc}";
+            string transA = BlockingTransA == Blocking ? "" : $"; ᵀA {Of(BlockingTransA)}";
+            string how = Candidates > 1 ? $"tuned: best of {Candidates} at {Gflops:F0} / {GflopsTransA:F0} GFLOP/s" : "default";
+            return $"{Path} {mr}×{nr}, {Of(Blocking)}{transA} ({how})";
         }
     }
 }
@@ -38,19 +49,20 @@ internal sealed record GemmChoice(GemmPath Path, GemmBlocking Blocking, double G
 internal static class GemmTuner
 {
     /// <summary>Rounds of timing: every candidate once per round, so load from other processes falls on all alike.</summary>
-    const int Rounds = 5;
+    const int Rounds = 3;
     /// <summary>How much faster than the default a variant must measure to be chosen: same path, narrower path.</summary>
     const double SameWidthMargin = 1.03, NarrowerMargin = 1.15;
     /// <summary>A-block rows to try, as multiples of the tile height nearest these.</summary>
     static readonly int[] BlockRows = [96, GemmBlocking.DefaultBlockRows, 336];
     static readonly int[] PanelColumns = [1024, 4096];
+    static readonly int[] BlockDepths = [GemmBlocking.DefaultKc, GemmBlocking.DeepKc];
 
     static readonly ConcurrentDictionary<int, Lazy<GemmChoice>> Chosen = new();
 
     /// <summary>The choice for <paramref name="threads"/> workers, measured on first use.</summary>
     public static GemmChoice For(int threads) => Chosen.GetOrAdd(threads, t => new Lazy<GemmChoice>(() => Tune(t))).Value;
 
-    /// <summary>Candidate (path, blocking) pairs this machine runs natively; Kc is always <see cref="GemmBlocking.TunedKc"/>.</summary>
+    /// <summary>Candidate (path, blocking) pairs this machine runs natively.</summary>
     public static IReadOnlyList<(GemmPath Path, GemmBlocking Blocking)> Candidates()
     {
         var paths = new[] { GemmPath.Vector512, GemmPath.Vector256 }.Where(p => p <= CpuMatmul.BestPath && CpuMatmul.IsSupported(p)).ToList();
@@ -58,9 +70,10 @@ internal static class GemmTuner
         var list = new List<(GemmPath, GemmBlocking)>();
         foreach (var path in paths)
         {
-            foreach (int rows in BlockRows)
-                foreach (int nc in PanelColumns)
-                    list.Add((path, new GemmBlocking(GemmBlocking.TunedKc, GemmBlocking.PanelsOf(rows, path), nc)));
+            foreach (int kc in BlockDepths)
+                foreach (int rows in BlockRows)
+                    foreach (int nc in PanelColumns)
+                        list.Add((path, new GemmBlocking(kc, GemmBlocking.PanelsOf(rows, path), nc)));
         }
         // The default (widest path, GemmBlocking.For(path)) first: the one the tuner keeps unless another clearly wins.
         int at = list.IndexOf((paths[0], GemmBlocking.For(paths[0])));
@@ -88,13 +101,16 @@ internal static class GemmTuner
     {
         string cpu = CpuName;
         if (Environment.GetEnvironmentVariable("PALM_GEMM") == "default" || CpuMatmul.BestPath < GemmPath.Vector256)
-            return new GemmChoice(CpuMatmul.BestPath, GemmBlocking.For(CpuMatmul.BestPath), double.NaN, 1, cpu);
+        {
+            var fixedBlocking = GemmBlocking.For(CpuMatmul.BestPath);
+            return new GemmChoice(CpuMatmul.BestPath, fixedBlocking, fixedBlocking, double.NaN, double.NaN, 1, cpu);
+        }
 
         var candidates = Candidates();
         var problems = new[]
         {
-            (M: 768, N: 768, K: 512, TransA: false),
-            (M: 512, N: 768, K: 768, TransA: true),
+            (M: 1024, N: 1024, K: 1024, TransA: false),
+            (M: 512, N: 1024, K: 2048, TransA: true),
         };
         var rng = new Random(1);
         // Operands laid out as the model's (CpuBuffer: each starts on a cache line).
@@ -105,32 +121,48 @@ internal static class GemmTuner
             return view;
         }
         var data = problems.Select(p => (A: Data(p.M * p.K), B: Data(p.K * p.N), C: Data(p.M * p.N, random: false))).ToArray();
-        double flops = problems.Sum(p => 2.0 * p.M * p.N * p.K);
+        double Flops(int i) => 2.0 * problems[i].M * problems[i].N * problems[i].K;
 
-        void RunAll(GemmPath path, GemmBlocking blocking)
+        // The model's GEMMs find their operands in L3 or memory, not in L2 (each follows other kernels), and that is where
+        // the blockings differ most (a deeper K block halves C's traffic): every timing starts after a read of an
+        // L3-sized buffer, so the problems' operands have left the caches closest to the cores.
+        var evict = new float[CpuMatmul.CacheBytes(3) / sizeof(float)];
+        float sink = 0;
+        double Time(int i, GemmPath path, GemmBlocking blocking)
         {
-            for (int i = 0; i < problems.Length; i++)
-            {
-                var p = problems[i];
-                CpuMatmul.Run(threads, data[i].C, data[i].A, data[i].B, p.M, p.N, p.K, p.TransA, false, 1f, p.TransA, path, blocking);
-            }
+            var p = problems[i];
+            for (int f = 0; f < evict.Length; f += 16) sink += evict[f];
+            long t0 = Stopwatch.GetTimestamp();
+            CpuMatmul.Run(threads, data[i].C, data[i].A, data[i].B, p.M, p.N, p.K, p.TransA, false, 1f, p.TransA, path, blocking);
+            return Stopwatch.GetElapsedTime(t0).TotalSeconds;
         }
 
-        var best = new double[candidates.Count];
-        Array.Fill(best, double.MaxValue);
-        foreach (var (path, blocking) in candidates) RunAll(path, blocking);   // compile every kernel and warm the pack buffers
-        for (int round = 0; round < Rounds; round++)
-            for (int c = 0; c < candidates.Count; c++)
-            {
-                long t0 = Stopwatch.GetTimestamp();
-                RunAll(candidates[c].Path, candidates[c].Blocking);
-                best[c] = Math.Min(best[c], Stopwatch.GetElapsedTime(t0).TotalSeconds);
-            }
-        // A shared machine can stall any one timing, so the tuner only leaves the default (widest path,
-        // GemmBlocking.For(path); candidate 0) for a clear win: another blocking of the widest path must be
-        // SameWidthMargin faster, a narrower path NarrowerMargin faster (a narrower kernel has half the FMA width).
-        double Score(int c) => best[c] * (c == 0 ? 1 : candidates[c].Path == candidates[0].Path ? SameWidthMargin : NarrowerMargin);
-        int winner = Enumerable.Range(0, candidates.Count).MinBy(Score);
-        return new GemmChoice(candidates[winner].Path, candidates[winner].Blocking, flops / best[winner] / 1e9, candidates.Count, cpu);
+        // best[c, i]: candidate c's fastest timing of problem i, over Rounds interleaved rounds of the candidates given.
+        var best = new double[candidates.Count, problems.Length];
+        void Measure(IReadOnlyList<int> which)
+        {
+            foreach (int c in which)   // compile every kernel and warm the pack buffers
+                for (int i = 0; i < problems.Length; i++) { Time(i, candidates[c].Path, candidates[c].Blocking); best[c, i] = double.MaxValue; }
+            for (int round = 0; round < Rounds; round++)
+                foreach (int c in which)
+                    for (int i = 0; i < problems.Length; i++)
+                        best[c, i] = Math.Min(best[c, i], Time(i, candidates[c].Path, candidates[c].Blocking));
+        }
+        // A shared machine can stall any one timing, so the tuner only leaves a default for a clear win. First the path:
+        // each path's default blocking, the widest (candidate 0) kept unless a narrower one is NarrowerMargin faster over
+        // both problems (a narrower kernel has half the FMA width).
+        var defaults = Enumerable.Range(0, candidates.Count).Where(c => candidates[c].Blocking == GemmBlocking.For(candidates[c].Path)).ToList();
+        Measure(defaults);
+        var path = candidates[defaults.MinBy(c => (best[c, 0] + best[c, 1]) * (c == 0 ? 1 : NarrowerMargin))].Path;
+        // Then every blocking on that path, and each kind of call its own: the path's default unless another is
+        // SameWidthMargin faster on that kind's problem.
+        var onPath = Enumerable.Range(0, candidates.Count).Where(c => candidates[c].Path == path).ToList();
+        int fallback = defaults.First(c => candidates[c].Path == path);
+        Measure(onPath);
+        int Winner(int i) => onPath.MinBy(c => best[c, i] * (c == fallback ? 1 : SameWidthMargin));
+        int forward = Winner(0), transA = Winner(1);
+        GC.KeepAlive(sink);
+        return new GemmChoice(path, candidates[forward].Blocking, candidates[transA].Blocking,
+                              Flops(0) / best[forward, 0] / 1e9, Flops(1) / best[transA, 1] / 1e9, defaults.Count + onPath.Count, cpu);
     }
 }
