@@ -15,7 +15,8 @@ namespace Palm.Gpu.Backends.Cpu;
 // Whatever the tuner picks, the GEMM gives the same bits (MatmulTests.Every_tuner_variant_gives_the_same_bits).
 //
 // Shape legend: M, N, K the GEMM's; the timed problems are the model's two kinds of call at a reduced size,
-//   forward/dX   (1024,1024) = (1024,1024)·(1024,1024)    dW   (512,1024) += (2048,512)ᵀ·(2048,1024)   transA
+//   forward/dX   (1024,2048) = (1024,512)·(512,2048)      dW   (512,2048) += (1024,512)ᵀ·(1024,2048)   transA
+// (both as wide as the model's: with narrow B panels a call spans several, each repacking the A blocks.)
 // The two kinds pack A differently (a transposed A is read along its rows), and their best blocking can differ
 // (measured on Zen 4: the same Kc and MC for both, or not, by the minute), so each kind gets its own; the path is picked first, from each path's default blocking
 // timed over both. Each candidate keeps its best of 3 interleaved timings; a default (widest path, GemmBlocking.For(path))
@@ -109,8 +110,8 @@ internal static class GemmTuner
         var candidates = Candidates();
         var problems = new[]
         {
-            (M: 1024, N: 1024, K: 1024, TransA: false),
-            (M: 512, N: 1024, K: 2048, TransA: true),
+            (M: 1024, N: 2048, K: 512, TransA: false),
+            (M: 512, N: 2048, K: 1024, TransA: true),
         };
         var rng = new Random(1);
         // Operands laid out as the model's (CpuBuffer: each starts on a cache line).
