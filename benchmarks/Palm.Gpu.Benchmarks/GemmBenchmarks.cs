@@ -75,6 +75,10 @@ public class GemmBenchmarks
     [Benchmark(Baseline = true)]
     public void Matmul() => CpuMatmul.Run(Threads, _c, _a, _b, Shape.M, Shape.N, Shape.K, Shape.TransA, Shape.TransB, 1f, Shape.TransA);
 
+    /// <summary>The same call with a given path and blocking instead of the tuner's (gemm-blocking).</summary>
+    internal void Matmul(GemmPath path, GemmBlocking blocking) =>
+        CpuMatmul.Run(Threads, _c, _a, _b, Shape.M, Shape.N, Shape.K, Shape.TransA, Shape.TransB, 1f, Shape.TransA, path, blocking);
+
     /// <summary>cblas_sgemm on the same call; does nothing (and its columns read n/a) when OpenBLAS is absent.</summary>
     [Benchmark]
     public void OpenBlasSgemm()

@@ -8,8 +8,9 @@ namespace Palm.Gpu.Benchmarks;
 /// Our GEMM under several cache blockings side by side, to check what the tuner picks:
 /// `gemm-blocking [threads] [match] [kc:rows:nc ...]` (default: the tuner's defaults and its deeper K block, with 168-
 /// and 336-row A blocks). The blockings take turns call by call on each shape (the GemmBenchmarks shapes whose name
-/// contains match), each call after the caches have been evicted, as a training step finds its operands; best and
-/// median of the rounds. Every blocking gives the same bits, so the only difference is time.
+/// contains match; the call gemm-quick times, weight gradients accumulating), each after the caches have been evicted,
+/// as a training step finds its operands; best and median of the rounds. Every blocking gives the same bits, so the
+/// only difference is time.
 /// </summary>
 public static class GemmBlockingQuick
 {
@@ -17,26 +18,24 @@ public static class GemmBlockingQuick
 
     public static void Run(int threads, string match, IReadOnlyList<string> specs)
     {
-        var path = GemmTuner.For(threads).Path;
+        var choice = GemmTuner.For(threads);
+        var path = choice.Path;
         var (mr, _) = CpuMatmul.TileOf(path);
         if (specs.Count == 0) specs = [$"{GemmBlocking.DefaultKc}:168:4096", $"{GemmBlocking.DeepKc}:168:4096", $"{GemmBlocking.DefaultKc}:336:4096", $"{GemmBlocking.DeepKc}:336:4096"];
         var blockings = specs.Select(s => Parse(s, path)).ToList();
-        Console.WriteLine($"{path} {mr}-row tiles, {threads} thread(s); the tuner chose: {GemmTuner.For(threads).Description}");
+        Console.WriteLine($"{path} {mr}-row tiles, {threads} thread(s); the tuner chose: {choice.Description}");
         Console.WriteLine($"{"shape",-32} " + string.Join(" ", specs.Select(s => $"{s + " best/median",26}")));
-        var rng = new Random(1);
-        float[] Random(long count) { var x = new float[count]; for (long i = 0; i < count; i++) x[i] = (float)(rng.NextDouble() - 0.5); return x; }
         foreach (var shape in GemmBenchmarks.Shapes().Where(s => s.Name.Contains(match, StringComparison.OrdinalIgnoreCase)))
         {
-            var a = Random((long)shape.M * shape.K);
-            var b = Random((long)shape.K * shape.N);
-            var c = new float[(long)shape.M * shape.N];
+            var bench = new GemmBenchmarks { Shape = shape, Threads = threads };
+            bench.Setup();
             var times = blockings.Select(_ => new List<double>()).ToArray();
             for (int round = 0; round <= Rounds; round++)
                 for (int i = 0; i < blockings.Count; i++)
                 {
                     KernelCases.EvictCaches();
                     long t0 = Stopwatch.GetTimestamp();
-                    CpuMatmul.Run(threads, c, a, b, shape.M, shape.N, shape.K, shape.TransA, shape.TransB, 1f, false, path, blockings[i]);
+                    bench.Matmul(path, blockings[i]);
                     if (round > 0) times[i].Add(Stopwatch.GetElapsedTime(t0).TotalSeconds);   // round 0 warms up
                 }
             Console.WriteLine($"{shape.Name,-32} " + string.Join(" ", times.Select(t =>

@@ -189,7 +189,7 @@ internal static unsafe class CpuAttention
             for (int hh = 0; hh < s.HeadsPerGroup; hh++, row++)
             {
                 int h = g * s.HeadsPerGroup + hh;
-                ScaleCopy(output + s.QueryRow(bi, tt, h), acc + row * kp, s.K, 1f / rowSum[row]);
+                CpuSimd.ScaleCopy(output + s.QueryRow(bi, tt, h), acc + row * kp, s.K, 1f / rowSum[row]);
                 lse[s.LseIndex(bi, h, tt)] = rowMax[row] + MathF.Log(rowSum[row]);
             }
     }
@@ -383,7 +383,7 @@ internal static unsafe class CpuAttention
         int row = 0;
         for (int tt = blk.T0; tt < blk.T1; tt++)
             for (int hh = 0; hh < s.HeadsPerGroup; hh++, row++)
-                ScaleCopy(dq + s.QueryRow(bi, tt, g * s.HeadsPerGroup + hh), dqAcc + row * s.Kp, s.K, s.Scale);
+                CpuSimd.ScaleCopy(dq + s.QueryRow(bi, tt, g * s.HeadsPerGroup + hh), dqAcc + row * s.Kp, s.K, s.Scale);
     }
 
     // ---- shape, blocks, tiles, scratch, packing ------------------------------------------------------------
@@ -516,22 +516,11 @@ internal static unsafe class CpuAttention
             for (int hh = 0; hh < s.HeadsPerGroup; hh++, row++, from += s.K)
             {
                 float* to = dst + row * kp;
-                ScaleCopy(to, from, s.K, scale);
+                CpuSimd.ScaleCopy(to, from, s.K, scale);
                 for (int d = s.K; d < kp; d++) to[d] = 0;
             }
         }
         new Span<float>(dst + row * kp, (rows16 - row) * kp).Clear();
-    }
-
-    /// <summary>dst[i] = src[i]·scale: one rounding per element, so the bits do not depend on the vector width used.</summary>
-    static void ScaleCopy(float* dst, float* src, int n, float scale)
-    {
-        int i = 0;
-        if (Vector512.IsHardwareAccelerated)
-            for (var f = Vector512.Create(scale); i + 16 <= n; i += 16) (Vector512.Load(src + i) * f).Store(dst + i);
-        if (Vector256.IsHardwareAccelerated)
-            for (var f = Vector256.Create(scale); i + 8 <= n; i += 8) (Vector256.Load(src + i) * f).Store(dst + i);
-        for (; i < n; i++) dst[i] = src[i] * scale;
     }
 
     /// <summary>Rows of K (or V) [j0, j0 + keys) of group g as 64 × Kp rows, zero-padded in both directions.</summary>

@@ -565,7 +565,7 @@ internal static unsafe partial class CpuMatmul
             B.PackPanels(Sliver(block, first), Jc + first * Nr, count, Nr, N, block.Index * KcBlock, block.Kc);
             // alpha · op(A) · op(B) as op(A) · (alpha · op(B)): the kernels then only add into C, so a K block boundary
             // is only a store and a load of the running sums and never changes a bit.
-            if (Alpha != 1f) Scale(Sliver(block, first), (long)count * Nr * block.Kc, Alpha);
+            if (Alpha != 1f) CpuSimd.ScaleCopy(Sliver(block, first), Sliver(block, first), count * Nr * block.Kc, Alpha);
             Volatile.Write(ref state, 2 * Panel);
             return true;
         }
@@ -847,18 +847,6 @@ internal static unsafe partial class CpuMatmul
     {
         for (int r = 0; r < rows; r++, src += ldSrc, dst += ldDst)
             for (int j = 0; j < cols; j++) dst[j] = src[j];
-    }
-
-    /// <summary>Multiplies `count` packed floats by alpha in place (the packed B of a scaled GEMM).</summary>
-    internal static void Scale(float* x, long count, float alpha)
-    {
-        long i = 0;
-        if (Vector256.IsHardwareAccelerated)
-        {
-            var a = Vector256.Create(alpha);
-            for (; i + 8 <= count; i += 8) Vector256.Store(Vector256.Load(x + i) * a, x + i);
-        }
-        for (; i < count; i++) x[i] *= alpha;
     }
 
     /// <summary>

@@ -47,6 +47,17 @@ internal static class CpuSimd
     public static float Exp(float x) =>
         Vector128.IsHardwareAccelerated ? Vector128.Exp(Vector128.Create(x)).ToScalar() : MathF.Exp(x);
 
+    /// <summary>dst[i] = src[i]·scale (dst may be src): one rounding per element, so the bits do not depend on the vector width used.</summary>
+    public static unsafe void ScaleCopy(float* dst, float* src, int n, float scale)
+    {
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+            for (var f = Vector512.Create(scale); i + 16 <= n; i += 16) (Vector512.Load(src + i) * f).Store(dst + i);
+        if (Vector256.IsHardwareAccelerated)
+            for (var f = Vector256.Create(scale); i + 8 <= n; i += 8) (Vector256.Load(src + i) * f).Store(dst + i);
+        for (; i < n; i++) dst[i] = src[i] * scale;
+    }
+
     // ---- folds: 16 lanes to one by halving ------------------------------------------------------------------
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -32,7 +32,7 @@ internal sealed record GemmChoice(GemmPath Path, GemmBlocking Blocking, GemmBloc
 
     /// <summary>
     /// One line for logs, bench output and a run's config, e.g. "Vector512 14×32, kc 512, mc 12×14, nc 4096; ᵀA kc 256,
-    /// mc 24×14, nc 4096 (tuned: best of 24 at 215 / 205 GFLOP/s)"; the ᵀA part only when it differs.
+    /// mc 24×14, nc 4096 (tuned: best of 13 at 215 / 205 GFLOP/s)"; the ᵀA part only when it differs.
     /// </summary>
     public string Description
     {
@@ -125,8 +125,8 @@ internal static class GemmTuner
         double Flops(int i) => 2.0 * problems[i].M * problems[i].N * problems[i].K;
 
         // The model's GEMMs find their operands in L3 or memory, not in L2 (each follows other kernels), and that is where
-        // the blockings differ most (a deeper K block halves C's traffic): every timing starts after a read of an
-        // L3-sized buffer, so the problems' operands have left the caches closest to the cores.
+        // the blockings differ most (a deeper K block halves C's traffic): every timing starts after this thread reads an
+        // L3-sized buffer, so the problems' operands have left the L3 and this core's L2.
         var evict = new float[CpuMatmul.CacheBytes(3) / sizeof(float)];
         float sink = 0;
         double Time(int i, GemmPath path, GemmBlocking blocking)
@@ -164,6 +164,6 @@ internal static class GemmTuner
         int forward = Winner(0), transA = Winner(1);
         GC.KeepAlive(sink);
         return new GemmChoice(path, candidates[forward].Blocking, candidates[transA].Blocking,
-                              Flops(0) / best[forward, 0] / 1e9, Flops(1) / best[transA, 1] / 1e9, defaults.Count + onPath.Count, cpu);
+                              Flops(0) / best[forward, 0] / 1e9, Flops(1) / best[transA, 1] / 1e9, defaults.Union(onPath).Count(), cpu);
     }
 }
