@@ -71,11 +71,12 @@ public class MatmulTests
         }
         // What it chose is one of them and says so.
         var choice = GemmTuner.For(2);
-        Assert.True(choice.Candidates == 1 || candidates.Contains((choice.Path, choice.Blocking)) && candidates.Contains((choice.Path, choice.BlockingTransA)),
+        Assert.True(choice.Candidates == 1 || new[] { choice.Blocking, choice.BlockingTransA, choice.BlockingTransATall }.All(b => candidates.Contains((choice.Path, b))),
                     $"the tuner chose {choice.Description}, not one of its candidates");
         Assert.Contains($"kc {choice.Blocking.Kc}", choice.Description);
-        Assert.Equal(choice.Blocking, choice.For(transA: false));
-        Assert.Equal(choice.BlockingTransA, choice.For(transA: true));
+        Assert.Equal(choice.Blocking, choice.For(transA: false, m: 4096));
+        Assert.Equal(choice.BlockingTransA, choice.For(transA: true, m: GemmChoice.ShortM));
+        Assert.Equal(choice.BlockingTransATall, choice.For(transA: true, m: GemmChoice.ShortM + 1));
     }
 
     // Each element is one chain of FMAs over all of K, so where the K blocks fall (one step deep, uneven, deeper than

@@ -5,7 +5,7 @@ using System.Runtime.Intrinsics.X86;
 namespace Palm.Gpu.Backends.Cpu;
 
 // Picks the GEMM's register and cache blocking for the CPU it runs on, once per thread count, by timing a few
-// variants at first use (about 1 s). The variants differ only in what never changes a result:
+// variants at first use (about 2 s). The variants differ only in what never changes a result:
 //   path       the micro-kernel: Vector512 14×32 (zmm) or Vector256 6×16 (ymm). Intel with two 512-bit FMA ports and
 //              Zen 5 (full-width 512-bit units) favour zmm; Zen 4 executes a zmm FMA as two 256-bit halves, where the
 //              ymm kernel can tie; AVX2-only machines (or DOTNET_EnableAVX512=0) have only the ymm candidates.
@@ -14,25 +14,35 @@ namespace Palm.Gpu.Backends.Cpu;
 //   Nc         columns of the shared packed B panel (1024 or 4096; fewer when K is long, see CpuMatmul.PanelFloats).
 // Whatever the tuner picks, the GEMM gives the same bits (MatmulTests.Every_tuner_variant_gives_the_same_bits).
 //
-// Shape legend: M, N, K the GEMM's; the timed problems are the model's two kinds of call at a reduced size,
-//   forward/dX   (1024,2048) = (1024,512)·(512,2048)      dW   (512,2048) += (1024,512)ᵀ·(1024,2048)   transA
-// (both as wide as the model's: with narrow B panels a call spans several, each repacking the A blocks.)
-// The two kinds pack A differently (a transposed A is read along its rows), and their best blocking can differ
-// (measured on Zen 4: the same Kc and MC for both, or not, by the minute), so each kind gets its own; the path is picked first, from each path's default blocking
-// timed over both. Each candidate keeps its best of 3 interleaved timings; a default (widest path, GemmBlocking.For(path))
+// Shape legend: M, N, K the GEMM's; the timed problems are the model's kinds of call at a reduced size,
+//   forward/dX    (1024,2048) = (1024,512)·(512,2048)
+//   dW, M ≤ 1024  (512,2048) += (1024,512)ᵀ·(1024,2048)    transA: the weights with D rows (dWin, dWqkv, dWup)
+//   dW, M > 1024  (2048,512) += (1024,2048)ᵀ·(1024,512)    transA: the weights with F rows (dWout, dWdown), dE
+// (all as wide as the model's: with narrow B panels a call spans several, each repacking the A blocks.)
+// The kinds pack A differently (a transposed A is read along its rows), and their best blocking differs: on Zen 4
+// the short weight gradients want 168-row A blocks (with 336, M 512 makes 2 blocks, so 4 sliver groups each pack the
+// same block) and the tall ones 336 (measured: fused dWin 213 vs 206 GFLOP/s, dWout 212 vs 218). So each kind gets
+// its own; the path is picked first, from each path's default blocking timed over all three. Each candidate keeps its best of 3 interleaved timings; a default (widest path, GemmBlocking.For(path))
 // is kept unless a variant beats it by 3% (same path) or 15% (narrower path), so a stall on a shared machine does not
 // pick a slow kernel. PALM_GEMM=default skips the timing and takes the default (for A/B comparisons).
 
-/// <summary>What the tuner chose for one thread count: the path, a blocking for each kind of call, and how they measured.</summary>
-internal sealed record GemmChoice(GemmPath Path, GemmBlocking Blocking, GemmBlocking BlockingTransA, double Gflops, double GflopsTransA,
-                                  int Candidates, string Cpu)
+/// <summary>
+/// What the tuner chose for one thread count: the path, a blocking for each kind of call (forward and dX; ᵀA with M up to
+/// <see cref="ShortM"/>; ᵀA with more rows) and how they measured.
+/// </summary>
+internal sealed record GemmChoice(GemmPath Path, GemmBlocking Blocking, GemmBlocking BlockingTransA, GemmBlocking BlockingTransATall,
+                                  double Gflops, double GflopsTransA, double GflopsTransATall, int Candidates, string Cpu)
 {
-    /// <summary>The blocking for a call with op(A) = Aᵀ (the weight gradients) or not.</summary>
-    public GemmBlocking For(bool transA) => transA ? BlockingTransA : Blocking;
+    /// <summary>The most rows of a "short" ᵀA call (the tuner's M-512 problem); taller ones take BlockingTransATall.</summary>
+    public const int ShortM = 1024;
+
+    /// <summary>The blocking for an M-row call with op(A) = Aᵀ (the weight gradients) or not.</summary>
+    public GemmBlocking For(bool transA, int m) => !transA ? Blocking : m <= ShortM ? BlockingTransA : BlockingTransATall;
 
     /// <summary>
-    /// One line for logs, bench output and a run's config, e.g. "Vector512 14×32, kc 512, mc 12×14, nc 4096; ᵀA kc 256,
-    /// mc 24×14, nc 4096 (tuned: best of 13 at 215 / 205 GFLOP/s)"; the ᵀA part only when it differs.
+    /// One line for logs, bench output and a run's config, e.g. "Vector512 14×32, kc 512, mc 24×14, nc 4096; ᵀA kc 512,
+    /// mc 12×14, nc 4096; tall ᵀA as forward (tuned: best of 13 at 215 / 213 / 214 GFLOP/s)"; each ᵀA part says what it
+    /// shares.
     /// </summary>
     public string Description
     {
@@ -41,8 +51,9 @@ internal sealed record GemmChoice(GemmPath Path, GemmBlocking Blocking, GemmBloc
             var (mr, nr) = CpuMatmul.TileOf(Path);
             string Of(GemmBlocking b) => $"kc {b.Kc}, mc {b.McPanels}×{mr}, nc {b.Nc}";
             string transA = BlockingTransA == Blocking ? "" : $"; ᵀA {Of(BlockingTransA)}";
-            string how = Candidates > 1 ? $"tuned: best of {Candidates} at {Gflops:F0} / {GflopsTransA:F0} GFLOP/s" : "default";
-            return $"{Path} {mr}×{nr}, {Of(Blocking)}{transA} ({how})";
+            string tall = BlockingTransATall == BlockingTransA ? "" : BlockingTransATall == Blocking ? "; tall ᵀA as forward" : $"; tall ᵀA {Of(BlockingTransATall)}";
+            string how = Candidates > 1 ? $"tuned: best of {Candidates} at {Gflops:F0} / {GflopsTransA:F0} / {GflopsTransATall:F0} GFLOP/s" : "default";
+            return $"{Path} {mr}×{nr}, {Of(Blocking)}{transA}{tall} ({how})";
         }
     }
 }
@@ -104,7 +115,7 @@ internal static class GemmTuner
         if (Environment.GetEnvironmentVariable("PALM_GEMM") == "default" || CpuMatmul.BestPath < GemmPath.Vector256)
         {
             var fixedBlocking = GemmBlocking.For(CpuMatmul.BestPath);
-            return new GemmChoice(CpuMatmul.BestPath, fixedBlocking, fixedBlocking, double.NaN, double.NaN, 1, cpu);
+            return new GemmChoice(CpuMatmul.BestPath, fixedBlocking, fixedBlocking, fixedBlocking, double.NaN, double.NaN, double.NaN, 1, cpu);
         }
 
         var candidates = Candidates();
@@ -112,6 +123,7 @@ internal static class GemmTuner
         {
             (M: 1024, N: 2048, K: 512, TransA: false),
             (M: 512, N: 2048, K: 1024, TransA: true),
+            (M: 2048, N: 512, K: 1024, TransA: true),
         };
         var rng = new Random(1);
         // Operands laid out as the model's (CpuBuffer: each starts on a cache line).
@@ -151,19 +163,20 @@ internal static class GemmTuner
         }
         // A shared machine can stall any one timing, so the tuner only leaves a default for a clear win. First the path:
         // each path's default blocking, the widest (candidate 0) kept unless a narrower one is NarrowerMargin faster over
-        // both problems (a narrower kernel has half the FMA width).
+        // all problems (a narrower kernel has half the FMA width).
         var defaults = Enumerable.Range(0, candidates.Count).Where(c => candidates[c].Blocking == GemmBlocking.For(candidates[c].Path)).ToList();
         Measure(defaults);
-        var path = candidates[defaults.MinBy(c => (best[c, 0] + best[c, 1]) * (c == 0 ? 1 : NarrowerMargin))].Path;
+        var path = candidates[defaults.MinBy(c => Enumerable.Range(0, problems.Length).Sum(i => best[c, i]) * (c == 0 ? 1 : NarrowerMargin))].Path;
         // Then every blocking on that path, and each kind of call its own: the path's default unless another is
         // SameWidthMargin faster on that kind's problem.
         var onPath = Enumerable.Range(0, candidates.Count).Where(c => candidates[c].Path == path).ToList();
         int fallback = defaults.First(c => candidates[c].Path == path);
         Measure(onPath);
         int Winner(int i) => onPath.MinBy(c => best[c, i] * (c == fallback ? 1 : SameWidthMargin));
-        int forward = Winner(0), transA = Winner(1);
+        int forward = Winner(0), transA = Winner(1), tall = Winner(2);
         GC.KeepAlive(sink);
-        return new GemmChoice(path, candidates[forward].Blocking, candidates[transA].Blocking,
-                              Flops(0) / best[forward, 0] / 1e9, Flops(1) / best[transA, 1] / 1e9, defaults.Union(onPath).Count(), cpu);
+        return new GemmChoice(path, candidates[forward].Blocking, candidates[transA].Blocking, candidates[tall].Blocking,
+                              Flops(0) / best[forward, 0] / 1e9, Flops(1) / best[transA, 1] / 1e9, Flops(2) / best[tall, 2] / 1e9,
+                              defaults.Union(onPath).Count(), cpu);
     }
 }
