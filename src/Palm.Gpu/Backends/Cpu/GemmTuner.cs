@@ -11,7 +11,10 @@ namespace Palm.Gpu.Backends.Cpu;
 //              ymm kernel can tie; AVX2-only machines (or DOTNET_EnableAVX512=0) have only the ymm candidates.
 //   Kc         the K block: 256 (a 14×32 sliver stays in L1) or 512 (C read and written half as often).
 //   McPanels   rows of the A block a work item packs (L2-sized: ~96, ~168 or ~336 rows of a Kc-deep panel).
-//   Nc         columns of the shared packed B panel (1024 or 4096; fewer when K is long, see CpuMatmul.PanelFloats).
+//   Nc         columns of the shared packed B panel: 4096 (fewer when K is long, see CpuMatmul.PanelFloats). 1024 was a
+//              candidate until it measured level at best and 10% behind on the model's widest weight gradient (Zen 4,
+//              fused dWin: N 4736 then spans 5 panels, each re-packing the A blocks), which the tuner's narrower
+//              problems did not show, so some processes picked it.
 // Whatever the tuner picks, the GEMM gives the same bits (MatmulTests.Every_tuner_variant_gives_the_same_bits).
 //
 // Shape legend: M, N, K the GEMM's; the timed problems are the model's kinds of call at a reduced size,
@@ -66,7 +69,7 @@ internal static class GemmTuner
     const double SameWidthMargin = 1.03, NarrowerMargin = 1.15;
     /// <summary>A-block rows to try, as multiples of the tile height nearest these.</summary>
     static readonly int[] BlockRows = [96, GemmBlocking.DefaultBlockRows, 336];
-    static readonly int[] PanelColumns = [1024, 4096];
+    static readonly int[] PanelColumns = [4096];
     static readonly int[] BlockDepths = [GemmBlocking.DefaultKc, GemmBlocking.DeepKc];
 
     static readonly ConcurrentDictionary<int, Lazy<GemmChoice>> Chosen = new();
