@@ -39,10 +39,12 @@ public static class MachinePeaks
             string source;
             try
             {
-                gflops = BackendRegistry.MeasurePeakGflops(backend);
+                // Best of three: other work on a shared machine can only slow the FMA loop, and a peak measured low
+                // would put a step above 100% of it.
+                gflops = Enumerable.Range(0, 3).Max(_ => BackendRegistry.MeasurePeakGflops(backend));
                 detail = BandwidthGBps(Environment.ProcessorCount);
                 bw = detail.Best;
-                source = "measured: FMA loop; best of STREAM-like read, copy, update, triad";
+                source = "measured: best of 3 FMA loops; best of STREAM-like read, copy, update, triad";
             }
             catch (ArgumentException)
             {
