@@ -818,34 +818,6 @@ internal static unsafe partial class CpuMatmul
         else for (int t = 0; t < width; t++) dst[t] = src[t];
     }
 
-    /// <summary>CopyRun of src times scale (rounded as CpuSimd.ScaleCopy rounds it: one multiply per float).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void ScaleRun(float* src, float* dst, int width, float scale)
-    {
-        if (width >= 16 && Vector512.IsHardwareAccelerated)
-        {
-            var f = Vector512.Create(scale);
-            int t = 0;
-            for (; t + 16 <= width; t += 16) Vector512.Store(Vector512.Load(src + t) * f, dst + t);
-            if (t < width) Vector512.Store(Vector512.Load(src + width - 16) * f, dst + width - 16);
-        }
-        else if (width >= 8 && Vector256.IsHardwareAccelerated)
-        {
-            var f = Vector256.Create(scale);
-            int t = 0;
-            for (; t + 8 <= width; t += 8) Vector256.Store(Vector256.Load(src + t) * f, dst + t);
-            if (t < width) Vector256.Store(Vector256.Load(src + width - 8) * f, dst + width - 8);
-        }
-        else if (width >= 4 && Vector128.IsHardwareAccelerated)
-        {
-            var f = Vector128.Create(scale);
-            int t = 0;
-            for (; t + 4 <= width; t += 4) Vector128.Store(Vector128.Load(src + t) * f, dst + t);
-            if (t < width) Vector128.Store(Vector128.Load(src + width - 4) * f, dst + width - 4);
-        }
-        else for (int t = 0; t < width; t++) dst[t] = src[t] * scale;
-    }
-
     /// <summary>Source lines run across the packed rows: packed[p, t] = src[t·stride + p] (A stored (M,K), B when transB).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void PackStrided(float* dst, float* src, long stride, int live, int width, int kc)
@@ -999,7 +971,7 @@ internal static unsafe partial class CpuMatmul
                 Sse.Prefetch1(row + Ahead * ld + width - 1);
             }
             if (scale == 1f) CopyRun(row, copy, width);
-            else ScaleRun(row, copy, width, scale);
+            else CpuSimd.ScaleCopy(copy, row, width, scale);
             _source += ld;
             _packed += width;
             return scale == 1f ? row : copy;

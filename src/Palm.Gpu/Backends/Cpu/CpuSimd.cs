@@ -48,6 +48,7 @@ internal static class CpuSimd
         Vector128.IsHardwareAccelerated ? Vector128.Exp(Vector128.Create(x)).ToScalar() : MathF.Exp(x);
 
     /// <summary>dst[i] = src[i]·scale (dst may be src): one rounding per element, so the bits do not depend on the vector width used.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] // also per k step inside a GEMM micro-kernel (PackingRows)
     public static unsafe void ScaleCopy(float* dst, float* src, int n, float scale)
     {
         int i = 0;
