@@ -1190,36 +1190,12 @@ internal static unsafe partial class CpuMatmul
             {
                 if (_data != null) NativeMemory.AlignedFree(_data);
                 _data = null;
-                // A little slack past the end so whole-vector copies never need a tail case; whole 2 MiB pages, so
-                // the kernel can back the buffer with huge pages (see HugePages).
-                nuint bytes = ((nuint)((floats + 16) * sizeof(float)) + HugePage - 1) / HugePage * HugePage;
-                _data = (float*)NativeMemory.AlignedAlloc(bytes, HugePage);
-                HugePages(_data, bytes);
+                // A little slack past the end so whole-vector copies never need a tail case.
+                _data = (float*)NativeMemory.AlignedAlloc((nuint)((floats + 16) * sizeof(float)), 64);
                 _capacity = floats;
             }
             return _data;
         }
-
-        const nuint HugePage = 2 << 20;
-
-        /// <summary>
-        /// Asks Linux to back the buffer with 2 MiB pages. With 4 KiB pages the physical pages of a packed A block fall
-        /// at random in L2's sets, so some processes lose lines of it to conflicts and run a GEMM up to 10% slower than
-        /// others (Zen 4: fused dWin 189 or 210 GFLOP/s by the process); a huge page is contiguous, so the block maps
-        /// onto the sets evenly in every process. Elsewhere, or where transparent huge pages are off, nothing happens.
-        /// </summary>
-        static void HugePages(void* data, nuint bytes)
-        {
-            if (!OperatingSystem.IsLinux()) return;
-            try { _ = Madvise(data, bytes, MadvHugePage); }
-            catch (DllNotFoundException) { }
-            catch (EntryPointNotFoundException) { }
-        }
-
-        const int MadvHugePage = 14;
-
-        [DllImport("libc", EntryPoint = "madvise")]
-        static extern int Madvise(void* addr, nuint length, int advice);
 
         ~PackBuffer()
         {
