@@ -211,6 +211,33 @@ public class MatmulTests
         }
     }
 
+    // The ragged last panel of A runs the shortest kernel that covers its rows (EdgeKernel), into C when it is exactly
+    // that tall and through the scratch tile otherwise: every row count 1..MR on every path, against the scalar
+    // kernel's bits, in one A block and across several, overwriting and accumulating.
+    [Fact]
+    public void EveryRaggedPanelHeightGivesTheScalarBits()
+    {
+        const int n = 70, k = 37;
+        foreach (var path in SupportedPaths())
+        {
+            int mr = CpuMatmul.TileOf(path).Mr;
+            for (int rows = 1; rows <= mr; rows++)
+            {
+                int m = 2 * mr + rows;
+                var a = TestData.Uniform(40 + rows, m * k);
+                var b = TestData.Uniform(41, k * n);
+                var c0 = TestData.Uniform(42, m * n);
+                foreach (var (transA, transB) in Transposes)
+                    foreach (var prior in new[] { null, c0 })
+                        foreach (var blocking in new[] { GemmBlocking.For(path), new GemmBlocking(16, 1, 64) })
+                        {
+                            var scalar = RunMatmul(1, a, b, prior, m, n, k, transA, transB, Alpha, GemmPath.Scalar, GemmBlocking.For(GemmPath.Scalar));
+                            var got = RunMatmul(2, a, b, prior, m, n, k, transA, transB, Alpha, path, blocking);
+                            AssertSameBits(scalar, got, $"{path} M {m} ({rows} rows in the last panel) {blocking} transA={transA} transB={transB} accumulate={prior is not null}");
+                        }
+            }
+        }
+    }
 
     [Fact]
     public void EmptySumClearsOrKeepsC()

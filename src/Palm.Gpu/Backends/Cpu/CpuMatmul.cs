@@ -696,15 +696,20 @@ internal static unsafe partial class CpuMatmul
                     {
                         MicroKernel(Path, kc, panel, sliver, tile, ldc, overwrite);
                     }
+                    else if (rows < Mr && column != null && EdgeRows(Path, rows) == rows)
+                    {
+                        // The ragged last panel, as tall as a short kernel: that kernel, straight into C.
+                        EdgeKernel(Path, rows, kc, panel, sliver, column + i0 * columnLd, columnLd, overwrite);
+                    }
                     else
                     {
-                        // Edge or straddling tile: the live part of C into scratch, the full tile there, the live part back.
+                        // Edge or straddling tile: the live part of C into scratch, the tile there, the live part back.
                         if (!overwrite)
                         {
                             new Span<float>(scratch, MaxTile).Clear();
                             C.Gather(scratch, Nr, i0, j0, rows, cols);
                         }
-                        MicroKernel(Path, kc, panel, sliver, scratch, Nr, overwrite);
+                        EdgeKernel(Path, rows, kc, panel, sliver, scratch, Nr, overwrite);
                         C.Scatter(scratch, Nr, i0, j0, rows, cols);
                     }
                 }
@@ -929,6 +934,38 @@ internal static unsafe partial class CpuMatmul
         }
     }
 
+    /// <summary>
+    /// Rows of the shortest kernel of the path that covers a panel of <paramref name="rows"/> ≤ MR rows. The model's M
+    /// (512, 2048, 2560) is never a multiple of 14 or 6, and the full kernel run on the 8 live rows of M 512's last
+    /// panel costs a whole tile (Zen 4, one thread, fused dWin 512×4736×2048: 105.5–105.9 GFLOP/s, M 504 107.2; with
+    /// the 8-row kernel 106.4–108.5; in one process, two threads, cold, the model's shapes +1–1.5%; the AVX2 path's
+    /// 4-row kernel on M 512's 2 last rows: dWqkv 104.1–104.6 → 106.3–106.4).
+    /// </summary>
+    internal static int EdgeRows(GemmPath path, int rows) => path switch
+    {
+        GemmPath.Vector512 => rows <= 4 ? 4 : rows <= 8 ? 8 : 14,
+        GemmPath.Vector256 => rows <= 4 ? 4 : 6,
+        _ => TileOf(path).Mr,
+    };
+
+    /// <summary>
+    /// The micro-kernel for a panel of rows ≤ MR live rows (packed MR wide, zero past them): it updates the first
+    /// EdgeRows(path, rows) rows of the tile, with the same FMAs in the same order as the full kernel's on those rows.
+    /// </summary>
+    private static void EdgeKernel(GemmPath path, int rows, int kc, float* panel, float* sliver, float* tile, long ldc, bool overwrite)
+    {
+        var (mr, nr) = TileOf(path);
+        var a = new PackedRows(panel, mr);
+        var b = new PackedRows(sliver, nr);
+        switch (EdgeRows(path, rows))
+        {
+            case 4 when path == GemmPath.Vector512: Kernel4x32(kc, a, b, tile, ldc, overwrite); break;
+            case 8 when path == GemmPath.Vector512: Kernel8x32(kc, a, b, tile, ldc, overwrite); break;
+            case 4 when path == GemmPath.Vector256: Kernel4x16(kc, a, b, tile, ldc, overwrite); break;
+            default: MicroKernel(path, kc, a, b, tile, ldc, overwrite); break;
+        }
+    }
+
     /// <summary>Where a micro-kernel reads each k step's row: MR floats of A to broadcast, or NR floats of B.</summary>
     internal interface IRowFeed
     {
@@ -1087,6 +1124,90 @@ internal static unsafe partial class CpuMatmul
         Store512(c + 6 * ldc, c60, c61); Store512(c + 7 * ldc, c70, c71); Store512(c + 8 * ldc, c80, c81);
         Store512(c + 9 * ldc, c90, c91); Store512(c + 10 * ldc, cA0, cA1); Store512(c + 11 * ldc, cB0, cB1);
         Store512(c + 12 * ldc, cC0, cC1); Store512(c + 13 * ldc, cD0, cD1);
+    }
+
+    // Short kernels for the ragged last panel of A (see EdgeKernel): the first rows of the full kernel, no more.
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Kernel8x32<TA, TB>(int kc, TA feedA, TB feedB, float* c, long ldc, bool overwrite)
+        where TA : struct, IRowFeed where TB : struct, IRowFeed
+    {
+        Vector512<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default, c30 = default, c31 = default,
+                         c40 = default, c41 = default, c50 = default, c51 = default, c60 = default, c61 = default, c70 = default, c71 = default;
+        if (!overwrite)
+        {
+            Load512(c + 0 * ldc, out c00, out c01); Load512(c + 1 * ldc, out c10, out c11); Load512(c + 2 * ldc, out c20, out c21);
+            Load512(c + 3 * ldc, out c30, out c31); Load512(c + 4 * ldc, out c40, out c41); Load512(c + 5 * ldc, out c50, out c51);
+            Load512(c + 6 * ldc, out c60, out c61); Load512(c + 7 * ldc, out c70, out c71);
+        }
+        for (int p = 0; p < kc; p++)
+        {
+            float* a = feedA.Next(), b = feedB.Next();
+            var b0 = Vector512.Load(b);
+            var b1 = Vector512.Load(b + 16);
+            Vector512<float> s;
+            s = Vector512.Create(a[0]); c00 = Vector512.FusedMultiplyAdd(s, b0, c00); c01 = Vector512.FusedMultiplyAdd(s, b1, c01);
+            s = Vector512.Create(a[1]); c10 = Vector512.FusedMultiplyAdd(s, b0, c10); c11 = Vector512.FusedMultiplyAdd(s, b1, c11);
+            s = Vector512.Create(a[2]); c20 = Vector512.FusedMultiplyAdd(s, b0, c20); c21 = Vector512.FusedMultiplyAdd(s, b1, c21);
+            s = Vector512.Create(a[3]); c30 = Vector512.FusedMultiplyAdd(s, b0, c30); c31 = Vector512.FusedMultiplyAdd(s, b1, c31);
+            s = Vector512.Create(a[4]); c40 = Vector512.FusedMultiplyAdd(s, b0, c40); c41 = Vector512.FusedMultiplyAdd(s, b1, c41);
+            s = Vector512.Create(a[5]); c50 = Vector512.FusedMultiplyAdd(s, b0, c50); c51 = Vector512.FusedMultiplyAdd(s, b1, c51);
+            s = Vector512.Create(a[6]); c60 = Vector512.FusedMultiplyAdd(s, b0, c60); c61 = Vector512.FusedMultiplyAdd(s, b1, c61);
+            s = Vector512.Create(a[7]); c70 = Vector512.FusedMultiplyAdd(s, b0, c70); c71 = Vector512.FusedMultiplyAdd(s, b1, c71);
+        }
+        Store512(c + 0 * ldc, c00, c01); Store512(c + 1 * ldc, c10, c11); Store512(c + 2 * ldc, c20, c21);
+        Store512(c + 3 * ldc, c30, c31); Store512(c + 4 * ldc, c40, c41); Store512(c + 5 * ldc, c50, c51);
+        Store512(c + 6 * ldc, c60, c61); Store512(c + 7 * ldc, c70, c71);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Kernel4x32<TA, TB>(int kc, TA feedA, TB feedB, float* c, long ldc, bool overwrite)
+        where TA : struct, IRowFeed where TB : struct, IRowFeed
+    {
+        Vector512<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default, c30 = default, c31 = default;
+        if (!overwrite)
+        {
+            Load512(c + 0 * ldc, out c00, out c01); Load512(c + 1 * ldc, out c10, out c11);
+            Load512(c + 2 * ldc, out c20, out c21); Load512(c + 3 * ldc, out c30, out c31);
+        }
+        for (int p = 0; p < kc; p++)
+        {
+            float* a = feedA.Next(), b = feedB.Next();
+            var b0 = Vector512.Load(b);
+            var b1 = Vector512.Load(b + 16);
+            Vector512<float> s;
+            s = Vector512.Create(a[0]); c00 = Vector512.FusedMultiplyAdd(s, b0, c00); c01 = Vector512.FusedMultiplyAdd(s, b1, c01);
+            s = Vector512.Create(a[1]); c10 = Vector512.FusedMultiplyAdd(s, b0, c10); c11 = Vector512.FusedMultiplyAdd(s, b1, c11);
+            s = Vector512.Create(a[2]); c20 = Vector512.FusedMultiplyAdd(s, b0, c20); c21 = Vector512.FusedMultiplyAdd(s, b1, c21);
+            s = Vector512.Create(a[3]); c30 = Vector512.FusedMultiplyAdd(s, b0, c30); c31 = Vector512.FusedMultiplyAdd(s, b1, c31);
+        }
+        Store512(c + 0 * ldc, c00, c01); Store512(c + 1 * ldc, c10, c11);
+        Store512(c + 2 * ldc, c20, c21); Store512(c + 3 * ldc, c30, c31);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Kernel4x16<TA, TB>(int kc, TA feedA, TB feedB, float* c, long ldc, bool overwrite)
+        where TA : struct, IRowFeed where TB : struct, IRowFeed
+    {
+        Vector256<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default, c30 = default, c31 = default;
+        if (!overwrite)
+        {
+            Load256(c + 0 * ldc, out c00, out c01); Load256(c + 1 * ldc, out c10, out c11);
+            Load256(c + 2 * ldc, out c20, out c21); Load256(c + 3 * ldc, out c30, out c31);
+        }
+        for (int p = 0; p < kc; p++)
+        {
+            float* a = feedA.Next(), b = feedB.Next();
+            var b0 = Vector256.Load(b);
+            var b1 = Vector256.Load(b + 8);
+            Vector256<float> s;
+            s = Vector256.Create(a[0]); c00 = Vector256.FusedMultiplyAdd(s, b0, c00); c01 = Vector256.FusedMultiplyAdd(s, b1, c01);
+            s = Vector256.Create(a[1]); c10 = Vector256.FusedMultiplyAdd(s, b0, c10); c11 = Vector256.FusedMultiplyAdd(s, b1, c11);
+            s = Vector256.Create(a[2]); c20 = Vector256.FusedMultiplyAdd(s, b0, c20); c21 = Vector256.FusedMultiplyAdd(s, b1, c21);
+            s = Vector256.Create(a[3]); c30 = Vector256.FusedMultiplyAdd(s, b0, c30); c31 = Vector256.FusedMultiplyAdd(s, b1, c31);
+        }
+        Store256(c + 0 * ldc, c00, c01); Store256(c + 1 * ldc, c10, c11);
+        Store256(c + 2 * ldc, c20, c21); Store256(c + 3 * ldc, c30, c31);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
