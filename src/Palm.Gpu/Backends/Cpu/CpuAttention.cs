@@ -36,7 +36,7 @@ namespace Palm.Gpu.Backends.Cpu;
 // pre-scaled by 1/√K; K and V are read where they lie when they are contiguous rows (G = 1, K a multiple of 16),
 // and packed zero-padded per tile otherwise or for a ragged last tile. On the diagonal only the keys up to the
 // block's last time step are computed (rounded up to 4), so causal work past the diagonal is a few keys per row.
-// exp is a polynomial of FMAs (Exp below), the same IEEE operations on every lane at every width.
+// exp is CpuSimd.Exp, a polynomial of FMAs: the same IEEE operations on every lane at every width.
 internal static unsafe class CpuAttention
 {
     /// <summary>Keys per tile (a multiple of 4: the score kernel makes 4 keys at a time).</summary>
@@ -610,69 +610,6 @@ internal static unsafe class CpuAttention
     [InlineArray(16)]
     struct Rows16 { Vector512<float> element; }
 
-    // ---- exp on lanes -----------------------------------------------------------------------------------------
-
-    // exp(x) = 2^n · p(r), n = round(x·log2 e) (by the 1.5·2^23 rounding trick), r = x − n·ln 2 in two parts
-    // (Cody–Waite), p the degree-7 Taylor-fitted polynomial of Cephes' expf (about 1 ulp). x < −87 gives 0 (the
-    // masked −∞ entries included); x is clamped to 88 above. Only adds, multiplies, FMAs, a compare and integer
-    // shifts: the same bits on every lane at every width, and several times cheaper than Vector512.Exp.
-    const float ExpLow = -87f, ExpHigh = 88f, Log2E = 1.44269504088896341f, Magic = 12582912f;
-    const float Ln2Hi = 0.693359375f, Ln2Lo = -2.12194440e-4f;
-    const float P0 = 1.9875691500e-4f, P1 = 1.3981999507e-3f, P2 = 8.3334519073e-3f, P3 = 4.1665795894e-2f, P4 = 1.6666665459e-1f, P5 = 5.0000001201e-1f;
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector512<float> Exp(Vector512<float> x)
-    {
-        var xc = Vector512.Min(x, Vector512.Create(ExpHigh));
-        var t = Vector512.FusedMultiplyAdd(xc, Vector512.Create(Log2E), Vector512.Create(Magic));
-        var n = t - Vector512.Create(Magic);
-        var r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2Hi), xc);
-        r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2Lo), r);
-        var p = Vector512.FusedMultiplyAdd(Vector512.Create(P0), r, Vector512.Create(P1));
-        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P2));
-        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P3));
-        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P4));
-        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P5));
-        p = Vector512.FusedMultiplyAdd(p, r * r, r) + Vector512<float>.One;
-        var scale = ((t.AsInt32() + Vector512.Create(127)) << 23).AsSingle();
-        return Vector512.ConditionalSelect(Vector512.LessThan(x, Vector512.Create(ExpLow)), Vector512<float>.Zero, p * scale);
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector256<float> Exp(Vector256<float> x)
-    {
-        var xc = Vector256.Min(x, Vector256.Create(ExpHigh));
-        var t = Vector256.FusedMultiplyAdd(xc, Vector256.Create(Log2E), Vector256.Create(Magic));
-        var n = t - Vector256.Create(Magic);
-        var r = Vector256.FusedMultiplyAdd(n, Vector256.Create(-Ln2Hi), xc);
-        r = Vector256.FusedMultiplyAdd(n, Vector256.Create(-Ln2Lo), r);
-        var p = Vector256.FusedMultiplyAdd(Vector256.Create(P0), r, Vector256.Create(P1));
-        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(P2));
-        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(P3));
-        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(P4));
-        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(P5));
-        p = Vector256.FusedMultiplyAdd(p, r * r, r) + Vector256<float>.One;
-        var scale = ((t.AsInt32() + Vector256.Create(127)) << 23).AsSingle();
-        return Vector256.ConditionalSelect(Vector256.LessThan(x, Vector256.Create(ExpLow)), Vector256<float>.Zero, p * scale);
-    }
-
-    static float Exp(float x)
-    {
-        float xc = MathF.Min(x, ExpHigh);
-        float t = MathF.FusedMultiplyAdd(xc, Log2E, Magic);
-        float n = t - Magic;
-        float r = MathF.FusedMultiplyAdd(n, -Ln2Hi, xc);
-        r = MathF.FusedMultiplyAdd(n, -Ln2Lo, r);
-        float p = MathF.FusedMultiplyAdd(P0, r, P1);
-        p = MathF.FusedMultiplyAdd(p, r, P2);
-        p = MathF.FusedMultiplyAdd(p, r, P3);
-        p = MathF.FusedMultiplyAdd(p, r, P4);
-        p = MathF.FusedMultiplyAdd(p, r, P5);
-        p = MathF.FusedMultiplyAdd(p, r * r, r) + 1f;
-        float scale = BitConverter.Int32BitsToSingle((BitConverter.SingleToInt32Bits(t) + 127) << 23);
-        return x < ExpLow ? 0f : p * scale;
-    }
-
     // ---- lane-wise softmax steps on a transposed tile (keys × rows) ------------------------------------------
 
     /// <summary>
@@ -704,12 +641,12 @@ internal static unsafe class CpuAttention
                     max = Vector512.Max(max, x);
                 }
                 var sub = Vector512.ConditionalSelect(Vector512.Equals(max, ninf), Vector512<float>.Zero, max);
-                var c = Exp(oldMax - sub);
+                var c = CpuSimd.Exp(oldMax - sub);
                 var sum = Vector512<float>.Zero;
                 for (int j = 0; j < keys; j++)
                 {
                     float* p = st + j * ld + r;
-                    var e = Exp(Vector512.Load(p) - sub);
+                    var e = CpuSimd.Exp(Vector512.Load(p) - sub);
                     e.Store(p);
                     sum += e;
                 }
@@ -738,12 +675,12 @@ internal static unsafe class CpuAttention
                     max = Vector256.Max(max, x);
                 }
                 var sub = Vector256.ConditionalSelect(Vector256.Equals(max, ninf), Vector256<float>.Zero, max);
-                var c = Exp(oldMax - sub);
+                var c = CpuSimd.Exp(oldMax - sub);
                 var sum = Vector256<float>.Zero;
                 for (int j = 0; j < keys; j++)
                 {
                     float* p = st + j * ld + r;
-                    var e = Exp(Vector256.Load(p) - sub);
+                    var e = CpuSimd.Exp(Vector256.Load(p) - sub);
                     e.Store(p);
                     sum += e;
                 }
@@ -764,11 +701,11 @@ internal static unsafe class CpuAttention
                     max = MathF.Max(max, *p);
                 }
                 float sub = max == float.NegativeInfinity ? 0f : max;
-                float c = Exp(oldMax - sub), sum = 0;
+                float c = CpuSimd.Exp(oldMax - sub), sum = 0;
                 for (int j = 0; j < keys; j++)
                 {
                     float* p = st + j * ld + r;
-                    float e = Exp(*p - sub);
+                    float e = CpuSimd.Exp(*p - sub);
                     *p = e;
                     sum += e;
                 }
@@ -796,7 +733,7 @@ internal static unsafe class CpuAttention
                 for (int j = 0; j < keys; j++)
                 {
                     float* p = pt + j * ld + r, ds = dst + j * ld + r;
-                    var e = Exp(Vector512.Load(p) - l);
+                    var e = CpuSimd.Exp(Vector512.Load(p) - l);
                     if (diagonal) e = Vector512.ConditionalSelect(Vector512.GreaterThan(Vector512.Create((float)(j0 + j)), time), Vector512<float>.Zero, e);
                     e.Store(p);
                     (e * (Vector512.Load(ds) - dd)).Store(ds);
@@ -813,7 +750,7 @@ internal static unsafe class CpuAttention
                 for (int j = 0; j < keys; j++)
                 {
                     float* p = pt + j * ld + r, ds = dst + j * ld + r;
-                    var e = Exp(Vector256.Load(p) - l);
+                    var e = CpuSimd.Exp(Vector256.Load(p) - l);
                     if (diagonal) e = Vector256.ConditionalSelect(Vector256.GreaterThan(Vector256.Create((float)(j0 + j)), time), Vector256<float>.Zero, e);
                     e.Store(p);
                     (e * (Vector256.Load(ds) - dd)).Store(ds);
@@ -826,7 +763,7 @@ internal static unsafe class CpuAttention
                 for (int j = 0; j < keys; j++)
                 {
                     float* p = pt + j * ld + r, ds = dst + j * ld + r;
-                    float e = diagonal && j0 + j > rowTime[r] ? 0f : Exp(*p - rowLse[r]);
+                    float e = diagonal && j0 + j > rowTime[r] ? 0f : CpuSimd.Exp(*p - rowLse[r]);
                     *p = e;
                     *ds = e * (*ds - rowD[r]);
                 }

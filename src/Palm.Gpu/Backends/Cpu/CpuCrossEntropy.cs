@@ -117,10 +117,10 @@ internal static unsafe class CpuCrossEntropy
                 var acc0 = Vector512<float>.Zero; var acc1 = Vector512<float>.Zero; // two chains keep two exps in flight
                 for (; j <= blockEnd - 32; j += 32)
                 {
-                    acc0 += Vector512.Exp(Vector512.Load(x + j) - vmax);
-                    acc1 += Vector512.Exp(Vector512.Load(x + j + 16) - vmax);
+                    acc0 += CpuSimd.Exp(Vector512.Load(x + j) - vmax);
+                    acc1 += CpuSimd.Exp(Vector512.Load(x + j + 16) - vmax);
                 }
-                for (; j <= blockEnd - 16; j += 16) acc0 += Vector512.Exp(Vector512.Load(x + j) - vmax);
+                for (; j <= blockEnd - 16; j += 16) acc0 += CpuSimd.Exp(Vector512.Load(x + j) - vmax);
                 var (lo, hi) = Vector512.Widen(acc0 + acc1);
                 total += lo + hi;
             }
@@ -136,15 +136,15 @@ internal static unsafe class CpuCrossEntropy
                 Vector256<float> a0 = default, a1 = default, b0 = default, b1 = default;   // chain 0 lanes 0-7, 8-15; chain 1 likewise
                 for (; j <= blockEnd - 32; j += 32)
                 {
-                    a0 += Vector256.Exp(Vector256.Load(x + j) - vmax);
-                    a1 += Vector256.Exp(Vector256.Load(x + j + 8) - vmax);
-                    b0 += Vector256.Exp(Vector256.Load(x + j + 16) - vmax);
-                    b1 += Vector256.Exp(Vector256.Load(x + j + 24) - vmax);
+                    a0 += CpuSimd.Exp(Vector256.Load(x + j) - vmax);
+                    a1 += CpuSimd.Exp(Vector256.Load(x + j + 8) - vmax);
+                    b0 += CpuSimd.Exp(Vector256.Load(x + j + 16) - vmax);
+                    b1 += CpuSimd.Exp(Vector256.Load(x + j + 24) - vmax);
                 }
                 for (; j <= blockEnd - 16; j += 16)
                 {
-                    a0 += Vector256.Exp(Vector256.Load(x + j) - vmax);
-                    a1 += Vector256.Exp(Vector256.Load(x + j + 8) - vmax);
+                    a0 += CpuSimd.Exp(Vector256.Load(x + j) - vmax);
+                    a1 += CpuSimd.Exp(Vector256.Load(x + j + 8) - vmax);
                 }
                 var (l0, l1) = Vector256.Widen(a0 + b0);   // float lanes 0-3, 4-7
                 var (h0, h1) = Vector256.Widen(a1 + b1);   // float lanes 8-11, 12-15
@@ -185,13 +185,13 @@ internal static unsafe class CpuCrossEntropy
         {
             var vlz = Vector512.Create(lz); var vf = Vector512.Create(factor);
             for (; j <= v - Vector512<float>.Count; j += Vector512<float>.Count)
-                Vector512.Store(Vector512.Exp(Vector512.Load(x + j) - vlz) * vf, d + j);
+                Vector512.Store(CpuSimd.Exp(Vector512.Load(x + j) - vlz) * vf, d + j);
         }
         else if (CpuSimd.Use256)
         {
             var vlz = Vector256.Create(lz); var vf = Vector256.Create(factor);
             for (; j <= v - Vector256<float>.Count; j += Vector256<float>.Count)
-                Vector256.Store(Vector256.Exp(Vector256.Load(x + j) - vlz) * vf, d + j);
+                Vector256.Store(CpuSimd.Exp(Vector256.Load(x + j) - vlz) * vf, d + j);
         }
         for (; j < v; j++) d[j] = CpuSimd.Exp(x[j] - lz) * factor;
     }

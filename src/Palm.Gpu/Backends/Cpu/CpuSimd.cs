@@ -10,8 +10,8 @@ namespace Palm.Gpu.Backends.Cpu;
 // (lane l += lane l + w for w = 8, 4, 2, 1), and the elements past the last whole block are added one by one
 // in index order. AVX-512 holds the 16 lanes in one Vector512, AVX2 in two Vector256, the scalar path in a
 // 16-float array; all three do the same IEEE operations per lane, so all give the same bits. exp comes from
-// one implementation for every lane and every tail element (the runtime's vector exp, which is lane-wise the
-// same at 128, 256 and 512 bits, unlike MathF.Exp), and products that the vector code fuses are fused
+// one implementation for every lane and every tail element (Exp below: a polynomial of FMAs, the same IEEE
+// operations at every width, unlike MathF.Exp), and products that the vector code fuses are fused
 // (MathF.FusedMultiplyAdd) on the scalar path too.
 internal static class CpuSimd
 {
@@ -42,10 +42,69 @@ internal static class CpuSimd
     /// <summary>Logical lanes of every float reduction.</summary>
     public const int Lanes = 16;
 
-    /// <summary>exp(x) with the bits of one lane of Vector512.Exp / Vector256.Exp.</summary>
+    // exp(x) = 2^n · p(r), n = round(x·log2 e) (by the 1.5·2^23 rounding trick), r = x − n·ln 2 in two parts
+    // (Cody–Waite), p the degree-7 Taylor-fitted polynomial of Cephes' expf (about 1 ulp). x < −87 gives 0 (the
+    // masked −∞ entries included); x is clamped to 88 above. Only adds, multiplies, FMAs, a compare and integer
+    // shifts: the same bits on every lane at every width and on the scalar tails, and several times cheaper than
+    // the runtime's Vector512.Exp, which widens to double (Zen 4: SwiGLU and cross-entropy ran exp-bound with it).
+    const float ExpLow = -87f, ExpHigh = 88f, Log2E = 1.44269504088896341f, Magic = 12582912f;
+    const float Ln2Hi = 0.693359375f, Ln2Lo = -2.12194440e-4f;
+    const float P0 = 1.9875691500e-4f, P1 = 1.3981999507e-3f, P2 = 8.3334519073e-3f, P3 = 4.1665795894e-2f, P4 = 1.6666665459e-1f, P5 = 5.0000001201e-1f;
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float Exp(float x) =>
-        Vector128.IsHardwareAccelerated ? Vector128.Exp(Vector128.Create(x)).ToScalar() : MathF.Exp(x);
+    public static Vector512<float> Exp(Vector512<float> x)
+    {
+        var xc = Vector512.Min(x, Vector512.Create(ExpHigh));
+        var t = Vector512.FusedMultiplyAdd(xc, Vector512.Create(Log2E), Vector512.Create(Magic));
+        var n = t - Vector512.Create(Magic);
+        var r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2Hi), xc);
+        r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2Lo), r);
+        var p = Vector512.FusedMultiplyAdd(Vector512.Create(P0), r, Vector512.Create(P1));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P2));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P3));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P4));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P5));
+        p = Vector512.FusedMultiplyAdd(p, r * r, r) + Vector512<float>.One;
+        var scale = ((t.AsInt32() + Vector512.Create(127)) << 23).AsSingle();
+        return Vector512.ConditionalSelect(Vector512.LessThan(x, Vector512.Create(ExpLow)), Vector512<float>.Zero, p * scale);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Exp(Vector256<float> x)
+    {
+        var xc = Vector256.Min(x, Vector256.Create(ExpHigh));
+        var t = Vector256.FusedMultiplyAdd(xc, Vector256.Create(Log2E), Vector256.Create(Magic));
+        var n = t - Vector256.Create(Magic);
+        var r = Vector256.FusedMultiplyAdd(n, Vector256.Create(-Ln2Hi), xc);
+        r = Vector256.FusedMultiplyAdd(n, Vector256.Create(-Ln2Lo), r);
+        var p = Vector256.FusedMultiplyAdd(Vector256.Create(P0), r, Vector256.Create(P1));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(P2));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(P3));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(P4));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(P5));
+        p = Vector256.FusedMultiplyAdd(p, r * r, r) + Vector256<float>.One;
+        var scale = ((t.AsInt32() + Vector256.Create(127)) << 23).AsSingle();
+        return Vector256.ConditionalSelect(Vector256.LessThan(x, Vector256.Create(ExpLow)), Vector256<float>.Zero, p * scale);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Exp(float x)
+    {
+        float xc = MathF.Min(x, ExpHigh);
+        float t = MathF.FusedMultiplyAdd(xc, Log2E, Magic);
+        float n = t - Magic;
+        float r = MathF.FusedMultiplyAdd(n, -Ln2Hi, xc);
+        r = MathF.FusedMultiplyAdd(n, -Ln2Lo, r);
+        float p = MathF.FusedMultiplyAdd(P0, r, P1);
+        p = MathF.FusedMultiplyAdd(p, r, P2);
+        p = MathF.FusedMultiplyAdd(p, r, P3);
+        p = MathF.FusedMultiplyAdd(p, r, P4);
+        p = MathF.FusedMultiplyAdd(p, r, P5);
+        p = MathF.FusedMultiplyAdd(p, r * r, r) + 1f;
+        float scale = BitConverter.Int32BitsToSingle((BitConverter.SingleToInt32Bits(t) + 127) << 23);
+        return x < ExpLow ? 0f : p * scale;
+    }
+
 
     /// <summary>dst[i] = src[i]·scale (dst may be src): one rounding per element, so the bits do not depend on the vector width used.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)] // also per k step inside a GEMM micro-kernel (PackingRows)

@@ -8,8 +8,9 @@ namespace Palm.Gpu.Backends.Cpu;
 //   Forward   gate (N,F), up (N,F) -> out (N,F) = gate·σ(gate) · up
 //   Backward  dout (N,F), gate, up -> dgate (N,F) = dout·up·σ(gate)·(1 + gate·(1 − σ(gate))),  dup (N,F) = dout·gate·σ(gate)   (both =)
 //
-// σ(x) is evaluated from e = exp(−|x|) ∈ (0,1]: 1/(1+e) for x ≥ 0, e/(1+e) otherwise. exp never overflows,
-// so no inf/NaN for any finite gate, and σ keeps its relative accuracy far into the negative tail.
+// σ(x) is evaluated from e = exp(−|x|) ∈ [0,1] (CpuSimd.Exp): 1/(1+e) for x ≥ 0, e/(1+e) otherwise. exp never
+// overflows, so no inf/NaN for any finite gate, and σ keeps its relative accuracy down to x = −87 (below, where
+// σ < 2⁻¹²⁵, it is 0).
 // Element-wise: each vector is fully loaded before it is stored, so outputs may alias inputs.
 internal static unsafe class CpuSwiGlu
 {
@@ -92,14 +93,14 @@ internal static unsafe class CpuSwiGlu
 
     static Vector512<float> Sigmoid(Vector512<float> x)
     {
-        var e = Vector512.Exp(-Vector512.Abs(x));
+        var e = CpuSimd.Exp(-Vector512.Abs(x));
         var r = Vector512<float>.One / (Vector512<float>.One + e);
         return Vector512.ConditionalSelect(Vector512.GreaterThanOrEqual(x, Vector512<float>.Zero), r, e * r);
     }
 
     static Vector256<float> Sigmoid(Vector256<float> x)
     {
-        var e = Vector256.Exp(-Vector256.Abs(x));
+        var e = CpuSimd.Exp(-Vector256.Abs(x));
         var r = Vector256<float>.One / (Vector256<float>.One + e);
         return Vector256.ConditionalSelect(Vector256.GreaterThanOrEqual(x, Vector256<float>.Zero), r, e * r);
     }
