@@ -957,11 +957,11 @@ internal static unsafe partial class CpuMatmul
         var (mr, nr) = TileOf(path);
         var a = new PackedRows(panel, mr);
         var b = new PackedRows(sliver, nr);
-        switch (EdgeRows(path, rows))
+        switch ((path, EdgeRows(path, rows)))
         {
-            case 4 when path == GemmPath.Vector512: Kernel4x32(kc, a, b, tile, ldc, overwrite); break;
-            case 8 when path == GemmPath.Vector512: Kernel8x32(kc, a, b, tile, ldc, overwrite); break;
-            case 4 when path == GemmPath.Vector256: Kernel4x16(kc, a, b, tile, ldc, overwrite); break;
+            case (GemmPath.Vector512, 4): Kernel4x32(kc, a, b, tile, ldc, overwrite); break;
+            case (GemmPath.Vector512, 8): Kernel8x32(kc, a, b, tile, ldc, overwrite); break;
+            case (GemmPath.Vector256, 4): Kernel4x16(kc, a, b, tile, ldc, overwrite); break;
             default: MicroKernel(path, kc, a, b, tile, ldc, overwrite); break;
         }
     }

@@ -105,7 +105,6 @@ internal static class CpuSimd
         return x < ExpLow ? 0f : p * scale;
     }
 
-
     /// <summary>dst[i] = src[i]·scale (dst may be src): one rounding per element, so the bits do not depend on the vector width used.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)] // also per k step inside a GEMM micro-kernel (PackingRows)
     public static unsafe void ScaleCopy(float* dst, float* src, int n, float scale)
