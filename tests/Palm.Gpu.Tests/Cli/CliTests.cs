@@ -224,7 +224,7 @@ public class CliTests
         {
             double tps = v.GetProperty("tokens_per_s").GetDouble(), step = v.GetProperty("step_seconds").GetDouble();
             Assert.True(tps > 0 && step > 0);
-            Assert.Equal(2 * 32 / step, tps, 0.01 * tps);   // tiny: T 32, batch 2
+            Assert.Equal(2 * 32 / step, tps, 0.002 * tps);   // tiny: T 32, batch 2; step_seconds to the microsecond
             Assert.True(v.GetProperty("step_seconds_min").GetDouble() <= step);
         }
         double ratio = variants[0].GetProperty("tokens_per_s").GetDouble() / variants[1].GetProperty("tokens_per_s").GetDouble();

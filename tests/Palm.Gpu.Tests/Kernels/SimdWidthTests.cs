@@ -7,7 +7,7 @@ using Xunit;
 
 namespace Palm.Gpu.Tests.Kernels;
 
-/// <summary>The tests that change CpuSimd.Bits run one after another (other tests may run beside them: every path gives the same bits).</summary>
+/// <summary>The tests that change CpuSimd.Bits, or assert which path it selects, run one after another (other tests may run beside them: every path gives the same bits).</summary>
 [CollectionDefinition(Name)]
 public sealed class SimdWidthCollection
 {

@@ -299,10 +299,18 @@ internal static unsafe partial class CpuMatmul
     private const int MaxTile = 14 * 32;
 
     /// <summary>The widest supported path within CpuSimd.Bits (every path gives the same bits; this only picks the speed).</summary>
-    public static GemmPath BestPath =>
-        CpuSimd.Bits >= 512 && IsSupported(GemmPath.Vector512) ? GemmPath.Vector512 :
-        CpuSimd.Bits >= 256 && IsSupported(GemmPath.Vector256) ? GemmPath.Vector256 :
-        CpuSimd.Bits >= 128 && IsSupported(GemmPath.Vector128) ? GemmPath.Vector128 : GemmPath.Scalar;
+    public static GemmPath BestPath => WidestWithin(CpuSimd.Bits);
+
+    /// <summary>
+    /// The widest path the machine runs natively, whatever a test has lowered CpuSimd.Bits to: what the tuner measures,
+    /// so that its choice (made once per process) never depends on which test happened to call it first.
+    /// </summary>
+    public static GemmPath HardwarePath => WidestWithin(512);
+
+    static GemmPath WidestWithin(int bits) =>
+        bits >= 512 && IsSupported(GemmPath.Vector512) ? GemmPath.Vector512 :
+        bits >= 256 && IsSupported(GemmPath.Vector256) ? GemmPath.Vector256 :
+        bits >= 128 && IsSupported(GemmPath.Vector128) ? GemmPath.Vector128 : GemmPath.Scalar;
 
     public static bool IsSupported(GemmPath path) => path switch
     {

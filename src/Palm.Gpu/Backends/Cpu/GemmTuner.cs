@@ -80,8 +80,8 @@ internal static class GemmTuner
     /// <summary>Candidate (path, blocking) pairs this machine runs natively.</summary>
     public static IReadOnlyList<(GemmPath Path, GemmBlocking Blocking)> Candidates()
     {
-        var paths = new[] { GemmPath.Vector512, GemmPath.Vector256 }.Where(p => p <= CpuMatmul.BestPath && CpuMatmul.IsSupported(p)).ToList();
-        if (paths.Count == 0) paths.Add(CpuMatmul.BestPath);
+        var paths = new[] { GemmPath.Vector512, GemmPath.Vector256 }.Where(p => p <= CpuMatmul.HardwarePath && CpuMatmul.IsSupported(p)).ToList();
+        if (paths.Count == 0) paths.Add(CpuMatmul.HardwarePath);
         var list = new List<(GemmPath, GemmBlocking)>();
         foreach (var path in paths)
         {
@@ -115,10 +115,10 @@ internal static class GemmTuner
     static GemmChoice Tune(int threads)
     {
         string cpu = CpuName;
-        if (Environment.GetEnvironmentVariable("PALM_GEMM") == "default" || CpuMatmul.BestPath < GemmPath.Vector256)
+        if (Environment.GetEnvironmentVariable("PALM_GEMM") == "default" || CpuMatmul.HardwarePath < GemmPath.Vector256)
         {
-            var fixedBlocking = GemmBlocking.For(CpuMatmul.BestPath);
-            return new GemmChoice(CpuMatmul.BestPath, fixedBlocking, fixedBlocking, fixedBlocking, double.NaN, double.NaN, double.NaN, 1, cpu);
+            var fixedBlocking = GemmBlocking.For(CpuMatmul.HardwarePath);
+            return new GemmChoice(CpuMatmul.HardwarePath, fixedBlocking, fixedBlocking, fixedBlocking, double.NaN, double.NaN, double.NaN, 1, cpu);
         }
 
         var candidates = Candidates();
