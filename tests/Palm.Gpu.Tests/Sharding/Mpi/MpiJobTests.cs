@@ -203,7 +203,7 @@ public sealed class MpiJobTests
             int survivor = PidOf(output, 0);
             bool survivorEnded(string code) => System.Text.RegularExpressions.Regex.IsMatch(text, $@"PID {survivor} RUNNING AT .*\s+=\s+EXIT CODE: {code}\b");
             Assert.True(text.Contains($"PID {victim}") || System.Text.RegularExpressions.Regex.IsMatch(text, @"palm: error: process 0 .*(rank 1\b|process 1\b)")
-                        || survivorEnded("9") || (survivorEnded(@"\d+") && text.Contains($"pid={victim} ")),
+                        || survivorEnded("9") || (survivorEnded(@"\d+") && System.Text.RegularExpressions.Regex.IsMatch(text, $@"\bpid={victim}\b")),
                 $"the job's output names neither pid {victim} nor process 1:\n{text}");
         }
         finally { EndJob(p); }
