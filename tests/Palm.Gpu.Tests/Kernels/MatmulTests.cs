@@ -93,6 +93,39 @@ public class MatmulTests
         Assert.Equal(choice.BlockingTransATall, choice.For(transA: true, m: GemmChoice.ShortM + 1));
     }
 
+    // PALM_GEMM pins the blocking for A/B runs across processes: each kind of call gets its own or the forward one, the
+    // rows become whole tiles of the path, and anything malformed is refused with the form it should have.
+    [Fact]
+    public void PalmGemmPinsTheBlockingOrSaysWhatItShouldBe()
+    {
+        Assert.Null(GemmTuner.Pinned(null, GemmPath.Vector512, "cpu"));
+        Assert.Null(GemmTuner.Pinned(" ", GemmPath.Vector512, "cpu"));
+
+        var fixedDefault = GemmTuner.Pinned("default", GemmPath.Vector256, "cpu")!;
+        Assert.Equal(GemmBlocking.For(GemmPath.Vector256), fixedDefault.Blocking);
+        Assert.Equal(fixedDefault.Blocking, fixedDefault.BlockingTransATall);
+        Assert.EndsWith("(default)", fixedDefault.Description);
+
+        var one = GemmTuner.Pinned("512:336", GemmPath.Vector512, "cpu")!;
+        Assert.Equal(new GemmBlocking(512, 24, 4096), one.Blocking);   // 336 rows = 24 tiles of 14
+        Assert.Equal(one.Blocking, one.BlockingTransA);
+        Assert.Equal(one.Blocking, one.BlockingTransATall);
+
+        var three = GemmTuner.Pinned(" 512:336, 256:168 ,128:96", GemmPath.Vector256, "cpu")!;
+        Assert.Equal(new GemmBlocking(512, 56, 4096), three.Blocking);  // 6-row tiles on the AVX2 path
+        Assert.Equal(new GemmBlocking(256, 28, 4096), three.BlockingTransA);
+        Assert.Equal(new GemmBlocking(128, 16, 4096), three.BlockingTransATall);
+        Assert.Equal(three.BlockingTransATall, three.For(transA: true, m: GemmChoice.ShortM + 1));
+        Assert.Contains("pinned: PALM_GEMM=512:336, 256:168 ,128:96", three.Description);
+
+        foreach (var bad in new[] { "defualt", "512", "512:", "512:336:4096", "0:168", "512:-1", "8192:168", "1:1,1:1,1:1,1:1", "a:b" })
+        {
+            var e = Assert.Throws<Palm.Gpu.Model.ConfigException>(() => GemmTuner.Pinned(bad, GemmPath.Vector512, "cpu"));
+            Assert.Contains($"PALM_GEMM='{bad}' is not understood", e.Message);
+            Assert.Contains("KC:ROWS[,KC:ROWS[,KC:ROWS]]", e.Message);
+        }
+    }
+
     // Each element is one chain of FMAs over all of K, so where the K blocks fall (one step deep, uneven, deeper than
     // K) changes no bit, with alpha, with and without accumulate, on every path.
     [Fact]

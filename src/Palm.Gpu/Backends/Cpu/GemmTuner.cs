@@ -30,14 +30,16 @@ namespace Palm.Gpu.Backends.Cpu;
 // GemmBlocking.For(path)) is kept unless a variant is 1.5% faster (same path) or 15% (narrower path). On a quiet Zen 4
 // those medians agree within about 1% from one process to the next, and kc 512 beats the default on the short weight
 // gradients by 2–4.5%, which the 3% margin on each candidate's best timing missed in most processes (it kept kc 256).
-// PALM_GEMM=default skips the timing and takes the default (for A/B comparisons).
+// PALM_GEMM pins the blocking instead of timing (A/B comparisons across processes, whose tuners may choose apart):
+// "default" takes GemmBlocking.For(path); KC:ROWS[,KC:ROWS[,KC:ROWS]] gives the K block and A-block rows of the forward
+// calls, then of the short and the tall weight gradients (each omitted one as the forward's), on the widest path.
 
 /// <summary>
 /// What the tuner chose for one thread count: the path, a blocking for each kind of call (forward and dX; ᵀA with M up to
 /// <see cref="ShortM"/>; ᵀA with more rows) and how they measured.
 /// </summary>
 internal sealed record GemmChoice(GemmPath Path, GemmBlocking Blocking, GemmBlocking BlockingTransA, GemmBlocking BlockingTransATall,
-                                  double Gflops, double GflopsTransA, double GflopsTransATall, int Candidates, string Cpu)
+                                  double Gflops, double GflopsTransA, double GflopsTransATall, int Candidates, string Cpu, string? Pinned = null)
 {
     /// <summary>The most rows of a "short" ᵀA call (the tuner's M-512 problem); taller ones take BlockingTransATall.</summary>
     public const int ShortM = 1024;
@@ -58,7 +60,8 @@ internal sealed record GemmChoice(GemmPath Path, GemmBlocking Blocking, GemmBloc
             string Of(GemmBlocking b) => $"kc {b.Kc}, mc {b.McPanels}×{mr}, nc {b.Nc}";
             string transA = BlockingTransA == Blocking ? "" : $"; ᵀA {Of(BlockingTransA)}";
             string tall = BlockingTransATall == BlockingTransA ? "" : BlockingTransATall == Blocking ? "; tall ᵀA as forward" : $"; tall ᵀA {Of(BlockingTransATall)}";
-            string how = Candidates > 1 ? $"tuned: best of {Candidates} at {Gflops:F0} / {GflopsTransA:F0} / {GflopsTransATall:F0} GFLOP/s" : "default";
+            string how = Pinned is not null ? $"pinned: PALM_GEMM={Pinned}"
+                : Candidates > 1 ? $"tuned: best of {Candidates} at {Gflops:F0} / {GflopsTransA:F0} / {GflopsTransATall:F0} GFLOP/s" : "default";
             return $"{Path} {mr}×{nr}, {Of(Blocking)}{transA}{tall} ({how})";
         }
     }
@@ -115,10 +118,46 @@ internal static class GemmTuner
         }
     }
 
+    /// <summary>Largest K block and A-block rows PALM_GEMM may pin (a worker's packed A block is Kc × rows floats).</summary>
+    const int MaxPinned = 4096;
+
+    /// <summary>
+    /// The choice PALM_GEMM pins on <paramref name="path"/>: null when it is unset or empty (tune), the defaults for
+    /// "default", else KC:ROWS[,KC:ROWS[,KC:ROWS]]; anything else is refused with what it should look like.
+    /// </summary>
+    internal static GemmChoice? Pinned(string? value, GemmPath path, string cpu)
+    {
+        if (string.IsNullOrWhiteSpace(value)) return null;
+        value = value.Trim();
+        if (value == "default")
+        {
+            var fixedBlocking = GemmBlocking.For(path);
+            return new GemmChoice(path, fixedBlocking, fixedBlocking, fixedBlocking, double.NaN, double.NaN, double.NaN, 1, cpu);
+        }
+        var kinds = value.Split(',', StringSplitOptions.TrimEntries);
+        var blockings = new List<GemmBlocking>();
+        foreach (var kind in kinds)
+        {
+            var parts = kind.Split(':', StringSplitOptions.TrimEntries);
+            if (kinds.Length > 3 || parts.Length != 2 || !int.TryParse(parts[0], out int kc) || !int.TryParse(parts[1], out int rows)
+                || kc < 1 || rows < 1 || kc > MaxPinned || rows > MaxPinned)
+                throw new Model.ConfigException(
+                    $"PALM_GEMM='{value}' is not understood: give 'default' (the untuned blocking), or KC:ROWS[,KC:ROWS[,KC:ROWS]] " +
+                    $"(K block and A-block rows, each 1 to {MaxPinned}, for the forward calls, then the short and the tall weight " +
+                    "gradients; e.g. 512:336,512:168), or leave it unset to let the tuner measure");
+            blockings.Add(new GemmBlocking(kc, GemmBlocking.PanelsOf(rows, path), 4096));
+        }
+        var forward = blockings[0];
+        var transA = blockings.Count > 1 ? blockings[1] : forward;
+        var tall = blockings.Count > 2 ? blockings[2] : forward;
+        return new GemmChoice(path, forward, transA, tall, double.NaN, double.NaN, double.NaN, 1, cpu, value);
+    }
+
     static GemmChoice Tune(int threads)
     {
         string cpu = CpuName;
-        if (Environment.GetEnvironmentVariable("PALM_GEMM") == "default" || CpuMatmul.HardwarePath < GemmPath.Vector256)
+        if (Pinned(Environment.GetEnvironmentVariable("PALM_GEMM"), CpuMatmul.HardwarePath, cpu) is { } pinned) return pinned;
+        if (CpuMatmul.HardwarePath < GemmPath.Vector256)
         {
             var fixedBlocking = GemmBlocking.For(CpuMatmul.HardwarePath);
             return new GemmChoice(CpuMatmul.HardwarePath, fixedBlocking, fixedBlocking, fixedBlocking, double.NaN, double.NaN, double.NaN, 1, cpu);
