@@ -5,7 +5,7 @@ using System.Runtime.Intrinsics.X86;
 namespace Palm.Gpu.Backends.Cpu;
 
 // Picks the GEMM's register and cache blocking for the CPU it runs on, once per thread count, by timing a few
-// variants at first use (about 2 s). The variants differ only in what never changes a result:
+// variants at first use (1–2 s). The variants differ only in what never changes a result:
 //   path       the micro-kernel: Vector512 14×32 (zmm) or Vector256 6×16 (ymm). Intel with two 512-bit FMA ports and
 //              Zen 5 (full-width 512-bit units) favour zmm; Zen 4 executes a zmm FMA as two 256-bit halves, where the
 //              ymm kernel can tie; AVX2-only machines (or DOTNET_EnableAVX512=0) have only the ymm candidates.
