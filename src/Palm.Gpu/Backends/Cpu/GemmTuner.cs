@@ -129,11 +129,7 @@ internal static class GemmTuner
     {
         if (string.IsNullOrWhiteSpace(value)) return null;
         value = value.Trim();
-        if (value == "default")
-        {
-            var fixedBlocking = GemmBlocking.For(path);
-            return new GemmChoice(path, fixedBlocking, fixedBlocking, fixedBlocking, double.NaN, double.NaN, double.NaN, 1, cpu);
-        }
+        if (value == "default") return Untuned(path, cpu);
         var kinds = value.Split(',', StringSplitOptions.TrimEntries);
         var blockings = new List<GemmBlocking>();
         foreach (var kind in kinds)
@@ -145,7 +141,7 @@ internal static class GemmTuner
                     $"PALM_GEMM='{value}' is not understood: give 'default' (the untuned blocking), or KC:ROWS[,KC:ROWS[,KC:ROWS]] " +
                     $"(K block and A-block rows, each 1 to {MaxPinned}, for the forward calls, then the short and the tall weight " +
                     "gradients; e.g. 512:336,512:168), or leave it unset to let the tuner measure");
-            blockings.Add(new GemmBlocking(kc, GemmBlocking.PanelsOf(rows, path), 4096));
+            blockings.Add(GemmBlocking.For(path) with { Kc = kc, McPanels = GemmBlocking.PanelsOf(rows, path) });
         }
         var forward = blockings[0];
         var transA = blockings.Count > 1 ? blockings[1] : forward;
@@ -153,15 +149,18 @@ internal static class GemmTuner
         return new GemmChoice(path, forward, transA, tall, double.NaN, double.NaN, double.NaN, 1, cpu, value);
     }
 
+    /// <summary>The path's default blocking for every kind of call, untimed.</summary>
+    static GemmChoice Untuned(GemmPath path, string cpu)
+    {
+        var blocking = GemmBlocking.For(path);
+        return new GemmChoice(path, blocking, blocking, blocking, double.NaN, double.NaN, double.NaN, 1, cpu);
+    }
+
     static GemmChoice Tune(int threads)
     {
         string cpu = CpuName;
         if (Pinned(Environment.GetEnvironmentVariable("PALM_GEMM"), CpuMatmul.HardwarePath, cpu) is { } pinned) return pinned;
-        if (CpuMatmul.HardwarePath < GemmPath.Vector256)
-        {
-            var fixedBlocking = GemmBlocking.For(CpuMatmul.HardwarePath);
-            return new GemmChoice(CpuMatmul.HardwarePath, fixedBlocking, fixedBlocking, fixedBlocking, double.NaN, double.NaN, double.NaN, 1, cpu);
-        }
+        if (CpuMatmul.HardwarePath < GemmPath.Vector256) return Untuned(CpuMatmul.HardwarePath, cpu);
 
         var candidates = Candidates();
         var problems = new[]
